@@ -1,0 +1,276 @@
+//! `sandbox-agent run [OPTIONS] -- CMD [ARGS...]`
+use std::{
+    ffi::{CString, OsStr, OsString},
+    os::unix::ffi::{OsStrExt as _, OsStringExt as _},
+    path::PathBuf,
+    time::Duration,
+};
+
+use clap::Args;
+use sandbox_agent::{
+    launch::{self, LaunchSpec},
+    paths::Paths,
+    policy::{self, Mode, PolicyFile, PolicySpec, Precedence, RawEntry},
+    sandbox::{self, RunOptions},
+};
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Capabilities a sandbox may be given: none of them can open a way around the kernel wall
+/// (raw IP is filtered by `cgroup_skb`, `AF_PACKET` is refused at socket creation).
+const GRANTABLE_CAPS: [(&str, u32); 2] = [("NET_BIND_SERVICE", 10), ("NET_RAW", 13)];
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// Network mode: blocked (nothing leaves), open (all but --deny-out), allowlist (only --allow-out).
+    #[arg(long, value_enum, value_name = "MODE")]
+    network: Option<Mode>,
+    /// Allow traffic to an address, CIDR or @preset (repeatable).
+    #[arg(long = "allow-out", value_name = "ENTRY")]
+    allow_out: Vec<String>,
+    /// Deny traffic to an address, CIDR or @preset (repeatable).
+    #[arg(long = "deny-out", value_name = "ENTRY")]
+    deny_out: Vec<String>,
+    /// How an allow and a deny entry that both match are settled [default: deny-wins].
+    #[arg(long, value_enum)]
+    precedence: Option<Precedence>,
+    /// Policy file (TOML); flags add entries to it and override its scalars.
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
+    /// Environment variable for the workload, K=V; a bare K copies the agent's value (repeatable).
+    #[arg(long = "env", short = 'e', value_name = "K=V")]
+    env: Vec<OsString>,
+    /// Working directory of the workload [default: the current directory].
+    #[arg(long, value_name = "DIR")]
+    cwd: Option<PathBuf>,
+    /// User to run as: a name, UID or UID:GID [default: nobody]. Never root.
+    #[arg(long, value_name = "USER")]
+    user: Option<String>,
+    /// Kill the workload after this long (e.g. 30s, 5m); exit status 124.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    timeout: Option<Duration>,
+    /// After the agent receives SIGINT/SIGTERM/SIGHUP it forwards it; the workload is killed
+    /// if it has not exited after this long.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    stop_timeout: Duration,
+    /// Give the workload a capability (NET_RAW or NET_BIND_SERVICE); all others are dropped.
+    #[arg(long = "cap-add", value_name = "CAP")]
+    cap_add: Vec<String>,
+    /// Print the sandbox's packet counters to stderr when it ends.
+    #[arg(long)]
+    stats: bool,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    command: Vec<OsString>,
+}
+
+pub fn main(args: RunArgs) -> i32 {
+    let stats = args.stats;
+    let (opts, name) = match prepare(args) {
+        Ok(v) => v,
+        Err(Failure { message, code }) => {
+            eprintln!("sandbox-agent: {message}");
+            return code;
+        }
+    };
+    match sandbox::run(&Paths::default(), &opts) {
+        Ok(report) => {
+            if report.timed_out {
+                eprintln!("sandbox-agent: {name} timed out; sandbox {} was killed", report.id);
+            }
+            if stats {
+                let c = report.counters;
+                eprintln!(
+                    "sandbox-agent: sandbox {} exit={} allowed={} packets/{} bytes denied={} packets/{} bytes \
+                     refused connects={} refused sends={}",
+                    report.id,
+                    report.exit_code,
+                    c.allowed_packets,
+                    c.allowed_bytes,
+                    c.denied_packets,
+                    c.denied_bytes,
+                    c.denied_connects,
+                    c.denied_sends
+                );
+            }
+            report.exit_code
+        }
+        Err(e) => {
+            eprintln!("sandbox-agent: {}", sandbox_agent::error_line(&e));
+            e.exit_code()
+        }
+    }
+}
+
+struct Failure {
+    message: String,
+    code: i32,
+}
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Self { message: e.to_string(), code: 125 }
+    }
+}
+
+fn prepare(args: RunArgs) -> Result<(RunOptions, String), Failure> {
+    let spec = policy_spec(&args)?;
+    let compiled = policy::compile(&spec)?;
+    let keep_caps = args
+        .cap_add
+        .iter()
+        .map(|c| {
+            let name = c.trim().to_ascii_uppercase();
+            let name = name.strip_prefix("CAP_").unwrap_or(&name);
+            GRANTABLE_CAPS.iter().find(|(n, _)| *n == name).map(|(_, v)| *v).ok_or_else(|| {
+                format!(
+                    "invalid --cap-add \"{c}\": only {} may be given to a sandbox",
+                    GRANTABLE_CAPS.map(|(n, _)| n).join(" and ")
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let user = resolve_user(args.user.as_deref())?;
+    let mut env: Vec<(OsString, OsString)> = vec![
+        ("PATH".into(), DEFAULT_PATH.into()),
+        ("HOME".into(), user.home.clone().into_os_string()),
+        ("USER".into(), user.name.clone().into()),
+        ("LOGNAME".into(), user.name.clone().into()),
+    ];
+    for key in ["TERM", "LANG"] {
+        if let Some(v) = std::env::var_os(key) {
+            env.push((key.into(), v));
+        }
+    }
+    for item in &args.env {
+        let bytes = item.as_bytes();
+        let (k, v) = match bytes.iter().position(|&b| b == b'=') {
+            Some(i) => (OsStr::from_bytes(&bytes[..i]).to_owned(), OsStr::from_bytes(&bytes[i + 1..]).to_owned()),
+            None => match std::env::var_os(item) {
+                Some(v) => (item.clone(), v),
+                None => continue,
+            },
+        };
+        if k.is_empty() {
+            return Err(format!("invalid --env \"{}\": empty variable name", item.to_string_lossy()).into());
+        }
+        env.retain(|(old, _)| *old != k);
+        env.push((k, v));
+    }
+    let path_var = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.clone());
+    let command = &args.command[0];
+    let name = command.to_string_lossy().into_owned();
+    let Some(program) = launch::resolve_program(command, path_var.as_deref()) else {
+        return Err(Failure { message: format!("{name}: command not found"), code: 127 });
+    };
+    let cwd = match args.cwd {
+        Some(d) => d,
+        None => std::env::current_dir().map_err(|e| format!("cannot read the current directory: {e}"))?,
+    };
+    let cstr = |b: &[u8], what: &str| {
+        CString::new(b).map_err(|_| Failure { message: format!("{what} contains a NUL byte"), code: 125 })
+    };
+    let launch = LaunchSpec {
+        program: cstr(program.as_os_str().as_bytes(), "the command")?,
+        argv: args.command.iter().map(|a| cstr(a.as_bytes(), "an argument")).collect::<Result<_, _>>()?,
+        envp: env
+            .iter()
+            .map(|(k, v)| {
+                let mut kv = k.clone().into_vec();
+                kv.push(b'=');
+                kv.extend_from_slice(v.as_bytes());
+                cstr(&kv, "an environment variable")
+            })
+            .collect::<Result<_, _>>()?,
+        cwd: cstr(cwd.as_os_str().as_bytes(), "--cwd")?,
+        uid: user.uid,
+        gid: user.gid,
+        groups: user.groups,
+        keep_caps,
+    };
+    Ok((RunOptions { policy: compiled, launch, timeout: args.timeout, stop_grace: args.stop_timeout }, name))
+}
+
+fn policy_spec(args: &RunArgs) -> Result<PolicySpec, Failure> {
+    let mut file = PolicyFile::default();
+    let mut file_origin = String::new();
+    if let Some(path) = &args.policy {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read policy file {}: {e}", path.display()))?;
+        file = toml::from_str(&text).map_err(|e| {
+            let msg = e.message().trim().replace('\n', " ");
+            format!("invalid policy file {}: {msg}", path.display())
+        })?;
+        file_origin = path.display().to_string();
+    }
+    let from_file = |list: &[String], key: &str| -> Vec<RawEntry> {
+        list.iter().map(|t| RawEntry { text: t.clone(), origin: format!("{key} in {file_origin}") }).collect()
+    };
+    let from_flags = |list: &[String], flag: &str| -> Vec<RawEntry> {
+        list.iter().map(|t| RawEntry { text: t.clone(), origin: flag.into() }).collect()
+    };
+    let mut allow_out = from_file(&file.allow_out, "allow_out");
+    allow_out.extend(from_flags(&args.allow_out, "--allow-out"));
+    let mut deny_out = from_file(&file.deny_out, "deny_out");
+    deny_out.extend(from_flags(&args.deny_out, "--deny-out"));
+    Ok(PolicySpec {
+        mode: args.network.or(file.network).unwrap_or(Mode::Blocked),
+        precedence: args.precedence.or(file.precedence).unwrap_or(Precedence::DenyWins),
+        allow_out,
+        deny_out,
+    })
+}
+
+struct User {
+    name: String,
+    uid: u32,
+    gid: u32,
+    groups: Vec<u32>,
+    home: PathBuf,
+}
+
+fn resolve_user(spec: Option<&str>) -> Result<User, Failure> {
+    use nix::unistd::{Gid, Uid, User as PwUser};
+    let spec = spec.unwrap_or("nobody");
+    let (user_part, group_part) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let entry = if let Ok(uid) = user_part.parse::<u32>() {
+        PwUser::from_uid(Uid::from_raw(uid)).ok().flatten()
+    } else {
+        Some(
+            PwUser::from_name(user_part)
+                .ok()
+                .flatten()
+                .ok_or_else(|| format!("invalid --user \"{spec}\": no such user"))?,
+        )
+    };
+    let uid = match (&entry, user_part.parse::<u32>()) {
+        (_, Ok(uid)) => uid,
+        (Some(e), Err(_)) => e.uid.as_raw(),
+        (None, Err(_)) => unreachable!("named users were looked up above"),
+    };
+    if uid == 0 {
+        return Err(format!(
+            "invalid --user \"{spec}\": refusing to run a workload as root (uid 0); sandboxes run as an unprivileged user"
+        )
+        .into());
+    }
+    let gid = match group_part {
+        Some(g) => g.parse::<u32>().map_err(|_| format!("invalid --user \"{spec}\": the group must be a number"))?,
+        None => entry.as_ref().map_or(uid, |e| e.gid.as_raw()),
+    };
+    let name = entry.as_ref().map_or_else(|| uid.to_string(), |e| e.name.clone());
+    let groups = match (&entry, group_part) {
+        (Some(e), None) => {
+            let cname = CString::new(e.name.clone()).map_err(|_| "user name contains a NUL byte".to_string())?;
+            nix::unistd::getgrouplist(&cname, Gid::from_raw(gid))
+                .map(|g| g.into_iter().map(Gid::as_raw).collect())
+                .unwrap_or_else(|_| vec![gid])
+        }
+        _ => vec![gid],
+    };
+    let home = entry.map_or_else(|| PathBuf::from("/"), |e| e.dir);
+    Ok(User { name, uid, gid, groups, home })
+}

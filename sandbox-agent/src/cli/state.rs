@@ -1,0 +1,47 @@
+//! `sandbox-agent state`: what the kernel enforces right now, as JSON.
+use sandbox_agent::{enforcement::Enforcement, paths::Paths, sandbox};
+use serde_json::json;
+
+pub fn main() -> i32 {
+    let paths = Paths::default();
+    let (mut enforcement, install) = match Enforcement::open(&paths) {
+        Ok(e) => e,
+        Err(e) => return super::fail(&e),
+    };
+    sandbox::collect_orphans(&paths, &mut enforcement);
+    let sandboxes: Vec<_> = enforcement
+        .sandboxes()
+        .into_iter()
+        .map(|(cgroup_id, entry)| {
+            let c = enforcement.counters(cgroup_id).unwrap_or_default();
+            let rules = enforcement.rule_counts(entry.policy_id);
+            json!({
+                "cgroup_id": cgroup_id,
+                "cgroup": sandbox::cgroup_path_of(&enforcement.parent_cgroup, cgroup_id),
+                "policy_id": entry.policy_id,
+                "default_allow": entry.default_verdict == 1,
+                "precedence": entry.precedence,
+                "rules": { "allow_v4": rules[0], "deny_v4": rules[1], "allow_v6": rules[2], "deny_v6": rules[3] },
+                "counters": {
+                    "allowed_packets": c.allowed_packets, "allowed_bytes": c.allowed_bytes,
+                    "denied_packets": c.denied_packets, "denied_bytes": c.denied_bytes,
+                    "denied_connects": c.denied_connects, "denied_sends": c.denied_sends,
+                },
+            })
+        })
+        .collect();
+    let cgroups: Vec<_> = std::fs::read_dir(&enforcement.parent_cgroup)
+        .map(|d| d.filter_map(Result::ok).filter(|e| e.path().is_dir()).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    let state = json!({
+        "pin_dir": paths.pin_dir,
+        "parent_cgroup": enforcement.parent_cgroup,
+        "install": format!("{install:?}").to_lowercase(),
+        "sandboxes": sandboxes,
+        "sandbox_cgroups": cgroups,
+        "total_rules": enforcement.total_rules(),
+        "policy_ids": enforcement.policy_id_count(),
+    });
+    println!("{}", serde_json::to_string_pretty(&state).expect("JSON of plain values"));
+    0
+}

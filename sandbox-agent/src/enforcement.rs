@@ -1,0 +1,546 @@
+//! Loads, attaches and pins the eBPF programs once, then applies and removes per-sandbox
+//! policies with map writes only.
+//!
+//! Layout in bpffs (`paths::Paths::pin_dir`): `maps/<NAME>` for every map, `links/<program>`
+//! for every attachment to the parent cgroup, and `maps/META` written last, holding the hash
+//! of the eBPF object and the id of the cgroup the links are attached to. Pinned links keep
+//! the programs attached when the agent exits or dies, so sandboxes stay confined (fail
+//! closed). Starting a sandbox with an install in place costs map writes and no program load.
+use std::{
+    fs,
+    io,
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    EbpfLoader,
+    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuHashMap, PerCpuValues, lpm_trie::Key},
+    programs::{
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, ProgramError,
+        links::FdLink,
+    },
+};
+use ipnet::{Ipv4Net, Ipv6Net};
+use sandbox_common::{
+    Counters, DEFAULT_MAX_PREFIXES, LpmDataV4, LpmDataV6, POLICY_ID_BITS, RuleValue,
+    SandboxEntry, lpm_data_v4, lpm_data_v6, map_names, program_names,
+};
+
+use crate::{
+    cgroup::{self, CgroupError},
+    paths::{self, Paths},
+    policy::CompiledPolicy,
+};
+
+/// The eBPF object, built by `build.rs`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sandbox-ebpf"));
+
+/// `BPF_NOEXIST`: insert only if the key is new.
+const BPF_NOEXIST: u64 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnforcementError {
+    #[error("sandbox-agent must run as root: it loads eBPF programs and creates cgroups")]
+    NotRoot,
+    #[error("cannot mount bpffs at {path}: {source}")]
+    MountBpffs { path: PathBuf, source: nix::Error },
+    #[error("{action} {path}: {source}")]
+    Io { action: &'static str, path: PathBuf, source: io::Error },
+    #[error("cannot load the eBPF object: {0}")]
+    Load(#[source] aya::EbpfError),
+    #[error("eBPF program {name}: {}", short_program_error(source))]
+    Program { name: &'static str, source: ProgramError },
+    #[error("eBPF link of {name}: {source}")]
+    Link { name: &'static str, source: aya::programs::links::LinkError },
+    #[error("eBPF program {name} is missing from the object")]
+    MissingProgram { name: &'static str },
+    #[error("cannot pin {path}: {source}")]
+    Pin { path: PathBuf, source: aya::pin::PinError },
+    #[error("eBPF map {name}: {source}")]
+    Map { name: &'static str, source: MapError },
+    #[error(
+        "the eBPF programs in {pin_dir} come from another sandbox-agent build and {live} \
+         sandbox(es) still use them; stop those sandboxes, then run `sandbox-agent teardown`"
+    )]
+    OtherBuildInUse { pin_dir: PathBuf, live: usize },
+    #[error("{live} sandbox(es) are still running; stop them before `teardown`")]
+    SandboxesLive { live: usize },
+    #[error("no free policy id (all {tried} tries taken)")]
+    PolicyIdsExhausted { tried: u32 },
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+}
+
+/// A verifier rejection carries the whole log; one line of it (the verdict) is enough for
+/// an error message. `SANDBOX_AGENT_VERIFIER_LOG=1` prints all of it.
+fn short_program_error(err: &ProgramError) -> String {
+    let text = err.to_string();
+    if std::env::var_os("SANDBOX_AGENT_VERIFIER_LOG").is_some() {
+        return text;
+    }
+    let Some((head, log)) = text.split_once("Verifier output:") else { return text };
+    let lines: Vec<&str> = log.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let verdict = lines
+        .iter()
+        .rev()
+        .find(|l| !l.starts_with("verification time") && !l.starts_with("stack depth") && !l.starts_with("processed"))
+        .unwrap_or(&"");
+    format!("{head}verifier: {verdict} (set SANDBOX_AGENT_VERIFIER_LOG=1 for the whole log)")
+}
+
+type Result<T, E = EnforcementError> = std::result::Result<T, E>;
+
+fn map_err(name: &'static str) -> impl FnOnce(MapError) -> EnforcementError {
+    move |source| EnforcementError::Map { name, source }
+}
+
+/// FNV-1a over the eBPF object: tells whether pinned programs come from this build.
+fn object_hash() -> u64 {
+    OBJECT.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+}
+
+/// Handles on the pinned maps; one per agent process.
+pub struct Enforcement {
+    pub parent_cgroup: PathBuf,
+    sandboxes: HashMap<MapData, u64, SandboxEntry>,
+    allow_v4: LpmTrie<MapData, LpmDataV4, RuleValue>,
+    deny_v4: LpmTrie<MapData, LpmDataV4, RuleValue>,
+    allow_v6: LpmTrie<MapData, LpmDataV6, RuleValue>,
+    deny_v6: LpmTrie<MapData, LpmDataV6, RuleValue>,
+    counters: PerCpuHashMap<MapData, u64, Counters>,
+    policy_ids: HashMap<MapData, u32, u64>,
+}
+
+/// What `open` found or did, for reports and tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InstallState {
+    /// The programs of this build were already attached and pinned.
+    Reused,
+    /// The programs were loaded, attached and pinned now.
+    Installed,
+}
+
+/// An exclusive `flock` on a file, released on drop.
+pub struct FileLock {
+    _file: fs::File,
+}
+
+impl FileLock {
+    /// Blocks until the lock is held.
+    pub fn acquire(path: &Path) -> io::Result<Self> {
+        Self::lock(path, true).map(|l| l.expect("blocking lock"))
+    }
+
+    /// `None` when someone else holds it.
+    pub fn try_acquire(path: &Path) -> io::Result<Option<Self>> {
+        Self::lock(path, false)
+    }
+
+    fn lock(path: &Path, wait: bool) -> io::Result<Option<Self>> {
+        let file = fs::OpenOptions::new().create(true).truncate(false).write(true).open(path)?;
+        let op = if wait { libc::LOCK_EX } else { libc::LOCK_EX | libc::LOCK_NB };
+        // SAFETY: flock on an fd we own.
+        if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
+            return Ok(Some(Self { _file: file }));
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EWOULDBLOCK) { Ok(None) } else { Err(err) }
+    }
+}
+
+fn ensure_dir(path: &Path) -> Result<()> {
+    fs::create_dir_all(path)
+        .map_err(|source| EnforcementError::Io { action: "create directory", path: path.into(), source })
+}
+
+/// Mounts bpffs at /sys/fs/bpf unless a bpffs is already there.
+fn ensure_bpffs() -> Result<()> {
+    let path = Path::new(paths::BPFFS);
+    if let Ok(st) = nix::sys::statfs::statfs(path)
+        && st.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC
+    {
+        return Ok(());
+    }
+    ensure_dir(path)?;
+    nix::mount::mount(Some("bpf"), path, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
+        .map_err(|source| EnforcementError::MountBpffs { path: path.into(), source })
+}
+
+fn open_map(paths: &Paths, name: &'static str) -> Result<Map> {
+    let data = MapData::from_pin(paths.maps_dir().join(name)).map_err(map_err(name))?;
+    Map::from_map_data(data).map_err(map_err(name))
+}
+
+/// Reads META: `Some((object hash, cgroup id))` for a complete install.
+fn read_meta(paths: &Paths) -> Option<(u64, u64)> {
+    if !paths.maps_dir().join(map_names::META).exists() {
+        return None;
+    }
+    let meta: Array<MapData, u64> = open_map(paths, map_names::META).ok()?.try_into().ok()?;
+    Some((meta.get(&0, 0).ok()?, meta.get(&1, 0).ok()?))
+}
+
+/// Number of sandbox entries in a pinned SANDBOXES map, if there is one.
+fn live_sandboxes(paths: &Paths) -> usize {
+    let Ok(map) = open_map(paths, map_names::SANDBOXES) else { return 0 };
+    let Ok(map): Result<HashMap<MapData, u64, SandboxEntry>, _> = map.try_into() else { return 0 };
+    map.keys().count()
+}
+
+impl Enforcement {
+    /// Opens the pinned programs and maps of this build, installing them first if needed.
+    pub fn open(paths: &Paths) -> Result<(Self, InstallState)> {
+        if !nix::unistd::geteuid().is_root() {
+            return Err(EnforcementError::NotRoot);
+        }
+        let mount = cgroup::find_cgroup2_mount()?;
+        ensure_dir(&paths.run_dir)?;
+        let lock_path = paths.install_lock();
+        let _lock = FileLock::acquire(&lock_path)
+            .map_err(|source| EnforcementError::Io { action: "lock", path: lock_path, source })?;
+        let parent = cgroup::ensure_parent(&mount)?;
+        let parent_id = cgroup::cgroup_id(&parent)?;
+        let state = if read_meta(paths) == Some((object_hash(), parent_id)) {
+            InstallState::Reused
+        } else {
+            let live = live_sandboxes(paths);
+            if live > 0 && read_meta(paths).is_some_and(|(hash, _)| hash != object_hash()) {
+                return Err(EnforcementError::OtherBuildInUse { pin_dir: paths.pin_dir.clone(), live });
+            }
+            install(paths, &parent, parent_id)?;
+            InstallState::Installed
+        };
+        Ok((Self::from_pins(paths, parent)?, state))
+    }
+
+    fn from_pins(paths: &Paths, parent_cgroup: PathBuf) -> Result<Self> {
+        use map_names as n;
+        macro_rules! typed {
+            ($name:expr) => {
+                open_map(paths, $name)?.try_into().map_err(map_err($name))?
+            };
+        }
+        Ok(Self {
+            parent_cgroup,
+            sandboxes: typed!(n::SANDBOXES),
+            allow_v4: typed!(n::ALLOW_V4),
+            deny_v4: typed!(n::DENY_V4),
+            allow_v6: typed!(n::ALLOW_V6),
+            deny_v6: typed!(n::DENY_V6),
+            counters: typed!(n::COUNTERS),
+            policy_ids: typed!(n::POLICY_IDS),
+        })
+    }
+
+    /// Writes a sandbox's policy: a fresh policy id, its prefixes, zeroed counters, and last
+    /// the SANDBOXES entry that makes the kernel use them. On error everything written so far
+    /// is removed again, so nothing is applied half-way.
+    pub fn apply(&mut self, cgroup_id: u64, policy: &CompiledPolicy) -> Result<u32> {
+        let policy_id = self.allocate_policy_id(cgroup_id)?;
+        let result = self.write_policy(cgroup_id, policy_id, policy);
+        if result.is_err() {
+            self.remove(cgroup_id, policy_id, Some(policy));
+        }
+        result.map(|()| policy_id)
+    }
+
+    fn allocate_policy_id(&mut self, cgroup_id: u64) -> Result<u32> {
+        const TRIES: u32 = 64;
+        for _ in 0..TRIES {
+            let mut bytes = [0u8; 4];
+            getrandom(&mut bytes);
+            let id = u32::from_ne_bytes(bytes);
+            match self.policy_ids.insert(id, cgroup_id, BPF_NOEXIST) {
+                Ok(()) => return Ok(id),
+                Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) => return Err(map_err(map_names::POLICY_IDS)(e)),
+            }
+        }
+        Err(EnforcementError::PolicyIdsExhausted { tried: TRIES })
+    }
+
+    fn write_policy(&mut self, cgroup_id: u64, policy_id: u32, policy: &CompiledPolicy) -> Result<()> {
+        insert_v4(&mut self.allow_v4, map_names::ALLOW_V4, policy_id, &policy.allow_v4)?;
+        insert_v4(&mut self.deny_v4, map_names::DENY_V4, policy_id, &policy.deny_v4)?;
+        insert_v6(&mut self.allow_v6, map_names::ALLOW_V6, policy_id, &policy.allow_v6)?;
+        insert_v6(&mut self.deny_v6, map_names::DENY_V6, policy_id, &policy.deny_v6)?;
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| EnforcementError::Io {
+            action: "count",
+            path: "/sys/devices/system/cpu/possible".into(),
+            source: e,
+        })?;
+        let zero = PerCpuValues::try_from(vec![Counters::default(); cpus]).map_err(|source| {
+            EnforcementError::Io { action: "size per-CPU values for", path: map_names::COUNTERS.into(), source }
+        })?;
+        self.counters.insert(cgroup_id, zero, 0).map_err(map_err(map_names::COUNTERS))?;
+        self.sandboxes
+            .insert(cgroup_id, policy.sandbox_entry(policy_id), 0)
+            .map_err(map_err(map_names::SANDBOXES))
+    }
+
+    /// Removes a sandbox's entries: first the SANDBOXES entry (from then on the kernel denies
+    /// everything for that cgroup), then its rules and counters. With `policy` unknown (a
+    /// sandbox whose agent died), the tries are scanned for the policy id. Best effort: every
+    /// step runs even if an earlier one failed.
+    pub fn remove(&mut self, cgroup_id: u64, policy_id: u32, policy: Option<&CompiledPolicy>) {
+        let _ = self.sandboxes.remove(&cgroup_id);
+        if let Some(p) = policy {
+            for net in &p.allow_v4 {
+                let _ = self.allow_v4.remove(&key_v4(policy_id, *net));
+            }
+            for net in &p.deny_v4 {
+                let _ = self.deny_v4.remove(&key_v4(policy_id, *net));
+            }
+            for net in &p.allow_v6 {
+                let _ = self.allow_v6.remove(&key_v6(policy_id, *net));
+            }
+            for net in &p.deny_v6 {
+                let _ = self.deny_v6.remove(&key_v6(policy_id, *net));
+            }
+        } else {
+            remove_scanned(&mut self.allow_v4, policy_id);
+            remove_scanned(&mut self.deny_v4, policy_id);
+            remove_scanned(&mut self.allow_v6, policy_id);
+            remove_scanned(&mut self.deny_v6, policy_id);
+        }
+        let _ = self.counters.remove(&cgroup_id);
+        let _ = self.policy_ids.remove(&policy_id);
+    }
+
+    /// Counters of one sandbox, summed over CPUs.
+    pub fn counters(&self, cgroup_id: u64) -> Option<Counters> {
+        let per_cpu = self.counters.get(&cgroup_id, 0).ok()?;
+        Some(per_cpu.iter().fold(Counters::default(), |mut sum, c| {
+            sum.allowed_packets += c.allowed_packets;
+            sum.allowed_bytes += c.allowed_bytes;
+            sum.denied_packets += c.denied_packets;
+            sum.denied_bytes += c.denied_bytes;
+            sum.denied_connects += c.denied_connects;
+            sum.denied_sends += c.denied_sends;
+            sum
+        }))
+    }
+
+    /// Every sandbox entry in the kernel.
+    pub fn sandboxes(&self) -> Vec<(u64, SandboxEntry)> {
+        self.sandboxes.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Entries per kind in the LPM tries for one policy id: `[allow4, deny4, allow6, deny6]`.
+    pub fn rule_counts(&self, policy_id: u32) -> [usize; 4] {
+        let id = policy_id.to_be_bytes();
+        let count4 = |t: &LpmTrie<MapData, LpmDataV4, RuleValue>| {
+            t.keys().filter_map(Result::ok).filter(|k| k.data()[..4] == id).count()
+        };
+        let count6 = |t: &LpmTrie<MapData, LpmDataV6, RuleValue>| {
+            t.keys().filter_map(Result::ok).filter(|k| k.data()[..4] == id).count()
+        };
+        [count4(&self.allow_v4), count4(&self.deny_v4), count6(&self.allow_v6), count6(&self.deny_v6)]
+    }
+
+    /// Entries of any policy in the LPM tries and policy-id map.
+    pub fn total_rules(&self) -> usize {
+        self.allow_v4.keys().count()
+            + self.deny_v4.keys().count()
+            + self.allow_v6.keys().count()
+            + self.deny_v6.keys().count()
+    }
+
+    pub fn policy_id_count(&self) -> usize {
+        self.policy_ids.keys().count()
+    }
+
+    /// The policy id of a sandbox from the kernel's entry.
+    pub fn sandbox_entry(&self, cgroup_id: u64) -> Option<SandboxEntry> {
+        self.sandboxes.get(&cgroup_id, 0).ok()
+    }
+}
+
+fn key_v4(policy_id: u32, net: Ipv4Net) -> Key<LpmDataV4> {
+    Key::new(POLICY_ID_BITS + u32::from(net.prefix_len()), lpm_data_v4(policy_id, net.network().octets()))
+}
+
+fn key_v6(policy_id: u32, net: Ipv6Net) -> Key<LpmDataV6> {
+    Key::new(POLICY_ID_BITS + u32::from(net.prefix_len()), lpm_data_v6(policy_id, &net.network().octets()))
+}
+
+fn insert_v4(
+    trie: &mut LpmTrie<MapData, LpmDataV4, RuleValue>,
+    name: &'static str,
+    policy_id: u32,
+    nets: &[Ipv4Net],
+) -> Result<()> {
+    for net in nets {
+        let value = RuleValue { prefix_len: u32::from(net.prefix_len()) };
+        trie.insert(&key_v4(policy_id, *net), value, 0).map_err(map_err(name))?;
+    }
+    Ok(())
+}
+
+fn insert_v6(
+    trie: &mut LpmTrie<MapData, LpmDataV6, RuleValue>,
+    name: &'static str,
+    policy_id: u32,
+    nets: &[Ipv6Net],
+) -> Result<()> {
+    for net in nets {
+        let value = RuleValue { prefix_len: u32::from(net.prefix_len()) };
+        trie.insert(&key_v6(policy_id, *net), value, 0).map_err(map_err(name))?;
+    }
+    Ok(())
+}
+
+fn remove_scanned<K: aya::Pod + AsRef<[u8]>>(trie: &mut LpmTrie<MapData, K, RuleValue>, policy_id: u32) {
+    let id = policy_id.to_be_bytes();
+    let keys: Vec<Key<K>> =
+        trie.keys().filter_map(Result::ok).filter(|k| k.data().as_ref()[..4] == id).collect();
+    for key in keys {
+        let _ = trie.remove(&key);
+    }
+}
+
+fn getrandom(buf: &mut [u8]) {
+    // SAFETY: buf is valid for writes of its length.
+    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if usize::try_from(n).ok() != Some(buf.len()) {
+        // getrandom(2) cannot fail for 4 bytes once the pool is ready; fall back to the clock
+        // rather than failing a sandbox start. Ids need only be unique, which NOEXIST checks.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        buf.copy_from_slice(&t.to_ne_bytes()[..buf.len()]);
+    }
+}
+
+/// Random hex id for a sandbox.
+pub fn random_id() -> String {
+    let mut bytes = [0u8; 6];
+    getrandom(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Loads every program, attaches it to `parent` and pins links and maps. Any earlier pins
+/// are removed first (their links detach).
+fn install(paths: &Paths, parent: &Path, parent_id: u64) -> Result<()> {
+    ensure_bpffs()?;
+    remove_pins(paths)?;
+    ensure_dir(&paths.maps_dir())?;
+    ensure_dir(&paths.links_dir())?;
+    let max = std::env::var("SANDBOX_AGENT_MAX_PREFIXES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_MAX_PREFIXES);
+    let mut ebpf = EbpfLoader::new()
+        .map_max_entries(map_names::ALLOW_V4, max)
+        .map_max_entries(map_names::DENY_V4, max)
+        .map_max_entries(map_names::ALLOW_V6, max)
+        .map_max_entries(map_names::DENY_V6, max)
+        .load(OBJECT)
+        .map_err(EnforcementError::Load)?;
+    let cgroup = fs::File::open(parent)
+        .map_err(|source| EnforcementError::Io { action: "open cgroup", path: parent.into(), source })?;
+    // With BPF links (what aya uses from Linux 5.7) cgroup attachments always coexist with
+    // other programs, and the kernel refuses attach flags on link creation: hence `Single`,
+    // which aya turns into flags 0.
+    let skb = [
+        (program_names::EGRESS, CgroupSkbAttachType::Egress),
+        (program_names::INGRESS, CgroupSkbAttachType::Ingress),
+    ];
+    for (name, attach_type) in skb {
+        let prog: &mut CgroupSkb = ebpf
+            .program_mut(name)
+            .ok_or(EnforcementError::MissingProgram { name })?
+            .try_into()
+            .map_err(|source| EnforcementError::Program { name, source })?;
+        let perr = |source| EnforcementError::Program { name, source };
+        prog.load().map_err(perr)?;
+        let id = prog.attach(&cgroup, attach_type, CgroupAttachMode::Single).map_err(perr)?;
+        let link: FdLink = prog.take_link(id).map_err(perr)?.try_into().map_err(|source| EnforcementError::Link { name, source })?;
+        pin_link(link, &paths.links_dir().join(name))?;
+    }
+    for name in [
+        program_names::CONNECT4,
+        program_names::CONNECT6,
+        program_names::SENDMSG4,
+        program_names::SENDMSG6,
+    ] {
+        let prog: &mut CgroupSockAddr = ebpf
+            .program_mut(name)
+            .ok_or(EnforcementError::MissingProgram { name })?
+            .try_into()
+            .map_err(|source| EnforcementError::Program { name, source })?;
+        let perr = |source| EnforcementError::Program { name, source };
+        prog.load().map_err(perr)?;
+        let id = prog.attach(&cgroup, CgroupAttachMode::Single).map_err(perr)?;
+        let link: FdLink = prog.take_link(id).map_err(perr)?.try_into().map_err(|source| EnforcementError::Link { name, source })?;
+        pin_link(link, &paths.links_dir().join(name))?;
+    }
+    {
+        let name = program_names::SOCK_CREATE;
+        let prog: &mut CgroupSock = ebpf
+            .program_mut(name)
+            .ok_or(EnforcementError::MissingProgram { name })?
+            .try_into()
+            .map_err(|source| EnforcementError::Program { name, source })?;
+        let perr = |source| EnforcementError::Program { name, source };
+        prog.load().map_err(perr)?;
+        let id = prog.attach(&cgroup, CgroupAttachMode::Single).map_err(perr)?;
+        let link: FdLink = prog.take_link(id).map_err(perr)?.try_into().map_err(|source| EnforcementError::Link { name, source })?;
+        pin_link(link, &paths.links_dir().join(name))?;
+    }
+    for name in map_names::ALL {
+        let path = paths.maps_dir().join(name);
+        let map = ebpf.map(name).ok_or(EnforcementError::Map { name, source: MapError::InvalidName { name: name.into() } })?;
+        map.pin(&path).map_err(|source| EnforcementError::Pin { path, source })?;
+    }
+    let meta_map = ebpf.take_map(map_names::META).ok_or(EnforcementError::Map {
+        name: map_names::META,
+        source: MapError::InvalidName { name: map_names::META.into() },
+    })?;
+    let mut meta: Array<MapData, u64> = meta_map.try_into().map_err(map_err(map_names::META))?;
+    meta.set(0, object_hash(), 0).map_err(map_err(map_names::META))?;
+    meta.set(1, parent_id, 0).map_err(map_err(map_names::META))?;
+    let path = paths.maps_dir().join(map_names::META);
+    meta.pin(&path).map_err(|source| EnforcementError::Pin { path, source })?;
+    Ok(())
+}
+
+fn pin_link(link: FdLink, path: &Path) -> Result<()> {
+    link.pin(path).map(drop).map_err(|source| EnforcementError::Pin { path: path.into(), source })
+}
+
+/// Removes the pinned maps and links; links detach when their last pin goes.
+fn remove_pins(paths: &Paths) -> Result<()> {
+    match fs::remove_dir_all(&paths.pin_dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(EnforcementError::Io { action: "remove", path: paths.pin_dir.clone(), source }),
+    }
+}
+
+/// Detaches and unpins everything and removes the parent cgroup, if no sandbox is live.
+pub fn teardown(paths: &Paths) -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(EnforcementError::NotRoot);
+    }
+    ensure_dir(&paths.run_dir)?;
+    let lock_path = paths.install_lock();
+    let _lock = FileLock::acquire(&lock_path)
+        .map_err(|source| EnforcementError::Io { action: "lock", path: lock_path, source })?;
+    let live = live_sandboxes(paths);
+    if live > 0 {
+        return Err(EnforcementError::SandboxesLive { live });
+    }
+    remove_pins(paths)?;
+    if let Ok(mount) = cgroup::find_cgroup2_mount() {
+        let parent = mount.join(paths::NAME);
+        match fs::remove_dir(&parent) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => return Err(EnforcementError::Io { action: "remove cgroup", path: parent, source }),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,23 @@
+//! sandbox-agent: runs untrusted workloads in cgroups whose network egress is decided in the
+//! kernel by eBPF programs. The CLI (`main.rs`, `cli/`) is a thin adapter over this library.
+pub mod cgroup;
+pub mod enforcement;
+pub mod launch;
+pub mod paths;
+pub mod policy;
+pub mod sandbox;
+
+/// An error and its causes on one line, each cause once: the agent's error format.
+pub fn error_line(err: &dyn std::error::Error) -> String {
+    let mut line = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = cause.source();
+    }
+    line.replace('\n', " ")
+}

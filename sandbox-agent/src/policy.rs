@@ -1,0 +1,557 @@
+//! Network policy: parse and validate entries, expand presets, compile to the prefix lists that
+//! `enforcement` writes into the kernel's LPM tries. Pure: no I/O, no root, unit-tested.
+//!
+//! Nothing is applied from here; a policy either compiles whole or is refused with an error
+//! naming the entry, so nothing is ever applied half-way.
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    str::FromStr,
+};
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use sandbox_common::{DefaultVerdict, Precedence as KernelPrecedence, SandboxEntry};
+use serde::Deserialize;
+
+/// What a sandbox may reach when no rule matches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Nothing leaves the sandbox.
+    Blocked,
+    /// Everything but `deny_out` (loopback included).
+    Open,
+    /// Only `allow_out`, minus `deny_out`.
+    Allowlist,
+}
+
+/// How conflicts between a matching allow and deny entry are settled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Precedence {
+    DenyWins,
+    AllowWins,
+    MostSpecific,
+}
+
+impl From<Precedence> for KernelPrecedence {
+    fn from(p: Precedence) -> Self {
+        match p {
+            Precedence::DenyWins => Self::DenyWins,
+            Precedence::AllowWins => Self::AllowWins,
+            Precedence::MostSpecific => Self::MostSpecific,
+        }
+    }
+}
+
+/// A policy as written in a TOML file (every key optional; flags add to it).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFile {
+    pub network: Option<Mode>,
+    #[serde(default)]
+    pub allow_out: Vec<String>,
+    #[serde(default)]
+    pub deny_out: Vec<String>,
+    pub precedence: Option<Precedence>,
+}
+
+/// An entry before parsing, with where it came from, so errors can name both.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawEntry {
+    pub text: String,
+    /// e.g. `--allow-out` or `allow_out in policy.toml`.
+    pub origin: String,
+}
+
+/// The policy of one sandbox, before compilation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicySpec {
+    pub mode: Mode,
+    pub precedence: Precedence,
+    pub allow_out: Vec<RawEntry>,
+    pub deny_out: Vec<RawEntry>,
+}
+
+/// A named set of entries that ships with the agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Preset {
+    All,
+    CloudMetadata,
+    Private,
+    Loopback,
+}
+
+impl Preset {
+    pub const ALL: [Preset; 4] = [Self::All, Self::CloudMetadata, Self::Private, Self::Loopback];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::All => "@all",
+            Self::CloudMetadata => "@cloud-metadata",
+            Self::Private => "@private",
+            Self::Loopback => "@loopback",
+        }
+    }
+
+    /// The networks of the preset. Sources are listed in README.md ("Presets").
+    pub fn networks(self) -> &'static [&'static str] {
+        match self {
+            Self::All => &["0.0.0.0/0", "::/0"],
+            Self::CloudMetadata => &[
+                // AWS, GCP, Azure, OpenStack, Oracle, DigitalOcean, Hetzner... (169.254.169.254),
+                // AWS ECS task metadata (169.254.170.2), Tencent (169.254.0.23): all link-local.
+                "169.254.0.0/16",
+                // AWS IMDS over IPv6 (Nitro).
+                "fd00:ec2::254/128",
+                // Alibaba Cloud ECS metadata.
+                "100.100.100.200/32",
+                // Azure WireServer / host agent.
+                "168.63.129.16/32",
+            ],
+            Self::Private => &[
+                "10.0.0.0/8",
+                "172.16.0.0/12",
+                "192.168.0.0/16",
+                "100.64.0.0/10",
+                "169.254.0.0/16",
+                "fc00::/7",
+                "fe80::/10",
+            ],
+            Self::Loopback => &["127.0.0.0/8", "::1/128"],
+        }
+    }
+
+    fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.name() == name)
+    }
+}
+
+/// One parsed entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Entry {
+    Net(IpNet),
+    /// An exact domain name, lower-case, without trailing dot.
+    Domain(String),
+    /// `*.suffix`: subdomains of `suffix` at any depth, not `suffix` itself.
+    Wildcard(String),
+    Preset(Preset),
+}
+
+/// What is wrong with an entry.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EntryProblem {
+    #[error("the entry is empty")]
+    Empty,
+    #[error("not a valid IPv4 address or CIDR")]
+    BadIpv4,
+    #[error("not a valid IPv6 address or CIDR")]
+    BadIpv6,
+    #[error("prefix length must be 0..={max}")]
+    BadPrefixLength { max: u8 },
+    #[error("host bits are set (did you mean {network}?)")]
+    HostBitsSet { network: IpNet },
+    #[error("unknown preset (known: {known})")]
+    UnknownPreset { known: String },
+    #[error("empty wildcard: write *.example.com, or @all for everything")]
+    EmptyWildcard,
+    #[error("invalid domain name: {why}")]
+    BadDomain { why: &'static str },
+    #[error("domain rules are not supported yet (use an IP address or CIDR)")]
+    DomainsNotSupported,
+}
+
+/// Why a policy was refused. Each names the offending entry or setting.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("invalid {origin} entry \"{entry}\": {problem}")]
+    Entry { origin: String, entry: String, problem: EntryProblem },
+    #[error(
+        "{origin} entry \"{entry}\" has no effect with --network blocked, which allows nothing; \
+         use --network allowlist"
+    )]
+    AllowInBlocked { origin: String, entry: String },
+}
+
+/// A compiled policy: the sandbox settings and the prefix lists for the kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompiledPolicy {
+    pub mode: Mode,
+    pub precedence: Precedence,
+    pub allow_v4: Vec<Ipv4Net>,
+    pub deny_v4: Vec<Ipv4Net>,
+    pub allow_v6: Vec<Ipv6Net>,
+    pub deny_v6: Vec<Ipv6Net>,
+}
+
+impl CompiledPolicy {
+    /// The `SANDBOXES` map value for this policy under `policy_id`.
+    pub fn sandbox_entry(&self, policy_id: u32) -> SandboxEntry {
+        SandboxEntry {
+            policy_id,
+            default_verdict: if self.mode == Mode::Open {
+                DefaultVerdict::Allow as u32
+            } else {
+                DefaultVerdict::Deny as u32
+            },
+            precedence: KernelPrecedence::from(self.precedence) as u32,
+            guard_loopback: u32::from(self.mode != Mode::Open),
+        }
+    }
+
+    pub fn prefix_count(&self) -> usize {
+        self.allow_v4.len() + self.deny_v4.len() + self.allow_v6.len() + self.deny_v6.len()
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Blocked => "blocked",
+            Self::Open => "open",
+            Self::Allowlist => "allowlist",
+        })
+    }
+}
+
+impl fmt::Display for Precedence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::DenyWins => "deny-wins",
+            Self::AllowWins => "allow-wins",
+            Self::MostSpecific => "most-specific",
+        })
+    }
+}
+
+impl FromStr for Entry {
+    type Err = EntryProblem;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        parse_entry(s)
+    }
+}
+
+/// Parses one entry: address, CIDR, domain, `*.domain` or `@preset`.
+pub fn parse_entry(text: &str) -> Result<Entry, EntryProblem> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(EntryProblem::Empty);
+    }
+    if let Some(name) = text.strip_prefix('@') {
+        let _ = name;
+        return Preset::parse(text).map(Entry::Preset).ok_or_else(|| EntryProblem::UnknownPreset {
+            known: Preset::ALL.iter().map(|p| p.name()).collect::<Vec<_>>().join(", "),
+        });
+    }
+    if text.contains(':') {
+        return parse_net(text, false).map(Entry::Net);
+    }
+    // Only digits, dots and a slash: meant as IPv4, so report it as a bad address rather than
+    // as a domain ("10.0.0.300" is a typo, not a host name).
+    if text.chars().all(|c| c.is_ascii_digit() || c == '.' || c == '/') {
+        return parse_net(text, true).map(Entry::Net);
+    }
+    if text.contains('/') {
+        return Err(EntryProblem::BadIpv4);
+    }
+    if let Some(suffix) = text.strip_prefix("*.") {
+        if suffix.is_empty() || suffix == "." {
+            return Err(EntryProblem::EmptyWildcard);
+        }
+        return validate_domain(suffix).map(Entry::Wildcard);
+    }
+    if text == "*" || text == "*." {
+        return Err(EntryProblem::EmptyWildcard);
+    }
+    validate_domain(text).map(Entry::Domain)
+}
+
+fn parse_net(text: &str, v4: bool) -> Result<IpNet, EntryProblem> {
+    let bad = if v4 { EntryProblem::BadIpv4 } else { EntryProblem::BadIpv6 };
+    let (addr, len) = match text.split_once('/') {
+        Some((addr, len)) => (addr, Some(len)),
+        None => (text, None),
+    };
+    let addr: IpAddr = if v4 {
+        IpAddr::V4(addr.parse::<Ipv4Addr>().map_err(|_| bad.clone())?)
+    } else {
+        IpAddr::V6(addr.parse::<Ipv6Addr>().map_err(|_| bad.clone())?)
+    };
+    let max: u8 = if v4 { 32 } else { 128 };
+    let len = match len {
+        None => max,
+        Some(len) => {
+            let len: u8 = len.parse().map_err(|_| EntryProblem::BadPrefixLength { max })?;
+            if len > max {
+                return Err(EntryProblem::BadPrefixLength { max });
+            }
+            len
+        }
+    };
+    let net = IpNet::new(addr, len).map_err(|_| EntryProblem::BadPrefixLength { max })?;
+    if net.trunc() != net {
+        return Err(EntryProblem::HostBitsSet { network: net.trunc() });
+    }
+    Ok(net)
+}
+
+/// Validates a DNS name (LDH labels), returns it lower-case without a trailing dot.
+fn validate_domain(text: &str) -> Result<String, EntryProblem> {
+    let name = text.strip_suffix('.').unwrap_or(text).to_ascii_lowercase();
+    if !name.is_ascii() {
+        // IDN is converted to punycode together with domain support.
+        return Err(EntryProblem::DomainsNotSupported);
+    }
+    if name.len() > 253 {
+        return Err(EntryProblem::BadDomain { why: "longer than 253 characters" });
+    }
+    let labels: Vec<&str> = name.split('.').collect();
+    if labels.len() < 2 {
+        return Err(EntryProblem::BadDomain { why: "needs at least two labels, like example.com" });
+    }
+    for label in &labels {
+        if label.is_empty() {
+            return Err(EntryProblem::BadDomain { why: "empty label" });
+        }
+        if label.len() > 63 {
+            return Err(EntryProblem::BadDomain { why: "a label is longer than 63 characters" });
+        }
+        if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return Err(EntryProblem::BadDomain {
+                why: "labels may hold only letters, digits and hyphens",
+            });
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(EntryProblem::BadDomain { why: "a label starts or ends with a hyphen" });
+        }
+    }
+    if labels.last().is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit())) {
+        return Err(EntryProblem::BadDomain { why: "the top-level label is all digits" });
+    }
+    Ok(name)
+}
+
+/// Parses, validates and compiles a policy. Fails on the first bad entry, naming it.
+pub fn compile(spec: &PolicySpec) -> Result<CompiledPolicy, PolicyError> {
+    let allow = parse_list(&spec.allow_out)?;
+    let deny = parse_list(&spec.deny_out)?;
+    if spec.mode == Mode::Blocked
+        && let Some((raw, _)) = allow.first()
+    {
+        return Err(PolicyError::AllowInBlocked {
+            origin: raw.origin.clone(),
+            entry: raw.text.clone(),
+        });
+    }
+    let (allow_v4, allow_v6) = split_families(allow.iter().map(|(_, e)| e));
+    let (deny_v4, deny_v6) = split_families(deny.iter().map(|(_, e)| e));
+    // Merging adjacent or nested prefixes keeps the set of addresses but changes the lengths
+    // of the longest matches, which `most-specific` compares: there, only duplicates go.
+    let merge = spec.precedence != Precedence::MostSpecific;
+    Ok(CompiledPolicy {
+        mode: spec.mode,
+        precedence: spec.precedence,
+        allow_v4: normalize_v4(allow_v4, merge),
+        deny_v4: normalize_v4(deny_v4, merge),
+        allow_v6: normalize_v6(allow_v6, merge),
+        deny_v6: normalize_v6(deny_v6, merge),
+    })
+}
+
+fn parse_list(raw: &[RawEntry]) -> Result<Vec<(&RawEntry, Entry)>, PolicyError> {
+    raw.iter()
+        .map(|r| {
+            let entry = parse_entry(&r.text).and_then(|e| match e {
+                Entry::Domain(_) | Entry::Wildcard(_) => Err(EntryProblem::DomainsNotSupported),
+                other => Ok(other),
+            });
+            entry.map(|e| (r, e)).map_err(|problem| PolicyError::Entry {
+                origin: r.origin.clone(),
+                entry: r.text.clone(),
+                problem,
+            })
+        })
+        .collect()
+}
+
+fn split_families<'a>(entries: impl Iterator<Item = &'a Entry>) -> (Vec<Ipv4Net>, Vec<Ipv6Net>) {
+    let mut v4 = Vec::new();
+    let mut v6 = Vec::new();
+    let mut add = |net: IpNet| match net {
+        IpNet::V4(n) => v4.push(n),
+        IpNet::V6(n) => match v4_mapped_net(n) {
+            // ::ffff:a.b.c.d/n is decided by the IPv4 rules, as the kernel does.
+            Some(n4) => v4.push(n4),
+            None => v6.push(n),
+        },
+    };
+    for entry in entries {
+        match entry {
+            Entry::Net(net) => add(*net),
+            Entry::Preset(p) => {
+                for text in p.networks() {
+                    add(text.parse().expect("preset networks are valid"));
+                }
+            }
+            Entry::Domain(_) | Entry::Wildcard(_) => {}
+        }
+    }
+    (v4, v6)
+}
+
+/// `::ffff:0:0/96` and longer prefixes inside it, as IPv4 networks.
+fn v4_mapped_net(net: Ipv6Net) -> Option<Ipv4Net> {
+    if net.prefix_len() < 96 {
+        return None;
+    }
+    let o = net.addr().octets();
+    if o[..10].iter().any(|&b| b != 0) || o[10] != 0xff || o[11] != 0xff {
+        return None;
+    }
+    Ipv4Net::new(Ipv4Addr::new(o[12], o[13], o[14], o[15]), net.prefix_len() - 96).ok()
+}
+
+fn normalize_v4(mut nets: Vec<Ipv4Net>, merge: bool) -> Vec<Ipv4Net> {
+    if merge {
+        return Ipv4Net::aggregate(&nets);
+    }
+    nets.sort_unstable();
+    nets.dedup();
+    nets
+}
+
+fn normalize_v6(mut nets: Vec<Ipv6Net>, merge: bool) -> Vec<Ipv6Net> {
+    if merge {
+        return Ipv6Net::aggregate(&nets);
+    }
+    nets.sort_unstable();
+    nets.dedup();
+    nets
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(list: &[&str], origin: &str) -> Vec<RawEntry> {
+        list.iter().map(|t| RawEntry { text: (*t).into(), origin: origin.into() }).collect()
+    }
+
+    fn spec(mode: Mode, precedence: Precedence, allow: &[&str], deny: &[&str]) -> PolicySpec {
+        PolicySpec {
+            mode,
+            precedence,
+            allow_out: raw(allow, "--allow-out"),
+            deny_out: raw(deny, "--deny-out"),
+        }
+    }
+
+    fn v4(list: &[&str]) -> Vec<Ipv4Net> {
+        list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn parses_every_kind_of_entry() {
+        assert_eq!(parse_entry("1.1.1.1"), Ok(Entry::Net("1.1.1.1/32".parse().unwrap())));
+        assert_eq!(parse_entry("10.0.0.0/8"), Ok(Entry::Net("10.0.0.0/8".parse().unwrap())));
+        assert_eq!(parse_entry("2001:db8::/32"), Ok(Entry::Net("2001:db8::/32".parse().unwrap())));
+        assert_eq!(parse_entry("::1"), Ok(Entry::Net("::1/128".parse().unwrap())));
+        assert_eq!(parse_entry("PyPI.org."), Ok(Entry::Domain("pypi.org".into())));
+        assert_eq!(parse_entry("*.pythonhosted.org"), Ok(Entry::Wildcard("pythonhosted.org".into())));
+        assert_eq!(parse_entry("@cloud-metadata"), Ok(Entry::Preset(Preset::CloudMetadata)));
+    }
+
+    #[test]
+    fn rejects_bad_entries_with_a_reason() {
+        let cases: &[(&str, EntryProblem)] = &[
+            ("", EntryProblem::Empty),
+            ("10.0.0.300", EntryProblem::BadIpv4),
+            ("10.0.0/8", EntryProblem::BadIpv4),
+            ("10.0.0.0/33", EntryProblem::BadPrefixLength { max: 32 }),
+            ("10.0.0.0/x", EntryProblem::BadIpv4),
+            ("fe80::1::2", EntryProblem::BadIpv6),
+            ("::/129", EntryProblem::BadPrefixLength { max: 128 }),
+            ("10.0.0.1/8", EntryProblem::HostBitsSet { network: "10.0.0.0/8".parse().unwrap() }),
+            ("*.", EntryProblem::EmptyWildcard),
+            ("*", EntryProblem::EmptyWildcard),
+            ("exa mple.com", EntryProblem::BadDomain { why: "labels may hold only letters, digits and hyphens" }),
+            ("localhost", EntryProblem::BadDomain { why: "needs at least two labels, like example.com" }),
+            ("-bad.com", EntryProblem::BadDomain { why: "a label starts or ends with a hyphen" }),
+            ("a..com", EntryProblem::BadDomain { why: "empty label" }),
+            ("example.com/24", EntryProblem::BadIpv4),
+        ];
+        for (text, problem) in cases {
+            assert_eq!(parse_entry(text).as_ref(), Err(problem), "entry {text:?}");
+        }
+        assert!(matches!(parse_entry("@nope"), Err(EntryProblem::UnknownPreset { .. })));
+    }
+
+    #[test]
+    fn error_messages_quote_the_entry_and_its_origin() {
+        let err = compile(&spec(Mode::Allowlist, Precedence::DenyWins, &["10.0.0.300"], &[]))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid --allow-out entry \"10.0.0.300\": not a valid IPv4 address or CIDR"
+        );
+        let err = compile(&spec(Mode::Allowlist, Precedence::DenyWins, &["pypi.org"], &[]))
+            .unwrap_err();
+        assert!(err.to_string().contains("domain rules are not supported yet"), "{err}");
+        let err = compile(&spec(Mode::Blocked, Precedence::DenyWins, &["1.1.1.1"], &[]))
+            .unwrap_err();
+        assert!(err.to_string().contains("--network blocked"), "{err}");
+    }
+
+    #[test]
+    fn one_bad_entry_refuses_the_whole_policy() {
+        let result = compile(&spec(Mode::Allowlist, Precedence::DenyWins, &["10.0.0.0/8", "@bogus"], &[]));
+        assert!(result.is_err());
+    }
+
+    #[test]
+    fn presets_expand() {
+        let c = compile(&spec(Mode::Allowlist, Precedence::DenyWins, &["@all"], &["@cloud-metadata"]))
+            .unwrap();
+        assert_eq!(c.allow_v4, v4(&["0.0.0.0/0"]));
+        assert_eq!(c.allow_v6, vec!["::/0".parse::<Ipv6Net>().unwrap()]);
+        assert!(c.deny_v4.contains(&"169.254.0.0/16".parse().unwrap()));
+        assert!(c.deny_v6.contains(&"fd00:ec2::254/128".parse().unwrap()));
+        for preset in Preset::ALL {
+            for net in preset.networks() {
+                assert!(net.parse::<IpNet>().is_ok(), "{net}");
+            }
+        }
+    }
+
+    #[test]
+    fn v4_mapped_entries_become_ipv4_rules() {
+        let c = compile(&spec(Mode::Allowlist, Precedence::DenyWins, &["::ffff:10.1.0.0/112"], &[]))
+            .unwrap();
+        assert_eq!(c.allow_v4, v4(&["10.1.0.0/16"]));
+        assert!(c.allow_v6.is_empty());
+    }
+
+    #[test]
+    fn merging_is_only_done_where_lengths_do_not_matter() {
+        let allow = ["10.0.0.0/9", "10.128.0.0/9", "10.1.0.0/16", "10.1.0.0/16"];
+        let merged = compile(&spec(Mode::Allowlist, Precedence::DenyWins, &allow, &[])).unwrap();
+        assert_eq!(merged.allow_v4, v4(&["10.0.0.0/8"]));
+        let kept = compile(&spec(Mode::Allowlist, Precedence::MostSpecific, &allow, &[])).unwrap();
+        assert_eq!(kept.allow_v4, v4(&["10.0.0.0/9", "10.1.0.0/16", "10.128.0.0/9"]));
+    }
+
+    #[test]
+    fn sandbox_entry_reflects_mode_and_precedence() {
+        let open = compile(&spec(Mode::Open, Precedence::AllowWins, &[], &["10.0.0.0/8"])).unwrap();
+        let e = open.sandbox_entry(9);
+        assert_eq!(e.policy_id, 9);
+        assert_eq!(e.default_verdict, DefaultVerdict::Allow as u32);
+        assert_eq!(e.precedence, KernelPrecedence::AllowWins as u32);
+        assert_eq!(e.guard_loopback, 0);
+        let blocked = compile(&spec(Mode::Blocked, Precedence::DenyWins, &[], &[])).unwrap();
+        let e = blocked.sandbox_entry(1);
+        assert_eq!(e.default_verdict, DefaultVerdict::Deny as u32);
+        assert_eq!(e.guard_loopback, 1);
+    }
+}

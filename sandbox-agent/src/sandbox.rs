@@ -1,0 +1,211 @@
+//! One sandbox run, start to finish: lock, cgroup, policy in the kernel, workload, wait,
+//! clean-up. Clean-up runs on every path out (normal exit, killed workload, SIGINT/SIGTERM/
+//! SIGHUP to the agent, timeout, errors), through a guard.
+use std::{
+    fs,
+    os::fd::AsFd as _,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use nix::{
+    poll::{PollFd, PollFlags, PollTimeout, poll},
+    sys::{
+        signal::{SigSet, Signal},
+        signalfd::{SfdFlags, SignalFd},
+    },
+};
+use sandbox_common::Counters;
+
+use crate::{
+    cgroup::{CgroupError, SandboxCgroup},
+    enforcement::{Enforcement, EnforcementError, FileLock, random_id},
+    launch::{self, LaunchError, LaunchSpec},
+    paths::Paths,
+    policy::CompiledPolicy,
+};
+
+/// How long killing a sandbox's processes may take before it is reported as stuck.
+const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Enforcement(#[from] EnforcementError),
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error(transparent)]
+    Launch(#[from] LaunchError),
+    #[error("lock {path}: {source}")]
+    Lock { path: PathBuf, source: std::io::Error },
+    #[error("signal handling: {0}")]
+    Signals(#[source] nix::Error),
+}
+
+impl RunError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Self::Launch(e) => e.exit_code(),
+            _ => 125,
+        }
+    }
+}
+
+pub struct RunOptions {
+    pub policy: CompiledPolicy,
+    pub launch: LaunchSpec,
+    /// Kill the workload after this long (exit status 124).
+    pub timeout: Option<Duration>,
+    /// After forwarding SIGINT/SIGTERM/SIGHUP, how long the workload may take to exit.
+    pub stop_grace: Duration,
+}
+
+/// What a run ended with.
+#[derive(Debug)]
+pub struct RunReport {
+    pub id: String,
+    pub exit_code: i32,
+    pub timed_out: bool,
+    pub counters: Counters,
+}
+
+/// A sandbox that exists: cgroup, kernel entries and lock. Dropping it kills whatever still
+/// runs in the cgroup and removes all of it.
+struct LiveSandbox<'a> {
+    enforcement: &'a mut Enforcement,
+    cgroup: SandboxCgroup,
+    policy_id: Option<u32>,
+    policy: &'a CompiledPolicy,
+    lock_path: PathBuf,
+    _lock: FileLock,
+}
+
+impl Drop for LiveSandbox<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.cgroup.kill_all(KILL_TIMEOUT) {
+            eprintln!("sandbox-agent: warning: {e}");
+        }
+        if let Some(policy_id) = self.policy_id {
+            self.enforcement.remove(self.cgroup.id, policy_id, Some(self.policy));
+        }
+        if let Err(e) = self.cgroup.remove() {
+            eprintln!("sandbox-agent: warning: {e}");
+        }
+        let _ = fs::remove_file(&self.lock_path);
+    }
+}
+
+/// Runs one workload under `opts.policy` and cleans up.
+pub fn run(paths: &Paths, opts: &RunOptions) -> Result<RunReport, RunError> {
+    // Signals are blocked before anything exists, so a SIGTERM at any moment reaches the
+    // signalfd and leads to an orderly clean-up instead of killing the agent half-way.
+    let mut mask = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT] {
+        mask.add(s);
+    }
+    mask.thread_block().map_err(RunError::Signals)?;
+    let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+        .map_err(RunError::Signals)?;
+
+    let (mut enforcement, _) = Enforcement::open(paths)?;
+    collect_orphans(paths, &mut enforcement);
+
+    let id = random_id();
+    let locks = paths.sandbox_locks();
+    fs::create_dir_all(&locks).map_err(|source| RunError::Lock { path: locks.clone(), source })?;
+    let lock_path = locks.join(format!("{id}.lock"));
+    let lock = FileLock::acquire(&lock_path)
+        .map_err(|source| RunError::Lock { path: lock_path.clone(), source })?;
+    let cgroup = SandboxCgroup::create(&enforcement.parent_cgroup.clone(), &id)?;
+    let mut sandbox = LiveSandbox {
+        enforcement: &mut enforcement,
+        cgroup,
+        policy_id: None,
+        policy: &opts.policy,
+        lock_path,
+        _lock: lock,
+    };
+    sandbox.policy_id = Some(sandbox.enforcement.apply(sandbox.cgroup.id, &opts.policy)?);
+
+    let cgroup_fd = sandbox.cgroup.open_fd()?;
+    let child = launch::spawn(&opts.launch, &cgroup_fd)?;
+    drop(cgroup_fd);
+
+    let deadline = opts.timeout.map(|t| Instant::now() + t);
+    let mut stop_deadline: Option<Instant> = None;
+    let mut timed_out = false;
+    let status = loop {
+        let now = Instant::now();
+        let next = [deadline, stop_deadline].into_iter().flatten().min();
+        let wait = match next {
+            Some(t) if t <= now => {
+                // Timeout, or the workload ignored a forwarded stop signal: kill everything.
+                if Some(t) == deadline && !timed_out {
+                    timed_out = true;
+                }
+                sandbox.cgroup.kill_all(KILL_TIMEOUT)?;
+                break launch::reap(&child).map_err(LaunchError::Io)?;
+            }
+            Some(t) => PollTimeout::try_from(t - now).unwrap_or(PollTimeout::MAX),
+            None => PollTimeout::NONE,
+        };
+        let mut fds = [
+            PollFd::new(child.pidfd.as_fd(), PollFlags::POLLIN),
+            PollFd::new(signals.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, wait) {
+            Ok(_) | Err(nix::Error::EINTR) => {}
+            Err(e) => return Err(RunError::Signals(e)),
+        }
+        if fds[0].revents().is_some_and(|r| !r.is_empty()) {
+            break launch::reap(&child).map_err(LaunchError::Io)?;
+        }
+        if fds[1].revents().is_some_and(|r| !r.is_empty()) {
+            while let Ok(Some(info)) = signals.read_signal() {
+                let sig = i32::try_from(info.ssi_signo).unwrap_or(libc::SIGTERM);
+                if stop_deadline.is_some() {
+                    // A second signal: stop waiting.
+                    stop_deadline = Some(Instant::now());
+                } else {
+                    launch::signal(&child, sig);
+                    stop_deadline = Some(Instant::now() + opts.stop_grace);
+                }
+            }
+        }
+    };
+    let counters = sandbox.enforcement.counters(sandbox.cgroup.id).unwrap_or_default();
+    drop(sandbox);
+    let exit_code = if timed_out { 124 } else { status.code() };
+    Ok(RunReport { id, exit_code, timed_out, counters })
+}
+
+/// Removes what agents that died left behind: sandbox cgroups whose lock nobody holds and
+/// that have no processes. A cgroup that still has processes stays (and stays confined).
+pub fn collect_orphans(paths: &Paths, enforcement: &mut Enforcement) {
+    let Ok(dir) = fs::read_dir(&enforcement.parent_cgroup) else { return };
+    for entry in dir.filter_map(Result::ok) {
+        let path = entry.path();
+        if !path.is_dir() {
+            continue;
+        }
+        let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_owned) else { continue };
+        let lock_path = paths.sandbox_locks().join(format!("{name}.lock"));
+        let Ok(Some(_lock)) = FileLock::try_acquire(&lock_path) else { continue };
+        let Ok(cgroup) = SandboxCgroup::open(path) else { continue };
+        if cgroup.is_populated().unwrap_or(true) {
+            continue;
+        }
+        if let Some(entry) = enforcement.sandbox_entry(cgroup.id) {
+            enforcement.remove(cgroup.id, entry.policy_id, None);
+        }
+        let _ = cgroup.remove();
+        let _ = fs::remove_file(&lock_path);
+    }
+}
+
+/// The cgroup directory of a sandbox cgroup id, if it is below `parent`.
+pub fn cgroup_path_of(parent: &Path, id: u64) -> Option<PathBuf> {
+    fs::read_dir(parent).ok()?.filter_map(Result::ok).map(|e| e.path()).find(|p| {
+        crate::cgroup::cgroup_id(p).is_ok_and(|i| i == id)
+    })
+}
