@@ -17,7 +17,7 @@ use aya::{
     EbpfLoader,
     maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuHashMap, PerCpuValues, lpm_trie::Key},
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, ProgramError,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, ProgramError,
         links::FdLink,
     },
 };
@@ -339,6 +339,19 @@ impl Enforcement {
         [count4(&self.allow_v4), count4(&self.deny_v4), count6(&self.allow_v6), count6(&self.deny_v6)]
     }
 
+    /// Entries in all LPM tries, per policy id.
+    pub fn rules_by_policy(&self) -> std::collections::BTreeMap<u32, usize> {
+        let mut counts = std::collections::BTreeMap::new();
+        let id_of = |data: &[u8]| u32::from_be_bytes([data[0], data[1], data[2], data[3]]);
+        for key in self.allow_v4.keys().chain(self.deny_v4.keys()).filter_map(Result::ok) {
+            *counts.entry(id_of(&key.data())).or_insert(0) += 1;
+        }
+        for key in self.allow_v6.keys().chain(self.deny_v6.keys()).filter_map(Result::ok) {
+            *counts.entry(id_of(&key.data())).or_insert(0) += 1;
+        }
+        counts
+    }
+
     /// Entries of any policy in the LPM tries and policy-id map.
     pub fn total_rules(&self) -> usize {
         self.allow_v4.keys().count()
@@ -467,19 +480,6 @@ fn install(paths: &Paths, parent: &Path, parent_id: u64) -> Result<()> {
         program_names::SENDMSG6,
     ] {
         let prog: &mut CgroupSockAddr = ebpf
-            .program_mut(name)
-            .ok_or(EnforcementError::MissingProgram { name })?
-            .try_into()
-            .map_err(|source| EnforcementError::Program { name, source })?;
-        let perr = |source| EnforcementError::Program { name, source };
-        prog.load().map_err(perr)?;
-        let id = prog.attach(&cgroup, CgroupAttachMode::Single).map_err(perr)?;
-        let link: FdLink = prog.take_link(id).map_err(perr)?.try_into().map_err(|source| EnforcementError::Link { name, source })?;
-        pin_link(link, &paths.links_dir().join(name))?;
-    }
-    {
-        let name = program_names::SOCK_CREATE;
-        let prog: &mut CgroupSock = ebpf
             .program_mut(name)
             .ok_or(EnforcementError::MissingProgram { name })?
             .try_into()

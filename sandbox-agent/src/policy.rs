@@ -60,8 +60,16 @@ pub struct PolicyFile {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RawEntry {
     pub text: String,
-    /// e.g. `--allow-out` or `allow_out in policy.toml`.
+    /// The flag or key it came from: `--allow-out`, `allow_out`.
     pub origin: String,
+    /// The policy file it came from, if any.
+    pub file: Option<String>,
+}
+
+impl RawEntry {
+    fn place(&self) -> String {
+        self.file.as_ref().map(|f| format!(" in {f}")).unwrap_or_default()
+    }
 }
 
 /// The policy of one sandbox, before compilation.
@@ -164,13 +172,13 @@ pub enum EntryProblem {
 /// Why a policy was refused. Each names the offending entry or setting.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
-    #[error("invalid {origin} entry \"{entry}\": {problem}")]
-    Entry { origin: String, entry: String, problem: EntryProblem },
+    #[error("invalid {origin} entry \"{entry}\"{place}: {problem}")]
+    Entry { origin: String, entry: String, place: String, problem: EntryProblem },
     #[error(
-        "{origin} entry \"{entry}\" has no effect with --network blocked, which allows nothing; \
-         use --network allowlist"
+        "{origin} entry \"{entry}\"{place} has no effect with --network blocked, which allows \
+         nothing; use --network allowlist"
     )]
-    AllowInBlocked { origin: String, entry: String },
+    AllowInBlocked { origin: String, entry: String, place: String },
 }
 
 /// A compiled policy: the sandbox settings and the prefix lists for the kernel.
@@ -342,6 +350,7 @@ pub fn compile(spec: &PolicySpec) -> Result<CompiledPolicy, PolicyError> {
         return Err(PolicyError::AllowInBlocked {
             origin: raw.origin.clone(),
             entry: raw.text.clone(),
+            place: raw.place(),
         });
     }
     let (allow_v4, allow_v6) = split_families(allow.iter().map(|(_, e)| e));
@@ -369,6 +378,7 @@ fn parse_list(raw: &[RawEntry]) -> Result<Vec<(&RawEntry, Entry)>, PolicyError> 
             entry.map(|e| (r, e)).map_err(|problem| PolicyError::Entry {
                 origin: r.origin.clone(),
                 entry: r.text.clone(),
+                place: r.place(),
                 problem,
             })
         })
@@ -435,7 +445,7 @@ mod tests {
     use super::*;
 
     fn raw(list: &[&str], origin: &str) -> Vec<RawEntry> {
-        list.iter().map(|t| RawEntry { text: (*t).into(), origin: origin.into() }).collect()
+        list.iter().map(|t| RawEntry { text: (*t).into(), origin: origin.into(), file: None }).collect()
     }
 
     fn spec(mode: Mode, precedence: Precedence, allow: &[&str], deny: &[&str]) -> PolicySpec {

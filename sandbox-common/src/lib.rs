@@ -29,7 +29,6 @@ pub mod program_names {
     pub const CONNECT6: &str = "sandbox_connect6";
     pub const SENDMSG4: &str = "sandbox_sendmsg4";
     pub const SENDMSG6: &str = "sandbox_sendmsg6";
-    pub const SOCK_CREATE: &str = "sandbox_sock_create";
 }
 
 /// Capacity of the `SANDBOXES` and `COUNTERS` maps: sandboxes alive at once on one host.

@@ -11,7 +11,9 @@
 //!   exists, so that a denied `connect()`/`sendto()` fails at once with EPERM instead of
 //!   hanging in SYN retransmits.
 //!
-//! - `cgroup/sock_create` refuses link-layer (`AF_PACKET`) sockets, which bypass IP hooks.
+//!
+//! Link-layer (`AF_PACKET`) sockets would bypass the IP hooks; they need CAP_NET_RAW and are
+//! refused by the launcher's seccomp filter (`launch.rs`), since cgroup hooks do not see them.
 //!
 //! Anything unexpected (a cgroup below the sandbox root that has no entry, a packet that
 //! cannot be read) is denied: the failure mode is closed.
@@ -20,9 +22,9 @@
 
 use aya_ebpf::{
     helpers::{bpf_get_current_cgroup_id, bpf_skb_cgroup_id},
-    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, map},
+    macros::{cgroup_skb, cgroup_sock_addr, map},
     maps::{Array, HashMap, LpmTrie, PerCpuHashMap, lpm_trie::Key},
-    programs::{SkBuffContext, SockAddrContext, SockContext},
+    programs::{SkBuffContext, SockAddrContext},
 };
 use sandbox_common::{
     Counters, DEFAULT_MAX_PREFIXES, LOOPBACK_V4_MIN_PREFIX, LOOPBACK_V6_MIN_PREFIX, LpmDataV4,
@@ -242,18 +244,6 @@ pub fn sandbox_sendmsg4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(sendmsg6)]
 pub fn sandbox_sendmsg6(ctx: SockAddrContext) -> i32 {
     sock_addr_v6(&ctx, Call::Send)
-}
-
-/// `AF_PACKET`: link-layer sockets send frames that never pass the IP output path, so
-/// `cgroup_skb` would not see them. They need CAP_NET_RAW, which sandboxes lack unless an
-/// operator adds it; refusing them here keeps the wall whole even then.
-const AF_PACKET: u32 = 17;
-
-#[cgroup_sock(sock_create)]
-pub fn sandbox_sock_create(ctx: SockContext) -> i32 {
-    // SAFETY: the context pointer is valid for the program's run; `family` is readable.
-    let family = unsafe { (*ctx.sock).family };
-    if family == AF_PACKET { DROP } else { PASS }
 }
 
 #[cfg(not(test))]

@@ -1,1 +1,125 @@
-fn main(){}
+//! Build steps: install the eBPF toolchain, build, test, demo and benchmark.
+//!
+//! Every command that needs the toolchain runs `setup` first; `setup` is idempotent and
+//! takes well under a second when everything is in place.
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+mod bench;
+mod demo;
+mod setup;
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what the build and the tests need (nightly rust-src, bpf-linker, Debian packages).
+    Setup,
+    /// Build the agent with its embedded eBPF object.
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Run the unit tests and the end-to-end tests (as root: real eBPF, cgroups, namespaces).
+    Test {
+        /// Only run end-to-end tests whose name contains this.
+        filter: Option<String>,
+    },
+    /// Show a sandboxed command reaching one address and refused another.
+    Demo,
+    /// Measure the cost of enforcement against baselines in the same run.
+    Bench,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Cmd::Setup => setup::run(),
+        Cmd::Build { release } => {
+            setup::run()?;
+            build(release).map(drop)
+        }
+        Cmd::Test { filter } => {
+            setup::run()?;
+            test(filter.as_deref())
+        }
+        Cmd::Demo => {
+            setup::run()?;
+            let agent = build(true)?;
+            demo::run(&agent)
+        }
+        Cmd::Bench => {
+            setup::run()?;
+            let agent = build(true)?;
+            bench::run(&agent)
+        }
+    }
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask is inside the workspace").to_path_buf()
+}
+
+/// Runs a command, failing with its command line if it does not succeed.
+pub fn run_cmd(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("cannot start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+/// Builds the agent and returns the path of the binary.
+fn build(release: bool) -> Result<PathBuf> {
+    let mut cmd = cargo();
+    cmd.args(["build", "-p", "sandbox-agent"]);
+    if release {
+        cmd.arg("--release");
+    }
+    run_cmd(&mut cmd)?;
+    Ok(workspace_root().join("target").join(if release { "release" } else { "debug" }).join("sandbox-agent"))
+}
+
+fn test(filter: Option<&str>) -> Result<()> {
+    if !is_root() {
+        bail!("the end-to-end tests load eBPF programs and create cgroups and namespaces: run as root");
+    }
+    let agent = build(true)?;
+    // Pure logic first: fast, and no root needed.
+    run_cmd(cargo().args(["test", "-p", "sandbox-common", "-p", "sandbox-agent"]))?;
+    let mut e2e = cargo();
+    e2e.args(["test", "--release", "-p", "sandbox-tests", "--"]).env("SANDBOX_AGENT_BIN", &agent);
+    if let Some(f) = filter {
+        e2e.arg(f);
+    }
+    let result = run_cmd(&mut e2e);
+    // The suite shares one install of the programs; remove it so nothing is left pinned.
+    let teardown = Command::new(&agent).arg("teardown").status();
+    result?;
+    match teardown {
+        Ok(s) if s.success() => Ok(()),
+        Ok(s) => bail!("sandbox-agent teardown after the tests failed: {s}"),
+        Err(e) => bail!("cannot run sandbox-agent teardown: {e}"),
+    }
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}

@@ -204,10 +204,12 @@ fn policy_spec(args: &RunArgs) -> Result<PolicySpec, Failure> {
         file_origin = path.display().to_string();
     }
     let from_file = |list: &[String], key: &str| -> Vec<RawEntry> {
-        list.iter().map(|t| RawEntry { text: t.clone(), origin: format!("{key} in {file_origin}") }).collect()
+        list.iter()
+            .map(|t| RawEntry { text: t.clone(), origin: key.into(), file: Some(file_origin.clone()) })
+            .collect()
     };
     let from_flags = |list: &[String], flag: &str| -> Vec<RawEntry> {
-        list.iter().map(|t| RawEntry { text: t.clone(), origin: flag.into() }).collect()
+        list.iter().map(|t| RawEntry { text: t.clone(), origin: flag.into(), file: None }).collect()
     };
     let mut allow_out = from_file(&file.allow_out, "allow_out");
     allow_out.extend(from_flags(&args.allow_out, "--allow-out"));

@@ -40,6 +40,7 @@ pub fn main() -> i32 {
         "sandboxes": sandboxes,
         "sandbox_cgroups": cgroups,
         "total_rules": enforcement.total_rules(),
+        "rules_by_policy": enforcement.rules_by_policy(),
         "policy_ids": enforcement.policy_id_count(),
     });
     println!("{}", serde_json::to_string_pretty(&state).expect("JSON of plain values"));

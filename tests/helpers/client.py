@@ -1,0 +1,99 @@
+"""Network client run inside a sandbox by the end-to-end tests.
+
+Usage: client.py COMMAND ARGS...; prints one line per target: `<target> ok` or
+`<target> <ERRNO name>` (e.g. EPERM), so a test can tell a kernel refusal (EPERM at once)
+from a timeout or a refused connection.
+
+  tcp PORT ADDR...        connect, send an HTTP request, read the answer
+  udp PORT MSG ADDR...    one datagram to each address
+  rawudp PORT MSG ADDR... one UDP datagram built by hand on a raw IPv4 socket (needs NET_RAW)
+  packet                  try to open an AF_PACKET socket
+"""
+import errno
+import socket
+import struct
+import sys
+
+
+def name(e):
+    return errno.errorcode.get(e.errno, str(e.errno)) if isinstance(e, OSError) and e.errno else type(e).__name__
+
+
+def family(addr):
+    return socket.AF_INET6 if ":" in addr else socket.AF_INET
+
+
+def tcp(port, addrs):
+    for a in addrs:
+        s = socket.socket(family(a), socket.SOCK_STREAM)
+        s.settimeout(5)
+        try:
+            s.connect((a, port))
+            s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            data = s.recv(4096)
+            print(f"{a} ok" if b"200 OK" in data else f"{a} BADREPLY")
+        except Exception as e:  # noqa: BLE001 - report whatever happened
+            print(f"{a} {name(e)}")
+        finally:
+            s.close()
+
+
+def udp(port, msg, addrs):
+    for a in addrs:
+        s = socket.socket(family(a), socket.SOCK_DGRAM)
+        try:
+            s.sendto(msg.encode(), (a, port))
+            print(f"{a} ok")
+        except Exception as e:  # noqa: BLE001
+            print(f"{a} {name(e)}")
+        finally:
+            s.close()
+
+
+def rawudp(port, msg, addrs):
+    payload = msg.encode()
+    for a in addrs:
+        try:
+            s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        except Exception as e:  # noqa: BLE001
+            print(f"{a} {name(e)}")
+            continue
+        udp_header = struct.pack("!HHHH", 40000, port, 8 + len(payload), 0)
+        total = 20 + len(udp_header) + len(payload)
+        # Source 0.0.0.0 and checksum 0: the kernel fills both in with IP_HDRINCL.
+        ip_header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, total, 0, 0, 64, socket.IPPROTO_UDP, 0,
+                                socket.inet_aton("0.0.0.0"), socket.inet_aton(a))
+        try:
+            s.sendto(ip_header + udp_header + payload, (a, 0))
+            print(f"{a} ok")
+        except Exception as e:  # noqa: BLE001
+            print(f"{a} {name(e)}")
+        finally:
+            s.close()
+
+
+def packet():
+    try:
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+        s.close()
+        print("packet ok")
+    except Exception as e:  # noqa: BLE001
+        print(f"packet {name(e)}")
+
+
+def main():
+    cmd, rest = sys.argv[1], sys.argv[2:]
+    if cmd == "tcp":
+        tcp(int(rest[0]), rest[1:])
+    elif cmd == "udp":
+        udp(int(rest[0]), rest[1], rest[2:])
+    elif cmd == "rawudp":
+        rawudp(int(rest[0]), rest[1], rest[2:])
+    elif cmd == "packet":
+        packet()
+    else:
+        sys.exit(f"unknown command {cmd}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+//! The launcher: exit statuses, stdio, privileges, timeouts, and clean-up of cgroups and map
+//! entries after every way a sandbox can end.
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use sandbox_tests::{agent, agent_cmd, agent_cmd_with_stdin, cgroup2_mount, state, wait_bounded};
+
+#[test]
+fn exit_statuses_follow_docker_run() {
+    assert_eq!(agent_cmd(&["run", "--", "sh", "-c", "exit 7"]).code, 7);
+    assert_eq!(agent_cmd(&["run", "--", "true"]).code, 0);
+    assert_eq!(agent_cmd(&["run", "--", "sh", "-c", "kill -9 $$"]).code, 137);
+    assert_eq!(agent_cmd(&["run", "--", "sh", "-c", "kill -15 $$"]).code, 143);
+    let missing = agent_cmd(&["run", "--", "no-such-command-here"]);
+    assert_eq!(missing.code, 127, "{missing:#?}");
+    assert!(missing.stderr.contains("command not found"), "{missing:#?}");
+    let not_exec = agent_cmd(&["run", "--", "/etc/hostname"]);
+    assert_eq!(not_exec.code, 126, "{not_exec:#?}");
+    let bad = agent_cmd(&["run", "--allow-out", "nope/", "--", "true"]);
+    assert_eq!(bad.code, 125, "{bad:#?}");
+}
+
+#[test]
+fn timeout_kills_the_workload() {
+    let start = Instant::now();
+    let run = agent_cmd(&["run", "--timeout", "1s", "--", "sleep", "30"]);
+    assert_eq!(run.code, 124, "{run:#?}");
+    assert!(run.stderr.contains("timed out"), "{run:#?}");
+    assert!(start.elapsed() < Duration::from_secs(20), "timeout did not fire");
+}
+
+#[test]
+fn stdio_is_streamed() {
+    let run = agent_cmd_with_stdin(&["run", "--", "sh", "-c", "cat; echo done; echo oops >&2"], Some("hello\n"));
+    assert_eq!(run.code, 0, "{run:#?}");
+    assert_eq!(run.stdout, "hello\ndone\n");
+    assert_eq!(run.stderr, "oops\n");
+}
+
+#[test]
+fn workload_is_unprivileged_and_confined() {
+    let run = agent_cmd(&[
+        "run",
+        "--env",
+        "GREETING=hi",
+        "--cwd",
+        "/tmp",
+        "--",
+        "sh",
+        "-c",
+        "grep -E '^(Uid|CapEff|CapPrm|CapBnd|CapAmb|NoNewPrivs)' /proc/self/status; cat /proc/self/cgroup; pwd; echo $GREETING; env | sort",
+    ]);
+    assert_eq!(run.code, 0, "{run:#?}");
+    let out = &run.stdout;
+    assert!(out.contains("Uid:\t65534\t65534\t65534\t65534"), "not nobody: {out}");
+    for cap in ["CapEff", "CapPrm", "CapBnd", "CapAmb"] {
+        assert!(out.contains(&format!("{cap}:\t0000000000000000")), "{cap} not empty: {out}");
+    }
+    assert!(out.contains("NoNewPrivs:\t1"), "{out}");
+    assert!(out.contains("0::/sandbox-agent/"), "not in a sandbox cgroup: {out}");
+    assert!(out.contains("/tmp\nhi\n"), "{out}");
+    // The agent's own environment does not leak in.
+    assert!(!out.contains("SANDBOX_AGENT_BIN"), "{out}");
+    // With --cap-add, exactly that capability (NET_RAW = bit 13) is kept.
+    let run = agent_cmd(&["run", "--cap-add", "NET_RAW", "--", "grep", "CapEff", "/proc/self/status"]);
+    assert_eq!(run.stdout.trim(), "CapEff:\t0000000000002000", "{run:#?}");
+}
+
+/// A sandbox's kernel and cgroup state while it runs and after it ends.
+struct Observed {
+    cgroup: std::path::PathBuf,
+    cgroup_id: u64,
+    policy_id: u64,
+}
+
+/// Starts `run --network allowlist --allow-out 198.18.250.0/24 -- sh -c SCRIPT` where SCRIPT
+/// prints its cgroup and pid first, waits for that line, and looks the sandbox up in the
+/// kernel state.
+fn start_observed(script: &str) -> (std::process::Child, Observed, u32) {
+    let full = format!("echo $$ $(cut -d: -f3 /proc/self/cgroup); {script}");
+    let mut child = Command::new(agent())
+        .args(["run", "--network", "allowlist", "--allow-out", "198.18.250.0/24", "--allow-out", "fd5a:ffff::/64"])
+        .args(["--", "sh", "-c", &full])
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start agent");
+    let mut first = String::new();
+    let stdout = child.stdout.take().expect("stdout");
+    let mut reader = BufReader::new(stdout);
+    reader.read_line(&mut first).expect("read first line");
+    // Keep draining so the workload never blocks on a full pipe.
+    std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+    let mut parts = first.split_whitespace();
+    let pid: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("no pid in {first:?}"));
+    let rel = parts.next().unwrap_or_else(|| panic!("no cgroup in {first:?}"));
+    let cgroup = cgroup2_mount().join(rel.trim_start_matches('/'));
+    let cgroup_id = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&cgroup).expect("sandbox cgroup exists"));
+    let st = state();
+    let entry = st["sandboxes"]
+        .as_array()
+        .expect("sandboxes")
+        .iter()
+        .find(|s| s["cgroup_id"] == cgroup_id)
+        .unwrap_or_else(|| panic!("sandbox {cgroup_id} not in kernel state: {st:#}"))
+        .clone();
+    assert_eq!(entry["rules"]["allow_v4"], 1, "{entry:#}");
+    assert_eq!(entry["rules"]["allow_v6"], 1, "{entry:#}");
+    let policy_id = entry["policy_id"].as_u64().expect("policy id");
+    (child, Observed { cgroup, cgroup_id, policy_id }, pid)
+}
+
+fn assert_cleaned(o: &Observed) {
+    assert!(!o.cgroup.exists(), "cgroup {} was left behind", o.cgroup.display());
+    let st = state();
+    let sandboxes = st["sandboxes"].as_array().expect("sandboxes");
+    assert!(
+        !sandboxes.iter().any(|s| s["cgroup_id"] == o.cgroup_id || s["policy_id"] == o.policy_id),
+        "kernel entry left behind: {st:#}"
+    );
+    let rules = &st["rules_by_policy"][o.policy_id.to_string()];
+    assert!(rules.is_null(), "rules of policy {} left behind: {rules}", o.policy_id);
+}
+
+#[test]
+fn cleanup_after_normal_exit() {
+    let (child, observed, _) = start_observed("sleep 0.5");
+    let run = wait_bounded(child);
+    assert_eq!(run.code, 0, "{run:#?}");
+    assert_cleaned(&observed);
+}
+
+#[test]
+fn cleanup_after_the_workload_is_killed() {
+    let (child, observed, pid) = start_observed("sleep 30");
+    nix_kill(pid, 9);
+    let run = wait_bounded(child);
+    assert_eq!(run.code, 137, "{run:#?}");
+    assert_cleaned(&observed);
+}
+
+#[test]
+fn cleanup_after_sigterm_to_the_agent() {
+    let (child, observed, _) = start_observed("sleep 30");
+    nix_kill(child.id(), 15);
+    let run = wait_bounded(child);
+    // The agent forwards SIGTERM; sleep dies of it.
+    assert_eq!(run.code, 143, "{run:#?}");
+    assert_cleaned(&observed);
+}
+
+#[test]
+fn cleanup_kills_processes_left_in_the_background() {
+    let (child, observed, _) = start_observed("sleep 300 & echo started");
+    let run = wait_bounded(child);
+    assert_eq!(run.code, 0, "{run:#?}");
+    assert_cleaned(&observed);
+}
+
+fn nix_kill(pid: u32, sig: i32) {
+    let status = Command::new("kill").args([format!("-{sig}"), pid.to_string()]).status().expect("kill");
+    assert!(status.success(), "kill -{sig} {pid} failed");
+}

@@ -1,0 +1,843 @@
+//! `cargo xtask bench`: measures what a sandbox costs, baseline and sandboxed in one run.
+//!
+//! Needs root. All traffic stays on a veth pair into a network namespace that the bench
+//! creates (addresses in 198.18.0.0/15, the benchmarking range of RFC 2544) and removes again,
+//! together with its servers and temporary files, on every way out (see [`BenchEnv`]).
+//! Prints ratios; never fails on a number.
+use std::{
+    collections::HashSet,
+    fmt::Write as _,
+    fs,
+    io::{BufRead as _, BufReader, BufWriter, Write as _},
+    os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+
+/// Workloads run as `nobody` with a minimal PATH, so every tool is named by absolute path.
+const IPERF3: &str = "/usr/bin/iperf3";
+const PYTHON3: &str = "/usr/bin/python3";
+const TRUE: &str = "/bin/true";
+const SH: &str = "/bin/sh";
+
+const IPERF_PORT: u16 = 5201;
+const LISTEN_PORT: u16 = 5202;
+/// Seconds an iperf3 client sends (plus one omitted warm-up second).
+const IPERF_SECONDS: u32 = 3;
+const IPERF_ROUNDS: usize = 5;
+const CONNECTS_PER_ROUND: usize = 1000;
+const CONNECT_ROUNDS: usize = 6;
+/// Samples dropped at the start of each connect round (ARP, caches, interpreter warm-up).
+const CONNECT_WARMUP: usize = 50;
+const STARTUP_RUNS: usize = 200;
+const LOAD_ROUNDS: usize = 3;
+const SMALL_POLICY: usize = 100_000;
+const BIG_POLICY: usize = 1_000_000;
+/// Upper bound on the life of the servers in the namespace, should the bench be killed.
+const SERVER_LIFETIME_SECS: u32 = 300;
+
+/// TCP connect+close loop on CPU 0; prints the `connect()` times in ns. Closes with RST
+/// (linger 0) so no `TIME_WAIT` piles up.
+const CONNECT_CLIENT: &str = r#"
+import os, socket, struct, sys, time
+try:
+    os.sched_setaffinity(0, {0})
+except OSError:
+    pass
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+linger = struct.pack("ii", 1, 0)
+pc = time.perf_counter_ns
+out = []
+for _ in range(n):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+    t0 = pc()
+    s.connect((host, port))
+    t1 = pc()
+    s.close()
+    out.append(t1 - t0)
+sys.stdout.write(" ".join(map(str, out)) + "\n")
+"#;
+
+/// Accepts and closes connections on CPU 1 until its deadline.
+const LISTENER: &str = r#"
+import os, socket, sys, time
+try:
+    os.sched_setaffinity(0, {1})
+except OSError:
+    pass
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.listen(4096)
+s.settimeout(0.5)
+print("ready", flush=True)
+deadline = time.monotonic() + float(sys.argv[3])
+while time.monotonic() < deadline:
+    try:
+        c, _ = s.accept()
+    except OSError:
+        continue
+    c.close()
+"#;
+
+/// Runs every measurement against the agent binary at `agent` and prints the results.
+pub fn run(agent: &Path) -> Result<()> {
+    preflight(agent)?;
+    let started = Instant::now();
+    println!("{}", machine_description());
+
+    let mut env = BenchEnv::create()?;
+    progress(&format!(
+        "netns {} ({}), veth {} ({}); temp dir {}",
+        env.netns,
+        env.ns_addr,
+        env.host_if,
+        env.host_addr,
+        env.dir.display()
+    ));
+    let small = env.write_policy("small.toml", &random_prefixes(SMALL_POLICY, 1), Some(&env.ns_addr))?;
+    let big = env.write_policy("big.toml", &random_prefixes(BIG_POLICY, 2), None)?;
+    let empty = env.write_policy("empty.toml", &[], None)?;
+
+    // The first run after a build loads and pins the eBPF programs; keep that out of the numbers.
+    let warm = env.agent(agent).args(["run", "--network", "blocked", "--", TRUE]).output()?;
+    check(&warm, "sandbox-agent warm-up run")?;
+
+    let startup = bench_startup(&env, agent)?;
+    env.start_iperf_server()?;
+    let throughput = bench_throughput(&env, agent, &small)?;
+    env.start_listener()?;
+    let connect = bench_connect(&env, agent, &small)?;
+    let load = bench_load(&env, agent, &big, &empty)?;
+
+    println!();
+    print_table(&results_table(&throughput, &connect, &startup, &load));
+    println!();
+    print_notes(&throughput, &connect, &load);
+    println!("\nbench took {:.0} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn progress(msg: &str) {
+    eprintln!("bench: {msg}");
+}
+
+fn preflight(agent: &Path) -> Result<()> {
+    let status = fs::read_to_string("/proc/self/status").context("read /proc/self/status")?;
+    let euid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or("");
+    ensure!(euid == "0", "the bench must run as root (it creates network namespaces and sandboxes)");
+    ensure!(agent.is_file(), "no sandbox-agent binary at {}", agent.display());
+    ensure!(
+        Path::new(IPERF3).is_file(),
+        "{IPERF3} is missing: the bench needs iperf3 (`cargo xtask setup` installs it, or `apt-get install iperf3`)"
+    );
+    ensure!(Path::new(PYTHON3).is_file(), "{PYTHON3} is missing: the bench needs python3 for its connect client");
+    for tool in ["ip", "ss", "timeout", "kill"] {
+        let ok = Command::new(tool).arg("-V").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
+        ensure!(ok, "`{tool}` is not on PATH (iproute2 / coreutils / procps)");
+    }
+    Ok(())
+}
+
+fn machine_description() -> String {
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, v)| v.trim()))
+        .unwrap_or("unknown");
+    let cpus = thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    let mem_gib = meminfo_kib("MemTotal").map_or(0.0, |k| kib_to_mib(k) / 1024.0);
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!(
+        "machine: {cpus} CPUs ({model}), {mem_gib:.1} GiB RAM, Linux {}",
+        kernel.trim()
+    )
+}
+
+fn meminfo_kib(key: &str) -> Option<u64> {
+    let text = fs::read_to_string("/proc/meminfo").ok()?;
+    text.lines().find_map(|l| {
+        let rest = l.strip_prefix(key)?.strip_prefix(':')?;
+        rest.split_whitespace().next()?.parse().ok()
+    })
+}
+
+#[expect(clippy::cast_precision_loss, reason = "KiB counts are far below 2^52")]
+fn kib_to_mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+#[expect(clippy::cast_precision_loss, reason = "byte counts are far below 2^52")]
+fn bytes_to_mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+/// Fails with the command's stderr unless it exited with status 0.
+fn check(out: &Output, what: &str) -> Result<()> {
+    if out.status.success() {
+        return Ok(());
+    }
+    bail!("{what} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim())
+}
+
+/// Runs a host tool (not sandboxed) and returns its stdout.
+fn host(program: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("run {program}"))?;
+    check(&out, &format!("`{program} {}`", args.join(" ")))?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Everything the bench creates outside its own process; `Drop` removes whatever of it exists.
+struct BenchEnv {
+    dir: PathBuf,
+    netns: String,
+    host_if: String,
+    host_addr: String,
+    ns_addr: String,
+    netns_created: bool,
+    veth_created: bool,
+    /// Servers in the namespace, each the leader of its own process group.
+    servers: Vec<Child>,
+}
+
+impl BenchEnv {
+    fn create() -> Result<Self> {
+        let pid = std::process::id();
+        // A /24 per bench process, so two benches (or a test using 198.18.x) do not collide.
+        let net = format!("198.19.{}", pid % 250 + 1);
+        let mut env = Self {
+            dir: PathBuf::from(format!("/tmp/sa-bench-{pid}")),
+            netns: format!("sa-bench-{pid}"),
+            host_if: format!("sabh{}", pid % 1000),
+            host_addr: format!("{net}.1"),
+            ns_addr: format!("{net}.2"),
+            netns_created: false,
+            veth_created: false,
+            servers: Vec::new(),
+        };
+        let in_use = host("ip", &["-4", "-o", "addr", "show", "to", &format!("{net}.0/24")])?;
+        ensure!(in_use.trim().is_empty(), "{net}.0/24 is already in use on this host: {}", in_use.trim());
+
+        fs::create_dir(&env.dir).with_context(|| format!("create {}", env.dir.display()))?;
+        // The workload runs as nobody and must read the policy files and enter the directory.
+        fs::set_permissions(&env.dir, fs::Permissions::from_mode(0o755))?;
+
+        let ns = env.netns.clone();
+        let (host_if, ns_if) = (env.host_if.clone(), format!("sabn{}", pid % 1000));
+        host("ip", &["netns", "add", &ns])?;
+        env.netns_created = true;
+        host("ip", &["link", "add", &host_if, "type", "veth", "peer", "name", &ns_if, "netns", &ns])?;
+        env.veth_created = true;
+        host("ip", &["addr", "add", &format!("{}/24", env.host_addr), "dev", &host_if])?;
+        host("ip", &["link", "set", &host_if, "up"])?;
+        host("ip", &["-n", &ns, "addr", "add", &format!("{}/24", env.ns_addr), "dev", &ns_if])?;
+        host("ip", &["-n", &ns, "link", "set", &ns_if, "up"])?;
+        host("ip", &["-n", &ns, "link", "set", "lo", "up"])?;
+        Ok(env)
+    }
+
+    /// A command in the namespace, with a bounded life, in its own process group.
+    fn in_netns(&self, program: &str, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.netns, "timeout", &SERVER_LIFETIME_SECS.to_string(), program])
+            .args(args)
+            .stdin(Stdio::null())
+            .process_group(0);
+        cmd
+    }
+
+    fn start_iperf_server(&mut self) -> Result<()> {
+        let port = IPERF_PORT.to_string();
+        let child = self
+            .in_netns(IPERF3, &["-s", "-B", &self.ns_addr, "-p", &port, "-A", "1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start the iperf3 server")?;
+        self.servers.push(child);
+        let filter = format!("sport = :{port}");
+        for _ in 0..100 {
+            if host("ss", &["-N", &self.netns, "-Hltn", &filter])?.contains(&port) {
+                return Ok(());
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        bail!("the iperf3 server in {} did not start listening within 5 s", self.netns)
+    }
+
+    fn start_listener(&mut self) -> Result<()> {
+        let mut child = self
+            .in_netns(
+                PYTHON3,
+                &["-c", LISTENER, &self.ns_addr, &LISTEN_PORT.to_string(), &SERVER_LIFETIME_SECS.to_string()],
+            )
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("start the connect listener")?;
+        let stdout = child.stdout.take();
+        self.servers.push(child);
+        let mut line = String::new();
+        if let Some(out) = stdout {
+            BufReader::new(out).read_line(&mut line)?;
+        }
+        ensure!(line.trim() == "ready", "the connect listener did not start");
+        Ok(())
+    }
+
+    /// The agent, run from the (world-readable) temp dir so the workload can enter its cwd.
+    fn agent(&self, agent: &Path) -> Command {
+        let mut cmd = Command::new(agent);
+        cmd.current_dir(&self.dir).stdin(Stdio::null());
+        cmd
+    }
+
+    /// Writes an allowlist policy file (mode 644) and returns its path.
+    fn write_policy(&self, name: &str, prefixes: &[String], extra: Option<&str>) -> Result<PathBuf> {
+        let path = self.dir.join(name);
+        let file = fs::File::create(&path).with_context(|| format!("create {}", path.display()))?;
+        let mut w = BufWriter::new(file);
+        writeln!(w, "network = \"allowlist\"\nprecedence = \"deny-wins\"\nallow_out = [")?;
+        for p in extra.into_iter().chain(prefixes.iter().map(String::as_str)) {
+            writeln!(w, "  \"{p}\",")?;
+        }
+        writeln!(w, "]")?;
+        w.into_inner().map_err(std::io::IntoInnerError::into_error)?.sync_all()?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644))?;
+        Ok(path)
+    }
+}
+
+impl Drop for BenchEnv {
+    fn drop(&mut self) {
+        for child in &mut self.servers {
+            // The group holds `timeout` and the server it started (process_group(0) above).
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", child.id())])
+                .stderr(Stdio::null())
+                .status();
+            let _ = child.wait();
+        }
+        if self.veth_created {
+            let _ = Command::new("ip").args(["link", "del", &self.host_if]).stderr(Stdio::null()).status();
+        }
+        if self.netns_created {
+            let _ = Command::new("ip").args(["netns", "del", &self.netns]).stderr(Stdio::null()).status();
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `SplitMix64`: a small deterministic PRNG, enough to scatter prefixes.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+/// `n` distinct IPv4 prefixes, half /24 networks and half /32 hosts, none with host bits set.
+///
+/// /24s have an even third octet and /32s an odd third and an even fourth octet, so no two
+/// prefixes are siblings or nested: the agent's policy compiler (which merges adjacent and
+/// nested prefixes) keeps all `n`, and the kernel gets exactly `n` entries. First octets
+/// 0, 127, 198 (the bench network) and 224 and up are left out.
+fn random_prefixes(n: usize, seed: u64) -> Vec<String> {
+    let mut rng = SplitMix64(seed);
+    let mut taken = HashSet::with_capacity(n);
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n.saturating_mul(4) {
+        if out.len() == n {
+            break;
+        }
+        let [first, second, third, fourth, kind, ..] = rng.next().to_be_bytes();
+        if matches!(first, 0 | 127 | 198) || first >= 224 {
+            continue;
+        }
+        let is_host = kind & 1 == 1;
+        let (third, fourth) = if is_host { (third | 1, fourth & !1) } else { (third & !1, 0) };
+        let addr = std::net::Ipv4Addr::from([first, second, third, fourth]);
+        if taken.insert(addr) {
+            out.push(if is_host { addr.to_string() } else { format!("{addr}/24") });
+        }
+    }
+    assert_eq!(out.len(), n, "the generator ran out of tries");
+    out
+}
+
+fn median(values: &[f64]) -> f64 {
+    percentile(values, 50.0)
+}
+
+/// Nearest-rank percentile.
+#[expect(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_precision_loss,
+    reason = "sample counts are small and the rank is clamped to the slice"
+)]
+fn percentile(values: &[f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
+    v[rank.clamp(1, v.len()) - 1]
+}
+
+// ---------------------------------------------------------------------------------------
+// 1. Bulk TCP throughput
+// ---------------------------------------------------------------------------------------
+
+struct Throughput {
+    baseline_bps: Vec<f64>,
+    sandboxed_bps: Vec<f64>,
+    /// From `--stats` of the last sandboxed run: proof that the traffic went through the
+    /// eBPF programs.
+    stats_line: String,
+}
+
+fn bench_throughput(env: &BenchEnv, agent: &Path, policy: &Path) -> Result<Throughput> {
+    let secs = IPERF_SECONDS.to_string();
+    let port = IPERF_PORT.to_string();
+    let client = [IPERF3, "-c", &env.ns_addr, "-p", &port, "-t", &secs, "-O", "1", "-A", "0", "-J"];
+    let mut result = Throughput { baseline_bps: Vec::new(), sandboxed_bps: Vec::new(), stats_line: String::new() };
+    for round in 0..IPERF_ROUNDS {
+        // Alternate which side goes first, so a drift in machine load hits both alike.
+        for sandboxed in [round % 2 == 1, round % 2 == 0] {
+            progress(&format!(
+                "throughput round {}/{IPERF_ROUNDS}, {}",
+                round + 1,
+                if sandboxed { "sandboxed" } else { "baseline" }
+            ));
+            let out = if sandboxed {
+                env.agent(agent)
+                    .args(["run", "--network", "allowlist", "--stats", "--policy"])
+                    .arg(policy)
+                    .arg("--")
+                    .args(client)
+                    .output()?
+            } else {
+                Command::new(client[0]).args(&client[1..]).stdin(Stdio::null()).output()?
+            };
+            check(&out, "iperf3 client")?;
+            let bps = iperf_received_bps(&String::from_utf8_lossy(&out.stdout))?;
+            if sandboxed {
+                result.sandboxed_bps.push(bps);
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                if let Some(line) = stderr.lines().find(|l| l.contains("allowed=")) {
+                    line.trim().clone_into(&mut result.stats_line);
+                }
+            } else {
+                result.baseline_bps.push(bps);
+            }
+        }
+    }
+    Ok(result)
+}
+
+/// `end.sum_received.bits_per_second` from iperf3's JSON.
+fn iperf_received_bps(json: &str) -> Result<f64> {
+    let value = json
+        .split_once("\"sum_received\"")
+        .and_then(|(_, rest)| rest.split_once("\"bits_per_second\""))
+        .and_then(|(_, rest)| rest.trim_start().strip_prefix(':'))
+        .and_then(|rest| rest.split([',', '}', '\n']).next())
+        .map(str::trim)
+        .context("no end.sum_received.bits_per_second in iperf3's output")?;
+    value.parse().with_context(|| format!("bad bits_per_second {value:?} in iperf3's output"))
+}
+
+// ---------------------------------------------------------------------------------------
+// 2. connect() latency
+// ---------------------------------------------------------------------------------------
+
+/// `connect()` times in µs.
+struct Connect {
+    baseline: Vec<f64>,
+    sandboxed: Vec<f64>,
+    /// Per round: sandboxed p50 minus baseline p50 (the two ran back to back).
+    round_p50_diffs: Vec<f64>,
+}
+
+fn bench_connect(env: &BenchEnv, agent: &Path, policy: &Path) -> Result<Connect> {
+    let port = LISTEN_PORT.to_string();
+    let n = CONNECTS_PER_ROUND.to_string();
+    let client = [PYTHON3, "-c", CONNECT_CLIENT, &env.ns_addr, &port, &n];
+    let mut result = Connect { baseline: Vec::new(), sandboxed: Vec::new(), round_p50_diffs: Vec::new() };
+    for round in 0..CONNECT_ROUNDS {
+        let mut p50 = [0.0; 2];
+        for sandboxed in [round % 2 == 1, round % 2 == 0] {
+            progress(&format!(
+                "connect round {}/{CONNECT_ROUNDS}, {}",
+                round + 1,
+                if sandboxed { "sandboxed" } else { "baseline" }
+            ));
+            let out = if sandboxed {
+                env.agent(agent)
+                    .args(["run", "--network", "allowlist", "--policy"])
+                    .arg(policy)
+                    .arg("--")
+                    .args(client)
+                    .output()?
+            } else {
+                Command::new(client[0]).args(&client[1..]).stdin(Stdio::null()).output()?
+            };
+            check(&out, "connect client")?;
+            let samples = String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .map(|t| t.parse::<u32>().map(|ns| f64::from(ns) / 1000.0))
+                .collect::<Result<Vec<_>, _>>()
+                .context("bad output from the connect client")?;
+            ensure!(samples.len() == CONNECTS_PER_ROUND, "the connect client reported {} samples", samples.len());
+            let kept = &samples[CONNECT_WARMUP..];
+            p50[usize::from(sandboxed)] = median(kept);
+            if sandboxed { &mut result.sandboxed } else { &mut result.baseline }.extend_from_slice(kept);
+        }
+        result.round_p50_diffs.push(p50[1] - p50[0]);
+    }
+    Ok(result)
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. Sandbox start-up: `run --network blocked -- /bin/true` vs fork/exec of /bin/true
+// ---------------------------------------------------------------------------------------
+
+struct Startup {
+    bare_ms: Vec<f64>,
+    run_ms: Vec<f64>,
+}
+
+fn bench_startup(env: &BenchEnv, agent: &Path) -> Result<Startup> {
+    progress(&format!("start-up, {STARTUP_RUNS} runs each"));
+    let mut result = Startup { bare_ms: Vec::new(), run_ms: Vec::new() };
+    for _ in 0..STARTUP_RUNS {
+        let t = Instant::now();
+        let out = Command::new(TRUE).stdin(Stdio::null()).output()?;
+        result.bare_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        check(&out, TRUE)?;
+
+        let t = Instant::now();
+        let out = env.agent(agent).args(["run", "--network", "blocked", "--", TRUE]).output()?;
+        result.run_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        check(&out, "sandbox-agent run -- /bin/true")?;
+    }
+    Ok(result)
+}
+
+// ---------------------------------------------------------------------------------------
+// 4. Loading a 1M-prefix policy: time and memory
+// ---------------------------------------------------------------------------------------
+
+struct Load {
+    /// Agent start to workload running (policy read, compiled and written to the kernel).
+    empty_alive_ms: Vec<f64>,
+    big_alive_ms: Vec<f64>,
+    /// Whole run: start, workload, removal of the entries, exit.
+    empty_total_ms: Vec<f64>,
+    big_total_ms: Vec<f64>,
+    /// Reading + parsing the file alone (the agent refuses allow entries in blocked mode
+    /// right after parsing them, before compiling or touching the kernel).
+    big_parse_ms: f64,
+    /// Slab KiB delta while a sandbox is alive: (empty policy, 1M policy).
+    slab_delta_kib: (i64, i64),
+    /// Sum of `memlock` of the LPM tries, from the agent's fdinfo: (empty policy, 1M policy).
+    trie_memlock: (u64, u64),
+    /// The agent's user and system CPU time (ms) from its start until the 1M-prefix
+    /// sandbox's workload ran: parsing/compiling vs. writing the kernel maps.
+    big_cpu_ms: (f64, f64),
+}
+
+/// Starts a sandbox whose workload prints a line, then (if `hold`) sleeps. Returns the time
+/// until the line arrived, and the child to wait for.
+fn start_marked(env: &BenchEnv, agent: &Path, policy: &Path, hold: bool) -> Result<(Child, f64)> {
+    let script = if hold { "echo up; exec /bin/sleep 1" } else { "echo up" };
+    let t = Instant::now();
+    let mut child = env
+        .agent(agent)
+        .args(["run", "--network", "allowlist", "--policy"])
+        .arg(policy)
+        .args(["--", SH, "-c", script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    if let Some(out) = child.stdout.as_mut() {
+        BufReader::new(out).read_line(&mut line)?;
+    }
+    let alive = t.elapsed().as_secs_f64() * 1e3;
+    if line.trim() != "up" {
+        let out = child.wait_with_output()?;
+        bail!("the sandbox with {} did not start: {}", policy.display(), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok((child, alive))
+}
+
+fn bench_load(env: &BenchEnv, agent: &Path, big: &Path, empty: &Path) -> Result<Load> {
+    let mut load = Load {
+        empty_alive_ms: Vec::new(),
+        big_alive_ms: Vec::new(),
+        empty_total_ms: Vec::new(),
+        big_total_ms: Vec::new(),
+        big_parse_ms: 0.0,
+        slab_delta_kib: (0, 0),
+        trie_memlock: (0, 0),
+        big_cpu_ms: (0.0, 0.0),
+    };
+    for round in 0..LOAD_ROUNDS {
+        for is_big in [round % 2 == 1, round % 2 == 0] {
+            progress(&format!(
+                "policy load round {}/{LOAD_ROUNDS}, {}",
+                round + 1,
+                if is_big { "1M prefixes" } else { "empty policy" }
+            ));
+            let t = Instant::now();
+            let (child, alive) = start_marked(env, agent, if is_big { big } else { empty }, false)?;
+            let out = child.wait_with_output()?;
+            let total = t.elapsed().as_secs_f64() * 1e3;
+            check(&out, "sandbox-agent run --policy")?;
+            if is_big {
+                load.big_alive_ms.push(alive);
+                load.big_total_ms.push(total);
+            } else {
+                load.empty_alive_ms.push(alive);
+                load.empty_total_ms.push(total);
+            }
+        }
+    }
+
+    progress("policy parse only (1M prefixes)");
+    let t = Instant::now();
+    let out = env.agent(agent).args(["run", "--network", "blocked", "--policy"]).arg(big).args(["--", TRUE]).output()?;
+    load.big_parse_ms = t.elapsed().as_secs_f64() * 1e3;
+    ensure!(
+        String::from_utf8_lossy(&out.stderr).contains("no effect with --network blocked"),
+        "the parse-only run did not stop where expected: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+
+    for is_big in [false, true] {
+        progress(&format!("memory, {}", if is_big { "1M prefixes" } else { "empty policy" }));
+        let before = meminfo_kib("Slab").context("no Slab in /proc/meminfo")?;
+        let (child, _) = start_marked(env, agent, if is_big { big } else { empty }, true)?;
+        let during = meminfo_kib("Slab").context("no Slab in /proc/meminfo")?;
+        let memlock = trie_memlock(child.id());
+        let cpu = cpu_times_ms(child.id());
+        let out = child.wait_with_output()?;
+        check(&out, "sandbox-agent run --policy")?;
+        let delta = i64::try_from(during).unwrap_or(i64::MAX) - i64::try_from(before).unwrap_or(i64::MAX);
+        if is_big {
+            load.slab_delta_kib.1 = delta;
+            load.trie_memlock.1 = memlock;
+            load.big_cpu_ms = cpu.unwrap_or((f64::NAN, f64::NAN));
+        } else {
+            load.slab_delta_kib.0 = delta;
+            load.trie_memlock.0 = memlock;
+        }
+    }
+    Ok(load)
+}
+
+/// Sum of `memlock:` over the LPM-trie maps (`map_type: 11`) the process has open.
+fn trie_memlock(pid: u32) -> u64 {
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fdinfo")) else { return 0 };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| fs::read_to_string(e.path()).ok())
+        .filter(|info| info.lines().any(|l| l.split_whitespace().eq(["map_type:", "11"])))
+        .filter_map(|info| {
+            info.lines().find_map(|l| l.strip_prefix("memlock:")).and_then(|v| v.trim().parse::<u64>().ok())
+        })
+        .sum()
+}
+
+/// User and system CPU time of a process so far, in ms (`/proc/<pid>/stat` fields 14 and 15).
+fn cpu_times_ms(pid: u32) -> Option<(f64, f64)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // `fields[0]` is field 3 (state); utime and stime are fields 14 and 15.
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u32>().ok());
+    let hz = clock_ticks_per_second()?;
+    Some((f64::from(ticks(11)?) * 1e3 / hz, f64::from(ticks(12)?) * 1e3 / hz))
+}
+
+/// `getconf CLK_TCK` (100 on every Linux ABI in practice).
+fn clock_ticks_per_second() -> Option<f64> {
+    let out = Command::new("getconf").arg("CLK_TCK").output().ok()?;
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+}
+
+// ---------------------------------------------------------------------------------------
+// Report
+// ---------------------------------------------------------------------------------------
+
+struct Row {
+    metric: String,
+    baseline: String,
+    sandboxed: String,
+    ratio: String,
+    added: String,
+    target: String,
+}
+
+/// A row comparing a baseline and a sandboxed value: ratio and difference computed here.
+fn compare(metric: &str, baseline: f64, sandboxed: f64, decimals: usize, unit: &str, target: &str) -> Row {
+    Row {
+        metric: metric.into(),
+        baseline: format!("{baseline:.decimals$}"),
+        sandboxed: format!("{sandboxed:.decimals$}"),
+        ratio: format!("{:.3}", sandboxed / baseline),
+        added: format!("{:+.decimals$} {unit}", sandboxed - baseline),
+        target: target.into(),
+    }
+}
+
+#[expect(clippy::cast_precision_loss, reason = "KiB deltas are far below 2^52")]
+fn results_table(t: &Throughput, c: &Connect, s: &Startup, l: &Load) -> Vec<Row> {
+    let gbps = |v: &[f64]| median(v) / 1e9;
+    let slab_mib = |kib: i64| kib as f64 / 1024.0;
+    let (slab_empty, slab_big) = (slab_mib(l.slab_delta_kib.0), slab_mib(l.slab_delta_kib.1));
+    let (lock_empty, lock_big) = (bytes_to_mib(l.trie_memlock.0), bytes_to_mib(l.trie_memlock.1));
+    vec![
+        compare(
+            "TCP throughput, Gbit/s (median)",
+            gbps(&t.baseline_bps),
+            gbps(&t.sandboxed_bps),
+            2,
+            "Gbit/s",
+            "ratio >= 0.98",
+        ),
+        compare(
+            "connect() p50, us",
+            percentile(&c.baseline, 50.0),
+            percentile(&c.sandboxed, 50.0),
+            1,
+            "us",
+            "added < 2 us",
+        ),
+        compare(
+            "connect() p99, us",
+            percentile(&c.baseline, 99.0),
+            percentile(&c.sandboxed, 99.0),
+            1,
+            "us",
+            "-",
+        ),
+        compare(
+            "run /bin/true p50, ms",
+            percentile(&s.bare_ms, 50.0),
+            percentile(&s.run_ms, 50.0),
+            2,
+            "ms",
+            "run p50 < 5 ms",
+        ),
+        compare("run /bin/true p99, ms", percentile(&s.bare_ms, 99.0), percentile(&s.run_ms, 99.0), 2, "ms", "-"),
+        compare(
+            "policy start to workload, ms (empty vs 1M)",
+            median(&l.empty_alive_ms),
+            median(&l.big_alive_ms),
+            0,
+            "ms",
+            "added < 1000 ms",
+        ),
+        compare(
+            "policy whole run, ms (empty vs 1M)",
+            median(&l.empty_total_ms),
+            median(&l.big_total_ms),
+            0,
+            "ms",
+            "-",
+        ),
+        Row {
+            metric: "Slab growth while alive, MiB (empty vs 1M)".into(),
+            baseline: format!("{slab_empty:+.1}"),
+            sandboxed: format!("{slab_big:+.1}"),
+            ratio: "-".into(),
+            added: format!("{:+.1} MiB", slab_big - slab_empty),
+            target: "-".into(),
+        },
+        Row {
+            metric: "LPM tries memlock, MiB (empty vs 1M)".into(),
+            baseline: format!("{lock_empty:.1}"),
+            sandboxed: format!("{lock_big:.1}"),
+            ratio: "-".into(),
+            added: format!("{:+.1} MiB", lock_big - lock_empty),
+            target: "-".into(),
+        },
+    ]
+}
+
+fn print_table(rows: &[Row]) {
+    let header = ["metric", "baseline", "sandboxed", "ratio", "added", "target"];
+    let cells = |r: &Row| [r.metric.clone(), r.baseline.clone(), r.sandboxed.clone(), r.ratio.clone(), r.added.clone(), r.target.clone()];
+    let mut widths = header.map(str::len);
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(cells(r)) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let line = |cols: [String; 6]| {
+        let mut s = String::new();
+        for (i, (c, w)) in cols.iter().zip(widths).enumerate() {
+            // Text left-aligned, numbers right-aligned.
+            let _ = if i == 0 || i == 5 { write!(s, "{c:<w$}  ") } else { write!(s, "{c:>w$}  ") };
+        }
+        println!("{}", s.trim_end());
+    };
+    line(header.map(String::from));
+    println!("{}", "-".repeat(widths.iter().sum::<usize>() + 2 * (widths.len() - 1)));
+    for r in rows {
+        line(cells(r));
+    }
+}
+
+fn print_notes(t: &Throughput, c: &Connect, l: &Load) {
+    let gb = |v: &[f64]| v.iter().map(|b| format!("{:.2}", b / 1e9)).collect::<Vec<_>>().join(" ");
+    println!("notes (informational; the bench never fails on a number):");
+    println!(
+        "  throughput: iperf3 -t {IPERF_SECONDS} -O 1 over a veth into a netns, client on CPU 0, server on CPU 1; \
+         runs (Gbit/s) baseline [{}] sandboxed [{}]; sandboxed policy: {SMALL_POLICY} random prefixes + the server",
+        gb(&t.baseline_bps),
+        gb(&t.sandboxed_bps)
+    );
+    if !t.stats_line.is_empty() {
+        println!("  last sandboxed iperf3 run: {}", t.stats_line.trim_start_matches("sandbox-agent: "));
+    }
+    let diffs = c.round_p50_diffs.iter().map(|d| format!("{d:+.1}")).collect::<Vec<_>>().join(" ");
+    println!(
+        "  connect: python3 perf_counter_ns around connect(), client on CPU 0, listener on CPU 1, {} samples per \
+         side ({CONNECT_ROUNDS} rounds of {CONNECTS_PER_ROUND}, first {CONNECT_WARMUP} of each dropped), same \
+         {SMALL_POLICY}-prefix policy; per-round p50 differences (us) [{diffs}], median {:+.1}",
+        c.baseline.len(),
+        median(&c.round_p50_diffs)
+    );
+    println!(
+        "  policy load: median of {LOAD_ROUNDS}; start-to-workload = agent spawn until the workload's first line \
+         (read+parse+compile+kernel writes); whole run adds removal of the entries; parsing the 1M-prefix file \
+         alone took {:.0} ms; agent CPU until the 1M-prefix workload ran: user {:.0} ms, system {:.0} ms",
+        l.big_parse_ms, l.big_cpu_ms.0, l.big_cpu_ms.1
+    );
+    println!(
+        "  memory: Slab in /proc/meminfo before vs while the sandbox is alive (approximate: other kernel \
+         activity shows up too; the empty-policy run is the noise reference); memlock = what the kernel \
+         accounts for the LPM tries (fdinfo of the agent's map fds), excluding inner nodes and slab rounding"
+    );
+}
