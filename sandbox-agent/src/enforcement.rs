@@ -95,6 +95,16 @@ fn map_err(name: &'static str) -> impl FnOnce(MapError) -> EnforcementError {
     move |source| EnforcementError::Map { name, source }
 }
 
+/// Every program, each attached through a pinned link named after it.
+const ALL_PROGRAMS: [&str; 6] = [
+    program_names::EGRESS,
+    program_names::INGRESS,
+    program_names::CONNECT4,
+    program_names::CONNECT6,
+    program_names::SENDMSG4,
+    program_names::SENDMSG6,
+];
+
 /// FNV-1a over the eBPF object: tells whether pinned programs come from this build.
 fn object_hash() -> u64 {
     OBJECT.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
@@ -201,7 +211,8 @@ impl Enforcement {
             .map_err(|source| EnforcementError::Io { action: "lock", path: lock_path, source })?;
         let parent = cgroup::ensure_parent(&mount)?;
         let parent_id = cgroup::cgroup_id(&parent)?;
-        let state = if read_meta(paths) == Some((object_hash(), parent_id)) {
+        let links_present = ALL_PROGRAMS.iter().all(|name| paths.links_dir().join(name).exists());
+        let state = if links_present && read_meta(paths) == Some((object_hash(), parent_id)) {
             InstallState::Reused
         } else {
             let live = live_sandboxes(paths);

@@ -79,8 +79,8 @@ struct Observed {
 /// Starts `run --network allowlist --allow-out 198.18.250.0/24 -- sh -c SCRIPT` where SCRIPT
 /// prints its cgroup and pid first, waits for that line, and looks the sandbox up in the
 /// kernel state.
-fn start_observed(script: &str) -> (std::process::Child, Observed, u32) {
-    let full = format!("echo $$ $(cut -d: -f3 /proc/self/cgroup); {script}");
+fn start_observed(script: &str) -> (KillOnDrop, Observed, u32) {
+    let full = format!("echo $$ $(grep '^0::' /proc/self/cgroup | cut -d: -f3); {script}");
     let mut child = Command::new(agent())
         .args(["run", "--network", "allowlist", "--allow-out", "198.18.250.0/24", "--allow-out", "fd5a:ffff::/64"])
         .args(["--", "sh", "-c", &full])
@@ -112,7 +112,28 @@ fn start_observed(script: &str) -> (std::process::Child, Observed, u32) {
     assert_eq!(entry["rules"]["allow_v4"], 1, "{entry:#}");
     assert_eq!(entry["rules"]["allow_v6"], 1, "{entry:#}");
     let policy_id = entry["policy_id"].as_u64().expect("policy id");
-    (child, Observed { cgroup, cgroup_id, policy_id }, pid)
+    (KillOnDrop(Some(child)), Observed { cgroup, cgroup_id, policy_id }, pid)
+}
+
+/// The agent of an observed sandbox; killed if the test fails before waiting for it.
+struct KillOnDrop(Option<std::process::Child>);
+
+impl KillOnDrop {
+    fn id(&self) -> u32 {
+        self.0.as_ref().expect("child").id()
+    }
+    fn wait(mut self) -> sandbox_tests::Run {
+        wait_bounded(self.0.take().expect("child"))
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
 fn assert_cleaned(o: &Observed) {
@@ -130,7 +151,7 @@ fn assert_cleaned(o: &Observed) {
 #[test]
 fn cleanup_after_normal_exit() {
     let (child, observed, _) = start_observed("sleep 0.5");
-    let run = wait_bounded(child);
+    let run = child.wait();
     assert_eq!(run.code, 0, "{run:#?}");
     assert_cleaned(&observed);
 }
@@ -139,7 +160,7 @@ fn cleanup_after_normal_exit() {
 fn cleanup_after_the_workload_is_killed() {
     let (child, observed, pid) = start_observed("sleep 30");
     nix_kill(pid, 9);
-    let run = wait_bounded(child);
+    let run = child.wait();
     assert_eq!(run.code, 137, "{run:#?}");
     assert_cleaned(&observed);
 }
@@ -148,7 +169,7 @@ fn cleanup_after_the_workload_is_killed() {
 fn cleanup_after_sigterm_to_the_agent() {
     let (child, observed, _) = start_observed("sleep 30");
     nix_kill(child.id(), 15);
-    let run = wait_bounded(child);
+    let run = child.wait();
     // The agent forwards SIGTERM; sleep dies of it.
     assert_eq!(run.code, 143, "{run:#?}");
     assert_cleaned(&observed);
@@ -157,7 +178,7 @@ fn cleanup_after_sigterm_to_the_agent() {
 #[test]
 fn cleanup_kills_processes_left_in_the_background() {
     let (child, observed, _) = start_observed("sleep 300 & echo started");
-    let run = wait_bounded(child);
+    let run = child.wait();
     assert_eq!(run.code, 0, "{run:#?}");
     assert_cleaned(&observed);
 }

@@ -100,6 +100,8 @@ pub fn run(agent: &Path) -> Result<()> {
         env.host_addr,
         env.dir.display()
     ));
+    // A private copy, so that a rebuild during the bench cannot mix two builds in one table.
+    let agent = &env.copy_agent(agent)?;
     let small = env.write_policy("small.toml", &random_prefixes(SMALL_POLICY, 1), Some(&env.ns_addr))?;
     let big = env.write_policy("big.toml", &random_prefixes(BIG_POLICY, 2), None)?;
     let empty = env.write_policy("empty.toml", &[], None)?;
@@ -302,6 +304,13 @@ impl BenchEnv {
         let mut cmd = Command::new(agent);
         cmd.current_dir(&self.dir).stdin(Stdio::null());
         cmd
+    }
+
+    fn copy_agent(&self, agent: &Path) -> Result<PathBuf> {
+        let copy = self.dir.join("sandbox-agent");
+        fs::copy(agent, &copy).with_context(|| format!("copy {} to {}", agent.display(), copy.display()))?;
+        fs::set_permissions(&copy, fs::Permissions::from_mode(0o755))?;
+        Ok(copy)
     }
 
     /// Writes an allowlist policy file (mode 644) and returns its path.
