@@ -109,11 +109,12 @@ pub fn run(agent: &Path) -> Result<()> {
     // The first run after a build loads and pins the eBPF programs; keep that out of the numbers.
     let warm = env.agent(agent).args(["run", "--network", "blocked", "--", TRUE]).output()?;
     check(&warm, "sandbox-agent warm-up run")?;
+    env.start_iperf_server()?;
+    env.start_listener()?;
+    check_enforced(&env, agent)?;
 
     let startup = bench_startup(&env, agent)?;
-    env.start_iperf_server()?;
     let throughput = bench_throughput(&env, agent, &small)?;
-    env.start_listener()?;
     let connect = bench_connect(&env, agent, &small)?;
     let load = bench_load(&env, agent, &big, &empty)?;
 
@@ -349,6 +350,29 @@ impl Drop for BenchEnv {
     }
 }
 
+/// Numbers from a sandbox that is not enforced would be meaningless: a sandbox with
+/// `--network blocked` must fail to connect to the listener.
+fn check_enforced(env: &BenchEnv, agent: &Path) -> Result<()> {
+    let out = env
+        .agent(agent)
+        .args(["run", "--network", "blocked", "--", PYTHON3, "-c", CONNECT_CLIENT, &env.ns_addr])
+        .args([&LISTEN_PORT.to_string(), "1"])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success(),
+        "enforcement is not active: a sandbox with --network blocked connected to {}; are the eBPF \
+         programs attached (see /sys/fs/bpf/sandbox-agent/links)?",
+        env.ns_addr
+    );
+    ensure!(
+        stderr.contains("PermissionError"),
+        "the enforcement check failed for another reason than a refused connect: {}",
+        stderr.trim()
+    );
+    Ok(())
+}
+
 /// `SplitMix64`: a small deterministic PRNG, enough to scatter prefixes.
 struct SplitMix64(u64);
 
@@ -452,9 +476,17 @@ fn bench_throughput(env: &BenchEnv, agent: &Path, policy: &Path) -> Result<Throu
             if sandboxed {
                 result.sandboxed_bps.push(bps);
                 let stderr = String::from_utf8_lossy(&out.stderr);
-                if let Some(line) = stderr.lines().find(|l| l.contains("allowed=")) {
-                    line.trim().clone_into(&mut result.stats_line);
-                }
+                let line = stderr.lines().find(|l| l.contains("allowed=")).unwrap_or_default().trim();
+                let allowed = line
+                    .split_once("allowed=")
+                    .and_then(|(_, rest)| rest.split_once(' '))
+                    .and_then(|(n, _)| n.parse::<u64>().ok())
+                    .unwrap_or(0);
+                ensure!(
+                    allowed > 0,
+                    "the sandbox counted no allowed packets, so the eBPF programs did not see the traffic: {line}"
+                );
+                line.clone_into(&mut result.stats_line);
             } else {
                 result.baseline_bps.push(bps);
             }
