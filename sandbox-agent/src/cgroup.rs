@@ -1,8 +1,7 @@
 //! cgroup v2: find the hierarchy, make the parent of all sandboxes, and create, kill and
 //! remove one sandbox's cgroup.
 use std::{
-    fs,
-    io,
+    fs, io,
     os::{fd::OwnedFd, unix::fs::MetadataExt as _},
     path::{Path, PathBuf},
     thread,
@@ -33,7 +32,11 @@ pub enum CgroupError {
 
 fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> CgroupError {
     let path = path.to_path_buf();
-    move |source| CgroupError::Io { action, path, source }
+    move |source| CgroupError::Io {
+        action,
+        path,
+        source,
+    }
 }
 
 /// The cgroup v2 mount point. Prefers `/sys/fs/cgroup` (unified hosts), then
@@ -68,12 +71,13 @@ fn unescape_mountinfo(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 3 < bytes.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
-                out.push(v as char);
-                i += 4;
-                continue;
-            }
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8)
+        {
+            out.push(char::from(v));
+            i += 4;
+            continue;
         }
         out.push(bytes[i] as char);
         i += 1;
@@ -83,7 +87,9 @@ fn unescape_mountinfo(s: &str) -> String {
 
 /// The cgroup id the kernel reports for a cgroup directory: its inode number.
 pub fn cgroup_id(path: &Path) -> Result<u64, CgroupError> {
-    fs::metadata(path).map(|m| m.ino()).map_err(io_err("stat", path))
+    fs::metadata(path)
+        .map(|m| m.ino())
+        .map_err(io_err("stat", path))
 }
 
 /// The parent cgroup of all sandboxes, `<cgroup2>/sandbox-agent`, created if missing.
@@ -164,7 +170,10 @@ impl SandboxCgroup {
         let mut pause = Duration::from_micros(50);
         while self.is_populated()? {
             if start.elapsed() > timeout {
-                return Err(CgroupError::StillPopulated { path: self.path.clone(), waited: timeout });
+                return Err(CgroupError::StillPopulated {
+                    path: self.path.clone(),
+                    waited: timeout,
+                });
             }
             thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(10));
@@ -180,8 +189,9 @@ impl SandboxCgroup {
             match fs::remove_dir(&self.path) {
                 Ok(()) => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY)
-                    && start.elapsed() < Duration::from_secs(5) =>
+                Err(e)
+                    if e.raw_os_error() == Some(libc::EBUSY)
+                        && start.elapsed() < Duration::from_secs(5) =>
                 {
                     thread::sleep(Duration::from_millis(1));
                 }
@@ -204,7 +214,10 @@ mod tests {
 28 30 0:25 / /mnt/with\\040space rw shared:1 - cgroup2 none rw";
         assert_eq!(
             cgroup2_mounts(text),
-            vec![PathBuf::from("/sys/fs/cgroup/unified"), PathBuf::from("/mnt/with space")]
+            vec![
+                PathBuf::from("/sys/fs/cgroup/unified"),
+                PathBuf::from("/mnt/with space")
+            ]
         );
     }
 }

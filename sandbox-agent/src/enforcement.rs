@@ -7,15 +7,16 @@
 //! the programs attached when the agent exits or dies, so sandboxes stay confined (fail
 //! closed). Starting a sandbox with an install in place costs map writes and no program load.
 use std::{
-    fs,
-    io,
+    fs, io,
     os::fd::AsRawFd as _,
     path::{Path, PathBuf},
 };
 
 use aya::{
     EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuHashMap, PerCpuValues, lpm_trie::Key},
+    maps::{
+        Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuHashMap, PerCpuValues, lpm_trie::Key,
+    },
     programs::{
         CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, ProgramError,
         links::FdLink,
@@ -23,8 +24,8 @@ use aya::{
 };
 use ipnet::{Ipv4Net, Ipv6Net};
 use sandbox_common::{
-    Counters, DEFAULT_MAX_PREFIXES, LpmDataV4, LpmDataV6, POLICY_ID_BITS, RuleValue,
-    SandboxEntry, lpm_data_v4, lpm_data_v6, map_names, program_names,
+    Counters, DEFAULT_MAX_PREFIXES, LpmDataV4, LpmDataV6, POLICY_ID_BITS, RuleValue, SandboxEntry,
+    lpm_data_v4, lpm_data_v6, map_names, program_names,
 };
 
 use crate::{
@@ -46,19 +47,35 @@ pub enum EnforcementError {
     #[error("cannot mount bpffs at {path}: {source}")]
     MountBpffs { path: PathBuf, source: nix::Error },
     #[error("{action} {path}: {source}")]
-    Io { action: &'static str, path: PathBuf, source: io::Error },
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
     #[error("cannot load the eBPF object: {0}")]
     Load(#[source] aya::EbpfError),
     #[error("eBPF program {name}: {}", short_program_error(source))]
-    Program { name: &'static str, source: ProgramError },
+    Program {
+        name: &'static str,
+        source: ProgramError,
+    },
     #[error("eBPF link of {name}: {source}")]
-    Link { name: &'static str, source: aya::programs::links::LinkError },
+    Link {
+        name: &'static str,
+        source: aya::programs::links::LinkError,
+    },
     #[error("eBPF program {name} is missing from the object")]
     MissingProgram { name: &'static str },
     #[error("cannot pin {path}: {source}")]
-    Pin { path: PathBuf, source: aya::pin::PinError },
+    Pin {
+        path: PathBuf,
+        source: aya::pin::PinError,
+    },
     #[error("eBPF map {name}: {source}")]
-    Map { name: &'static str, source: MapError },
+    Map {
+        name: &'static str,
+        source: MapError,
+    },
     #[error(
         "the eBPF programs in {pin_dir} come from another sandbox-agent build and {live} \
          sandbox(es) still use them; stop those sandboxes, then run `sandbox-agent teardown`"
@@ -79,12 +96,22 @@ fn short_program_error(err: &ProgramError) -> String {
     if std::env::var_os("SANDBOX_AGENT_VERIFIER_LOG").is_some() {
         return text;
     }
-    let Some((head, log)) = text.split_once("Verifier output:") else { return text };
-    let lines: Vec<&str> = log.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let Some((head, log)) = text.split_once("Verifier output:") else {
+        return text;
+    };
+    let lines: Vec<&str> = log
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
     let verdict = lines
         .iter()
         .rev()
-        .find(|l| !l.starts_with("verification time") && !l.starts_with("stack depth") && !l.starts_with("processed"))
+        .find(|l| {
+            !l.starts_with("verification time")
+                && !l.starts_with("stack depth")
+                && !l.starts_with("processed")
+        })
         .unwrap_or(&"");
     format!("{head}verifier: {verdict} (set SANDBOX_AGENT_VERIFIER_LOG=1 for the whole log)")
 }
@@ -107,7 +134,9 @@ const ALL_PROGRAMS: [&str; 6] = [
 
 /// FNV-1a over the eBPF object: tells whether pinned programs come from this build.
 fn object_hash() -> u64 {
-    OBJECT.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+    OBJECT.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 /// Handles on the pinned maps; one per agent process.
@@ -148,20 +177,35 @@ impl FileLock {
     }
 
     fn lock(path: &Path, wait: bool) -> io::Result<Option<Self>> {
-        let file = fs::OpenOptions::new().create(true).truncate(false).write(true).open(path)?;
-        let op = if wait { libc::LOCK_EX } else { libc::LOCK_EX | libc::LOCK_NB };
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)?;
+        let op = if wait {
+            libc::LOCK_EX
+        } else {
+            libc::LOCK_EX | libc::LOCK_NB
+        };
         // SAFETY: flock on an fd we own.
         if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
             return Ok(Some(Self { _file: file }));
         }
         let err = io::Error::last_os_error();
-        if err.raw_os_error() == Some(libc::EWOULDBLOCK) { Ok(None) } else { Err(err) }
+        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            Ok(None)
+        } else {
+            Err(err)
+        }
     }
 }
 
 fn ensure_dir(path: &Path) -> Result<()> {
-    fs::create_dir_all(path)
-        .map_err(|source| EnforcementError::Io { action: "create directory", path: path.into(), source })
+    fs::create_dir_all(path).map_err(|source| EnforcementError::Io {
+        action: "create directory",
+        path: path.into(),
+        source,
+    })
 }
 
 /// Mounts bpffs at /sys/fs/bpf unless a bpffs is already there.
@@ -173,8 +217,17 @@ fn ensure_bpffs() -> Result<()> {
         return Ok(());
     }
     ensure_dir(path)?;
-    nix::mount::mount(Some("bpf"), path, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
-        .map_err(|source| EnforcementError::MountBpffs { path: path.into(), source })
+    nix::mount::mount(
+        Some("bpf"),
+        path,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|source| EnforcementError::MountBpffs {
+        path: path.into(),
+        source,
+    })
 }
 
 fn open_map(paths: &Paths, name: &'static str) -> Result<Map> {
@@ -193,8 +246,12 @@ fn read_meta(paths: &Paths) -> Option<(u64, u64)> {
 
 /// Number of sandbox entries in a pinned SANDBOXES map, if there is one.
 fn live_sandboxes(paths: &Paths) -> usize {
-    let Ok(map) = open_map(paths, map_names::SANDBOXES) else { return 0 };
-    let Ok(map): Result<HashMap<MapData, u64, SandboxEntry>, _> = map.try_into() else { return 0 };
+    let Ok(map) = open_map(paths, map_names::SANDBOXES) else {
+        return 0;
+    };
+    let Ok(map): Result<HashMap<MapData, u64, SandboxEntry>, _> = map.try_into() else {
+        return 0;
+    };
     map.keys().count()
 }
 
@@ -207,17 +264,25 @@ impl Enforcement {
         let mount = cgroup::find_cgroup2_mount()?;
         ensure_dir(&paths.run_dir)?;
         let lock_path = paths.install_lock();
-        let _lock = FileLock::acquire(&lock_path)
-            .map_err(|source| EnforcementError::Io { action: "lock", path: lock_path, source })?;
+        let _lock = FileLock::acquire(&lock_path).map_err(|source| EnforcementError::Io {
+            action: "lock",
+            path: lock_path,
+            source,
+        })?;
         let parent = cgroup::ensure_parent(&mount)?;
         let parent_id = cgroup::cgroup_id(&parent)?;
-        let links_present = ALL_PROGRAMS.iter().all(|name| paths.links_dir().join(name).exists());
+        let links_present = ALL_PROGRAMS
+            .iter()
+            .all(|name| paths.links_dir().join(name).exists());
         let state = if links_present && read_meta(paths) == Some((object_hash(), parent_id)) {
             InstallState::Reused
         } else {
             let live = live_sandboxes(paths);
             if live > 0 && read_meta(paths).is_some_and(|(hash, _)| hash != object_hash()) {
-                return Err(EnforcementError::OtherBuildInUse { pin_dir: paths.pin_dir.clone(), live });
+                return Err(EnforcementError::OtherBuildInUse {
+                    pin_dir: paths.pin_dir.clone(),
+                    live,
+                });
             }
             install(paths, &parent, parent_id)?;
             InstallState::Installed
@@ -264,27 +329,59 @@ impl Enforcement {
             let id = u32::from_ne_bytes(bytes);
             match self.policy_ids.insert(id, cgroup_id, BPF_NOEXIST) {
                 Ok(()) => return Ok(id),
-                Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
                 Err(e) => return Err(map_err(map_names::POLICY_IDS)(e)),
             }
         }
         Err(EnforcementError::PolicyIdsExhausted { tried: TRIES })
     }
 
-    fn write_policy(&mut self, cgroup_id: u64, policy_id: u32, policy: &CompiledPolicy) -> Result<()> {
-        insert_v4(&mut self.allow_v4, map_names::ALLOW_V4, policy_id, &policy.allow_v4)?;
-        insert_v4(&mut self.deny_v4, map_names::DENY_V4, policy_id, &policy.deny_v4)?;
-        insert_v6(&mut self.allow_v6, map_names::ALLOW_V6, policy_id, &policy.allow_v6)?;
-        insert_v6(&mut self.deny_v6, map_names::DENY_V6, policy_id, &policy.deny_v6)?;
+    fn write_policy(
+        &mut self,
+        cgroup_id: u64,
+        policy_id: u32,
+        policy: &CompiledPolicy,
+    ) -> Result<()> {
+        insert_v4(
+            &mut self.allow_v4,
+            map_names::ALLOW_V4,
+            policy_id,
+            &policy.allow_v4,
+        )?;
+        insert_v4(
+            &mut self.deny_v4,
+            map_names::DENY_V4,
+            policy_id,
+            &policy.deny_v4,
+        )?;
+        insert_v6(
+            &mut self.allow_v6,
+            map_names::ALLOW_V6,
+            policy_id,
+            &policy.allow_v6,
+        )?;
+        insert_v6(
+            &mut self.deny_v6,
+            map_names::DENY_V6,
+            policy_id,
+            &policy.deny_v6,
+        )?;
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| EnforcementError::Io {
             action: "count",
             path: "/sys/devices/system/cpu/possible".into(),
             source: e,
         })?;
         let zero = PerCpuValues::try_from(vec![Counters::default(); cpus]).map_err(|source| {
-            EnforcementError::Io { action: "size per-CPU values for", path: map_names::COUNTERS.into(), source }
+            EnforcementError::Io {
+                action: "size per-CPU values for",
+                path: map_names::COUNTERS.into(),
+                source,
+            }
         })?;
-        self.counters.insert(cgroup_id, zero, 0).map_err(map_err(map_names::COUNTERS))?;
+        self.counters
+            .insert(cgroup_id, zero, 0)
+            .map_err(map_err(map_names::COUNTERS))?;
         self.sandboxes
             .insert(cgroup_id, policy.sandbox_entry(policy_id), 0)
             .map_err(map_err(map_names::SANDBOXES))
@@ -342,22 +439,43 @@ impl Enforcement {
     pub fn rule_counts(&self, policy_id: u32) -> [usize; 4] {
         let id = policy_id.to_be_bytes();
         let count4 = |t: &LpmTrie<MapData, LpmDataV4, RuleValue>| {
-            t.keys().filter_map(Result::ok).filter(|k| k.data()[..4] == id).count()
+            t.keys()
+                .filter_map(Result::ok)
+                .filter(|k| k.data()[..4] == id)
+                .count()
         };
         let count6 = |t: &LpmTrie<MapData, LpmDataV6, RuleValue>| {
-            t.keys().filter_map(Result::ok).filter(|k| k.data()[..4] == id).count()
+            t.keys()
+                .filter_map(Result::ok)
+                .filter(|k| k.data()[..4] == id)
+                .count()
         };
-        [count4(&self.allow_v4), count4(&self.deny_v4), count6(&self.allow_v6), count6(&self.deny_v6)]
+        [
+            count4(&self.allow_v4),
+            count4(&self.deny_v4),
+            count6(&self.allow_v6),
+            count6(&self.deny_v6),
+        ]
     }
 
     /// Entries in all LPM tries, per policy id.
     pub fn rules_by_policy(&self) -> std::collections::BTreeMap<u32, usize> {
         let mut counts = std::collections::BTreeMap::new();
         let id_of = |data: &[u8]| u32::from_be_bytes([data[0], data[1], data[2], data[3]]);
-        for key in self.allow_v4.keys().chain(self.deny_v4.keys()).filter_map(Result::ok) {
+        for key in self
+            .allow_v4
+            .keys()
+            .chain(self.deny_v4.keys())
+            .filter_map(Result::ok)
+        {
             *counts.entry(id_of(&key.data())).or_insert(0) += 1;
         }
-        for key in self.allow_v6.keys().chain(self.deny_v6.keys()).filter_map(Result::ok) {
+        for key in self
+            .allow_v6
+            .keys()
+            .chain(self.deny_v6.keys())
+            .filter_map(Result::ok)
+        {
             *counts.entry(id_of(&key.data())).or_insert(0) += 1;
         }
         counts
@@ -382,11 +500,17 @@ impl Enforcement {
 }
 
 fn key_v4(policy_id: u32, net: Ipv4Net) -> Key<LpmDataV4> {
-    Key::new(POLICY_ID_BITS + u32::from(net.prefix_len()), lpm_data_v4(policy_id, net.network().octets()))
+    Key::new(
+        POLICY_ID_BITS + u32::from(net.prefix_len()),
+        lpm_data_v4(policy_id, net.network().octets()),
+    )
 }
 
 fn key_v6(policy_id: u32, net: Ipv6Net) -> Key<LpmDataV6> {
-    Key::new(POLICY_ID_BITS + u32::from(net.prefix_len()), lpm_data_v6(policy_id, &net.network().octets()))
+    Key::new(
+        POLICY_ID_BITS + u32::from(net.prefix_len()),
+        lpm_data_v6(policy_id, &net.network().octets()),
+    )
 }
 
 fn insert_v4(
@@ -396,8 +520,11 @@ fn insert_v4(
     nets: &[Ipv4Net],
 ) -> Result<()> {
     for net in nets {
-        let value = RuleValue { prefix_len: u32::from(net.prefix_len()) };
-        trie.insert(&key_v4(policy_id, *net), value, 0).map_err(map_err(name))?;
+        let value = RuleValue {
+            prefix_len: u32::from(net.prefix_len()),
+        };
+        trie.insert(&key_v4(policy_id, *net), value, 0)
+            .map_err(map_err(name))?;
     }
     Ok(())
 }
@@ -409,16 +536,25 @@ fn insert_v6(
     nets: &[Ipv6Net],
 ) -> Result<()> {
     for net in nets {
-        let value = RuleValue { prefix_len: u32::from(net.prefix_len()) };
-        trie.insert(&key_v6(policy_id, *net), value, 0).map_err(map_err(name))?;
+        let value = RuleValue {
+            prefix_len: u32::from(net.prefix_len()),
+        };
+        trie.insert(&key_v6(policy_id, *net), value, 0)
+            .map_err(map_err(name))?;
     }
     Ok(())
 }
 
-fn remove_scanned<K: aya::Pod + AsRef<[u8]>>(trie: &mut LpmTrie<MapData, K, RuleValue>, policy_id: u32) {
+fn remove_scanned<K: aya::Pod + AsRef<[u8]>>(
+    trie: &mut LpmTrie<MapData, K, RuleValue>,
+    policy_id: u32,
+) {
     let id = policy_id.to_be_bytes();
-    let keys: Vec<Key<K>> =
-        trie.keys().filter_map(Result::ok).filter(|k| k.data().as_ref()[..4] == id).collect();
+    let keys: Vec<Key<K>> = trie
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| k.data().as_ref()[..4] == id)
+        .collect();
     for key in keys {
         let _ = trie.remove(&key);
     }
@@ -432,8 +568,7 @@ fn getrandom(buf: &mut [u8]) {
         // rather than failing a sandbox start. Ids need only be unique, which NOEXIST checks.
         let t = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
+            .map_or(0, |d| d.subsec_nanos());
         buf.copy_from_slice(&t.to_ne_bytes()[..buf.len()]);
     }
 }
@@ -442,7 +577,10 @@ fn getrandom(buf: &mut [u8]) {
 pub fn random_id() -> String {
     let mut bytes = [0u8; 6];
     getrandom(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    bytes.iter().fold(String::with_capacity(12), |mut s, b| {
+        let _ = std::fmt::Write::write_fmt(&mut s, format_args!("{b:02x}"));
+        s
+    })
 }
 
 /// Loads every program, attaches it to `parent` and pins links and maps. Any earlier pins
@@ -463,8 +601,11 @@ fn install(paths: &Paths, parent: &Path, parent_id: u64) -> Result<()> {
         .map_max_entries(map_names::DENY_V6, max)
         .load(OBJECT)
         .map_err(EnforcementError::Load)?;
-    let cgroup = fs::File::open(parent)
-        .map_err(|source| EnforcementError::Io { action: "open cgroup", path: parent.into(), source })?;
+    let cgroup = fs::File::open(parent).map_err(|source| EnforcementError::Io {
+        action: "open cgroup",
+        path: parent.into(),
+        source,
+    })?;
     // With BPF links (what aya uses from Linux 5.7) cgroup attachments always coexist with
     // other programs, and the kernel refuses attach flags on link creation: hence `Single`,
     // which aya turns into flags 0.
@@ -480,8 +621,14 @@ fn install(paths: &Paths, parent: &Path, parent_id: u64) -> Result<()> {
             .map_err(|source| EnforcementError::Program { name, source })?;
         let perr = |source| EnforcementError::Program { name, source };
         prog.load().map_err(perr)?;
-        let id = prog.attach(&cgroup, attach_type, CgroupAttachMode::Single).map_err(perr)?;
-        let link: FdLink = prog.take_link(id).map_err(perr)?.try_into().map_err(|source| EnforcementError::Link { name, source })?;
+        let id = prog
+            .attach(&cgroup, attach_type, CgroupAttachMode::Single)
+            .map_err(perr)?;
+        let link: FdLink = prog
+            .take_link(id)
+            .map_err(perr)?
+            .try_into()
+            .map_err(|source| EnforcementError::Link { name, source })?;
         pin_link(link, &paths.links_dir().join(name))?;
     }
     for name in [
@@ -497,29 +644,51 @@ fn install(paths: &Paths, parent: &Path, parent_id: u64) -> Result<()> {
             .map_err(|source| EnforcementError::Program { name, source })?;
         let perr = |source| EnforcementError::Program { name, source };
         prog.load().map_err(perr)?;
-        let id = prog.attach(&cgroup, CgroupAttachMode::Single).map_err(perr)?;
-        let link: FdLink = prog.take_link(id).map_err(perr)?.try_into().map_err(|source| EnforcementError::Link { name, source })?;
+        let id = prog
+            .attach(&cgroup, CgroupAttachMode::Single)
+            .map_err(perr)?;
+        let link: FdLink = prog
+            .take_link(id)
+            .map_err(perr)?
+            .try_into()
+            .map_err(|source| EnforcementError::Link { name, source })?;
         pin_link(link, &paths.links_dir().join(name))?;
     }
     for name in map_names::ALL {
         let path = paths.maps_dir().join(name);
-        let map = ebpf.map(name).ok_or(EnforcementError::Map { name, source: MapError::InvalidName { name: name.into() } })?;
-        map.pin(&path).map_err(|source| EnforcementError::Pin { path, source })?;
+        let map = ebpf.map(name).ok_or(EnforcementError::Map {
+            name,
+            source: MapError::InvalidName { name: name.into() },
+        })?;
+        map.pin(&path)
+            .map_err(|source| EnforcementError::Pin { path, source })?;
     }
-    let meta_map = ebpf.take_map(map_names::META).ok_or(EnforcementError::Map {
-        name: map_names::META,
-        source: MapError::InvalidName { name: map_names::META.into() },
-    })?;
+    let meta_map = ebpf
+        .take_map(map_names::META)
+        .ok_or(EnforcementError::Map {
+            name: map_names::META,
+            source: MapError::InvalidName {
+                name: map_names::META.into(),
+            },
+        })?;
     let mut meta: Array<MapData, u64> = meta_map.try_into().map_err(map_err(map_names::META))?;
-    meta.set(0, object_hash(), 0).map_err(map_err(map_names::META))?;
-    meta.set(1, parent_id, 0).map_err(map_err(map_names::META))?;
+    meta.set(0, object_hash(), 0)
+        .map_err(map_err(map_names::META))?;
+    meta.set(1, parent_id, 0)
+        .map_err(map_err(map_names::META))?;
     let path = paths.maps_dir().join(map_names::META);
-    meta.pin(&path).map_err(|source| EnforcementError::Pin { path, source })?;
+    meta.pin(&path)
+        .map_err(|source| EnforcementError::Pin { path, source })?;
     Ok(())
 }
 
 fn pin_link(link: FdLink, path: &Path) -> Result<()> {
-    link.pin(path).map(drop).map_err(|source| EnforcementError::Pin { path: path.into(), source })
+    link.pin(path)
+        .map(drop)
+        .map_err(|source| EnforcementError::Pin {
+            path: path.into(),
+            source,
+        })
 }
 
 /// Removes the pinned maps and links; links detach when their last pin goes.
@@ -527,7 +696,11 @@ fn remove_pins(paths: &Paths) -> Result<()> {
     match fs::remove_dir_all(&paths.pin_dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(EnforcementError::Io { action: "remove", path: paths.pin_dir.clone(), source }),
+        Err(source) => Err(EnforcementError::Io {
+            action: "remove",
+            path: paths.pin_dir.clone(),
+            source,
+        }),
     }
 }
 
@@ -538,8 +711,11 @@ pub fn teardown(paths: &Paths) -> Result<()> {
     }
     ensure_dir(&paths.run_dir)?;
     let lock_path = paths.install_lock();
-    let _lock = FileLock::acquire(&lock_path)
-        .map_err(|source| EnforcementError::Io { action: "lock", path: lock_path, source })?;
+    let _lock = FileLock::acquire(&lock_path).map_err(|source| EnforcementError::Io {
+        action: "lock",
+        path: lock_path,
+        source,
+    })?;
     let live = live_sandboxes(paths);
     if live > 0 {
         return Err(EnforcementError::SandboxesLive { live });
@@ -550,7 +726,13 @@ pub fn teardown(paths: &Paths) -> Result<()> {
         match fs::remove_dir(&parent) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(source) => return Err(EnforcementError::Io { action: "remove cgroup", path: parent, source }),
+            Err(source) => {
+                return Err(EnforcementError::Io {
+                    action: "remove cgroup",
+                    path: parent,
+                    source,
+                });
+            }
         }
     }
     Ok(())

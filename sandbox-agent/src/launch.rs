@@ -6,8 +6,7 @@
 //! prepared beforehand (no allocation), so it is safe whatever the parent's state.
 use std::{
     ffi::{CString, OsStr},
-    io,
-    mem,
+    io, mem,
     os::{
         fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
         unix::ffi::OsStrExt as _,
@@ -57,10 +56,23 @@ pub enum Step {
 
 impl Step {
     fn from_u32(v: u32) -> Option<Self> {
-        use Step::*;
-        [SignalMask, Groups, Gid, CapBounding, KeepCaps, Uid, Capset, Ambient, NoNewPrivs, Cwd, Exec, CloseFds, Seccomp]
-            .into_iter()
-            .find(|s| *s as u32 == v)
+        [
+            Step::SignalMask,
+            Step::Groups,
+            Step::Gid,
+            Step::CapBounding,
+            Step::KeepCaps,
+            Step::Uid,
+            Step::Capset,
+            Step::Ambient,
+            Step::NoNewPrivs,
+            Step::Cwd,
+            Step::Exec,
+            Step::CloseFds,
+            Step::Seccomp,
+        ]
+        .into_iter()
+        .find(|s| *s as u32 == v)
     }
 
     fn describe(self) -> &'static str {
@@ -85,7 +97,11 @@ impl Step {
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
     #[error("{step_text} {subject}: {source}", step_text = step.describe())]
-    Child { step: Step, subject: String, source: io::Error },
+    Child {
+        step: Step,
+        subject: String,
+        source: io::Error,
+    },
     #[error("clone3 into the sandbox cgroup failed: {0}")]
     Clone(#[source] io::Error),
     #[error("{0}")]
@@ -96,7 +112,11 @@ impl LaunchError {
     /// Exit status as `docker run` reports it: 127 not found, 126 cannot execute, 125 ours.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Self::Child { step: Step::Exec, source, .. } => match source.raw_os_error() {
+            Self::Child {
+                step: Step::Exec,
+                source,
+                ..
+            } => match source.raw_os_error() {
                 Some(libc::ENOENT) => 127,
                 _ => 126,
             },
@@ -117,7 +137,9 @@ pub fn resolve_program(command: &OsStr, path: Option<&OsStr>) -> Option<PathBuf>
         .map(|dir| Path::new(OsStr::from_bytes(dir)).join(command))
         .find(|candidate| {
             use std::os::unix::fs::PermissionsExt as _;
-            candidate.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            candidate
+                .metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
         })
 }
 
@@ -140,7 +162,7 @@ const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
 /// The seccomp filter every workload gets: `socket(AF_PACKET, ...)` fails with EPERM.
 /// Link-layer sockets send frames below the IP layer, where no cgroup hook sees them; they
-/// need CAP_NET_RAW, which only `--cap-add NET_RAW` gives, and this keeps the wall whole
+/// need `CAP_NET_RAW`, which only `--cap-add NET_RAW` gives, and this keeps the wall whole
 /// even then. Syscalls of another ABI (i386 `socketcall`, x32) are refused the same way,
 /// since they would not be checked. Classic BPF, hand-written: eight instructions.
 fn seccomp_filter() -> Vec<libc::sock_filter> {
@@ -150,16 +172,43 @@ fn seccomp_filter() -> Vec<libc::sock_filter> {
     const OFFSET_NR: u32 = 0;
     const OFFSET_ARCH: u32 = 4;
     const OFFSET_ARG0: u32 = 16;
-    let stmt = |code: u32, k: u32| libc::sock_filter { code: code as u16, jt: 0, jf: 0, k };
-    let jump = |code: u32, k: u32, jt: u8, jf: u8| libc::sock_filter { code: code as u16, jt, jf, k };
+    let op = |code: u32| u16::try_from(code).expect("BPF opcodes fit 16 bits");
+    let stmt = |code: u32, k: u32| libc::sock_filter {
+        code: op(code),
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let jump = |code: u32, k: u32, jt: u8, jf: u8| libc::sock_filter {
+        code: op(code),
+        jt,
+        jf,
+        k,
+    };
+    let sys_socket = u32::try_from(libc::SYS_socket).expect("syscall numbers fit 32 bits");
     let deny = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;
     vec![
         stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, OFFSET_ARCH),
-        jump(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K, AUDIT_ARCH_X86_64, 1, 0),
+        jump(
+            libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
+            AUDIT_ARCH_X86_64,
+            1,
+            0,
+        ),
         stmt(libc::BPF_RET | libc::BPF_K, deny),
         stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, OFFSET_NR),
-        jump(libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K, X32_SYSCALL_BIT, 4, 0),
-        jump(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K, libc::SYS_socket as u32, 0, 2),
+        jump(
+            libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K,
+            X32_SYSCALL_BIT,
+            4,
+            0,
+        ),
+        jump(
+            libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
+            sys_socket,
+            0,
+            2,
+        ),
         stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, OFFSET_ARG0),
         jump(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K, AF_PACKET, 1, 0),
         stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW),
@@ -178,10 +227,18 @@ fn last_cap() -> u32 {
 /// Starts the workload in the cgroup given by `cgroup_fd`.
 pub fn spawn(spec: &LaunchSpec, cgroup_fd: &OwnedFd) -> Result<Child, LaunchError> {
     // Everything the child touches is prepared here.
-    let argv: Vec<*const libc::c_char> =
-        spec.argv.iter().map(|a| a.as_ptr()).chain(std::iter::once(ptr::null())).collect();
-    let envp: Vec<*const libc::c_char> =
-        spec.envp.iter().map(|a| a.as_ptr()).chain(std::iter::once(ptr::null())).collect();
+    let argv: Vec<*const libc::c_char> = spec
+        .argv
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(ptr::null()))
+        .collect();
+    let envp: Vec<*const libc::c_char> = spec
+        .envp
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(ptr::null()))
+        .collect();
     let last_cap = last_cap();
     let mut caps = [CapData::default(); 2];
     for &cap in &spec.keep_caps {
@@ -191,7 +248,10 @@ pub fn spawn(spec: &LaunchSpec, cgroup_fd: &OwnedFd) -> Result<Child, LaunchErro
         caps[word].inheritable |= bit;
     }
     let keep_mask: u64 = spec.keep_caps.iter().fold(0, |m, &c| m | (1u64 << c));
-    let mut header = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
+    let mut header = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
     let filter = seccomp_filter();
     let seccomp = libc::sock_fprog {
         len: u16::try_from(filter.len()).expect("short filter"),
@@ -204,18 +264,25 @@ pub fn spawn(spec: &LaunchSpec, cgroup_fd: &OwnedFd) -> Result<Child, LaunchErro
         return Err(io::Error::last_os_error().into());
     }
     // SAFETY: fresh fds from pipe2, owned from here on.
-    let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(pipe[0]), OwnedFd::from_raw_fd(pipe[1])) };
+    let (read_end, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(pipe[0]), OwnedFd::from_raw_fd(pipe[1])) };
 
     let mut pidfd: libc::c_int = -1;
     // SAFETY: zeroed clone_args is a valid "no options" value; fields set below.
-    let mut args: libc::clone_args = unsafe { mem::zeroed() };
-    args.flags = libc::CLONE_PIDFD as u64 | CLONE_INTO_CGROUP;
-    args.pidfd = ptr::addr_of_mut!(pidfd) as u64;
-    args.exit_signal = libc::SIGCHLD as u64;
-    args.cgroup = u64::try_from(cgroup_fd.as_raw_fd()).expect("fd is non-negative");
+    let mut clone_args: libc::clone_args = unsafe { mem::zeroed() };
+    clone_args.flags = libc::CLONE_PIDFD as u64 | CLONE_INTO_CGROUP;
+    clone_args.pidfd = ptr::addr_of_mut!(pidfd) as u64;
+    clone_args.exit_signal = libc::SIGCHLD as u64;
+    clone_args.cgroup = u64::try_from(cgroup_fd.as_raw_fd()).expect("fd is non-negative");
     // SAFETY: clone3 with no stack behaves like fork; the child below only makes
     // async-signal-safe syscalls and then execs or exits.
-    let ret = unsafe { libc::syscall(libc::SYS_clone3, ptr::addr_of!(args), mem::size_of::<libc::clone_args>()) };
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            ptr::addr_of!(clone_args),
+            mem::size_of::<libc::clone_args>(),
+        )
+    };
     if ret < 0 {
         return Err(LaunchError::Clone(io::Error::last_os_error()));
     }
@@ -223,7 +290,17 @@ pub fn spawn(spec: &LaunchSpec, cgroup_fd: &OwnedFd) -> Result<Child, LaunchErro
         // Child. Never returns.
         // SAFETY: see above; all pointers refer to memory prepared before the clone.
         unsafe {
-            child_main(spec, &argv, &envp, last_cap, keep_mask, &mut header, &mut caps, &seccomp, write_end.as_raw_fd())
+            child_main(
+                spec,
+                &argv,
+                &envp,
+                last_cap,
+                keep_mask,
+                &mut header,
+                &mut caps,
+                &seccomp,
+                write_end.as_raw_fd(),
+            )
         }
     }
     drop(write_end);
@@ -237,7 +314,13 @@ pub fn spawn(spec: &LaunchSpec, cgroup_fd: &OwnedFd) -> Result<Child, LaunchErro
     let mut got = 0;
     while got < report.len() {
         // SAFETY: reading into our buffer.
-        let n = unsafe { libc::read(read_end.as_raw_fd(), report[got..].as_mut_ptr().cast(), report.len() - got) };
+        let n = unsafe {
+            libc::read(
+                read_end.as_raw_fd(),
+                report[got..].as_mut_ptr().cast(),
+                report.len() - got,
+            )
+        };
         if n < 0 {
             let err = io::Error::last_os_error();
             if err.kind() == io::ErrorKind::Interrupted {
@@ -258,7 +341,14 @@ pub fn spawn(spec: &LaunchSpec, cgroup_fd: &OwnedFd) -> Result<Child, LaunchErro
     // Reap the failed child.
     let mut info: libc::siginfo_t = unsafe { mem::zeroed() };
     // SAFETY: waitid on our own pidfd.
-    unsafe { libc::waitid(libc::P_PIDFD, child.pidfd.as_raw_fd() as libc::id_t, &mut info, libc::WEXITED) };
+    unsafe {
+        libc::waitid(
+            libc::P_PIDFD,
+            child.pidfd.as_raw_fd().cast_unsigned(),
+            &raw mut info,
+            libc::WEXITED,
+        )
+    };
     let step = Step::from_u32(step).unwrap_or(Step::Exec);
     let subject = match step {
         Step::Exec => spec.program.to_string_lossy().into_owned(),
@@ -267,7 +357,11 @@ pub fn spawn(spec: &LaunchSpec, cgroup_fd: &OwnedFd) -> Result<Child, LaunchErro
         Step::Gid => spec.gid.to_string(),
         _ => String::new(),
     };
-    Err(LaunchError::Child { step, subject, source: io::Error::from_raw_os_error(errno) })
+    Err(LaunchError::Child {
+        step,
+        subject,
+        source: io::Error::from_raw_os_error(errno),
+    })
 }
 
 /// The child between clone3 and execve: raw syscalls only.
@@ -295,13 +389,19 @@ unsafe fn child_main(
         // The agent blocks signals to read them from a signalfd, and Rust ignores SIGPIPE;
         // the workload gets neither.
         let mut empty: libc::sigset_t = mem::zeroed();
-        libc::sigemptyset(&mut empty);
-        if libc::sigprocmask(libc::SIG_SETMASK, &empty, ptr::null_mut()) != 0 {
+        libc::sigemptyset(&raw mut empty);
+        if libc::sigprocmask(libc::SIG_SETMASK, &raw const empty, ptr::null_mut()) != 0 {
             fail(Step::SignalMask);
         }
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         // Descriptors the agent inherited without close-on-exec must not reach the workload.
-        if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) != 0 {
+        if libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        ) != 0
+        {
             fail(Step::CloseFds);
         }
         if libc::setgroups(spec.groups.len(), spec.groups.as_ptr()) != 0 {
@@ -311,7 +411,9 @@ unsafe fn child_main(
             fail(Step::Gid);
         }
         for cap in 0..=last_cap {
-            if keep_mask & (1u64 << cap) == 0 && libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) != 0 {
+            if keep_mask & (1u64 << cap) == 0
+                && libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap), 0, 0, 0) != 0
+            {
                 fail(Step::CapBounding);
             }
         }
@@ -326,7 +428,13 @@ unsafe fn child_main(
         }
         for cap in 0..=last_cap {
             if keep_mask & (1u64 << cap) != 0
-                && libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong, cap as libc::c_ulong, 0, 0) != 0
+                && libc::prctl(
+                    libc::PR_CAP_AMBIENT,
+                    libc::c_ulong::from(libc::PR_CAP_AMBIENT_RAISE.cast_unsigned()),
+                    libc::c_ulong::from(cap),
+                    0,
+                    0,
+                ) != 0
             {
                 fail(Step::Ambient);
             }
@@ -334,7 +442,14 @@ unsafe fn child_main(
         if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
             fail(Step::NoNewPrivs);
         }
-        if libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, ptr::from_ref(seccomp), 0, 0) != 0 {
+        if libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER,
+            ptr::from_ref(seccomp),
+            0,
+            0,
+        ) != 0
+        {
             fail(Step::Seccomp);
         }
         if libc::chdir(spec.cwd.as_ptr()) != 0 {
@@ -369,7 +484,12 @@ pub fn reap(child: &Child) -> io::Result<ExitStatus> {
     loop {
         // SAFETY: waitid on our own pidfd.
         let r = unsafe {
-            libc::waitid(libc::P_PIDFD, child.pidfd.as_raw_fd() as libc::id_t, &mut info, libc::WEXITED)
+            libc::waitid(
+                libc::P_PIDFD,
+                child.pidfd.as_raw_fd().cast_unsigned(),
+                &raw mut info,
+                libc::WEXITED,
+            )
         };
         if r == 0 {
             break;
@@ -381,13 +501,23 @@ pub fn reap(child: &Child) -> io::Result<ExitStatus> {
     }
     // SAFETY: waitid filled a CLD_* record.
     let status = unsafe { info.si_status() };
-    Ok(if info.si_code == libc::CLD_EXITED { ExitStatus::Exited(status) } else { ExitStatus::Signaled(status) })
+    Ok(if info.si_code == libc::CLD_EXITED {
+        ExitStatus::Exited(status)
+    } else {
+        ExitStatus::Signaled(status)
+    })
 }
 
 /// Sends a signal through the pidfd (no pid reuse race).
 pub fn signal(child: &Child, sig: i32) {
     // SAFETY: pidfd_send_signal on our own pidfd.
     unsafe {
-        libc::syscall(libc::SYS_pidfd_send_signal, child.pidfd.as_raw_fd(), sig, ptr::null::<libc::siginfo_t>(), 0u32);
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            child.pidfd.as_raw_fd(),
+            sig,
+            ptr::null::<libc::siginfo_t>(),
+            0u32,
+        );
     }
 }

@@ -6,7 +6,11 @@ use clap::{Parser, Subcommand};
 mod cli;
 
 #[derive(Parser)]
-#[command(name = "sandbox-agent", version, about = "Run untrusted workloads with kernel-enforced network egress policy")]
+#[command(
+    name = "sandbox-agent",
+    version,
+    about = "Run untrusted workloads with kernel-enforced network egress policy"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -15,7 +19,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a command in a new sandbox and wait for it.
-    Run(cli::run::RunArgs),
+    Run(Box<cli::run::RunArgs>),
     /// Print the enforcement state (installed programs, live sandboxes, counters) as JSON.
     State,
     /// Detach and unpin the eBPF programs and remove the parent cgroup (no sandbox may be live).
@@ -39,7 +43,7 @@ fn main() -> ExitCode {
         }
     };
     let code = match cli.command {
-        Command::Run(args) => cli::run::main(args),
+        Command::Run(args) => cli::run::main(*args),
         Command::State => cli::state::main(),
         Command::Teardown => cli::teardown::main(),
     };

@@ -16,7 +16,10 @@ pub struct Paths {
 
 impl Default for Paths {
     fn default() -> Self {
-        Self { pin_dir: PathBuf::from(BPFFS).join(NAME), run_dir: PathBuf::from("/run").join(NAME) }
+        Self {
+            pin_dir: PathBuf::from(BPFFS).join(NAME),
+            run_dir: PathBuf::from("/run").join(NAME),
+        }
     }
 }
 

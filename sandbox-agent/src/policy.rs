@@ -68,7 +68,10 @@ pub struct RawEntry {
 
 impl RawEntry {
     fn place(&self) -> String {
-        self.file.as_ref().map(|f| format!(" in {f}")).unwrap_or_default()
+        self.file
+            .as_ref()
+            .map(|f| format!(" in {f}"))
+            .unwrap_or_default()
     }
 }
 
@@ -91,7 +94,12 @@ pub enum Preset {
 }
 
 impl Preset {
-    pub const ALL: [Preset; 4] = [Self::All, Self::CloudMetadata, Self::Private, Self::Loopback];
+    pub const ALL: [Preset; 4] = [
+        Self::All,
+        Self::CloudMetadata,
+        Self::Private,
+        Self::Loopback,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -173,12 +181,21 @@ pub enum EntryProblem {
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
     #[error("invalid {origin} entry \"{entry}\"{place}: {problem}")]
-    Entry { origin: String, entry: String, place: String, problem: EntryProblem },
+    Entry {
+        origin: String,
+        entry: String,
+        place: String,
+        problem: EntryProblem,
+    },
     #[error(
         "{origin} entry \"{entry}\"{place} has no effect with --network blocked, which allows \
          nothing; use --network allowlist"
     )]
-    AllowInBlocked { origin: String, entry: String, place: String },
+    AllowInBlocked {
+        origin: String,
+        entry: String,
+        place: String,
+    },
 }
 
 /// A compiled policy: the sandbox settings and the prefix lists for the kernel.
@@ -248,16 +265,25 @@ pub fn parse_entry(text: &str) -> Result<Entry, EntryProblem> {
     }
     if let Some(name) = text.strip_prefix('@') {
         let _ = name;
-        return Preset::parse(text).map(Entry::Preset).ok_or_else(|| EntryProblem::UnknownPreset {
-            known: Preset::ALL.iter().map(|p| p.name()).collect::<Vec<_>>().join(", "),
-        });
+        return Preset::parse(text)
+            .map(Entry::Preset)
+            .ok_or_else(|| EntryProblem::UnknownPreset {
+                known: Preset::ALL
+                    .iter()
+                    .map(|p| p.name())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
     }
     if text.contains(':') {
         return parse_net(text, false).map(Entry::Net);
     }
     // Only digits, dots and a slash: meant as IPv4, so report it as a bad address rather than
     // as a domain ("10.0.0.300" is a typo, not a host name).
-    if text.chars().all(|c| c.is_ascii_digit() || c == '.' || c == '/') {
+    if text
+        .chars()
+        .all(|c| c.is_ascii_digit() || c == '.' || c == '/')
+    {
         return parse_net(text, true).map(Entry::Net);
     }
     if text.contains('/') {
@@ -276,7 +302,11 @@ pub fn parse_entry(text: &str) -> Result<Entry, EntryProblem> {
 }
 
 fn parse_net(text: &str, v4: bool) -> Result<IpNet, EntryProblem> {
-    let bad = if v4 { EntryProblem::BadIpv4 } else { EntryProblem::BadIpv6 };
+    let bad = if v4 {
+        EntryProblem::BadIpv4
+    } else {
+        EntryProblem::BadIpv6
+    };
     let (addr, len) = match text.split_once('/') {
         Some((addr, len)) => (addr, Some(len)),
         None => (text, None),
@@ -290,7 +320,9 @@ fn parse_net(text: &str, v4: bool) -> Result<IpNet, EntryProblem> {
     let len = match len {
         None => max,
         Some(len) => {
-            let len: u8 = len.parse().map_err(|_| EntryProblem::BadPrefixLength { max })?;
+            let len: u8 = len
+                .parse()
+                .map_err(|_| EntryProblem::BadPrefixLength { max })?;
             if len > max {
                 return Err(EntryProblem::BadPrefixLength { max });
             }
@@ -299,7 +331,9 @@ fn parse_net(text: &str, v4: bool) -> Result<IpNet, EntryProblem> {
     };
     let net = IpNet::new(addr, len).map_err(|_| EntryProblem::BadPrefixLength { max })?;
     if net.trunc() != net {
-        return Err(EntryProblem::HostBitsSet { network: net.trunc() });
+        return Err(EntryProblem::HostBitsSet {
+            network: net.trunc(),
+        });
     }
     Ok(net)
 }
@@ -312,30 +346,46 @@ fn validate_domain(text: &str) -> Result<String, EntryProblem> {
         return Err(EntryProblem::DomainsNotSupported);
     }
     if name.len() > 253 {
-        return Err(EntryProblem::BadDomain { why: "longer than 253 characters" });
+        return Err(EntryProblem::BadDomain {
+            why: "longer than 253 characters",
+        });
     }
     let labels: Vec<&str> = name.split('.').collect();
     if labels.len() < 2 {
-        return Err(EntryProblem::BadDomain { why: "needs at least two labels, like example.com" });
+        return Err(EntryProblem::BadDomain {
+            why: "needs at least two labels, like example.com",
+        });
     }
     for label in &labels {
         if label.is_empty() {
             return Err(EntryProblem::BadDomain { why: "empty label" });
         }
         if label.len() > 63 {
-            return Err(EntryProblem::BadDomain { why: "a label is longer than 63 characters" });
+            return Err(EntryProblem::BadDomain {
+                why: "a label is longer than 63 characters",
+            });
         }
-        if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
             return Err(EntryProblem::BadDomain {
                 why: "labels may hold only letters, digits and hyphens",
             });
         }
         if label.starts_with('-') || label.ends_with('-') {
-            return Err(EntryProblem::BadDomain { why: "a label starts or ends with a hyphen" });
+            return Err(EntryProblem::BadDomain {
+                why: "a label starts or ends with a hyphen",
+            });
         }
     }
-    if labels.last().is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit())) {
-        return Err(EntryProblem::BadDomain { why: "the top-level label is all digits" });
+    if labels
+        .last()
+        .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(EntryProblem::BadDomain {
+            why: "the top-level label is all digits",
+        });
     }
     Ok(name)
 }
@@ -419,7 +469,11 @@ fn v4_mapped_net(net: Ipv6Net) -> Option<Ipv4Net> {
     if o[..10].iter().any(|&b| b != 0) || o[10] != 0xff || o[11] != 0xff {
         return None;
     }
-    Ipv4Net::new(Ipv4Addr::new(o[12], o[13], o[14], o[15]), net.prefix_len() - 96).ok()
+    Ipv4Net::new(
+        Ipv4Addr::new(o[12], o[13], o[14], o[15]),
+        net.prefix_len() - 96,
+    )
+    .ok()
 }
 
 fn normalize_v4(mut nets: Vec<Ipv4Net>, merge: bool) -> Vec<Ipv4Net> {
@@ -445,7 +499,13 @@ mod tests {
     use super::*;
 
     fn raw(list: &[&str], origin: &str) -> Vec<RawEntry> {
-        list.iter().map(|t| RawEntry { text: (*t).into(), origin: origin.into(), file: None }).collect()
+        list.iter()
+            .map(|t| RawEntry {
+                text: (*t).into(),
+                origin: origin.into(),
+                file: None,
+            })
+            .collect()
     }
 
     fn spec(mode: Mode, precedence: Precedence, allow: &[&str], deny: &[&str]) -> PolicySpec {
@@ -463,13 +523,34 @@ mod tests {
 
     #[test]
     fn parses_every_kind_of_entry() {
-        assert_eq!(parse_entry("1.1.1.1"), Ok(Entry::Net("1.1.1.1/32".parse().unwrap())));
-        assert_eq!(parse_entry("10.0.0.0/8"), Ok(Entry::Net("10.0.0.0/8".parse().unwrap())));
-        assert_eq!(parse_entry("2001:db8::/32"), Ok(Entry::Net("2001:db8::/32".parse().unwrap())));
-        assert_eq!(parse_entry("::1"), Ok(Entry::Net("::1/128".parse().unwrap())));
-        assert_eq!(parse_entry("PyPI.org."), Ok(Entry::Domain("pypi.org".into())));
-        assert_eq!(parse_entry("*.pythonhosted.org"), Ok(Entry::Wildcard("pythonhosted.org".into())));
-        assert_eq!(parse_entry("@cloud-metadata"), Ok(Entry::Preset(Preset::CloudMetadata)));
+        assert_eq!(
+            parse_entry("1.1.1.1"),
+            Ok(Entry::Net("1.1.1.1/32".parse().unwrap()))
+        );
+        assert_eq!(
+            parse_entry("10.0.0.0/8"),
+            Ok(Entry::Net("10.0.0.0/8".parse().unwrap()))
+        );
+        assert_eq!(
+            parse_entry("2001:db8::/32"),
+            Ok(Entry::Net("2001:db8::/32".parse().unwrap()))
+        );
+        assert_eq!(
+            parse_entry("::1"),
+            Ok(Entry::Net("::1/128".parse().unwrap()))
+        );
+        assert_eq!(
+            parse_entry("PyPI.org."),
+            Ok(Entry::Domain("pypi.org".into()))
+        );
+        assert_eq!(
+            parse_entry("*.pythonhosted.org"),
+            Ok(Entry::Wildcard("pythonhosted.org".into()))
+        );
+        assert_eq!(
+            parse_entry("@cloud-metadata"),
+            Ok(Entry::Preset(Preset::CloudMetadata))
+        );
     }
 
     #[test]
@@ -482,47 +563,99 @@ mod tests {
             ("10.0.0.0/x", EntryProblem::BadIpv4),
             ("fe80::1::2", EntryProblem::BadIpv6),
             ("::/129", EntryProblem::BadPrefixLength { max: 128 }),
-            ("10.0.0.1/8", EntryProblem::HostBitsSet { network: "10.0.0.0/8".parse().unwrap() }),
+            (
+                "10.0.0.1/8",
+                EntryProblem::HostBitsSet {
+                    network: "10.0.0.0/8".parse().unwrap(),
+                },
+            ),
             ("*.", EntryProblem::EmptyWildcard),
             ("*", EntryProblem::EmptyWildcard),
-            ("exa mple.com", EntryProblem::BadDomain { why: "labels may hold only letters, digits and hyphens" }),
-            ("localhost", EntryProblem::BadDomain { why: "needs at least two labels, like example.com" }),
-            ("-bad.com", EntryProblem::BadDomain { why: "a label starts or ends with a hyphen" }),
+            (
+                "exa mple.com",
+                EntryProblem::BadDomain {
+                    why: "labels may hold only letters, digits and hyphens",
+                },
+            ),
+            (
+                "localhost",
+                EntryProblem::BadDomain {
+                    why: "needs at least two labels, like example.com",
+                },
+            ),
+            (
+                "-bad.com",
+                EntryProblem::BadDomain {
+                    why: "a label starts or ends with a hyphen",
+                },
+            ),
             ("a..com", EntryProblem::BadDomain { why: "empty label" }),
             ("example.com/24", EntryProblem::BadIpv4),
         ];
         for (text, problem) in cases {
             assert_eq!(parse_entry(text).as_ref(), Err(problem), "entry {text:?}");
         }
-        assert!(matches!(parse_entry("@nope"), Err(EntryProblem::UnknownPreset { .. })));
+        assert!(matches!(
+            parse_entry("@nope"),
+            Err(EntryProblem::UnknownPreset { .. })
+        ));
     }
 
     #[test]
     fn error_messages_quote_the_entry_and_its_origin() {
-        let err = compile(&spec(Mode::Allowlist, Precedence::DenyWins, &["10.0.0.300"], &[]))
-            .unwrap_err();
+        let err = compile(&spec(
+            Mode::Allowlist,
+            Precedence::DenyWins,
+            &["10.0.0.300"],
+            &[],
+        ))
+        .unwrap_err();
         assert_eq!(
             err.to_string(),
             "invalid --allow-out entry \"10.0.0.300\": not a valid IPv4 address or CIDR"
         );
-        let err = compile(&spec(Mode::Allowlist, Precedence::DenyWins, &["pypi.org"], &[]))
-            .unwrap_err();
-        assert!(err.to_string().contains("domain rules are not supported yet"), "{err}");
-        let err = compile(&spec(Mode::Blocked, Precedence::DenyWins, &["1.1.1.1"], &[]))
-            .unwrap_err();
+        let err = compile(&spec(
+            Mode::Allowlist,
+            Precedence::DenyWins,
+            &["pypi.org"],
+            &[],
+        ))
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("domain rules are not supported yet"),
+            "{err}"
+        );
+        let err = compile(&spec(
+            Mode::Blocked,
+            Precedence::DenyWins,
+            &["1.1.1.1"],
+            &[],
+        ))
+        .unwrap_err();
         assert!(err.to_string().contains("--network blocked"), "{err}");
     }
 
     #[test]
     fn one_bad_entry_refuses_the_whole_policy() {
-        let result = compile(&spec(Mode::Allowlist, Precedence::DenyWins, &["10.0.0.0/8", "@bogus"], &[]));
+        let result = compile(&spec(
+            Mode::Allowlist,
+            Precedence::DenyWins,
+            &["10.0.0.0/8", "@bogus"],
+            &[],
+        ));
         assert!(result.is_err());
     }
 
     #[test]
     fn presets_expand() {
-        let c = compile(&spec(Mode::Allowlist, Precedence::DenyWins, &["@all"], &["@cloud-metadata"]))
-            .unwrap();
+        let c = compile(&spec(
+            Mode::Allowlist,
+            Precedence::DenyWins,
+            &["@all"],
+            &["@cloud-metadata"],
+        ))
+        .unwrap();
         assert_eq!(c.allow_v4, v4(&["0.0.0.0/0"]));
         assert_eq!(c.allow_v6, vec!["::/0".parse::<Ipv6Net>().unwrap()]);
         assert!(c.deny_v4.contains(&"169.254.0.0/16".parse().unwrap()));
@@ -536,8 +669,13 @@ mod tests {
 
     #[test]
     fn v4_mapped_entries_become_ipv4_rules() {
-        let c = compile(&spec(Mode::Allowlist, Precedence::DenyWins, &["::ffff:10.1.0.0/112"], &[]))
-            .unwrap();
+        let c = compile(&spec(
+            Mode::Allowlist,
+            Precedence::DenyWins,
+            &["::ffff:10.1.0.0/112"],
+            &[],
+        ))
+        .unwrap();
         assert_eq!(c.allow_v4, v4(&["10.1.0.0/16"]));
         assert!(c.allow_v6.is_empty());
     }
@@ -547,13 +685,28 @@ mod tests {
         let allow = ["10.0.0.0/9", "10.128.0.0/9", "10.1.0.0/16", "10.1.0.0/16"];
         let merged = compile(&spec(Mode::Allowlist, Precedence::DenyWins, &allow, &[])).unwrap();
         assert_eq!(merged.allow_v4, v4(&["10.0.0.0/8"]));
-        let kept = compile(&spec(Mode::Allowlist, Precedence::MostSpecific, &allow, &[])).unwrap();
-        assert_eq!(kept.allow_v4, v4(&["10.0.0.0/9", "10.1.0.0/16", "10.128.0.0/9"]));
+        let kept = compile(&spec(
+            Mode::Allowlist,
+            Precedence::MostSpecific,
+            &allow,
+            &[],
+        ))
+        .unwrap();
+        assert_eq!(
+            kept.allow_v4,
+            v4(&["10.0.0.0/9", "10.1.0.0/16", "10.128.0.0/9"])
+        );
     }
 
     #[test]
     fn sandbox_entry_reflects_mode_and_precedence() {
-        let open = compile(&spec(Mode::Open, Precedence::AllowWins, &[], &["10.0.0.0/8"])).unwrap();
+        let open = compile(&spec(
+            Mode::Open,
+            Precedence::AllowWins,
+            &[],
+            &["10.0.0.0/8"],
+        ))
+        .unwrap();
         let e = open.sandbox_entry(9);
         assert_eq!(e.policy_id, 9);
         assert_eq!(e.default_verdict, DefaultVerdict::Allow as u32);

@@ -37,7 +37,10 @@ pub enum RunError {
     #[error(transparent)]
     Launch(#[from] LaunchError),
     #[error("lock {path}: {source}")]
-    Lock { path: PathBuf, source: std::io::Error },
+    Lock {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("signal handling: {0}")]
     Signals(#[source] nix::Error),
 }
@@ -86,7 +89,8 @@ impl Drop for LiveSandbox<'_> {
             eprintln!("sandbox-agent: warning: {e}");
         }
         if let Some(policy_id) = self.policy_id {
-            self.enforcement.remove(self.cgroup.id, policy_id, Some(self.policy));
+            self.enforcement
+                .remove(self.cgroup.id, policy_id, Some(self.policy));
         }
         if let Err(e) = self.cgroup.remove() {
             eprintln!("sandbox-agent: warning: {e}");
@@ -100,7 +104,12 @@ pub fn run(paths: &Paths, opts: &RunOptions) -> Result<RunReport, RunError> {
     // Signals are blocked before anything exists, so a SIGTERM at any moment reaches the
     // signalfd and leads to an orderly clean-up instead of killing the agent half-way.
     let mut mask = SigSet::empty();
-    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT] {
+    for s in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+    ] {
         mask.add(s);
     }
     mask.thread_block().map_err(RunError::Signals)?;
@@ -112,10 +121,15 @@ pub fn run(paths: &Paths, opts: &RunOptions) -> Result<RunReport, RunError> {
 
     let id = random_id();
     let locks = paths.sandbox_locks();
-    fs::create_dir_all(&locks).map_err(|source| RunError::Lock { path: locks.clone(), source })?;
+    fs::create_dir_all(&locks).map_err(|source| RunError::Lock {
+        path: locks.clone(),
+        source,
+    })?;
     let lock_path = locks.join(format!("{id}.lock"));
-    let lock = FileLock::acquire(&lock_path)
-        .map_err(|source| RunError::Lock { path: lock_path.clone(), source })?;
+    let lock = FileLock::acquire(&lock_path).map_err(|source| RunError::Lock {
+        path: lock_path.clone(),
+        source,
+    })?;
     let cgroup = SandboxCgroup::create(&enforcement.parent_cgroup.clone(), &id)?;
     let mut sandbox = LiveSandbox {
         enforcement: &mut enforcement,
@@ -173,25 +187,41 @@ pub fn run(paths: &Paths, opts: &RunOptions) -> Result<RunReport, RunError> {
             }
         }
     };
-    let counters = sandbox.enforcement.counters(sandbox.cgroup.id).unwrap_or_default();
+    let counters = sandbox
+        .enforcement
+        .counters(sandbox.cgroup.id)
+        .unwrap_or_default();
     drop(sandbox);
     let exit_code = if timed_out { 124 } else { status.code() };
-    Ok(RunReport { id, exit_code, timed_out, counters })
+    Ok(RunReport {
+        id,
+        exit_code,
+        timed_out,
+        counters,
+    })
 }
 
 /// Removes what agents that died left behind: sandbox cgroups whose lock nobody holds and
 /// that have no processes. A cgroup that still has processes stays (and stays confined).
 pub fn collect_orphans(paths: &Paths, enforcement: &mut Enforcement) {
-    let Ok(dir) = fs::read_dir(&enforcement.parent_cgroup) else { return };
+    let Ok(dir) = fs::read_dir(&enforcement.parent_cgroup) else {
+        return;
+    };
     for entry in dir.filter_map(Result::ok) {
         let path = entry.path();
         if !path.is_dir() {
             continue;
         }
-        let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_owned) else { continue };
+        let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
+            continue;
+        };
         let lock_path = paths.sandbox_locks().join(format!("{name}.lock"));
-        let Ok(Some(_lock)) = FileLock::try_acquire(&lock_path) else { continue };
-        let Ok(cgroup) = SandboxCgroup::open(path) else { continue };
+        let Ok(Some(_lock)) = FileLock::try_acquire(&lock_path) else {
+            continue;
+        };
+        let Ok(cgroup) = SandboxCgroup::open(path) else {
+            continue;
+        };
         if cgroup.is_populated().unwrap_or(true) {
             continue;
         }
@@ -205,7 +235,9 @@ pub fn collect_orphans(paths: &Paths, enforcement: &mut Enforcement) {
 
 /// The cgroup directory of a sandbox cgroup id, if it is below `parent`.
 pub fn cgroup_path_of(parent: &Path, id: u64) -> Option<PathBuf> {
-    fs::read_dir(parent).ok()?.filter_map(Result::ok).map(|e| e.path()).find(|p| {
-        crate::cgroup::cgroup_id(p).is_ok_and(|i| i == id)
-    })
+    fs::read_dir(parent)
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| crate::cgroup::cgroup_id(p).is_ok_and(|i| i == id))
 }

@@ -5,6 +5,10 @@
 //! ([`decide`]) also lives here, so that the exact function the kernel runs is unit-tested
 //! in user space without root.
 #![no_std]
+#![expect(
+    clippy::inline_always,
+    reason = "these run per packet in the kernel; inlining avoids bpf-to-bpf calls there"
+)]
 
 /// Names of the maps in the eBPF object, used by the loader to find and pin them.
 pub mod map_names {
@@ -17,8 +21,9 @@ pub mod map_names {
     pub const POLICY_IDS: &str = "POLICY_IDS";
     pub const META: &str = "META";
     /// All maps but `META`, which is pinned last as the mark of a complete install.
-    pub const ALL: [&str; 7] =
-        [SANDBOXES, ALLOW_V4, DENY_V4, ALLOW_V6, DENY_V6, COUNTERS, POLICY_IDS];
+    pub const ALL: [&str; 7] = [
+        SANDBOXES, ALLOW_V4, DENY_V4, ALLOW_V6, DENY_V6, COUNTERS, POLICY_IDS,
+    ];
 }
 
 /// Names of the programs in the eBPF object.
@@ -134,10 +139,16 @@ pub struct Verdict {
 
 impl Verdict {
     pub const fn allow(reason: Reason) -> Self {
-        Self { allow: true, reason }
+        Self {
+            allow: true,
+            reason,
+        }
     }
     pub const fn deny(reason: Reason) -> Self {
-        Self { allow: false, reason }
+        Self {
+            allow: false,
+            reason,
+        }
     }
 }
 
@@ -223,12 +234,10 @@ pub fn decide(
             if entry.precedence == Precedence::AllowWins as u32 {
                 Verdict::allow(Reason::AllowRule)
             } else if entry.precedence == Precedence::MostSpecific as u32 {
-                if allow > deny {
-                    Verdict::allow(Reason::AllowRule)
-                } else if deny > allow {
-                    Verdict::deny(Reason::DenyRule)
-                } else {
-                    Verdict::deny(Reason::Tie)
+                match allow.cmp(&deny) {
+                    core::cmp::Ordering::Greater => Verdict::allow(Reason::AllowRule),
+                    core::cmp::Ordering::Less => Verdict::deny(Reason::DenyRule),
+                    core::cmp::Ordering::Equal => Verdict::deny(Reason::Tie),
                 }
             } else {
                 // deny-wins, and any precedence value this build does not know: fail closed.
@@ -242,7 +251,9 @@ pub fn decide(
 #[inline(always)]
 pub const fn lpm_data_v4(policy_id: u32, addr: [u8; 4]) -> LpmDataV4 {
     let id = policy_id.to_be_bytes();
-    [id[0], id[1], id[2], id[3], addr[0], addr[1], addr[2], addr[3]]
+    [
+        id[0], id[1], id[2], id[3], addr[0], addr[1], addr[2], addr[3],
+    ]
 }
 
 /// Builds the LPM key data for an IPv6 address under a policy id.
@@ -294,14 +305,24 @@ mod tests {
     #[test]
     fn no_match_takes_the_default() {
         let e = entry(DefaultVerdict::Deny, Precedence::DenyWins);
-        assert_eq!(decide(&e, None, None, 0), Verdict::deny(Reason::DefaultDeny));
+        assert_eq!(
+            decide(&e, None, None, 0),
+            Verdict::deny(Reason::DefaultDeny)
+        );
         let e = entry(DefaultVerdict::Allow, Precedence::DenyWins);
-        assert_eq!(decide(&e, None, None, 0), Verdict::allow(Reason::DefaultAllow));
+        assert_eq!(
+            decide(&e, None, None, 0),
+            Verdict::allow(Reason::DefaultAllow)
+        );
     }
 
     #[test]
     fn one_kind_matching_decides() {
-        for p in [Precedence::DenyWins, Precedence::AllowWins, Precedence::MostSpecific] {
+        for p in [
+            Precedence::DenyWins,
+            Precedence::AllowWins,
+            Precedence::MostSpecific,
+        ] {
             let e = entry(DefaultVerdict::Deny, p);
             assert!(decide(&e, Some(8), None, 0).allow);
             assert!(!decide(&e, None, Some(8), 0).allow);
@@ -317,7 +338,10 @@ mod tests {
         let specific = entry(DefaultVerdict::Deny, Precedence::MostSpecific);
         assert!(decide(&specific, Some(24), Some(16), 0).allow);
         assert!(!decide(&specific, Some(16), Some(24), 0).allow);
-        assert_eq!(decide(&specific, Some(16), Some(16), 0), Verdict::deny(Reason::Tie));
+        assert_eq!(
+            decide(&specific, Some(16), Some(16), 0),
+            Verdict::deny(Reason::Tie)
+        );
     }
 
     #[test]
@@ -359,7 +383,10 @@ mod tests {
 
     #[test]
     fn lpm_keys_put_the_policy_first() {
-        assert_eq!(lpm_data_v4(0x0102_0304, [10, 0, 0, 1]), [1, 2, 3, 4, 10, 0, 0, 1]);
+        assert_eq!(
+            lpm_data_v4(0x0102_0304, [10, 0, 0, 1]),
+            [1, 2, 3, 4, 10, 0, 0, 1]
+        );
         let data = lpm_data_v6(1, &[0xfe; 16]);
         assert_eq!(&data[..4], &[0, 0, 0, 1]);
         assert_eq!(&data[4..], &[0xfe; 16]);

@@ -201,7 +201,12 @@ fn sock_addr_v6(ctx: &SockAddrContext, call: Call) -> i32 {
     // SAFETY: as in `sock_addr_v4`; each word is read whole, as the verifier requires.
     let words = unsafe {
         let sa = ctx.sock_addr;
-        [(*sa).user_ip6[0], (*sa).user_ip6[1], (*sa).user_ip6[2], (*sa).user_ip6[3]]
+        [
+            (*sa).user_ip6[0],
+            (*sa).user_ip6[1],
+            (*sa).user_ip6[2],
+            (*sa).user_ip6[3],
+        ]
     };
     let mut addr = [0u8; 16];
     let mut i = 0;

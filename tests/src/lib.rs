@@ -5,10 +5,11 @@
 //! logs which address every TCP connection and UDP datagram reached. Sandboxed clients run
 //! `helpers/client.py`. Everything is removed on drop, also when the test panics.
 //!
-//! Addresses are in 198.18.0.0/15 and fd5a:5a::/32 and exist only inside namespaces these
+//! Addresses are in `198.18.0.0/15` and `fd5a:5a::/32` and exist only inside namespaces these
 //! tests create. Tests panic with context rather than return errors; a missing kernel feature
 //! is a failure, not a skip.
 use std::{
+    fmt::Write as _,
     fs,
     io::Write as _,
     path::{Path, PathBuf},
@@ -20,7 +21,7 @@ use std::{
 
 pub const PORT: u16 = 8080;
 /// Upper bound for one sandboxed command in a test.
-pub const RUN_LIMIT: Duration = Duration::from_secs(60);
+pub const RUN_LIMIT: Duration = Duration::from_mins(1);
 
 /// The agent binary under test (`cargo xtask test` sets `SANDBOX_AGENT_BIN`).
 pub fn agent() -> PathBuf {
@@ -28,7 +29,11 @@ pub fn agent() -> PathBuf {
         || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/sandbox-agent"),
         PathBuf::from,
     );
-    assert!(path.exists(), "agent binary {} is missing: run the tests with `cargo xtask test`", path.display());
+    assert!(
+        path.exists(),
+        "agent binary {} is missing: run the tests with `cargo xtask test`",
+        path.display()
+    );
     path
 }
 
@@ -38,16 +43,27 @@ pub fn helpers() -> &'static Path {
     DIR.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("sandbox-agent-tests-{}", std::process::id()));
         fs::create_dir_all(&dir).expect("create helper dir");
-        fs::write(dir.join("client.py"), include_str!("../helpers/client.py")).expect("write client.py");
-        fs::write(dir.join("netserver.py"), include_str!("../helpers/netserver.py")).expect("write netserver.py");
-        sh(&format!("chmod 755 {0} && chmod 644 {0}/*.py", dir.display()));
+        fs::write(dir.join("client.py"), include_str!("../helpers/client.py"))
+            .expect("write client.py");
+        fs::write(
+            dir.join("netserver.py"),
+            include_str!("../helpers/netserver.py"),
+        )
+        .expect("write netserver.py");
+        sh(&format!(
+            "chmod 755 {0} && chmod 644 {0}/*.py",
+            dir.display()
+        ));
         dir
     })
 }
 
 /// Runs a shell command as part of a fixture; panics with its output if it fails.
 pub fn sh(cmd: &str) -> String {
-    let out = Command::new("sh").args(["-c", cmd]).output().expect("run sh");
+    let out = Command::new("sh")
+        .args(["-c", cmd])
+        .output()
+        .expect("run sh");
     assert!(
         out.status.success(),
         "`{cmd}` failed: {}\n{}{}",
@@ -59,7 +75,11 @@ pub fn sh(cmd: &str) -> String {
 }
 
 fn sh_quiet(cmd: &str) {
-    let _ = Command::new("sh").args(["-c", cmd]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+    let _ = Command::new("sh")
+        .args(["-c", cmd])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
 }
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -119,10 +139,10 @@ ip -n {netns} addr add {ll}/32 dev {ns_if}
             ll_host = format!("169.254.{}.1", 100 + n % 100),
         );
         for a in &v4 {
-            script.push_str(&format!("ip -n {netns} addr add {a}/24 dev {ns_if}\n"));
+            let _ = writeln!(script, "ip -n {netns} addr add {a}/24 dev {ns_if}");
         }
         for a in &v6 {
-            script.push_str(&format!("ip -n {netns} addr add {a}/64 dev {ns_if} nodad\n"));
+            let _ = writeln!(script, "ip -n {netns} addr add {a}/64 dev {ns_if} nodad");
         }
         sh(&script);
         let mut addrs: Vec<String> = v4.iter().chain(v6.iter()).cloned().collect();
@@ -140,7 +160,10 @@ ip -n {netns} addr add {ll}/32 dev {ns_if}
         host.server = Some(server);
         let start = Instant::now();
         while !fs::read_to_string(&log).is_ok_and(|l| l.contains("ready")) {
-            assert!(start.elapsed() < Duration::from_secs(10), "netserver in {netns} did not start");
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "netserver in {netns} did not start"
+            );
             thread::sleep(Duration::from_millis(20));
         }
         host
@@ -148,7 +171,12 @@ ip -n {netns} addr add {ll}/32 dev {ns_if}
 
     /// What the server saw so far (lines `tcp ADDR` / `udp ADDR PAYLOAD`).
     pub fn seen(&self) -> Vec<String> {
-        fs::read_to_string(&self.log).unwrap_or_default().lines().filter(|l| *l != "ready").map(str::to_owned).collect()
+        fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| *l != "ready")
+            .map(str::to_owned)
+            .collect()
     }
 
     /// Whether the server saw a TCP connection to `addr`.
@@ -158,7 +186,9 @@ ip -n {netns} addr add {ll}/32 dev {ns_if}
 
     /// Whether the server saw a datagram to `addr` carrying `payload`.
     pub fn saw_udp(&self, addr: &str, payload: &str) -> bool {
-        self.seen().iter().any(|l| *l == format!("udp {addr} {payload}"))
+        self.seen()
+            .iter()
+            .any(|l| *l == format!("udp {addr} {payload}"))
     }
 }
 
@@ -174,7 +204,10 @@ impl Drop for RemoteHost {
             let _ = s.kill();
             let _ = s.wait();
         }
-        sh_quiet(&format!("ip netns del {}; ip link del {}", self.netns, self.host_if));
+        sh_quiet(&format!(
+            "ip netns del {}; ip link del {}",
+            self.netns, self.host_if
+        ));
         let _ = fs::remove_file(&self.log);
     }
 }
@@ -197,7 +230,7 @@ impl Run {
     }
 }
 
-fn to_run(out: Output) -> Run {
+fn to_run(out: &Output) -> Run {
     Run {
         code: out.status.code().unwrap_or_else(|| {
             use std::os::unix::process::ExitStatusExt as _;
@@ -217,7 +250,11 @@ pub fn agent_cmd_with_stdin(args: &[&str], stdin: Option<&str>) -> Run {
     let mut child = Command::new(agent())
         .args(args)
         .current_dir("/")
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -241,9 +278,12 @@ pub fn wait_bounded(child: Child) -> Run {
     if rx.recv_timeout(RUN_LIMIT).is_err() {
         sh_quiet(&format!("kill -9 {pid}"));
         let out = waiter.join().expect("waiter").expect("wait");
-        panic!("sandbox-agent did not finish within {RUN_LIMIT:?}: {:#?}", to_run(out));
+        panic!(
+            "sandbox-agent did not finish within {RUN_LIMIT:?}: {:#?}",
+            to_run(&out)
+        );
     }
-    to_run(waiter.join().expect("waiter").expect("wait"))
+    to_run(&waiter.join().expect("waiter").expect("wait"))
 }
 
 /// `sandbox-agent run POLICY... -- python3 client.py CLIENT...`
@@ -251,7 +291,11 @@ pub fn run_client(policy: &[&str], client: &[&str]) -> Run {
     let script = helpers().join("client.py");
     let mut args = vec!["run"];
     args.extend_from_slice(policy);
-    args.extend_from_slice(&["--", "/usr/bin/python3", script.to_str().expect("utf-8 path")]);
+    args.extend_from_slice(&[
+        "--",
+        "/usr/bin/python3",
+        script.to_str().expect("utf-8 path"),
+    ]);
     args.extend_from_slice(client);
     let run = agent_cmd(&args);
     assert_eq!(run.code, 0, "client failed: {run:#?}");

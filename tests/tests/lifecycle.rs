@@ -12,8 +12,14 @@ use sandbox_tests::{agent, agent_cmd, agent_cmd_with_stdin, cgroup2_mount, state
 fn exit_statuses_follow_docker_run() {
     assert_eq!(agent_cmd(&["run", "--", "sh", "-c", "exit 7"]).code, 7);
     assert_eq!(agent_cmd(&["run", "--", "true"]).code, 0);
-    assert_eq!(agent_cmd(&["run", "--", "sh", "-c", "kill -9 $$"]).code, 137);
-    assert_eq!(agent_cmd(&["run", "--", "sh", "-c", "kill -15 $$"]).code, 143);
+    assert_eq!(
+        agent_cmd(&["run", "--", "sh", "-c", "kill -9 $$"]).code,
+        137
+    );
+    assert_eq!(
+        agent_cmd(&["run", "--", "sh", "-c", "kill -15 $$"]).code,
+        143
+    );
     let missing = agent_cmd(&["run", "--", "no-such-command-here"]);
     assert_eq!(missing.code, 127, "{missing:#?}");
     assert!(missing.stderr.contains("command not found"), "{missing:#?}");
@@ -29,12 +35,18 @@ fn timeout_kills_the_workload() {
     let run = agent_cmd(&["run", "--timeout", "1s", "--", "sleep", "30"]);
     assert_eq!(run.code, 124, "{run:#?}");
     assert!(run.stderr.contains("timed out"), "{run:#?}");
-    assert!(start.elapsed() < Duration::from_secs(20), "timeout did not fire");
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "timeout did not fire"
+    );
 }
 
 #[test]
 fn stdio_is_streamed() {
-    let run = agent_cmd_with_stdin(&["run", "--", "sh", "-c", "cat; echo done; echo oops >&2"], Some("hello\n"));
+    let run = agent_cmd_with_stdin(
+        &["run", "--", "sh", "-c", "cat; echo done; echo oops >&2"],
+        Some("hello\n"),
+    );
     assert_eq!(run.code, 0, "{run:#?}");
     assert_eq!(run.stdout, "hello\ndone\n");
     assert_eq!(run.stderr, "oops\n");
@@ -55,17 +67,34 @@ fn workload_is_unprivileged_and_confined() {
     ]);
     assert_eq!(run.code, 0, "{run:#?}");
     let out = &run.stdout;
-    assert!(out.contains("Uid:\t65534\t65534\t65534\t65534"), "not nobody: {out}");
+    assert!(
+        out.contains("Uid:\t65534\t65534\t65534\t65534"),
+        "not nobody: {out}"
+    );
     for cap in ["CapEff", "CapPrm", "CapBnd", "CapAmb"] {
-        assert!(out.contains(&format!("{cap}:\t0000000000000000")), "{cap} not empty: {out}");
+        assert!(
+            out.contains(&format!("{cap}:\t0000000000000000")),
+            "{cap} not empty: {out}"
+        );
     }
     assert!(out.contains("NoNewPrivs:\t1"), "{out}");
-    assert!(out.contains("0::/sandbox-agent/"), "not in a sandbox cgroup: {out}");
+    assert!(
+        out.contains("0::/sandbox-agent/"),
+        "not in a sandbox cgroup: {out}"
+    );
     assert!(out.contains("/tmp\nhi\n"), "{out}");
     // The agent's own environment does not leak in.
     assert!(!out.contains("SANDBOX_AGENT_BIN"), "{out}");
     // With --cap-add, exactly that capability (NET_RAW = bit 13) is kept.
-    let run = agent_cmd(&["run", "--cap-add", "NET_RAW", "--", "grep", "CapEff", "/proc/self/status"]);
+    let run = agent_cmd(&[
+        "run",
+        "--cap-add",
+        "NET_RAW",
+        "--",
+        "grep",
+        "CapEff",
+        "/proc/self/status",
+    ]);
     assert_eq!(run.stdout.trim(), "CapEff:\t0000000000002000", "{run:#?}");
 }
 
@@ -82,7 +111,15 @@ struct Observed {
 fn start_observed(script: &str) -> (KillOnDrop, Observed, u32) {
     let full = format!("echo $$ $(grep '^0::' /proc/self/cgroup | cut -d: -f3); {script}");
     let mut child = Command::new(agent())
-        .args(["run", "--network", "allowlist", "--allow-out", "198.18.250.0/24", "--allow-out", "fd5a:ffff::/64"])
+        .args([
+            "run",
+            "--network",
+            "allowlist",
+            "--allow-out",
+            "198.18.250.0/24",
+            "--allow-out",
+            "fd5a:ffff::/64",
+        ])
         .args(["--", "sh", "-c", &full])
         .current_dir("/")
         .stdin(Stdio::null())
@@ -97,10 +134,17 @@ fn start_observed(script: &str) -> (KillOnDrop, Observed, u32) {
     // Keep draining so the workload never blocks on a full pipe.
     std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
     let mut parts = first.split_whitespace();
-    let pid: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("no pid in {first:?}"));
-    let rel = parts.next().unwrap_or_else(|| panic!("no cgroup in {first:?}"));
+    let pid: u32 = parts
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {first:?}"));
+    let rel = parts
+        .next()
+        .unwrap_or_else(|| panic!("no cgroup in {first:?}"));
     let cgroup = cgroup2_mount().join(rel.trim_start_matches('/'));
-    let cgroup_id = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&cgroup).expect("sandbox cgroup exists"));
+    let cgroup_id = std::os::unix::fs::MetadataExt::ino(
+        &std::fs::metadata(&cgroup).expect("sandbox cgroup exists"),
+    );
     let st = state();
     let entry = st["sandboxes"]
         .as_array()
@@ -112,7 +156,15 @@ fn start_observed(script: &str) -> (KillOnDrop, Observed, u32) {
     assert_eq!(entry["rules"]["allow_v4"], 1, "{entry:#}");
     assert_eq!(entry["rules"]["allow_v6"], 1, "{entry:#}");
     let policy_id = entry["policy_id"].as_u64().expect("policy id");
-    (KillOnDrop(Some(child)), Observed { cgroup, cgroup_id, policy_id }, pid)
+    (
+        KillOnDrop(Some(child)),
+        Observed {
+            cgroup,
+            cgroup_id,
+            policy_id,
+        },
+        pid,
+    )
 }
 
 /// The agent of an observed sandbox; killed if the test fails before waiting for it.
@@ -137,15 +189,25 @@ impl Drop for KillOnDrop {
 }
 
 fn assert_cleaned(o: &Observed) {
-    assert!(!o.cgroup.exists(), "cgroup {} was left behind", o.cgroup.display());
+    assert!(
+        !o.cgroup.exists(),
+        "cgroup {} was left behind",
+        o.cgroup.display()
+    );
     let st = state();
     let sandboxes = st["sandboxes"].as_array().expect("sandboxes");
     assert!(
-        !sandboxes.iter().any(|s| s["cgroup_id"] == o.cgroup_id || s["policy_id"] == o.policy_id),
+        !sandboxes
+            .iter()
+            .any(|s| s["cgroup_id"] == o.cgroup_id || s["policy_id"] == o.policy_id),
         "kernel entry left behind: {st:#}"
     );
     let rules = &st["rules_by_policy"][o.policy_id.to_string()];
-    assert!(rules.is_null(), "rules of policy {} left behind: {rules}", o.policy_id);
+    assert!(
+        rules.is_null(),
+        "rules of policy {} left behind: {rules}",
+        o.policy_id
+    );
 }
 
 #[test]
@@ -184,6 +246,9 @@ fn cleanup_kills_processes_left_in_the_background() {
 }
 
 fn nix_kill(pid: u32, sig: i32) {
-    let status = Command::new("kill").args([format!("-{sig}"), pid.to_string()]).status().expect("kill");
+    let status = Command::new("kill")
+        .args([format!("-{sig}"), pid.to_string()])
+        .status()
+        .expect("kill");
     assert!(status.success(), "kill -{sig} {pid} failed");
 }

@@ -11,7 +11,7 @@ use std::{
     io::{BufRead as _, BufReader, BufWriter, Write as _},
     os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
+    process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio},
     thread,
     time::{Duration, Instant},
 };
@@ -28,11 +28,11 @@ const IPERF_PORT: u16 = 5201;
 const LISTEN_PORT: u16 = 5202;
 /// Seconds an iperf3 client sends (plus one omitted warm-up second).
 const IPERF_SECONDS: u32 = 3;
-const IPERF_ROUNDS: usize = 5;
-const CONNECTS_PER_ROUND: usize = 1000;
-const CONNECT_ROUNDS: usize = 6;
-/// Samples dropped at the start of each connect round (ARP, caches, interpreter warm-up).
-const CONNECT_WARMUP: usize = 50;
+const IPERF_ROUNDS: usize = 6;
+/// Connects per side, taken in lock-step pairs (one baseline, one sandboxed).
+const CONNECT_PAIRS: usize = 4000;
+/// Pairs dropped at the start (ARP, caches, interpreter warm-up).
+const CONNECT_WARMUP: usize = 100;
 const STARTUP_RUNS: usize = 200;
 const LOAD_ROUNDS: usize = 3;
 const SMALL_POLICY: usize = 100_000;
@@ -40,28 +40,31 @@ const BIG_POLICY: usize = 1_000_000;
 /// Upper bound on the life of the servers in the namespace, should the bench be killed.
 const SERVER_LIFETIME_SECS: u32 = 300;
 
-/// TCP connect+close loop on CPU 0; prints the `connect()` times in ns. Closes with RST
-/// (linger 0) so no `TIME_WAIT` piles up.
+/// One TCP connect+close (on CPU 0) per line read from stdin; prints each `connect()` time
+/// in ns. Closes with RST (linger 0) so no `TIME_WAIT` piles up.
 const CONNECT_CLIENT: &str = r#"
 import os, socket, struct, sys, time
 try:
     os.sched_setaffinity(0, {0})
 except OSError:
     pass
-host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+host, port = sys.argv[1], int(sys.argv[2])
 linger = struct.pack("ii", 1, 0)
 pc = time.perf_counter_ns
-out = []
-for _ in range(n):
+while sys.stdin.readline():
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
     t0 = pc()
     s.connect((host, port))
     t1 = pc()
     s.close()
-    out.append(t1 - t0)
-sys.stdout.write(" ".join(map(str, out)) + "\n")
+    sys.stdout.write("%d\n" % (t1 - t0))
+    sys.stdout.flush()
 "#;
+
+/// One connect, for the enforcement check.
+const CONNECT_ONCE: &str =
+    "import socket, sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)";
 
 /// Accepts and closes connections on CPU 1 until its deadline.
 const LISTENER: &str = r#"
@@ -102,12 +105,19 @@ pub fn run(agent: &Path) -> Result<()> {
     ));
     // A private copy, so that a rebuild during the bench cannot mix two builds in one table.
     let agent = &env.copy_agent(agent)?;
-    let small = env.write_policy("small.toml", &random_prefixes(SMALL_POLICY, 1), Some(&env.ns_addr))?;
+    let small = env.write_policy(
+        "small.toml",
+        &random_prefixes(SMALL_POLICY, 1),
+        Some(&env.ns_addr),
+    )?;
     let big = env.write_policy("big.toml", &random_prefixes(BIG_POLICY, 2), None)?;
     let empty = env.write_policy("empty.toml", &[], None)?;
 
     // The first run after a build loads and pins the eBPF programs; keep that out of the numbers.
-    let warm = env.agent(agent).args(["run", "--network", "blocked", "--", TRUE]).output()?;
+    let warm = env
+        .agent(agent)
+        .args(["run", "--network", "blocked", "--", TRUE])
+        .output()?;
     check(&warm, "sandbox-agent warm-up run")?;
     env.start_iperf_server()?;
     env.start_listener()?;
@@ -137,16 +147,34 @@ fn preflight(agent: &Path) -> Result<()> {
         .find_map(|l| l.strip_prefix("Uid:"))
         .and_then(|l| l.split_whitespace().nth(1))
         .unwrap_or("");
-    ensure!(euid == "0", "the bench must run as root (it creates network namespaces and sandboxes)");
-    ensure!(agent.is_file(), "no sandbox-agent binary at {}", agent.display());
+    ensure!(
+        euid == "0",
+        "the bench must run as root (it creates network namespaces and sandboxes)"
+    );
+    ensure!(
+        agent.is_file(),
+        "no sandbox-agent binary at {}",
+        agent.display()
+    );
     ensure!(
         Path::new(IPERF3).is_file(),
         "{IPERF3} is missing: the bench needs iperf3 (`cargo xtask setup` installs it, or `apt-get install iperf3`)"
     );
-    ensure!(Path::new(PYTHON3).is_file(), "{PYTHON3} is missing: the bench needs python3 for its connect client");
+    ensure!(
+        Path::new(PYTHON3).is_file(),
+        "{PYTHON3} is missing: the bench needs python3 for its connect client"
+    );
     for tool in ["ip", "ss", "timeout", "kill"] {
-        let ok = Command::new(tool).arg("-V").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
-        ensure!(ok, "`{tool}` is not on PATH (iproute2 / coreutils / procps)");
+        let ok = Command::new(tool)
+            .arg("-V")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok();
+        ensure!(
+            ok,
+            "`{tool}` is not on PATH (iproute2 / coreutils / procps)"
+        );
     }
     Ok(())
 }
@@ -155,7 +183,11 @@ fn machine_description() -> String {
     let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
         .lines()
-        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, v)| v.trim()))
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .and_then(|r| r.split_once(':'))
+                .map(|(_, v)| v.trim())
+        })
         .unwrap_or("unknown");
     let cpus = thread::available_parallelism().map_or(0, std::num::NonZero::get);
     let mem_gib = meminfo_kib("MemTotal").map_or(0.0, |k| kib_to_mib(k) / 1024.0);
@@ -189,7 +221,11 @@ fn check(out: &Output, what: &str) -> Result<()> {
     if out.status.success() {
         return Ok(());
     }
-    bail!("{what} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim())
+    bail!(
+        "{what} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    )
 }
 
 /// Runs a host tool (not sandboxed) and returns its stdout.
@@ -231,8 +267,15 @@ impl BenchEnv {
             veth_created: false,
             servers: Vec::new(),
         };
-        let in_use = host("ip", &["-4", "-o", "addr", "show", "to", &format!("{net}.0/24")])?;
-        ensure!(in_use.trim().is_empty(), "{net}.0/24 is already in use on this host: {}", in_use.trim());
+        let in_use = host(
+            "ip",
+            &["-4", "-o", "addr", "show", "to", &format!("{net}.0/24")],
+        )?;
+        ensure!(
+            in_use.trim().is_empty(),
+            "{net}.0/24 is already in use on this host: {}",
+            in_use.trim()
+        );
 
         fs::create_dir(&env.dir).with_context(|| format!("create {}", env.dir.display()))?;
         // The workload runs as nobody and must read the policy files and enter the directory.
@@ -242,11 +285,36 @@ impl BenchEnv {
         let (host_if, ns_if) = (env.host_if.clone(), format!("sabn{}", pid % 1000));
         host("ip", &["netns", "add", &ns])?;
         env.netns_created = true;
-        host("ip", &["link", "add", &host_if, "type", "veth", "peer", "name", &ns_if, "netns", &ns])?;
+        host(
+            "ip",
+            &[
+                "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if, "netns", &ns,
+            ],
+        )?;
         env.veth_created = true;
-        host("ip", &["addr", "add", &format!("{}/24", env.host_addr), "dev", &host_if])?;
+        host(
+            "ip",
+            &[
+                "addr",
+                "add",
+                &format!("{}/24", env.host_addr),
+                "dev",
+                &host_if,
+            ],
+        )?;
         host("ip", &["link", "set", &host_if, "up"])?;
-        host("ip", &["-n", &ns, "addr", "add", &format!("{}/24", env.ns_addr), "dev", &ns_if])?;
+        host(
+            "ip",
+            &[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{}/24", env.ns_addr),
+                "dev",
+                &ns_if,
+            ],
+        )?;
         host("ip", &["-n", &ns, "link", "set", &ns_if, "up"])?;
         host("ip", &["-n", &ns, "link", "set", "lo", "up"])?;
         Ok(env)
@@ -255,10 +323,17 @@ impl BenchEnv {
     /// A command in the namespace, with a bounded life, in its own process group.
     fn in_netns(&self, program: &str, args: &[&str]) -> Command {
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.netns, "timeout", &SERVER_LIFETIME_SECS.to_string(), program])
-            .args(args)
-            .stdin(Stdio::null())
-            .process_group(0);
+        cmd.args([
+            "netns",
+            "exec",
+            &self.netns,
+            "timeout",
+            &SERVER_LIFETIME_SECS.to_string(),
+            program,
+        ])
+        .args(args)
+        .stdin(Stdio::null())
+        .process_group(0);
         cmd
     }
 
@@ -278,14 +353,23 @@ impl BenchEnv {
             }
             thread::sleep(Duration::from_millis(50));
         }
-        bail!("the iperf3 server in {} did not start listening within 5 s", self.netns)
+        bail!(
+            "the iperf3 server in {} did not start listening within 5 s",
+            self.netns
+        )
     }
 
     fn start_listener(&mut self) -> Result<()> {
         let mut child = self
             .in_netns(
                 PYTHON3,
-                &["-c", LISTENER, &self.ns_addr, &LISTEN_PORT.to_string(), &SERVER_LIFETIME_SECS.to_string()],
+                &[
+                    "-c",
+                    LISTENER,
+                    &self.ns_addr,
+                    &LISTEN_PORT.to_string(),
+                    &SERVER_LIFETIME_SECS.to_string(),
+                ],
             )
             .stdout(Stdio::piped())
             .spawn()
@@ -309,22 +393,33 @@ impl BenchEnv {
 
     fn copy_agent(&self, agent: &Path) -> Result<PathBuf> {
         let copy = self.dir.join("sandbox-agent");
-        fs::copy(agent, &copy).with_context(|| format!("copy {} to {}", agent.display(), copy.display()))?;
+        fs::copy(agent, &copy)
+            .with_context(|| format!("copy {} to {}", agent.display(), copy.display()))?;
         fs::set_permissions(&copy, fs::Permissions::from_mode(0o755))?;
         Ok(copy)
     }
 
     /// Writes an allowlist policy file (mode 644) and returns its path.
-    fn write_policy(&self, name: &str, prefixes: &[String], extra: Option<&str>) -> Result<PathBuf> {
+    fn write_policy(
+        &self,
+        name: &str,
+        prefixes: &[String],
+        extra: Option<&str>,
+    ) -> Result<PathBuf> {
         let path = self.dir.join(name);
         let file = fs::File::create(&path).with_context(|| format!("create {}", path.display()))?;
         let mut w = BufWriter::new(file);
-        writeln!(w, "network = \"allowlist\"\nprecedence = \"deny-wins\"\nallow_out = [")?;
+        writeln!(
+            w,
+            "network = \"allowlist\"\nprecedence = \"deny-wins\"\nallow_out = ["
+        )?;
         for p in extra.into_iter().chain(prefixes.iter().map(String::as_str)) {
             writeln!(w, "  \"{p}\",")?;
         }
         writeln!(w, "]")?;
-        w.into_inner().map_err(std::io::IntoInnerError::into_error)?.sync_all()?;
+        w.into_inner()
+            .map_err(std::io::IntoInnerError::into_error)?
+            .sync_all()?;
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644))?;
         Ok(path)
     }
@@ -341,10 +436,16 @@ impl Drop for BenchEnv {
             let _ = child.wait();
         }
         if self.veth_created {
-            let _ = Command::new("ip").args(["link", "del", &self.host_if]).stderr(Stdio::null()).status();
+            let _ = Command::new("ip")
+                .args(["link", "del", &self.host_if])
+                .stderr(Stdio::null())
+                .status();
         }
         if self.netns_created {
-            let _ = Command::new("ip").args(["netns", "del", &self.netns]).stderr(Stdio::null()).status();
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.netns])
+                .stderr(Stdio::null())
+                .status();
         }
         let _ = fs::remove_dir_all(&self.dir);
     }
@@ -355,8 +456,17 @@ impl Drop for BenchEnv {
 fn check_enforced(env: &BenchEnv, agent: &Path) -> Result<()> {
     let out = env
         .agent(agent)
-        .args(["run", "--network", "blocked", "--", PYTHON3, "-c", CONNECT_CLIENT, &env.ns_addr])
-        .args([&LISTEN_PORT.to_string(), "1"])
+        .args([
+            "run",
+            "--network",
+            "blocked",
+            "--",
+            PYTHON3,
+            "-c",
+            CONNECT_ONCE,
+            &env.ns_addr,
+        ])
+        .arg(LISTEN_PORT.to_string())
         .output()?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     ensure!(
@@ -405,10 +515,18 @@ fn random_prefixes(n: usize, seed: u64) -> Vec<String> {
             continue;
         }
         let is_host = kind & 1 == 1;
-        let (third, fourth) = if is_host { (third | 1, fourth & !1) } else { (third & !1, 0) };
+        let (third, fourth) = if is_host {
+            (third | 1, fourth & !1)
+        } else {
+            (third & !1, 0)
+        };
         let addr = std::net::Ipv4Addr::from([first, second, third, fourth]);
         if taken.insert(addr) {
-            out.push(if is_host { addr.to_string() } else { format!("{addr}/24") });
+            out.push(if is_host {
+                addr.to_string()
+            } else {
+                format!("{addr}/24")
+            });
         }
     }
     assert_eq!(out.len(), n, "the generator ran out of tries");
@@ -451,8 +569,25 @@ struct Throughput {
 fn bench_throughput(env: &BenchEnv, agent: &Path, policy: &Path) -> Result<Throughput> {
     let secs = IPERF_SECONDS.to_string();
     let port = IPERF_PORT.to_string();
-    let client = [IPERF3, "-c", &env.ns_addr, "-p", &port, "-t", &secs, "-O", "1", "-A", "0", "-J"];
-    let mut result = Throughput { baseline_bps: Vec::new(), sandboxed_bps: Vec::new(), stats_line: String::new() };
+    let client = [
+        IPERF3,
+        "-c",
+        &env.ns_addr,
+        "-p",
+        &port,
+        "-t",
+        &secs,
+        "-O",
+        "1",
+        "-A",
+        "0",
+        "-J",
+    ];
+    let mut result = Throughput {
+        baseline_bps: Vec::new(),
+        sandboxed_bps: Vec::new(),
+        stats_line: String::new(),
+    };
     for round in 0..IPERF_ROUNDS {
         // Alternate which side goes first, so a drift in machine load hits both alike.
         for sandboxed in [round % 2 == 1, round % 2 == 0] {
@@ -469,14 +604,21 @@ fn bench_throughput(env: &BenchEnv, agent: &Path, policy: &Path) -> Result<Throu
                     .args(client)
                     .output()?
             } else {
-                Command::new(client[0]).args(&client[1..]).stdin(Stdio::null()).output()?
+                Command::new(client[0])
+                    .args(&client[1..])
+                    .stdin(Stdio::null())
+                    .output()?
             };
             check(&out, "iperf3 client")?;
             let bps = iperf_received_bps(&String::from_utf8_lossy(&out.stdout))?;
             if sandboxed {
                 result.sandboxed_bps.push(bps);
                 let stderr = String::from_utf8_lossy(&out.stderr);
-                let line = stderr.lines().find(|l| l.contains("allowed=")).unwrap_or_default().trim();
+                let line = stderr
+                    .lines()
+                    .find(|l| l.contains("allowed="))
+                    .unwrap_or_default()
+                    .trim();
                 let allowed = line
                     .split_once("allowed=")
                     .and_then(|(_, rest)| rest.split_once(' '))
@@ -504,57 +646,122 @@ fn iperf_received_bps(json: &str) -> Result<f64> {
         .and_then(|rest| rest.split([',', '}', '\n']).next())
         .map(str::trim)
         .context("no end.sum_received.bits_per_second in iperf3's output")?;
-    value.parse().with_context(|| format!("bad bits_per_second {value:?} in iperf3's output"))
+    value
+        .parse()
+        .with_context(|| format!("bad bits_per_second {value:?} in iperf3's output"))
 }
 
 // ---------------------------------------------------------------------------------------
 // 2. connect() latency
 // ---------------------------------------------------------------------------------------
 
-/// `connect()` times in µs.
+/// `connect()` times in µs; `baseline[i]` and `sandboxed[i]` were taken back to back.
 struct Connect {
     baseline: Vec<f64>,
     sandboxed: Vec<f64>,
-    /// Per round: sandboxed p50 minus baseline p50 (the two ran back to back).
-    round_p50_diffs: Vec<f64>,
 }
 
-fn bench_connect(env: &BenchEnv, agent: &Path, policy: &Path) -> Result<Connect> {
-    let port = LISTEN_PORT.to_string();
-    let n = CONNECTS_PER_ROUND.to_string();
-    let client = [PYTHON3, "-c", CONNECT_CLIENT, &env.ns_addr, &port, &n];
-    let mut result = Connect { baseline: Vec::new(), sandboxed: Vec::new(), round_p50_diffs: Vec::new() };
-    for round in 0..CONNECT_ROUNDS {
-        let mut p50 = [0.0; 2];
-        for sandboxed in [round % 2 == 1, round % 2 == 0] {
-            progress(&format!(
-                "connect round {}/{CONNECT_ROUNDS}, {}",
-                round + 1,
-                if sandboxed { "sandboxed" } else { "baseline" }
-            ));
-            let out = if sandboxed {
-                env.agent(agent)
-                    .args(["run", "--network", "allowlist", "--policy"])
-                    .arg(policy)
-                    .arg("--")
-                    .args(client)
-                    .output()?
-            } else {
-                Command::new(client[0]).args(&client[1..]).stdin(Stdio::null()).output()?
-            };
-            check(&out, "connect client")?;
-            let samples = String::from_utf8_lossy(&out.stdout)
-                .split_whitespace()
-                .map(|t| t.parse::<u32>().map(|ns| f64::from(ns) / 1000.0))
-                .collect::<Result<Vec<_>, _>>()
-                .context("bad output from the connect client")?;
-            ensure!(samples.len() == CONNECTS_PER_ROUND, "the connect client reported {} samples", samples.len());
-            let kept = &samples[CONNECT_WARMUP..];
-            p50[usize::from(sandboxed)] = median(kept);
-            if sandboxed { &mut result.sandboxed } else { &mut result.baseline }.extend_from_slice(kept);
-        }
-        result.round_p50_diffs.push(p50[1] - p50[0]);
+/// A connect client driven one connect at a time through its stdin.
+struct Stepper {
+    child: Child,
+    input: Option<ChildStdin>,
+    output: BufReader<ChildStdout>,
+}
+
+impl Stepper {
+    fn spawn(mut cmd: Command) -> Result<Self> {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let (Some(input), Some(output)) = (child.stdin.take(), child.stdout.take()) else {
+            bail!("no pipes to the connect client");
+        };
+        Ok(Self {
+            child,
+            input: Some(input),
+            output: BufReader::new(output),
+        })
     }
+
+    /// One connect; its time in µs.
+    fn step(&mut self) -> Result<f64> {
+        let input = self
+            .input
+            .as_mut()
+            .context("the connect client was closed")?;
+        input.write_all(b"\n")?;
+        input.flush()?;
+        let mut line = String::new();
+        if self.output.read_line(&mut line)? == 0 {
+            // The client died: report why.
+            self.input = None;
+            let mut stderr = String::new();
+            if let Some(mut e) = self.child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
+            }
+            bail!("the connect client stopped: {}", stderr.trim());
+        }
+        let ns: u32 = line
+            .trim()
+            .parse()
+            .with_context(|| format!("bad output {line:?} from the connect client"))?;
+        Ok(f64::from(ns) / 1000.0)
+    }
+
+    /// Closes stdin (the client exits) and checks the exit status.
+    fn finish(mut self) -> Result<()> {
+        self.input = None;
+        let status = self.child.wait()?;
+        ensure!(status.success(), "the connect client exited with {status}");
+        Ok(())
+    }
+}
+
+impl Drop for Stepper {
+    fn drop(&mut self) {
+        // EOF on stdin ends the client (and so the sandbox) within one connect.
+        self.input = None;
+        let _ = self.child.wait();
+    }
+}
+
+/// Baseline and sandboxed clients run side by side and take turns, one connect each, with
+/// the order swapped every pair: both see the same machine at (almost) the same moment.
+fn bench_connect(env: &BenchEnv, agent: &Path, policy: &Path) -> Result<Connect> {
+    progress(&format!("connect latency, {CONNECT_PAIRS} lock-step pairs"));
+    let port = LISTEN_PORT.to_string();
+    let client = [PYTHON3, "-c", CONNECT_CLIENT, &env.ns_addr, &port];
+    let mut baseline_cmd = Command::new(client[0]);
+    baseline_cmd.args(&client[1..]);
+    let mut sandboxed_cmd = env.agent(agent);
+    sandboxed_cmd
+        .args(["run", "--network", "allowlist", "--policy"])
+        .arg(policy)
+        .arg("--")
+        .args(client);
+    let mut baseline = Stepper::spawn(baseline_cmd)?;
+    let mut sandboxed = Stepper::spawn(sandboxed_cmd)?;
+    let mut result = Connect {
+        baseline: Vec::new(),
+        sandboxed: Vec::new(),
+    };
+    for i in 0..CONNECT_WARMUP + CONNECT_PAIRS {
+        let (b, s) = if i % 2 == 0 {
+            let b = baseline.step()?;
+            (b, sandboxed.step()?)
+        } else {
+            let s = sandboxed.step()?;
+            (baseline.step()?, s)
+        };
+        if i >= CONNECT_WARMUP {
+            result.baseline.push(b);
+            result.sandboxed.push(s);
+        }
+    }
+    baseline.finish()?;
+    sandboxed.finish()?;
     Ok(result)
 }
 
@@ -569,7 +776,10 @@ struct Startup {
 
 fn bench_startup(env: &BenchEnv, agent: &Path) -> Result<Startup> {
     progress(&format!("start-up, {STARTUP_RUNS} runs each"));
-    let mut result = Startup { bare_ms: Vec::new(), run_ms: Vec::new() };
+    let mut result = Startup {
+        bare_ms: Vec::new(),
+        run_ms: Vec::new(),
+    };
     for _ in 0..STARTUP_RUNS {
         let t = Instant::now();
         let out = Command::new(TRUE).stdin(Stdio::null()).output()?;
@@ -577,7 +787,10 @@ fn bench_startup(env: &BenchEnv, agent: &Path) -> Result<Startup> {
         check(&out, TRUE)?;
 
         let t = Instant::now();
-        let out = env.agent(agent).args(["run", "--network", "blocked", "--", TRUE]).output()?;
+        let out = env
+            .agent(agent)
+            .args(["run", "--network", "blocked", "--", TRUE])
+            .output()?;
         result.run_ms.push(t.elapsed().as_secs_f64() * 1e3);
         check(&out, "sandbox-agent run -- /bin/true")?;
     }
@@ -610,7 +823,11 @@ struct Load {
 /// Starts a sandbox whose workload prints a line, then (if `hold`) sleeps. Returns the time
 /// until the line arrived, and the child to wait for.
 fn start_marked(env: &BenchEnv, agent: &Path, policy: &Path, hold: bool) -> Result<(Child, f64)> {
-    let script = if hold { "echo up; exec /bin/sleep 1" } else { "echo up" };
+    let script = if hold {
+        "echo up; exec /bin/sleep 1"
+    } else {
+        "echo up"
+    };
     let t = Instant::now();
     let mut child = env
         .agent(agent)
@@ -627,7 +844,11 @@ fn start_marked(env: &BenchEnv, agent: &Path, policy: &Path, hold: bool) -> Resu
     let alive = t.elapsed().as_secs_f64() * 1e3;
     if line.trim() != "up" {
         let out = child.wait_with_output()?;
-        bail!("the sandbox with {} did not start: {}", policy.display(), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "the sandbox with {} did not start: {}",
+            policy.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok((child, alive))
 }
@@ -648,7 +869,11 @@ fn bench_load(env: &BenchEnv, agent: &Path, big: &Path, empty: &Path) -> Result<
             progress(&format!(
                 "policy load round {}/{LOAD_ROUNDS}, {}",
                 round + 1,
-                if is_big { "1M prefixes" } else { "empty policy" }
+                if is_big {
+                    "1M prefixes"
+                } else {
+                    "empty policy"
+                }
             ));
             let t = Instant::now();
             let (child, alive) = start_marked(env, agent, if is_big { big } else { empty }, false)?;
@@ -667,7 +892,12 @@ fn bench_load(env: &BenchEnv, agent: &Path, big: &Path, empty: &Path) -> Result<
 
     progress("policy parse only (1M prefixes)");
     let t = Instant::now();
-    let out = env.agent(agent).args(["run", "--network", "blocked", "--policy"]).arg(big).args(["--", TRUE]).output()?;
+    let out = env
+        .agent(agent)
+        .args(["run", "--network", "blocked", "--policy"])
+        .arg(big)
+        .args(["--", TRUE])
+        .output()?;
     load.big_parse_ms = t.elapsed().as_secs_f64() * 1e3;
     ensure!(
         String::from_utf8_lossy(&out.stderr).contains("no effect with --network blocked"),
@@ -676,7 +906,14 @@ fn bench_load(env: &BenchEnv, agent: &Path, big: &Path, empty: &Path) -> Result<
     );
 
     for is_big in [false, true] {
-        progress(&format!("memory, {}", if is_big { "1M prefixes" } else { "empty policy" }));
+        progress(&format!(
+            "memory, {}",
+            if is_big {
+                "1M prefixes"
+            } else {
+                "empty policy"
+            }
+        ));
         let before = meminfo_kib("Slab").context("no Slab in /proc/meminfo")?;
         let (child, _) = start_marked(env, agent, if is_big { big } else { empty }, true)?;
         let during = meminfo_kib("Slab").context("no Slab in /proc/meminfo")?;
@@ -684,7 +921,8 @@ fn bench_load(env: &BenchEnv, agent: &Path, big: &Path, empty: &Path) -> Result<
         let cpu = cpu_times_ms(child.id());
         let out = child.wait_with_output()?;
         check(&out, "sandbox-agent run --policy")?;
-        let delta = i64::try_from(during).unwrap_or(i64::MAX) - i64::try_from(before).unwrap_or(i64::MAX);
+        let delta =
+            i64::try_from(during).unwrap_or(i64::MAX) - i64::try_from(before).unwrap_or(i64::MAX);
         if is_big {
             load.slab_delta_kib.1 = delta;
             load.trie_memlock.1 = memlock;
@@ -699,12 +937,19 @@ fn bench_load(env: &BenchEnv, agent: &Path, big: &Path, empty: &Path) -> Result<
 
 /// Sum of `memlock:` over the LPM-trie maps (`map_type: 11`) the process has open.
 fn trie_memlock(pid: u32) -> u64 {
-    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fdinfo")) else { return 0 };
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return 0;
+    };
     dir.filter_map(Result::ok)
         .filter_map(|e| fs::read_to_string(e.path()).ok())
-        .filter(|info| info.lines().any(|l| l.split_whitespace().eq(["map_type:", "11"])))
+        .filter(|info| {
+            info.lines()
+                .any(|l| l.split_whitespace().eq(["map_type:", "11"]))
+        })
         .filter_map(|info| {
-            info.lines().find_map(|l| l.strip_prefix("memlock:")).and_then(|v| v.trim().parse::<u64>().ok())
+            info.lines()
+                .find_map(|l| l.strip_prefix("memlock:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
         })
         .sum()
 }
@@ -717,7 +962,10 @@ fn cpu_times_ms(pid: u32) -> Option<(f64, f64)> {
     // `fields[0]` is field 3 (state); utime and stime are fields 14 and 15.
     let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u32>().ok());
     let hz = clock_ticks_per_second()?;
-    Some((f64::from(ticks(11)?) * 1e3 / hz, f64::from(ticks(12)?) * 1e3 / hz))
+    Some((
+        f64::from(ticks(11)?) * 1e3 / hz,
+        f64::from(ticks(12)?) * 1e3 / hz,
+    ))
 }
 
 /// `getconf CLK_TCK` (100 on every Linux ABI in practice).
@@ -740,7 +988,14 @@ struct Row {
 }
 
 /// A row comparing a baseline and a sandboxed value: ratio and difference computed here.
-fn compare(metric: &str, baseline: f64, sandboxed: f64, decimals: usize, unit: &str, target: &str) -> Row {
+fn compare(
+    metric: &str,
+    baseline: f64,
+    sandboxed: f64,
+    decimals: usize,
+    unit: &str,
+    target: &str,
+) -> Row {
     Row {
         metric: metric.into(),
         baseline: format!("{baseline:.decimals$}"),
@@ -756,7 +1011,10 @@ fn results_table(t: &Throughput, c: &Connect, s: &Startup, l: &Load) -> Vec<Row>
     let gbps = |v: &[f64]| median(v) / 1e9;
     let slab_mib = |kib: i64| kib as f64 / 1024.0;
     let (slab_empty, slab_big) = (slab_mib(l.slab_delta_kib.0), slab_mib(l.slab_delta_kib.1));
-    let (lock_empty, lock_big) = (bytes_to_mib(l.trie_memlock.0), bytes_to_mib(l.trie_memlock.1));
+    let (lock_empty, lock_big) = (
+        bytes_to_mib(l.trie_memlock.0),
+        bytes_to_mib(l.trie_memlock.1),
+    );
     vec![
         compare(
             "TCP throughput, Gbit/s (median)",
@@ -790,7 +1048,14 @@ fn results_table(t: &Throughput, c: &Connect, s: &Startup, l: &Load) -> Vec<Row>
             "ms",
             "run p50 < 5 ms",
         ),
-        compare("run /bin/true p99, ms", percentile(&s.bare_ms, 99.0), percentile(&s.run_ms, 99.0), 2, "ms", "-"),
+        compare(
+            "run /bin/true p99, ms",
+            percentile(&s.bare_ms, 99.0),
+            percentile(&s.run_ms, 99.0),
+            2,
+            "ms",
+            "-",
+        ),
         compare(
             "policy start to workload, ms (empty vs 1M)",
             median(&l.empty_alive_ms),
@@ -827,8 +1092,24 @@ fn results_table(t: &Throughput, c: &Connect, s: &Startup, l: &Load) -> Vec<Row>
 }
 
 fn print_table(rows: &[Row]) {
-    let header = ["metric", "baseline", "sandboxed", "ratio", "added", "target"];
-    let cells = |r: &Row| [r.metric.clone(), r.baseline.clone(), r.sandboxed.clone(), r.ratio.clone(), r.added.clone(), r.target.clone()];
+    let header = [
+        "metric",
+        "baseline",
+        "sandboxed",
+        "ratio",
+        "added",
+        "target",
+    ];
+    let cells = |r: &Row| {
+        [
+            r.metric.clone(),
+            r.baseline.clone(),
+            r.sandboxed.clone(),
+            r.ratio.clone(),
+            r.added.clone(),
+            r.target.clone(),
+        ]
+    };
     let mut widths = header.map(str::len);
     for r in rows {
         for (w, c) in widths.iter_mut().zip(cells(r)) {
@@ -839,36 +1120,65 @@ fn print_table(rows: &[Row]) {
         let mut s = String::new();
         for (i, (c, w)) in cols.iter().zip(widths).enumerate() {
             // Text left-aligned, numbers right-aligned.
-            let _ = if i == 0 || i == 5 { write!(s, "{c:<w$}  ") } else { write!(s, "{c:>w$}  ") };
+            let _ = if i == 0 || i == 5 {
+                write!(s, "{c:<w$}  ")
+            } else {
+                write!(s, "{c:>w$}  ")
+            };
         }
         println!("{}", s.trim_end());
     };
     line(header.map(String::from));
-    println!("{}", "-".repeat(widths.iter().sum::<usize>() + 2 * (widths.len() - 1)));
+    println!(
+        "{}",
+        "-".repeat(widths.iter().sum::<usize>() + 2 * (widths.len() - 1))
+    );
     for r in rows {
         line(cells(r));
     }
 }
 
 fn print_notes(t: &Throughput, c: &Connect, l: &Load) {
-    let gb = |v: &[f64]| v.iter().map(|b| format!("{:.2}", b / 1e9)).collect::<Vec<_>>().join(" ");
+    let gb = |v: &[f64]| {
+        v.iter()
+            .map(|b| format!("{:.2}", b / 1e9))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    // Runs with the same index ran back to back.
+    let round_ratios: Vec<f64> = t
+        .sandboxed_bps
+        .iter()
+        .zip(&t.baseline_bps)
+        .map(|(s, b)| s / b)
+        .collect();
     println!("notes (informational; the bench never fails on a number):");
     println!(
         "  throughput: iperf3 -t {IPERF_SECONDS} -O 1 over a veth into a netns, client on CPU 0, server on CPU 1; \
-         runs (Gbit/s) baseline [{}] sandboxed [{}]; sandboxed policy: {SMALL_POLICY} random prefixes + the server",
+         runs (Gbit/s) baseline [{}] sandboxed [{}], median of the per-round ratios {:.3}; sandboxed policy: \
+         {SMALL_POLICY} random prefixes + the server",
         gb(&t.baseline_bps),
-        gb(&t.sandboxed_bps)
+        gb(&t.sandboxed_bps),
+        median(&round_ratios)
     );
     if !t.stats_line.is_empty() {
-        println!("  last sandboxed iperf3 run: {}", t.stats_line.trim_start_matches("sandbox-agent: "));
+        println!(
+            "  last sandboxed iperf3 run: {}",
+            t.stats_line.trim_start_matches("sandbox-agent: ")
+        );
     }
-    let diffs = c.round_p50_diffs.iter().map(|d| format!("{d:+.1}")).collect::<Vec<_>>().join(" ");
+    let pair_diffs: Vec<f64> = c
+        .sandboxed
+        .iter()
+        .zip(&c.baseline)
+        .map(|(s, b)| s - b)
+        .collect();
     println!(
-        "  connect: python3 perf_counter_ns around connect(), client on CPU 0, listener on CPU 1, {} samples per \
-         side ({CONNECT_ROUNDS} rounds of {CONNECTS_PER_ROUND}, first {CONNECT_WARMUP} of each dropped), same \
-         {SMALL_POLICY}-prefix policy; per-round p50 differences (us) [{diffs}], median {:+.1}",
+        "  connect: python3 perf_counter_ns around connect(), clients on CPU 0 taking turns (lock-step), listener \
+         on CPU 1, {} pairs after {CONNECT_WARMUP} warm-up pairs, same {SMALL_POLICY}-prefix policy; median of the \
+         per-pair differences {:+.1} us",
         c.baseline.len(),
-        median(&c.round_p50_diffs)
+        median(&pair_diffs)
     );
     println!(
         "  policy load: median of {LOAD_ROUNDS}; start-to-workload = agent spawn until the workload's first line \

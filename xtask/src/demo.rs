@@ -32,8 +32,14 @@ impl Drop for Testbed {
             let _ = s.kill();
             let _ = s.wait();
         }
-        let _ = Command::new("ip").args(["netns", "del", NETNS]).stderr(Stdio::null()).status();
-        let _ = Command::new("ip").args(["link", "del", HOST_IF]).stderr(Stdio::null()).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", NETNS])
+            .stderr(Stdio::null())
+            .status();
+        let _ = Command::new("ip")
+            .args(["link", "del", HOST_IF])
+            .stderr(Stdio::null())
+            .status();
         let _ = fs::remove_dir_all(&self.webroot);
     }
 }
@@ -44,23 +50,53 @@ fn ip(args: &[&str]) -> Result<()> {
 
 fn setup() -> Result<Testbed> {
     // Leftovers of an interrupted demo.
-    let _ = Command::new("ip").args(["netns", "del", NETNS]).stderr(Stdio::null()).status();
-    let _ = Command::new("ip").args(["link", "del", HOST_IF]).stderr(Stdio::null()).status();
+    let _ = Command::new("ip")
+        .args(["netns", "del", NETNS])
+        .stderr(Stdio::null())
+        .status();
+    let _ = Command::new("ip")
+        .args(["link", "del", HOST_IF])
+        .stderr(Stdio::null())
+        .status();
     let webroot = std::env::temp_dir().join("sandbox-agent-demo");
-    let mut bed = Testbed { server: None, webroot: webroot.clone() };
+    let mut bed = Testbed {
+        server: None,
+        webroot: webroot.clone(),
+    };
     ip(&["netns", "add", NETNS])?;
-    ip(&["link", "add", HOST_IF, "type", "veth", "peer", "name", NS_IF, "netns", NETNS])?;
+    ip(&[
+        "link", "add", HOST_IF, "type", "veth", "peer", "name", NS_IF, "netns", NETNS,
+    ])?;
     ip(&["addr", "add", HOST_ADDR, "dev", HOST_IF])?;
     ip(&["link", "set", HOST_IF, "up"])?;
     for addr in [ALLOWED, REFUSED] {
-        ip(&["-n", NETNS, "addr", "add", &format!("{addr}/24"), "dev", NS_IF])?;
+        ip(&[
+            "-n",
+            NETNS,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            NS_IF,
+        ])?;
     }
     ip(&["-n", NETNS, "link", "set", NS_IF, "up"])?;
     ip(&["-n", NETNS, "link", "set", "lo", "up"])?;
     fs::create_dir_all(&webroot)?;
     fs::write(webroot.join("index.html"), "hello from the demo server\n")?;
     let server = Command::new("ip")
-        .args(["netns", "exec", NETNS, "python3", "-m", "http.server", "8080", "--bind", "0.0.0.0", "--directory"])
+        .args([
+            "netns",
+            "exec",
+            NETNS,
+            "python3",
+            "-m",
+            "http.server",
+            "8080",
+            "--bind",
+            "0.0.0.0",
+            "--directory",
+        ])
         .arg(&webroot)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -70,7 +106,14 @@ fn setup() -> Result<Testbed> {
     // Wait (bounded) until the server answers.
     let start = Instant::now();
     while !Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "-m", "1", &format!("http://{ALLOWED}:8080/")])
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-m",
+            "1",
+            &format!("http://{ALLOWED}:8080/"),
+        ])
         .status()
         .is_ok_and(|s| s.success())
     {
@@ -83,8 +126,13 @@ fn setup() -> Result<Testbed> {
 }
 
 fn show(cmd: &mut Command) -> Result<Output> {
-    let out = cmd.output().with_context(|| format!("cannot start {cmd:?}"))?;
-    for line in String::from_utf8_lossy(&out.stdout).lines().chain(String::from_utf8_lossy(&out.stderr).lines()) {
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    for line in String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .chain(String::from_utf8_lossy(&out.stderr).lines())
+    {
         println!("    | {line}");
     }
     Ok(out)
@@ -96,7 +144,17 @@ fn sandboxed_curl(agent: &Path, target: &str) -> Result<Output> {
     );
     show(
         Command::new(agent)
-            .args(["run", "--network", "allowlist", "--allow-out", ALLOWED, "--stats", "--cwd", "/", "--"])
+            .args([
+                "run",
+                "--network",
+                "allowlist",
+                "--allow-out",
+                ALLOWED,
+                "--stats",
+                "--cwd",
+                "/",
+                "--",
+            ])
             .args(["curl", "-sS", "-m", "5", &format!("http://{target}:8080/")]),
     )
 }
@@ -120,13 +178,18 @@ pub fn run(agent: &Path) -> Result<()> {
     let allowed = sandboxed_curl(agent, ALLOWED)?;
     let refused = sandboxed_curl(agent, REFUSED)?;
     let allowed_ok = allowed.status.success();
-    let refused_ok = !refused.status.success()
-        && String::from_utf8_lossy(&refused.stdout).trim().is_empty();
+    let refused_ok =
+        !refused.status.success() && String::from_utf8_lossy(&refused.stdout).trim().is_empty();
     println!();
     if allowed_ok {
-        println!("ALLOWED  {ALLOWED}: the policy lists it, so the kernel let the connection through.");
+        println!(
+            "ALLOWED  {ALLOWED}: the policy lists it, so the kernel let the connection through."
+        );
     } else {
-        println!("UNEXPECTED: the sandbox could not reach {ALLOWED} ({})", allowed.status);
+        println!(
+            "UNEXPECTED: the sandbox could not reach {ALLOWED} ({})",
+            allowed.status
+        );
     }
     if refused_ok {
         println!(

@@ -67,12 +67,17 @@ fn main() -> Result<()> {
 }
 
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask is inside the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is inside the workspace")
+        .to_path_buf()
 }
 
 /// Runs a command, failing with its command line if it does not succeed.
 pub fn run_cmd(cmd: &mut Command) -> Result<()> {
-    let status = cmd.status().with_context(|| format!("cannot start {cmd:?}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed: {status}");
     }
@@ -93,18 +98,24 @@ fn build(release: bool) -> Result<PathBuf> {
         cmd.arg("--release");
     }
     run_cmd(&mut cmd)?;
-    Ok(workspace_root().join("target").join(if release { "release" } else { "debug" }).join("sandbox-agent"))
+    Ok(workspace_root()
+        .join("target")
+        .join(if release { "release" } else { "debug" })
+        .join("sandbox-agent"))
 }
 
 fn test(filter: Option<&str>) -> Result<()> {
     if !is_root() {
-        bail!("the end-to-end tests load eBPF programs and create cgroups and namespaces: run as root");
+        bail!(
+            "the end-to-end tests load eBPF programs and create cgroups and namespaces: run as root"
+        );
     }
     let agent = build(true)?;
     // Pure logic first: fast, and no root needed.
     run_cmd(cargo().args(["test", "-p", "sandbox-common", "-p", "sandbox-agent"]))?;
     let mut e2e = cargo();
-    e2e.args(["test", "--release", "-p", "sandbox-tests", "--"]).env("SANDBOX_AGENT_BIN", &agent);
+    e2e.args(["test", "--release", "-p", "sandbox-tests", "--"])
+        .env("SANDBOX_AGENT_BIN", &agent);
     if let Some(f) = filter {
         e2e.arg(f);
     }

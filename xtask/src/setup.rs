@@ -18,7 +18,14 @@ use crate::run_cmd;
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages: `ip` (namespaces, veth), ping, nc, curl, python3 (test servers and
 /// clients), iperf3 (benchmark).
-const PACKAGES: [&str; 6] = ["iproute2", "iputils-ping", "netcat-openbsd", "curl", "python3", "iperf3"];
+const PACKAGES: [&str; 6] = [
+    "iproute2",
+    "iputils-ping",
+    "netcat-openbsd",
+    "curl",
+    "python3",
+    "iperf3",
+];
 
 pub fn run() -> Result<()> {
     debian_packages()?;
@@ -28,7 +35,10 @@ pub fn run() -> Result<()> {
 }
 
 fn output(cmd: &mut Command) -> Result<String> {
-    let out = cmd.stderr(Stdio::inherit()).output().with_context(|| format!("cannot start {cmd:?}"))?;
+    let out = cmd
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
     if !out.status.success() {
         bail!("{cmd:?} failed: {}", out.status);
     }
@@ -49,7 +59,10 @@ fn debian_packages() -> Result<()> {
         return Ok(());
     }
     if !crate::is_root() {
-        bail!("Debian packages {} are missing; run `cargo xtask setup` as root", missing.join(", "));
+        bail!(
+            "Debian packages {} are missing; run `cargo xtask setup` as root",
+            missing.join(", ")
+        );
     }
     eprintln!("xtask: installing {}", missing.join(" "));
     run_cmd(Command::new("apt-get").args(["update", "-q"]))?;
@@ -65,12 +78,30 @@ fn nightly_rust_src() -> Result<()> {
     let toolchains = output(Command::new("rustup").args(["toolchain", "list"]))?;
     if !toolchains.lines().any(|l| l.starts_with("nightly")) {
         eprintln!("xtask: installing the nightly toolchain");
-        run_cmd(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
+        run_cmd(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
     }
-    let installed = output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))?;
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))?;
     if !installed.lines().any(|l| l.starts_with("rust-src")) {
         eprintln!("xtask: adding rust-src to nightly");
-        run_cmd(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        run_cmd(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
     Ok(())
 }
@@ -92,8 +123,14 @@ fn nightly() -> Result<Nightly> {
     let commit: String = field("commit-hash:")?.chars().take(12).collect();
     let llvm = field("LLVM version:")?;
     let llvm_major = llvm.split('.').next().unwrap_or_default().to_owned();
-    let sysroot = PathBuf::from(output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?.trim());
-    Ok(Nightly { sysroot, commit, llvm_major })
+    let sysroot = PathBuf::from(
+        output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?.trim(),
+    );
+    Ok(Nightly {
+        sysroot,
+        commit,
+        llvm_major,
+    })
 }
 
 fn cargo_home() -> PathBuf {
@@ -107,11 +144,16 @@ fn bpf_linker() -> Result<()> {
     let nightly = nightly()?;
     let prefix = cargo_home().join("bpf-linker-llvm").join(&nightly.commit);
     let stamp = prefix.join("built-bpf-linker");
-    let want = format!("bpf-linker {BPF_LINKER_VERSION} llvm-{}", nightly.llvm_major);
+    let want = format!(
+        "bpf-linker {BPF_LINKER_VERSION} llvm-{}",
+        nightly.llvm_major
+    );
     let works = Command::new("bpf-linker")
         .arg("--version")
         .output()
-        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION));
+        .is_ok_and(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION)
+        });
     if works && fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == want) {
         return Ok(());
     }
@@ -124,7 +166,11 @@ fn bpf_linker() -> Result<()> {
         let name = entry?.file_name().to_string_lossy().into_owned();
         // libLLVM-22-rust-<version>.so is the library; link it as libLLVM.so for the build,
         // and libLLVM.so.22.1-rust-<version> under its own name for the runtime loader.
-        let target = if name.starts_with(&format!("libLLVM-{}-rust-", nightly.llvm_major)) && name.ends_with(".so") {
+        let target = if name.starts_with(&format!("libLLVM-{}-rust-", nightly.llvm_major))
+            && std::path::Path::new(&name)
+                .extension()
+                .is_some_and(|e| e == "so")
+        {
             Some("libLLVM.so".to_owned())
         } else if name.starts_with(&format!("libLLVM.so.{}.", nightly.llvm_major)) {
             Some(name.clone())
@@ -140,12 +186,28 @@ fn bpf_linker() -> Result<()> {
         }
     }
     if linked == 0 {
-        bail!("no libLLVM-{} in {}: is the nightly toolchain complete?", nightly.llvm_major, sys_lib.display());
+        bail!(
+            "no libLLVM-{} in {}: is the nightly toolchain complete?",
+            nightly.llvm_major,
+            sys_lib.display()
+        );
     }
     run_cmd(
         Command::new("cargo")
-            .args(["+nightly", "install", "bpf-linker", "--locked", "--force", "--version", BPF_LINKER_VERSION])
-            .args(["--no-default-features", "--features", &format!("llvm-{}", nightly.llvm_major)])
+            .args([
+                "+nightly",
+                "install",
+                "bpf-linker",
+                "--locked",
+                "--force",
+                "--version",
+                BPF_LINKER_VERSION,
+            ])
+            .args([
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{}", nightly.llvm_major),
+            ])
             .env("LLVM_PREFIX", &prefix),
     )?;
     fs::write(&stamp, format!("{want}\n")).with_context(|| format!("write {}", stamp.display()))?;

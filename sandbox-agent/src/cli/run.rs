@@ -54,6 +54,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
     stop_timeout: Duration,
     /// Give the workload a capability (NET_RAW or NET_BIND_SERVICE); all others are dropped.
+    #[expect(
+        clippy::doc_markdown,
+        reason = "clap shows this text as help, where backticks would be noise"
+    )]
     #[arg(long = "cap-add", value_name = "CAP")]
     cap_add: Vec<String>,
     /// Print the sandbox's packet counters to stderr when it ends.
@@ -76,7 +80,10 @@ pub fn main(args: RunArgs) -> i32 {
     match sandbox::run(&Paths::default(), &opts) {
         Ok(report) => {
             if report.timed_out {
-                eprintln!("sandbox-agent: {name} timed out; sandbox {} was killed", report.id);
+                eprintln!(
+                    "sandbox-agent: {name} timed out; sandbox {} was killed",
+                    report.id
+                );
             }
             if stats {
                 let c = report.counters;
@@ -109,7 +116,10 @@ struct Failure {
 
 impl<E: std::fmt::Display> From<E> for Failure {
     fn from(e: E) -> Self {
-        Self { message: e.to_string(), code: 125 }
+        Self {
+            message: e.to_string(),
+            code: 125,
+        }
     }
 }
 
@@ -122,12 +132,16 @@ fn prepare(args: RunArgs) -> Result<(RunOptions, String), Failure> {
         .map(|c| {
             let name = c.trim().to_ascii_uppercase();
             let name = name.strip_prefix("CAP_").unwrap_or(&name);
-            GRANTABLE_CAPS.iter().find(|(n, _)| *n == name).map(|(_, v)| *v).ok_or_else(|| {
-                format!(
-                    "invalid --cap-add \"{c}\": only {} may be given to a sandbox",
-                    GRANTABLE_CAPS.map(|(n, _)| n).join(" and ")
-                )
-            })
+            GRANTABLE_CAPS
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| *v)
+                .ok_or_else(|| {
+                    format!(
+                        "invalid --cap-add \"{c}\": only {} may be given to a sandbox",
+                        GRANTABLE_CAPS.map(|(n, _)| n).join(" and ")
+                    )
+                })
         })
         .collect::<Result<Vec<_>, _>>()?;
     let user = resolve_user(args.user.as_deref())?;
@@ -145,34 +159,55 @@ fn prepare(args: RunArgs) -> Result<(RunOptions, String), Failure> {
     for item in &args.env {
         let bytes = item.as_bytes();
         let (k, v) = match bytes.iter().position(|&b| b == b'=') {
-            Some(i) => (OsStr::from_bytes(&bytes[..i]).to_owned(), OsStr::from_bytes(&bytes[i + 1..]).to_owned()),
+            Some(i) => (
+                OsStr::from_bytes(&bytes[..i]).to_owned(),
+                OsStr::from_bytes(&bytes[i + 1..]).to_owned(),
+            ),
             None => match std::env::var_os(item) {
                 Some(v) => (item.clone(), v),
                 None => continue,
             },
         };
         if k.is_empty() {
-            return Err(format!("invalid --env \"{}\": empty variable name", item.to_string_lossy()).into());
+            return Err(format!(
+                "invalid --env \"{}\": empty variable name",
+                item.to_string_lossy()
+            )
+            .into());
         }
         env.retain(|(old, _)| *old != k);
         env.push((k, v));
     }
-    let path_var = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.clone());
+    let path_var = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone());
     let command = &args.command[0];
     let name = command.to_string_lossy().into_owned();
     let Some(program) = launch::resolve_program(command, path_var.as_deref()) else {
-        return Err(Failure { message: format!("{name}: command not found"), code: 127 });
+        return Err(Failure {
+            message: format!("{name}: command not found"),
+            code: 127,
+        });
     };
     let cwd = match args.cwd {
         Some(d) => d,
-        None => std::env::current_dir().map_err(|e| format!("cannot read the current directory: {e}"))?,
+        None => std::env::current_dir()
+            .map_err(|e| format!("cannot read the current directory: {e}"))?,
     };
     let cstr = |b: &[u8], what: &str| {
-        CString::new(b).map_err(|_| Failure { message: format!("{what} contains a NUL byte"), code: 125 })
+        CString::new(b).map_err(|_| Failure {
+            message: format!("{what} contains a NUL byte"),
+            code: 125,
+        })
     };
     let launch = LaunchSpec {
         program: cstr(program.as_os_str().as_bytes(), "the command")?,
-        argv: args.command.iter().map(|a| cstr(a.as_bytes(), "an argument")).collect::<Result<_, _>>()?,
+        argv: args
+            .command
+            .iter()
+            .map(|a| cstr(a.as_bytes(), "an argument"))
+            .collect::<Result<_, _>>()?,
         envp: env
             .iter()
             .map(|(k, v)| {
@@ -188,7 +223,15 @@ fn prepare(args: RunArgs) -> Result<(RunOptions, String), Failure> {
         groups: user.groups,
         keep_caps,
     };
-    Ok((RunOptions { policy: compiled, launch, timeout: args.timeout, stop_grace: args.stop_timeout }, name))
+    Ok((
+        RunOptions {
+            policy: compiled,
+            launch,
+            timeout: args.timeout,
+            stop_grace: args.stop_timeout,
+        },
+        name,
+    ))
 }
 
 fn policy_spec(args: &RunArgs) -> Result<PolicySpec, Failure> {
@@ -205,11 +248,21 @@ fn policy_spec(args: &RunArgs) -> Result<PolicySpec, Failure> {
     }
     let from_file = |list: &[String], key: &str| -> Vec<RawEntry> {
         list.iter()
-            .map(|t| RawEntry { text: t.clone(), origin: key.into(), file: Some(file_origin.clone()) })
+            .map(|t| RawEntry {
+                text: t.clone(),
+                origin: key.into(),
+                file: Some(file_origin.clone()),
+            })
             .collect()
     };
     let from_flags = |list: &[String], flag: &str| -> Vec<RawEntry> {
-        list.iter().map(|t| RawEntry { text: t.clone(), origin: flag.into(), file: None }).collect()
+        list.iter()
+            .map(|t| RawEntry {
+                text: t.clone(),
+                origin: flag.into(),
+                file: None,
+            })
+            .collect()
     };
     let mut allow_out = from_file(&file.allow_out, "allow_out");
     allow_out.extend(from_flags(&args.allow_out, "--allow-out"));
@@ -217,7 +270,10 @@ fn policy_spec(args: &RunArgs) -> Result<PolicySpec, Failure> {
     deny_out.extend(from_flags(&args.deny_out, "--deny-out"));
     Ok(PolicySpec {
         mode: args.network.or(file.network).unwrap_or(Mode::Blocked),
-        precedence: args.precedence.or(file.precedence).unwrap_or(Precedence::DenyWins),
+        precedence: args
+            .precedence
+            .or(file.precedence)
+            .unwrap_or(Precedence::DenyWins),
         allow_out,
         deny_out,
     })
@@ -260,19 +316,29 @@ fn resolve_user(spec: Option<&str>) -> Result<User, Failure> {
         .into());
     }
     let gid = match group_part {
-        Some(g) => g.parse::<u32>().map_err(|_| format!("invalid --user \"{spec}\": the group must be a number"))?,
+        Some(g) => g
+            .parse::<u32>()
+            .map_err(|_| format!("invalid --user \"{spec}\": the group must be a number"))?,
         None => entry.as_ref().map_or(uid, |e| e.gid.as_raw()),
     };
-    let name = entry.as_ref().map_or_else(|| uid.to_string(), |e| e.name.clone());
+    let name = entry
+        .as_ref()
+        .map_or_else(|| uid.to_string(), |e| e.name.clone());
     let groups = match (&entry, group_part) {
         (Some(e), None) => {
-            let cname = CString::new(e.name.clone()).map_err(|_| "user name contains a NUL byte".to_string())?;
+            let cname = CString::new(e.name.clone())
+                .map_err(|_| "user name contains a NUL byte".to_string())?;
             nix::unistd::getgrouplist(&cname, Gid::from_raw(gid))
-                .map(|g| g.into_iter().map(Gid::as_raw).collect())
-                .unwrap_or_else(|_| vec![gid])
+                .map_or_else(|_| vec![gid], |g| g.into_iter().map(Gid::as_raw).collect())
         }
         _ => vec![gid],
     };
     let home = entry.map_or_else(|| PathBuf::from("/"), |e| e.dir);
-    Ok(User { name, uid, gid, groups, home })
+    Ok(User {
+        name,
+        uid,
+        gid,
+        groups,
+        home,
+    })
 }

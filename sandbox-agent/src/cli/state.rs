@@ -31,7 +31,12 @@ pub fn main() -> i32 {
         })
         .collect();
     let cgroups: Vec<_> = std::fs::read_dir(&enforcement.parent_cgroup)
-        .map(|d| d.filter_map(Result::ok).filter(|e| e.path().is_dir()).map(|e| e.path()).collect())
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.path().is_dir())
+                .map(|e| e.path())
+                .collect()
+        })
         .unwrap_or_default();
     let state = json!({
         "pin_dir": paths.pin_dir,
@@ -43,6 +48,9 @@ pub fn main() -> i32 {
         "rules_by_policy": enforcement.rules_by_policy(),
         "policy_ids": enforcement.policy_id_count(),
     });
-    println!("{}", serde_json::to_string_pretty(&state).expect("JSON of plain values"));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&state).expect("JSON of plain values")
+    );
     0
 }
