@@ -42,7 +42,11 @@ fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Cgroup
 /// The cgroup v2 mount point. Prefers `/sys/fs/cgroup` (unified hosts), then
 /// `/sys/fs/cgroup/unified` (hybrid hosts), then any other cgroup2 mount.
 pub fn find_cgroup2_mount() -> Result<PathBuf, CgroupError> {
-    let text = fs::read_to_string("/proc/self/mountinfo").map_err(CgroupError::Mountinfo)?;
+    // /proc files report size 0, so read_to_string would grow its buffer from 32 bytes.
+    let mut text = String::with_capacity(16 * 1024);
+    fs::File::open("/proc/self/mountinfo")
+        .and_then(|mut f| std::io::Read::read_to_string(&mut f, &mut text))
+        .map_err(CgroupError::Mountinfo)?;
     let mounts = cgroup2_mounts(&text);
     for preferred in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
         if let Some(m) = mounts.iter().find(|m| m.as_os_str() == preferred) {

@@ -343,29 +343,29 @@ impl Enforcement {
         policy_id: u32,
         policy: &CompiledPolicy,
     ) -> Result<()> {
-        insert_v4(
+        insert_nets(
             &mut self.allow_v4,
             map_names::ALLOW_V4,
-            policy_id,
             &policy.allow_v4,
+            v4_key(policy_id),
         )?;
-        insert_v4(
+        insert_nets(
             &mut self.deny_v4,
             map_names::DENY_V4,
-            policy_id,
             &policy.deny_v4,
+            v4_key(policy_id),
         )?;
-        insert_v6(
+        insert_nets(
             &mut self.allow_v6,
             map_names::ALLOW_V6,
-            policy_id,
             &policy.allow_v6,
+            v6_key(policy_id),
         )?;
-        insert_v6(
+        insert_nets(
             &mut self.deny_v6,
             map_names::DENY_V6,
-            policy_id,
             &policy.deny_v6,
+            v6_key(policy_id),
         )?;
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| EnforcementError::Io {
             action: "count",
@@ -394,18 +394,10 @@ impl Enforcement {
     pub fn remove(&mut self, cgroup_id: u64, policy_id: u32, policy: Option<&CompiledPolicy>) {
         let _ = self.sandboxes.remove(&cgroup_id);
         if let Some(p) = policy {
-            for net in &p.allow_v4 {
-                let _ = self.allow_v4.remove(&key_v4(policy_id, *net));
-            }
-            for net in &p.deny_v4 {
-                let _ = self.deny_v4.remove(&key_v4(policy_id, *net));
-            }
-            for net in &p.allow_v6 {
-                let _ = self.allow_v6.remove(&key_v6(policy_id, *net));
-            }
-            for net in &p.deny_v6 {
-                let _ = self.deny_v6.remove(&key_v6(policy_id, *net));
-            }
+            remove_nets(&mut self.allow_v4, &p.allow_v4, v4_key(policy_id));
+            remove_nets(&mut self.deny_v4, &p.deny_v4, v4_key(policy_id));
+            remove_nets(&mut self.allow_v6, &p.allow_v6, v6_key(policy_id));
+            remove_nets(&mut self.deny_v6, &p.deny_v6, v6_key(policy_id));
         } else {
             remove_scanned(&mut self.allow_v4, policy_id);
             remove_scanned(&mut self.deny_v4, policy_id);
@@ -513,36 +505,149 @@ fn key_v6(policy_id: u32, net: Ipv6Net) -> Key<LpmDataV6> {
     )
 }
 
-fn insert_v4(
-    trie: &mut LpmTrie<MapData, LpmDataV4, RuleValue>,
+/// Writes a policy's prefixes into one trie: batched, since a large policy (1M prefixes)
+/// would otherwise cost one `bpf()` syscall per prefix.
+fn insert_nets<K: aya::Pod, N: Copy>(
+    trie: &mut LpmTrie<MapData, K, RuleValue>,
     name: &'static str,
-    policy_id: u32,
-    nets: &[Ipv4Net],
+    nets: &[N],
+    key_and_len: impl Fn(N) -> (Key<K>, u32),
 ) -> Result<()> {
-    for net in nets {
-        let value = RuleValue {
-            prefix_len: u32::from(net.prefix_len()),
-        };
-        trie.insert(&key_v4(policy_id, *net), value, 0)
-            .map_err(map_err(name))?;
+    if nets.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    let (keys, values): (Vec<Key<K>>, Vec<RuleValue>) = nets
+        .iter()
+        .map(|n| {
+            let (key, prefix_len) = key_and_len(*n);
+            (key, RuleValue { prefix_len })
+        })
+        .unzip();
+    match batch::update(trie_fd(trie), &keys, &values) {
+        Ok(()) => Ok(()),
+        // Kernels without batch support for LPM tries: one element at a time.
+        Err(e) if batch::unsupported(&e) => {
+            for (key, value) in keys.iter().zip(&values) {
+                trie.insert(key, value, 0).map_err(map_err(name))?;
+            }
+            Ok(())
+        }
+        Err(source) => Err(EnforcementError::Io {
+            action: "write prefixes to",
+            path: name.into(),
+            source,
+        }),
+    }
 }
 
-fn insert_v6(
-    trie: &mut LpmTrie<MapData, LpmDataV6, RuleValue>,
-    name: &'static str,
-    policy_id: u32,
-    nets: &[Ipv6Net],
-) -> Result<()> {
-    for net in nets {
-        let value = RuleValue {
-            prefix_len: u32::from(net.prefix_len()),
-        };
-        trie.insert(&key_v6(policy_id, *net), value, 0)
-            .map_err(map_err(name))?;
+/// Removes a policy's prefixes from one trie, batched like [`insert_nets`]; best effort.
+fn remove_nets<K: aya::Pod, N: Copy>(
+    trie: &mut LpmTrie<MapData, K, RuleValue>,
+    nets: &[N],
+    key_and_len: impl Fn(N) -> (Key<K>, u32),
+) {
+    if nets.is_empty() {
+        return;
     }
-    Ok(())
+    let keys: Vec<Key<K>> = nets.iter().map(|n| key_and_len(*n).0).collect();
+    if batch::delete(trie_fd(trie), &keys).is_err() {
+        for key in &keys {
+            let _ = trie.remove(key);
+        }
+    }
+}
+
+fn trie_fd<K: aya::Pod>(trie: &LpmTrie<MapData, K, RuleValue>) -> std::os::fd::BorrowedFd<'_> {
+    use aya::maps::IterableMap as _;
+    use std::os::fd::AsFd as _;
+    trie.map().fd().as_fd()
+}
+
+fn v4_key(policy_id: u32) -> impl Fn(Ipv4Net) -> (Key<LpmDataV4>, u32) {
+    move |net| (key_v4(policy_id, net), u32::from(net.prefix_len()))
+}
+
+fn v6_key(policy_id: u32) -> impl Fn(Ipv6Net) -> (Key<LpmDataV6>, u32) {
+    move |net| (key_v6(policy_id, net), u32::from(net.prefix_len()))
+}
+
+/// `BPF_MAP_UPDATE_BATCH` / `BPF_MAP_DELETE_BATCH` (Linux 5.6+), hand-rolled because aya
+/// 0.14 has no batch API. Keys and values are passed as contiguous arrays.
+mod batch {
+    use std::{
+        io, mem,
+        os::fd::{AsRawFd as _, BorrowedFd},
+    };
+
+    const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+    const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+    /// Elements per syscall: bounds the time the kernel holds the trie lock in one go.
+    const CHUNK: usize = 65_536;
+
+    /// The `batch` member of `union bpf_attr`.
+    #[repr(C)]
+    struct BatchAttr {
+        in_batch: u64,
+        out_batch: u64,
+        keys: u64,
+        values: u64,
+        count: u32,
+        map_fd: u32,
+        elem_flags: u64,
+        flags: u64,
+    }
+
+    /// The kernel or the map type has no batch operation.
+    pub fn unsupported(e: &io::Error) -> bool {
+        matches!(
+            e.raw_os_error(),
+            Some(libc::EINVAL | libc::EOPNOTSUPP | 524 /* ENOTSUPP */)
+        )
+    }
+
+    fn call<K, V>(
+        cmd: libc::c_long,
+        fd: BorrowedFd<'_>,
+        keys: &[K],
+        values: Option<&[V]>,
+    ) -> io::Result<()> {
+        let mut done = 0;
+        while done < keys.len() {
+            let n = (keys.len() - done).min(CHUNK);
+            let mut attr = BatchAttr {
+                in_batch: 0,
+                out_batch: 0,
+                keys: keys[done..].as_ptr() as u64,
+                values: values.map_or(0, |v| v[done..].as_ptr() as u64),
+                count: u32::try_from(n).expect("chunk fits u32"),
+                map_fd: fd.as_raw_fd().cast_unsigned(),
+                elem_flags: 0,
+                flags: 0,
+            };
+            // SAFETY: attr points at arrays of `n` keys (and values) that outlive the call.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_bpf,
+                    cmd,
+                    &raw mut attr,
+                    mem::size_of::<BatchAttr>(),
+                )
+            };
+            if r < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    pub fn update<K, V>(fd: BorrowedFd<'_>, keys: &[K], values: &[V]) -> io::Result<()> {
+        call(BPF_MAP_UPDATE_BATCH, fd, keys, Some(values))
+    }
+
+    pub fn delete<K>(fd: BorrowedFd<'_>, keys: &[K]) -> io::Result<()> {
+        call::<K, u8>(BPF_MAP_DELETE_BATCH, fd, keys, None)
+    }
 }
 
 fn remove_scanned<K: aya::Pod + AsRef<[u8]>>(
@@ -581,6 +686,32 @@ pub fn random_id() -> String {
         let _ = std::fmt::Write::write_fmt(&mut s, format_args!("{b:02x}"));
         s
     })
+}
+
+/// A loaded program of ours, as the kernel reports it.
+#[derive(Clone, Debug)]
+pub struct ProgramStats {
+    /// The kernel keeps 15 characters of the name.
+    pub name: String,
+    /// Instructions the verifier processed (its budget is 1M per program).
+    pub verified_instructions: Option<u32>,
+    /// Size of the program after translation, in bytes.
+    pub translated_bytes: Option<u32>,
+}
+
+/// The kernel's view of every loaded `sandbox_*` program.
+pub fn program_stats() -> Vec<ProgramStats> {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter_map(|p| {
+            let name = p.name_as_str()?.to_owned();
+            name.starts_with("sandbox_").then(|| ProgramStats {
+                name,
+                verified_instructions: p.verified_instruction_count(),
+                translated_bytes: p.size_translated(),
+            })
+        })
+        .collect()
 }
 
 /// Loads every program, attaches it to `parent` and pins links and maps. Any earlier pins

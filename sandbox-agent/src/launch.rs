@@ -268,40 +268,42 @@ pub fn spawn(spec: &LaunchSpec, cgroup_fd: &OwnedFd) -> Result<Child, LaunchErro
         unsafe { (OwnedFd::from_raw_fd(pipe[0]), OwnedFd::from_raw_fd(pipe[1])) };
 
     let mut pidfd: libc::c_int = -1;
+    // The child runs on its own stack while sharing our memory (CLONE_VM), and we are
+    // suspended until it has exec'd or exited (CLONE_VFORK): like posix_spawn, this skips
+    // copying and tearing down our page tables, which was most of a sandbox's start time.
+    let mut stack = vec![0u8; CHILD_STACK_BYTES];
+    let stack_base = stack.as_mut_ptr() as u64;
     // SAFETY: zeroed clone_args is a valid "no options" value; fields set below.
     let mut clone_args: libc::clone_args = unsafe { mem::zeroed() };
-    clone_args.flags = libc::CLONE_PIDFD as u64 | CLONE_INTO_CGROUP;
+    clone_args.flags =
+        (libc::CLONE_PIDFD | libc::CLONE_VM | libc::CLONE_VFORK) as u64 | CLONE_INTO_CGROUP;
     clone_args.pidfd = ptr::addr_of_mut!(pidfd) as u64;
     clone_args.exit_signal = libc::SIGCHLD as u64;
     clone_args.cgroup = u64::try_from(cgroup_fd.as_raw_fd()).expect("fd is non-negative");
-    // SAFETY: clone3 with no stack behaves like fork; the child below only makes
-    // async-signal-safe syscalls and then execs or exits.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            ptr::addr_of!(clone_args),
-            mem::size_of::<libc::clone_args>(),
-        )
+    // The kernel starts the child with its stack pointer at stack + stack_size, which must
+    // be 16-byte aligned for the call in the trampoline.
+    let aligned_top = (stack_base + CHILD_STACK_BYTES as u64) & !15;
+    clone_args.stack = stack_base;
+    clone_args.stack_size = aligned_top - stack_base;
+    let mut child_args = ChildArgs {
+        spec,
+        argv: &argv,
+        envp: &envp,
+        last_cap,
+        keep_mask,
+        header: &mut header,
+        caps: &mut caps,
+        seccomp: &seccomp,
+        report_fd: write_end.as_raw_fd(),
     };
+    // SAFETY: the child only makes raw syscalls on memory prepared above (which outlives it:
+    // we are suspended until it execs or exits) and never returns into our frames.
+    let ret = unsafe { clone3_vfork(&raw mut clone_args, ptr::from_mut(&mut child_args).cast()) };
+    drop(stack);
     if ret < 0 {
-        return Err(LaunchError::Clone(io::Error::last_os_error()));
-    }
-    if ret == 0 {
-        // Child. Never returns.
-        // SAFETY: see above; all pointers refer to memory prepared before the clone.
-        unsafe {
-            child_main(
-                spec,
-                &argv,
-                &envp,
-                last_cap,
-                keep_mask,
-                &mut header,
-                &mut caps,
-                &seccomp,
-                write_end.as_raw_fd(),
-            )
-        }
+        return Err(LaunchError::Clone(io::Error::from_raw_os_error(
+            i32::try_from(-ret).unwrap_or(libc::EINVAL),
+        )));
     }
     drop(write_end);
     let pid = i32::try_from(ret).expect("pid fits i32");
@@ -310,34 +312,10 @@ pub fn spawn(spec: &LaunchSpec, cgroup_fd: &OwnedFd) -> Result<Child, LaunchErro
     let child = Child { pid, pidfd };
 
     // The pipe closes on a successful exec (EOF); otherwise the child reports step and errno.
-    let mut report = [0u8; 8];
-    let mut got = 0;
-    while got < report.len() {
-        // SAFETY: reading into our buffer.
-        let n = unsafe {
-            libc::read(
-                read_end.as_raw_fd(),
-                report[got..].as_mut_ptr().cast(),
-                report.len() - got,
-            )
-        };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(err.into());
-        }
-        if n == 0 {
-            break;
-        }
-        got += usize::try_from(n).expect("non-negative");
-    }
-    if got == 0 {
+    let Some((step, errno)) = read_report(&read_end)? else {
         return Ok(child);
-    }
-    let step = u32::from_ne_bytes(report[..4].try_into().expect("4 bytes"));
-    let errno = i32::from_ne_bytes(report[4..].try_into().expect("4 bytes"));
+    };
+
     // Reap the failed child.
     let mut info: libc::siginfo_t = unsafe { mem::zeroed() };
     // SAFETY: waitid on our own pidfd.
@@ -364,7 +342,112 @@ pub fn spawn(spec: &LaunchSpec, cgroup_fd: &OwnedFd) -> Result<Child, LaunchErro
     })
 }
 
-/// The child between clone3 and execve: raw syscalls only.
+/// Reads the child's failure report: `None` at EOF (the exec succeeded and closed the pipe),
+/// else the step that failed and its errno.
+fn read_report(read_end: &OwnedFd) -> io::Result<Option<(u32, i32)>> {
+    let mut report = [0u8; 8];
+    let mut got = 0;
+    while got < report.len() {
+        // SAFETY: reading into our buffer.
+        let n = unsafe {
+            libc::read(
+                read_end.as_raw_fd(),
+                report[got..].as_mut_ptr().cast(),
+                report.len() - got,
+            )
+        };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        if n == 0 {
+            break;
+        }
+        got += usize::try_from(n).expect("non-negative");
+    }
+    if got == 0 {
+        return Ok(None);
+    }
+    let step = u32::from_ne_bytes(report[..4].try_into().expect("4 bytes"));
+    let errno = i32::from_ne_bytes(report[4..].try_into().expect("4 bytes"));
+    Ok(Some((step, errno)))
+}
+
+/// Stack of the child between clone3 and execve.
+const CHILD_STACK_BYTES: usize = 64 * 1024;
+
+/// What the child needs, passed through the trampoline as one pointer.
+struct ChildArgs<'a> {
+    spec: &'a LaunchSpec,
+    argv: &'a [*const libc::c_char],
+    envp: &'a [*const libc::c_char],
+    last_cap: u32,
+    keep_mask: u64,
+    header: &'a mut CapHeader,
+    caps: &'a mut [CapData; 2],
+    seccomp: &'a libc::sock_fprog,
+    report_fd: RawFd,
+}
+
+/// Entry of the child on its own stack.
+extern "C" fn child_entry(arg: *mut libc::c_void) -> ! {
+    // SAFETY: `arg` is the `ChildArgs` of `spawn`, alive while the parent is suspended.
+    let a = unsafe { &mut *arg.cast::<ChildArgs<'_>>() };
+    // SAFETY: see `child_main`.
+    unsafe {
+        child_main(
+            a.spec,
+            a.argv,
+            a.envp,
+            a.last_cap,
+            a.keep_mask,
+            a.header,
+            a.caps,
+            a.seccomp,
+            a.report_fd,
+        )
+    }
+}
+
+/// `clone3` whose child calls `child_entry(arg)` on the stack given in `args`. A raw
+/// trampoline is needed because with a new stack the child cannot return into Rust frames;
+/// `fn` and `arg` travel in r12/r13, which the kernel copies into the child. Returns the
+/// child's pid, or a negative errno.
+#[cfg(target_arch = "x86_64")]
+unsafe fn clone3_vfork(args: *mut libc::clone_args, arg: *mut libc::c_void) -> i64 {
+    let ret: i64;
+    // SAFETY: the caller provides valid clone_args with a stack; the child branch never
+    // returns (child_entry execs or exits).
+    unsafe {
+        core::arch::asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 2f",
+            // Child: fresh stack, no frame to return to.
+            "xor ebp, ebp",
+            "mov rdi, r13",
+            "call r12",
+            "ud2",
+            "2:",
+            inlateout("rax") libc::SYS_clone3 => ret,
+            in("rdi") args,
+            in("rsi") mem::size_of::<libc::clone_args>(),
+            in("r12") child_entry as extern "C" fn(*mut libc::c_void) -> !,
+            in("r13") arg,
+            lateout("rcx") _,
+            lateout("r11") _,
+        );
+    }
+    ret
+}
+
+/// The child between clone3 and execve: raw syscalls only. It shares the agent's memory
+/// (`CLONE_VM`), so it writes nothing but its own stack and errno, and calls no libc function
+/// that takes locks or keeps state (set*id go straight to the kernel: glibc's wrappers
+/// would try to synchronise threads the child does not have).
 #[allow(clippy::too_many_arguments)]
 unsafe fn child_main(
     spec: &LaunchSpec,
@@ -404,10 +487,10 @@ unsafe fn child_main(
         {
             fail(Step::CloseFds);
         }
-        if libc::setgroups(spec.groups.len(), spec.groups.as_ptr()) != 0 {
+        if libc::syscall(libc::SYS_setgroups, spec.groups.len(), spec.groups.as_ptr()) != 0 {
             fail(Step::Groups);
         }
-        if libc::setresgid(spec.gid, spec.gid, spec.gid) != 0 {
+        if libc::syscall(libc::SYS_setresgid, spec.gid, spec.gid, spec.gid) != 0 {
             fail(Step::Gid);
         }
         for cap in 0..=last_cap {
@@ -420,7 +503,7 @@ unsafe fn child_main(
         if keep_mask != 0 && libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0 {
             fail(Step::KeepCaps);
         }
-        if libc::setresuid(spec.uid, spec.uid, spec.uid) != 0 {
+        if libc::syscall(libc::SYS_setresuid, spec.uid, spec.uid, spec.uid) != 0 {
             fail(Step::Uid);
         }
         if libc::syscall(libc::SYS_capset, ptr::from_mut(header), caps.as_mut_ptr()) != 0 {

@@ -6,6 +6,7 @@ pub mod launch;
 pub mod paths;
 pub mod policy;
 pub mod sandbox;
+pub mod user;
 
 /// An error and its causes on one line, each cause once: the agent's error format.
 pub fn error_line(err: &dyn std::error::Error) -> String {

@@ -116,8 +116,11 @@ pub fn run(paths: &Paths, opts: &RunOptions) -> Result<RunReport, RunError> {
     let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .map_err(RunError::Signals)?;
 
+    let mut timing = Timing::from_env();
     let (mut enforcement, _) = Enforcement::open(paths)?;
+    timing.mark("open enforcement");
     collect_orphans(paths, &mut enforcement);
+    timing.mark("collect orphans");
 
     let id = random_id();
     let locks = paths.sandbox_locks();
@@ -139,10 +142,13 @@ pub fn run(paths: &Paths, opts: &RunOptions) -> Result<RunReport, RunError> {
         lock_path,
         _lock: lock,
     };
+    timing.mark("lock and cgroup");
     sandbox.policy_id = Some(sandbox.enforcement.apply(sandbox.cgroup.id, &opts.policy)?);
+    timing.mark("apply policy");
 
     let cgroup_fd = sandbox.cgroup.open_fd()?;
     let child = launch::spawn(&opts.launch, &cgroup_fd)?;
+    timing.mark("spawn");
     drop(cgroup_fd);
 
     let deadline = opts.timeout.map(|t| Instant::now() + t);
@@ -191,7 +197,9 @@ pub fn run(paths: &Paths, opts: &RunOptions) -> Result<RunReport, RunError> {
         .enforcement
         .counters(sandbox.cgroup.id)
         .unwrap_or_default();
+    timing.mark("workload");
     drop(sandbox);
+    timing.mark("clean-up");
     let exit_code = if timed_out { 124 } else { status.code() };
     Ok(RunReport {
         id,
@@ -240,4 +248,24 @@ pub fn cgroup_path_of(parent: &Path, id: u64) -> Option<PathBuf> {
         .filter_map(Result::ok)
         .map(|e| e.path())
         .find(|p| crate::cgroup::cgroup_id(p).is_ok_and(|i| i == id))
+}
+
+/// Phase timings on stderr when `SANDBOX_AGENT_TIMING` is set: where a start goes.
+struct Timing(Option<Instant>);
+
+impl Timing {
+    fn from_env() -> Self {
+        Self(std::env::var_os("SANDBOX_AGENT_TIMING").map(|_| Instant::now()))
+    }
+
+    fn mark(&mut self, phase: &str) {
+        if let Some(last) = self.0 {
+            let now = Instant::now();
+            eprintln!(
+                "sandbox-agent: timing: {phase}: {} us",
+                (now - last).as_micros()
+            );
+            self.0 = Some(now);
+        }
+    }
 }

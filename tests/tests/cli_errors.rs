@@ -2,6 +2,7 @@
 use sandbox_tests::{agent_cmd, helpers, sh};
 
 #[test]
+#[expect(clippy::too_many_lines, reason = "one table of cases")]
 fn bad_inputs_are_refused_with_one_line_naming_the_culprit() {
     let unknown_key = helpers().join("unknown-key.toml");
     std::fs::write(

@@ -212,7 +212,7 @@ fn assert_cleaned(o: &Observed) {
 
 #[test]
 fn cleanup_after_normal_exit() {
-    let (child, observed, _) = start_observed("sleep 0.5");
+    let (child, observed, _) = start_observed("sleep 1");
     let run = child.wait();
     assert_eq!(run.code, 0, "{run:#?}");
     assert_cleaned(&observed);
@@ -239,7 +239,7 @@ fn cleanup_after_sigterm_to_the_agent() {
 
 #[test]
 fn cleanup_kills_processes_left_in_the_background() {
-    let (child, observed, _) = start_observed("sleep 300 & echo started");
+    let (child, observed, _) = start_observed("sleep 300 & sleep 1");
     let run = child.wait();
     assert_eq!(run.code, 0, "{run:#?}");
     assert_cleaned(&observed);
@@ -251,4 +251,29 @@ fn nix_kill(pid: u32, sig: i32) {
         .status()
         .expect("kill");
     assert!(status.success(), "kill -{sig} {pid} failed");
+}
+
+/// Every program is loaded and verified, and its verifier cost is printed so that growth
+/// shows in review (cilium's complexity tests do the same). The bound is far below the
+/// kernel's 1M limit, to catch an accidental loop over rules.
+#[test]
+fn verifier_budget() {
+    let st = state();
+    let programs = st["programs"].as_array().expect("programs");
+    // egress, ingress, connect4/6, sendmsg4/6 (names cut to 15 characters by the kernel).
+    assert!(programs.len() >= 6, "not every program is loaded: {st:#}");
+    for p in programs {
+        let insns = p["verified_instructions"]
+            .as_u64()
+            .expect("verified instruction count");
+        println!(
+            "verifier: {} processed {insns} instructions, {} bytes",
+            p["name"], p["translated_bytes"]
+        );
+        assert!(
+            insns < 20_000,
+            "{} needs {insns} verified instructions",
+            p["name"]
+        );
+    }
 }

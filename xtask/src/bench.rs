@@ -2,7 +2,8 @@
 //!
 //! Needs root. All traffic stays on a veth pair into a network namespace that the bench
 //! creates (addresses in 198.18.0.0/15, the benchmarking range of RFC 2544) and removes again,
-//! together with its servers and temporary files, on every way out (see [`BenchEnv`]).
+//! together with its servers and temporary files, on every way out (see [`BenchEnv`]);
+//! Ctrl-C or SIGTERM end the bench at the next step, through the same clean-up.
 //! Prints ratios; never fails on a number.
 use std::{
     collections::HashSet,
@@ -12,6 +13,7 @@ use std::{
     os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio},
+    sync::atomic::{AtomicBool, Ordering},
     thread,
     time::{Duration, Instant},
 };
@@ -28,10 +30,10 @@ const IPERF_PORT: u16 = 5201;
 const LISTEN_PORT: u16 = 5202;
 /// Seconds an iperf3 client sends (plus one omitted warm-up second).
 const IPERF_SECONDS: u32 = 3;
-const IPERF_ROUNDS: usize = 6;
-/// Connects per side, taken in lock-step pairs (one baseline, one sandboxed).
-const CONNECT_PAIRS: usize = 4000;
-/// Pairs dropped at the start (ARP, caches, interpreter warm-up).
+const IPERF_ROUNDS: usize = 8;
+/// Connects per client; the clients take turns, one connect each.
+const CONNECT_STEPS: usize = 4000;
+/// Turns dropped at the start (ARP, caches, interpreter warm-up).
 const CONNECT_WARMUP: usize = 100;
 const STARTUP_RUNS: usize = 200;
 const LOAD_ROUNDS: usize = 3;
@@ -39,6 +41,10 @@ const SMALL_POLICY: usize = 100_000;
 const BIG_POLICY: usize = 1_000_000;
 /// Upper bound on the life of the servers in the namespace, should the bench be killed.
 const SERVER_LIFETIME_SECS: u32 = 300;
+/// Where the agent pins its program links.
+const PINNED_LINKS: &str = "/sys/fs/bpf/sandbox-agent/links";
+/// Connects in the program-cost phase.
+const COST_CONNECTS: usize = 2000;
 
 /// One TCP connect+close (on CPU 0) per line read from stdin; prints each `connect()` time
 /// in ns. Closes with RST (linger 0) so no `TIME_WAIT` piles up.
@@ -91,6 +97,8 @@ while time.monotonic() < deadline:
 /// Runs every measurement against the agent binary at `agent` and prints the results.
 pub fn run(agent: &Path) -> Result<()> {
     preflight(agent)?;
+    // Declared before the environment, so it is restored after the clean-up.
+    let _signals = SignalGuard::install();
     let started = Instant::now();
     println!("{}", machine_description());
 
@@ -102,7 +110,7 @@ pub fn run(agent: &Path) -> Result<()> {
         env.host_if,
         env.host_addr,
         env.dir.display()
-    ));
+    ))?;
     // A private copy, so that a rebuild during the bench cannot mix two builds in one table.
     let agent = &env.copy_agent(agent)?;
     let small = env.write_policy(
@@ -126,18 +134,65 @@ pub fn run(agent: &Path) -> Result<()> {
     let startup = bench_startup(&env, agent)?;
     let throughput = bench_throughput(&env, agent, &small)?;
     let connect = bench_connect(&env, agent, &small)?;
+    // Optional: kernel bookkeeping that not every kernel allows; a failure is reported.
+    let cost = program_cost(&env, agent, &small);
     let load = bench_load(&env, agent, &big, &empty)?;
 
     println!();
     print_table(&results_table(&throughput, &connect, &startup, &load));
     println!();
     print_notes(&throughput, &connect, &load);
+    print_cost(&cost);
     println!("\nbench took {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
 }
 
-fn progress(msg: &str) {
+/// Prints a progress line; fails if the bench was interrupted.
+fn progress(msg: &str) -> Result<()> {
+    interrupted()?;
     eprintln!("bench: {msg}");
+    Ok(())
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+fn interrupted() -> Result<()> {
+    ensure!(!INTERRUPTED.load(Ordering::Relaxed), "interrupted");
+    Ok(())
+}
+
+/// While alive, SIGINT/SIGTERM/SIGHUP only set [`INTERRUPTED`] (children, which get the
+/// default disposition back at exec, still die of them), so the bench ends through its
+/// error path and `BenchEnv`'s clean-up instead of dying with a namespace left behind.
+struct SignalGuard {
+    previous: Vec<(libc::c_int, libc::sighandler_t)>,
+}
+
+impl SignalGuard {
+    fn install() -> Self {
+        let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        let previous = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP]
+            .into_iter()
+            // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+            .map(|sig| (sig, unsafe { libc::signal(sig, handler) }))
+            .collect();
+        Self { previous }
+    }
+}
+
+impl Drop for SignalGuard {
+    fn drop(&mut self) {
+        for &(sig, old) in &self.previous {
+            if old != libc::SIG_ERR {
+                // SAFETY: restores the disposition that was in place before.
+                unsafe { libc::signal(sig, old) };
+            }
+        }
+    }
 }
 
 fn preflight(agent: &Path) -> Result<()> {
@@ -218,6 +273,8 @@ fn bytes_to_mib(bytes: u64) -> f64 {
 
 /// Fails with the command's stderr unless it exited with status 0.
 fn check(out: &Output, what: &str) -> Result<()> {
+    // A Ctrl-C reaches the children too: report that rather than their failure.
+    interrupted()?;
     if out.status.success() {
         return Ok(());
     }
@@ -595,7 +652,7 @@ fn bench_throughput(env: &BenchEnv, agent: &Path, policy: &Path) -> Result<Throu
                 "throughput round {}/{IPERF_ROUNDS}, {}",
                 round + 1,
                 if sandboxed { "sandboxed" } else { "baseline" }
-            ));
+            ))?;
             let out = if sandboxed {
                 env.agent(agent)
                     .args(["run", "--network", "allowlist", "--stats", "--policy"])
@@ -655,10 +712,14 @@ fn iperf_received_bps(json: &str) -> Result<f64> {
 // 2. connect() latency
 // ---------------------------------------------------------------------------------------
 
-/// `connect()` times in µs; `baseline[i]` and `sandboxed[i]` were taken back to back.
+/// `connect()` times in µs; the i-th sample of each client comes from the same turn.
 struct Connect {
     baseline: Vec<f64>,
     sandboxed: Vec<f64>,
+    /// A second unsandboxed client: the A/A noise floor of the method.
+    control: Vec<f64>,
+    /// A sandbox with `--network open` and no rules: the programs' fixed cost.
+    open: Vec<f64>,
 }
 
 /// A connect client driven one connect at a time through its stdin.
@@ -727,42 +788,259 @@ impl Drop for Stepper {
     }
 }
 
-/// Baseline and sandboxed clients run side by side and take turns, one connect each, with
-/// the order swapped every pair: both see the same machine at (almost) the same moment.
+/// The clients run side by side and take turns, one connect each, in an order that rotates
+/// every turn: all see the same machine at (almost) the same moment.
 fn bench_connect(env: &BenchEnv, agent: &Path, policy: &Path) -> Result<Connect> {
-    progress(&format!("connect latency, {CONNECT_PAIRS} lock-step pairs"));
+    progress(&format!(
+        "connect latency, {CONNECT_STEPS} turns of 4 clients"
+    ))?;
     let port = LISTEN_PORT.to_string();
     let client = [PYTHON3, "-c", CONNECT_CLIENT, &env.ns_addr, &port];
-    let mut baseline_cmd = Command::new(client[0]);
-    baseline_cmd.args(&client[1..]);
-    let mut sandboxed_cmd = env.agent(agent);
-    sandboxed_cmd
+    let bare = || {
+        let mut cmd = Command::new(client[0]);
+        cmd.args(&client[1..]);
+        cmd
+    };
+    let mut sandboxed = env.agent(agent);
+    sandboxed
         .args(["run", "--network", "allowlist", "--policy"])
         .arg(policy)
         .arg("--")
         .args(client);
-    let mut baseline = Stepper::spawn(baseline_cmd)?;
-    let mut sandboxed = Stepper::spawn(sandboxed_cmd)?;
-    let mut result = Connect {
-        baseline: Vec::new(),
-        sandboxed: Vec::new(),
-    };
-    for i in 0..CONNECT_WARMUP + CONNECT_PAIRS {
-        let (b, s) = if i % 2 == 0 {
-            let b = baseline.step()?;
-            (b, sandboxed.step()?)
-        } else {
-            let s = sandboxed.step()?;
-            (baseline.step()?, s)
-        };
-        if i >= CONNECT_WARMUP {
-            result.baseline.push(b);
-            result.sandboxed.push(s);
+    let mut open = env.agent(agent);
+    open.args(["run", "--network", "open", "--"]).args(client);
+    // Spawned one by one, so that on an error the ones already running are dropped (and end).
+    let mut clients = Vec::with_capacity(4);
+    for cmd in [bare(), bare(), open, sandboxed] {
+        clients.push(Stepper::spawn(cmd)?);
+    }
+    let mut samples: [Vec<f64>; 4] = Default::default();
+    for turn in 0..CONNECT_WARMUP + CONNECT_STEPS {
+        interrupted()?;
+        let mut times = [0.0; 4];
+        for k in 0..4 {
+            let j = (turn + k) % 4;
+            times[j] = clients[j].step()?;
+        }
+        if turn >= CONNECT_WARMUP {
+            for (s, t) in samples.iter_mut().zip(times) {
+                s.push(t);
+            }
         }
     }
-    baseline.finish()?;
-    sandboxed.finish()?;
-    Ok(result)
+    for c in clients {
+        c.finish()?;
+    }
+    let [baseline, control, open, sandboxed] = samples;
+    Ok(Connect {
+        baseline,
+        sandboxed,
+        control,
+        open,
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// eBPF program cost, from the kernel's own run-time statistics
+// ---------------------------------------------------------------------------------------
+
+/// Invocations and run time of one program, summed over CPUs.
+#[derive(Clone, Copy, Default)]
+struct ProgStats {
+    runs: u64,
+    ns: u64,
+}
+
+struct ProgramCost {
+    /// Per program: (name, during one sandboxed iperf3 run, during `COST_CONNECTS` connects).
+    programs: Vec<(String, ProgStats, ProgStats)>,
+    iperf_secs: f64,
+    iperf_packets: u64,
+}
+
+/// `bpf(2)` with a zero-padded attribute block; returns the new fd.
+fn bpf(cmd: libc::c_long, attr: &mut [u64; 8]) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd as _;
+    // SAFETY: `attr` is a valid, writable block of the size passed; the kernel reads the
+    // fields of `cmd` from it and zero-checks the rest.
+    let ret = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), size_of_val(attr)) };
+    let fd = i32::try_from(ret).map_err(|_| std::io::Error::other("bad fd from bpf(2)"))?;
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+const BPF_ENABLE_STATS: libc::c_long = 32;
+
+/// A `key:` value from an fdinfo file of ours.
+fn fdinfo_value(fd: &std::os::fd::OwnedFd, key: &str) -> Option<u64> {
+    use std::os::fd::AsRawFd as _;
+    let text = fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Turns on the kernel's per-program run-time statistics (`BPF_ENABLE_STATS`; they go off
+/// when the fd closes), runs one sandboxed iperf3 and `COST_CONNECTS` sandboxed connects, and
+/// reads what each of the agent's programs cost. Run apart from the measurements above, since
+/// the statistics add two clock reads to every program run. Counts cover every sandbox
+/// running meanwhile.
+fn program_cost(env: &BenchEnv, agent: &Path, policy: &Path) -> Result<ProgramCost> {
+    use std::os::unix::ffi::OsStrExt as _;
+    progress("eBPF program cost (kernel run-time statistics)")?;
+    let mut attr = [0u64; 8];
+    let _stats = bpf(BPF_ENABLE_STATS, &mut attr).context("BPF_ENABLE_STATS")?;
+    let mut programs = Vec::new();
+    let mut entries: Vec<_> = fs::read_dir(PINNED_LINKS)
+        .with_context(|| format!("read {PINNED_LINKS}"))?
+        .filter_map(Result::ok)
+        .collect();
+    entries.sort_by_key(fs::DirEntry::file_name);
+    for entry in entries {
+        let mut path = entry.path().as_os_str().as_bytes().to_vec();
+        path.push(0);
+        let mut attr = [0u64; 8];
+        attr[0] = path.as_ptr() as u64;
+        let link = bpf(BPF_OBJ_GET, &mut attr)
+            .with_context(|| format!("open {}", entry.path().display()))?;
+        let prog_id = fdinfo_value(&link, "prog_id").context("no prog_id in the link's fdinfo")?;
+        let mut attr = [0u64; 8];
+        attr[0] = prog_id;
+        let prog = bpf(BPF_PROG_GET_FD_BY_ID, &mut attr).context("BPF_PROG_GET_FD_BY_ID")?;
+        programs.push((entry.file_name().to_string_lossy().into_owned(), prog));
+    }
+    let snapshot = || -> Vec<ProgStats> {
+        programs
+            .iter()
+            .map(|(_, fd)| ProgStats {
+                runs: fdinfo_value(fd, "run_cnt").unwrap_or(0),
+                ns: fdinfo_value(fd, "run_time_ns").unwrap_or(0),
+            })
+            .collect()
+    };
+
+    let secs = IPERF_SECONDS.to_string();
+    let port = IPERF_PORT.to_string();
+    let before = snapshot();
+    let t = Instant::now();
+    let out = env
+        .agent(agent)
+        .args(["run", "--network", "allowlist", "--stats", "--policy"])
+        .arg(policy)
+        .args([
+            "--",
+            IPERF3,
+            "-c",
+            &env.ns_addr,
+            "-p",
+            &port,
+            "-t",
+            &secs,
+            "-A",
+            "0",
+            "-J",
+        ])
+        .output()?;
+    let iperf_secs = t.elapsed().as_secs_f64();
+    check(&out, "iperf3 client")?;
+    let after_iperf = snapshot();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let iperf_packets = stderr
+        .split_once("allowed=")
+        .and_then(|(_, rest)| rest.split_once(' '))
+        .and_then(|(n, _)| n.parse().ok())
+        .unwrap_or(0);
+
+    let port = LISTEN_PORT.to_string();
+    let mut cmd = env.agent(agent);
+    cmd.args(["run", "--network", "allowlist", "--policy"])
+        .arg(policy)
+        .args(["--", PYTHON3, "-c", CONNECT_CLIENT, &env.ns_addr, &port]);
+    let mut client = Stepper::spawn(cmd)?;
+    // Snapshot once the sandbox runs: its start-up makes no connections, but a slow start
+    // should not overlap the count of another sandbox's traffic longer than needed.
+    client.step()?;
+    let before_connects = snapshot();
+    for _ in 0..COST_CONNECTS {
+        interrupted()?;
+        client.step()?;
+    }
+    let after_connects = snapshot();
+    client.finish()?;
+
+    let diff = |a: &ProgStats, b: &ProgStats| ProgStats {
+        runs: a.runs.saturating_sub(b.runs),
+        ns: a.ns.saturating_sub(b.ns),
+    };
+    let programs = programs
+        .into_iter()
+        .enumerate()
+        .map(|(i, (name, _))| {
+            (
+                name,
+                diff(&after_iperf[i], &before[i]),
+                diff(&after_connects[i], &before_connects[i]),
+            )
+        })
+        .collect();
+    Ok(ProgramCost {
+        programs,
+        iperf_secs,
+        iperf_packets,
+    })
+}
+
+#[expect(
+    clippy::cast_precision_loss,
+    reason = "counts and nanoseconds are far below 2^52"
+)]
+fn print_cost(cost: &Result<ProgramCost>) {
+    let cost = match cost {
+        Ok(c) => c,
+        Err(e) => {
+            println!("  eBPF program cost: not measured ({e:#})");
+            return;
+        }
+    };
+    let per_run = |p: &ProgStats| {
+        if p.runs == 0 {
+            0.0
+        } else {
+            p.ns as f64 / p.runs as f64
+        }
+    };
+    println!(
+        "  eBPF program cost (kernel run-time statistics, measured apart from the numbers above): one sandboxed \
+         iperf3 run ({:.1} s wall with start-up, {} packets counted by the sandbox) | {COST_CONNECTS} sandboxed connects",
+        cost.iperf_secs, cost.iperf_packets
+    );
+    let (mut iperf_ns, mut connect_ns) = (0u64, 0u64);
+    for (name, iperf, connects) in &cost.programs {
+        if iperf.runs == 0 && connects.runs == 0 {
+            continue;
+        }
+        println!(
+            "    {name:<18} {:>9} runs x {:>5.0} ns | {:>6} runs x {:>5.0} ns",
+            iperf.runs,
+            per_run(iperf),
+            connects.runs,
+            per_run(connects)
+        );
+        iperf_ns += iperf.ns;
+        connect_ns += connects.ns;
+    }
+    println!(
+        "    total: {:.1} ms of program time during the {IPERF_SECONDS} s transfer ({:.1}% of one CPU); {:.2} us of \
+         program time per connect",
+        iperf_ns as f64 / 1e6,
+        iperf_ns as f64 / 1e9 / f64::from(IPERF_SECONDS) * 100.0,
+        connect_ns as f64 / 1e3 / COST_CONNECTS as f64
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -775,12 +1053,13 @@ struct Startup {
 }
 
 fn bench_startup(env: &BenchEnv, agent: &Path) -> Result<Startup> {
-    progress(&format!("start-up, {STARTUP_RUNS} runs each"));
+    progress(&format!("start-up, {STARTUP_RUNS} runs each"))?;
     let mut result = Startup {
         bare_ms: Vec::new(),
         run_ms: Vec::new(),
     };
     for _ in 0..STARTUP_RUNS {
+        interrupted()?;
         let t = Instant::now();
         let out = Command::new(TRUE).stdin(Stdio::null()).output()?;
         result.bare_ms.push(t.elapsed().as_secs_f64() * 1e3);
@@ -815,9 +1094,50 @@ struct Load {
     slab_delta_kib: (i64, i64),
     /// Sum of `memlock` of the LPM tries, from the agent's fdinfo: (empty policy, 1M policy).
     trie_memlock: (u64, u64),
-    /// The agent's user and system CPU time (ms) from its start until the 1M-prefix
-    /// sandbox's workload ran: parsing/compiling vs. writing the kernel maps.
-    big_cpu_ms: (f64, f64),
+    /// The agent's CPU time with the 1M-prefix policy: parsing only, until the workload ran
+    /// (parse, compile, kernel writes), and the whole run (plus removal).
+    big_cpu_parse: CpuTime,
+    big_cpu_alive: CpuTime,
+    big_cpu_total: CpuTime,
+}
+
+/// User and system CPU time, ms.
+#[derive(Clone, Copy, Default)]
+struct CpuTime {
+    user: f64,
+    system: f64,
+}
+
+impl CpuTime {
+    fn minus(self, earlier: Self) -> Self {
+        Self {
+            user: self.user - earlier.user,
+            system: self.system - earlier.system,
+        }
+    }
+}
+
+impl std::fmt::Display for CpuTime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "user {:.0} ms + system {:.0} ms", self.user, self.system)
+    }
+}
+
+/// CPU time of all waited-for children (and their waited-for descendants) so far.
+#[expect(
+    clippy::cast_precision_loss,
+    reason = "seconds and microseconds are far below 2^52"
+)]
+fn children_cpu() -> CpuTime {
+    // SAFETY: an all-zero rusage is valid; getrusage only writes into the struct passed.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: RUSAGE_CHILDREN with a valid pointer cannot fail.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &raw mut usage) };
+    let ms = |t: libc::timeval| t.tv_sec as f64 * 1e3 + t.tv_usec as f64 / 1e3;
+    CpuTime {
+        user: ms(usage.ru_utime),
+        system: ms(usage.ru_stime),
+    }
 }
 
 /// Starts a sandbox whose workload prints a line, then (if `hold`) sleeps. Returns the time
@@ -862,7 +1182,9 @@ fn bench_load(env: &BenchEnv, agent: &Path, big: &Path, empty: &Path) -> Result<
         big_parse_ms: 0.0,
         slab_delta_kib: (0, 0),
         trie_memlock: (0, 0),
-        big_cpu_ms: (0.0, 0.0),
+        big_cpu_parse: CpuTime::default(),
+        big_cpu_alive: CpuTime::default(),
+        big_cpu_total: CpuTime::default(),
     };
     for round in 0..LOAD_ROUNDS {
         for is_big in [round % 2 == 1, round % 2 == 0] {
@@ -874,7 +1196,7 @@ fn bench_load(env: &BenchEnv, agent: &Path, big: &Path, empty: &Path) -> Result<
                 } else {
                     "empty policy"
                 }
-            ));
+            ))?;
             let t = Instant::now();
             let (child, alive) = start_marked(env, agent, if is_big { big } else { empty }, false)?;
             let out = child.wait_with_output()?;
@@ -890,7 +1212,8 @@ fn bench_load(env: &BenchEnv, agent: &Path, big: &Path, empty: &Path) -> Result<
         }
     }
 
-    progress("policy parse only (1M prefixes)");
+    progress("policy parse only (1M prefixes)")?;
+    let cpu_before = children_cpu();
     let t = Instant::now();
     let out = env
         .agent(agent)
@@ -899,6 +1222,7 @@ fn bench_load(env: &BenchEnv, agent: &Path, big: &Path, empty: &Path) -> Result<
         .args(["--", TRUE])
         .output()?;
     load.big_parse_ms = t.elapsed().as_secs_f64() * 1e3;
+    load.big_cpu_parse = children_cpu().minus(cpu_before);
     ensure!(
         String::from_utf8_lossy(&out.stderr).contains("no effect with --network blocked"),
         "the parse-only run did not stop where expected: {}",
@@ -913,20 +1237,26 @@ fn bench_load(env: &BenchEnv, agent: &Path, big: &Path, empty: &Path) -> Result<
             } else {
                 "empty policy"
             }
-        ));
+        ))?;
         let before = meminfo_kib("Slab").context("no Slab in /proc/meminfo")?;
+        let cpu_before = children_cpu();
         let (child, _) = start_marked(env, agent, if is_big { big } else { empty }, true)?;
         let during = meminfo_kib("Slab").context("no Slab in /proc/meminfo")?;
         let memlock = trie_memlock(child.id());
-        let cpu = cpu_times_ms(child.id());
+        let cpu = cpu_times(child.id());
         let out = child.wait_with_output()?;
+        let cpu_total = children_cpu().minus(cpu_before);
         check(&out, "sandbox-agent run --policy")?;
         let delta =
             i64::try_from(during).unwrap_or(i64::MAX) - i64::try_from(before).unwrap_or(i64::MAX);
         if is_big {
             load.slab_delta_kib.1 = delta;
             load.trie_memlock.1 = memlock;
-            load.big_cpu_ms = cpu.unwrap_or((f64::NAN, f64::NAN));
+            load.big_cpu_alive = cpu.unwrap_or(CpuTime {
+                user: f64::NAN,
+                system: f64::NAN,
+            });
+            load.big_cpu_total = cpu_total;
         } else {
             load.slab_delta_kib.0 = delta;
             load.trie_memlock.0 = memlock;
@@ -954,18 +1284,18 @@ fn trie_memlock(pid: u32) -> u64 {
         .sum()
 }
 
-/// User and system CPU time of a process so far, in ms (`/proc/<pid>/stat` fields 14 and 15).
-fn cpu_times_ms(pid: u32) -> Option<(f64, f64)> {
+/// CPU time of a running process so far (`/proc/<pid>/stat` fields 14 and 15).
+fn cpu_times(pid: u32) -> Option<CpuTime> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name, which is in parentheses and may hold spaces.
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     // `fields[0]` is field 3 (state); utime and stime are fields 14 and 15.
     let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u32>().ok());
     let hz = clock_ticks_per_second()?;
-    Some((
-        f64::from(ticks(11)?) * 1e3 / hz,
-        f64::from(ticks(12)?) * 1e3 / hz,
-    ))
+    Some(CpuTime {
+        user: f64::from(ticks(11)?) * 1e3 / hz,
+        system: f64::from(ticks(12)?) * 1e3 / hz,
+    })
 }
 
 /// `getconf CLK_TCK` (100 on every Linux ABI in practice).
@@ -1167,24 +1497,39 @@ fn print_notes(t: &Throughput, c: &Connect, l: &Load) {
             t.stats_line.trim_start_matches("sandbox-agent: ")
         );
     }
-    let pair_diffs: Vec<f64> = c
-        .sandboxed
-        .iter()
-        .zip(&c.baseline)
-        .map(|(s, b)| s - b)
-        .collect();
+    let paired = |other: &[f64]| {
+        median(
+            &other
+                .iter()
+                .zip(&c.baseline)
+                .map(|(o, b)| o - b)
+                .collect::<Vec<_>>(),
+        )
+    };
+    let p50_added = |other: &[f64]| median(other) - median(&c.baseline);
     println!(
-        "  connect: python3 perf_counter_ns around connect(), clients on CPU 0 taking turns (lock-step), listener \
-         on CPU 1, {} pairs after {CONNECT_WARMUP} warm-up pairs, same {SMALL_POLICY}-prefix policy; median of the \
-         per-pair differences {:+.1} us",
-        c.baseline.len(),
-        median(&pair_diffs)
+        "  connect: python3 perf_counter_ns around connect(); 4 clients on CPU 0 take turns (one connect each, \
+         order rotating), listener on CPU 1; {} turns after {CONNECT_WARMUP} warm-up turns; sandboxed = \
+         allowlist with the same {SMALL_POLICY}-prefix policy",
+        c.baseline.len()
+    );
+    println!(
+        "    added vs baseline (p50 difference / median per-turn difference): sandboxed {:+.1} / {:+.1} us; \
+         open-mode sandbox, no rules {:+.1} / {:+.1} us; second unsandboxed client (noise floor) {:+.1} / {:+.1} us",
+        p50_added(&c.sandboxed),
+        paired(&c.sandboxed),
+        p50_added(&c.open),
+        paired(&c.open),
+        p50_added(&c.control),
+        paired(&c.control)
     );
     println!(
         "  policy load: median of {LOAD_ROUNDS}; start-to-workload = agent spawn until the workload's first line \
-         (read+parse+compile+kernel writes); whole run adds removal of the entries; parsing the 1M-prefix file \
-         alone took {:.0} ms; agent CPU until the 1M-prefix workload ran: user {:.0} ms, system {:.0} ms",
-        l.big_parse_ms, l.big_cpu_ms.0, l.big_cpu_ms.1
+         (read + parse + compile + kernel writes); the whole run adds the removal of the entries"
+    );
+    println!(
+        "    1M prefixes, agent CPU: parsing alone (wall {:.0} ms) {}; until the workload ran {}; whole run {}",
+        l.big_parse_ms, l.big_cpu_parse, l.big_cpu_alive, l.big_cpu_total
     );
     println!(
         "  memory: Slab in /proc/meminfo before vs while the sandbox is alive (approximate: other kernel \

@@ -12,6 +12,7 @@ use sandbox_agent::{
     paths::Paths,
     policy::{self, Mode, PolicyFile, PolicySpec, Precedence, RawEntry},
     sandbox::{self, RunOptions},
+    user,
 };
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -144,40 +145,8 @@ fn prepare(args: RunArgs) -> Result<(RunOptions, String), Failure> {
                 })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let user = resolve_user(args.user.as_deref())?;
-    let mut env: Vec<(OsString, OsString)> = vec![
-        ("PATH".into(), DEFAULT_PATH.into()),
-        ("HOME".into(), user.home.clone().into_os_string()),
-        ("USER".into(), user.name.clone().into()),
-        ("LOGNAME".into(), user.name.clone().into()),
-    ];
-    for key in ["TERM", "LANG"] {
-        if let Some(v) = std::env::var_os(key) {
-            env.push((key.into(), v));
-        }
-    }
-    for item in &args.env {
-        let bytes = item.as_bytes();
-        let (k, v) = match bytes.iter().position(|&b| b == b'=') {
-            Some(i) => (
-                OsStr::from_bytes(&bytes[..i]).to_owned(),
-                OsStr::from_bytes(&bytes[i + 1..]).to_owned(),
-            ),
-            None => match std::env::var_os(item) {
-                Some(v) => (item.clone(), v),
-                None => continue,
-            },
-        };
-        if k.is_empty() {
-            return Err(format!(
-                "invalid --env \"{}\": empty variable name",
-                item.to_string_lossy()
-            )
-            .into());
-        }
-        env.retain(|(old, _)| *old != k);
-        env.push((k, v));
-    }
+    let user = user::resolve(args.user.as_deref())?;
+    let env = workload_env(&user, &args.env)?;
     let path_var = env
         .iter()
         .find(|(k, _)| k == "PATH")
@@ -279,66 +248,43 @@ fn policy_spec(args: &RunArgs) -> Result<PolicySpec, Failure> {
     })
 }
 
-struct User {
-    name: String,
-    uid: u32,
-    gid: u32,
-    groups: Vec<u32>,
-    home: PathBuf,
-}
-
-fn resolve_user(spec: Option<&str>) -> Result<User, Failure> {
-    use nix::unistd::{Gid, Uid, User as PwUser};
-    let spec = spec.unwrap_or("nobody");
-    let (user_part, group_part) = match spec.split_once(':') {
-        Some((u, g)) => (u, Some(g)),
-        None => (spec, None),
-    };
-    let entry = if let Ok(uid) = user_part.parse::<u32>() {
-        PwUser::from_uid(Uid::from_raw(uid)).ok().flatten()
-    } else {
-        Some(
-            PwUser::from_name(user_part)
-                .ok()
-                .flatten()
-                .ok_or_else(|| format!("invalid --user \"{spec}\": no such user"))?,
-        )
-    };
-    let uid = match (&entry, user_part.parse::<u32>()) {
-        (_, Ok(uid)) => uid,
-        (Some(e), Err(_)) => e.uid.as_raw(),
-        (None, Err(_)) => unreachable!("named users were looked up above"),
-    };
-    if uid == 0 {
-        return Err(format!(
-            "invalid --user \"{spec}\": refusing to run a workload as root (uid 0); sandboxes run as an unprivileged user"
-        )
-        .into());
-    }
-    let gid = match group_part {
-        Some(g) => g
-            .parse::<u32>()
-            .map_err(|_| format!("invalid --user \"{spec}\": the group must be a number"))?,
-        None => entry.as_ref().map_or(uid, |e| e.gid.as_raw()),
-    };
-    let name = entry
-        .as_ref()
-        .map_or_else(|| uid.to_string(), |e| e.name.clone());
-    let groups = match (&entry, group_part) {
-        (Some(e), None) => {
-            let cname = CString::new(e.name.clone())
-                .map_err(|_| "user name contains a NUL byte".to_string())?;
-            nix::unistd::getgrouplist(&cname, Gid::from_raw(gid))
-                .map_or_else(|_| vec![gid], |g| g.into_iter().map(Gid::as_raw).collect())
+/// The workload's environment: a clean base (no agent secrets leak in), then `--env`.
+fn workload_env(
+    user: &user::User,
+    extra: &[OsString],
+) -> Result<Vec<(OsString, OsString)>, Failure> {
+    let mut env: Vec<(OsString, OsString)> = vec![
+        ("PATH".into(), DEFAULT_PATH.into()),
+        ("HOME".into(), user.home.clone().into_os_string()),
+        ("USER".into(), user.name.clone().into()),
+        ("LOGNAME".into(), user.name.clone().into()),
+    ];
+    for key in ["TERM", "LANG"] {
+        if let Some(v) = std::env::var_os(key) {
+            env.push((key.into(), v));
         }
-        _ => vec![gid],
-    };
-    let home = entry.map_or_else(|| PathBuf::from("/"), |e| e.dir);
-    Ok(User {
-        name,
-        uid,
-        gid,
-        groups,
-        home,
-    })
+    }
+    for item in extra {
+        let bytes = item.as_bytes();
+        let (k, v) = match bytes.iter().position(|&b| b == b'=') {
+            Some(i) => (
+                OsStr::from_bytes(&bytes[..i]).to_owned(),
+                OsStr::from_bytes(&bytes[i + 1..]).to_owned(),
+            ),
+            None => match std::env::var_os(item) {
+                Some(v) => (item.clone(), v),
+                None => continue,
+            },
+        };
+        if k.is_empty() {
+            return Err(format!(
+                "invalid --env \"{}\": empty variable name",
+                item.to_string_lossy()
+            )
+            .into());
+        }
+        env.retain(|(old, _)| *old != k);
+        env.push((k, v));
+    }
+    Ok(env)
 }

@@ -1,5 +1,9 @@
 //! `sandbox-agent state`: what the kernel enforces right now, as JSON.
-use sandbox_agent::{enforcement::Enforcement, paths::Paths, sandbox};
+use sandbox_agent::{
+    enforcement::{self, Enforcement},
+    paths::Paths,
+    sandbox,
+};
 use serde_json::json;
 
 pub fn main() -> i32 {
@@ -38,7 +42,18 @@ pub fn main() -> i32 {
                 .collect()
         })
         .unwrap_or_default();
+    let programs: Vec<_> = enforcement::program_stats()
+        .into_iter()
+        .map(|p| {
+            json!({
+                "name": p.name,
+                "verified_instructions": p.verified_instructions,
+                "translated_bytes": p.translated_bytes,
+            })
+        })
+        .collect();
     let state = json!({
+        "programs": programs,
         "pin_dir": paths.pin_dir,
         "parent_cgroup": enforcement.parent_cgroup,
         "install": format!("{install:?}").to_lowercase(),
