@@ -5,6 +5,7 @@
 //! naming the entry, so nothing is ever applied half-way.
 use std::{
     fmt,
+    sync::Arc,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     str::FromStr,
 };
@@ -61,9 +62,10 @@ pub struct PolicyFile {
 pub struct RawEntry {
     pub text: String,
     /// The flag or key it came from: `--allow-out`, `allow_out`.
-    pub origin: String,
+    /// Shared by all entries of one list: a large policy has a million of them.
+    pub origin: Arc<str>,
     /// The policy file it came from, if any.
-    pub file: Option<String>,
+    pub file: Option<Arc<str>>,
 }
 
 impl RawEntry {
@@ -398,7 +400,7 @@ pub fn compile(spec: &PolicySpec) -> Result<CompiledPolicy, PolicyError> {
         && let Some((raw, _)) = allow.first()
     {
         return Err(PolicyError::AllowInBlocked {
-            origin: raw.origin.clone(),
+            origin: raw.origin.to_string(),
             entry: raw.text.clone(),
             place: raw.place(),
         });
@@ -426,7 +428,7 @@ fn parse_list(raw: &[RawEntry]) -> Result<Vec<(&RawEntry, Entry)>, PolicyError> 
                 other => Ok(other),
             });
             entry.map(|e| (r, e)).map_err(|problem| PolicyError::Entry {
-                origin: r.origin.clone(),
+                origin: r.origin.to_string(),
                 entry: r.text.clone(),
                 place: r.place(),
                 problem,

@@ -1,6 +1,7 @@
 //! `sandbox-agent run [OPTIONS] -- CMD [ARGS...]`
 use std::{
     ffi::{CString, OsStr, OsString},
+    sync::Arc,
     os::unix::ffi::{OsStrExt as _, OsStringExt as _},
     path::PathBuf,
     time::Duration,
@@ -215,28 +216,17 @@ fn policy_spec(args: &RunArgs) -> Result<PolicySpec, Failure> {
         })?;
         file_origin = path.display().to_string();
     }
-    let from_file = |list: &[String], key: &str| -> Vec<RawEntry> {
-        list.iter()
-            .map(|t| RawEntry {
-                text: t.clone(),
-                origin: key.into(),
-                file: Some(file_origin.clone()),
-            })
-            .collect()
+    let file_origin: Option<Arc<str>> = args.policy.as_ref().map(|_| file_origin.into());
+    let entries = |list: Vec<String>, origin: &str, file: Option<Arc<str>>| {
+        let origin: Arc<str> = origin.into();
+        list.into_iter().map(move |text| RawEntry { text, origin: origin.clone(), file: file.clone() })
     };
-    let from_flags = |list: &[String], flag: &str| -> Vec<RawEntry> {
-        list.iter()
-            .map(|t| RawEntry {
-                text: t.clone(),
-                origin: flag.into(),
-                file: None,
-            })
-            .collect()
-    };
-    let mut allow_out = from_file(&file.allow_out, "allow_out");
-    allow_out.extend(from_flags(&args.allow_out, "--allow-out"));
-    let mut deny_out = from_file(&file.deny_out, "deny_out");
-    deny_out.extend(from_flags(&args.deny_out, "--deny-out"));
+    let mut allow_out: Vec<RawEntry> =
+        entries(std::mem::take(&mut file.allow_out), "allow_out", file_origin.clone()).collect();
+    allow_out.extend(entries(args.allow_out.clone(), "--allow-out", None));
+    let mut deny_out: Vec<RawEntry> =
+        entries(std::mem::take(&mut file.deny_out), "deny_out", file_origin).collect();
+    deny_out.extend(entries(args.deny_out.clone(), "--deny-out", None));
     Ok(PolicySpec {
         mode: args.network.or(file.network).unwrap_or(Mode::Blocked),
         precedence: args
