@@ -5,9 +5,9 @@
 //! naming the entry, so nothing is ever applied half-way.
 use std::{
     fmt,
-    sync::Arc,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     str::FromStr,
+    sync::Arc,
 };
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};

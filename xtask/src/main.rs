@@ -111,23 +111,74 @@ fn test(filter: Option<&str>) -> Result<()> {
         );
     }
     let agent = build(true)?;
+    let mut totals = TestTotals::default();
     // Pure logic first: fast, and no root needed.
-    run_cmd(cargo().args(["test", "-p", "sandbox-common", "-p", "sandbox-agent"]))?;
+    totals.run(cargo().args(["test", "-p", "sandbox-common", "-p", "sandbox-agent"]))?;
     let mut e2e = cargo();
     e2e.args(["test", "--release", "-p", "sandbox-tests", "--"])
         .env("SANDBOX_AGENT_BIN", &agent);
     if let Some(f) = filter {
         e2e.arg(f);
     }
-    let result = run_cmd(&mut e2e);
+    let result = totals.run(&mut e2e);
     // The suite shares one install of the programs; remove it so nothing is left pinned.
     let teardown = Command::new(&agent).arg("teardown").status();
     result?;
     match teardown {
-        Ok(s) if s.success() => Ok(()),
+        Ok(s) if s.success() => {}
         Ok(s) => bail!("sandbox-agent teardown after the tests failed: {s}"),
         Err(e) => bail!("cannot run sandbox-agent teardown: {e}"),
     }
+    // One closing line for the whole suite (unit and end-to-end), whatever ran last.
+    println!("tests: {} passed, {} failed", totals.passed, totals.failed);
+    if totals.passed == 0 {
+        bail!("no test ran");
+    }
+    Ok(())
+}
+
+/// Sums cargo's `test result:` lines while passing the output through.
+#[derive(Default)]
+struct TestTotals {
+    passed: u64,
+    failed: u64,
+}
+
+impl TestTotals {
+    fn run(&mut self, cmd: &mut Command) -> Result<()> {
+        use std::io::{BufRead as _, BufReader};
+        let mut child = cmd
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot start {cmd:?}"))?;
+        let stdout = child.stdout.take().context("test output")?;
+        for line in BufReader::new(stdout).lines() {
+            let line = line.context("read test output")?;
+            println!("{line}");
+            if let Some(rest) = line.strip_prefix("test result: ") {
+                self.passed += count_before(rest, " passed");
+                self.failed += count_before(rest, " failed");
+            }
+        }
+        let status = child.wait().context("wait for cargo test")?;
+        if !status.success() {
+            bail!("{cmd:?} failed: {status}");
+        }
+        Ok(())
+    }
+}
+
+/// In `ok. 12 passed; 0 failed; ...`, the number before `word`.
+fn count_before(text: &str, word: &str) -> u64 {
+    text.split(';')
+        .find_map(|part| {
+            part.trim()
+                .trim_start_matches("ok. ")
+                .trim_start_matches("FAILED. ")
+                .strip_suffix(word.trim())
+        })
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 pub fn is_root() -> bool {

@@ -1,9 +1,9 @@
 //! `sandbox-agent run [OPTIONS] -- CMD [ARGS...]`
 use std::{
     ffi::{CString, OsStr, OsString},
-    sync::Arc,
     os::unix::ffi::{OsStrExt as _, OsStringExt as _},
     path::PathBuf,
+    sync::Arc,
     time::Duration,
 };
 
@@ -219,10 +219,18 @@ fn policy_spec(args: &RunArgs) -> Result<PolicySpec, Failure> {
     let file_origin: Option<Arc<str>> = args.policy.as_ref().map(|_| file_origin.into());
     let entries = |list: Vec<String>, origin: &str, file: Option<Arc<str>>| {
         let origin: Arc<str> = origin.into();
-        list.into_iter().map(move |text| RawEntry { text, origin: origin.clone(), file: file.clone() })
+        list.into_iter().map(move |text| RawEntry {
+            text,
+            origin: origin.clone(),
+            file: file.clone(),
+        })
     };
-    let mut allow_out: Vec<RawEntry> =
-        entries(std::mem::take(&mut file.allow_out), "allow_out", file_origin.clone()).collect();
+    let mut allow_out: Vec<RawEntry> = entries(
+        std::mem::take(&mut file.allow_out),
+        "allow_out",
+        file_origin.clone(),
+    )
+    .collect();
     allow_out.extend(entries(args.allow_out.clone(), "--allow-out", None));
     let mut deny_out: Vec<RawEntry> =
         entries(std::mem::take(&mut file.deny_out), "deny_out", file_origin).collect();
