@@ -6,6 +6,7 @@ from a timeout or a refused connection.
 
   tcp PORT ADDR...        connect, send an HTTP request, read the answer
   udp PORT MSG ADDR...    one datagram to each address
+  udp1 PORT MSG ADDR...   datagrams to each address in turn from one socket
   rawudp PORT MSG ADDR... one UDP datagram built by hand on a raw IPv4 socket (needs NET_RAW)
   packet                  try to open an AF_PACKET socket
 """
@@ -50,14 +51,29 @@ def udp(port, msg, addrs):
             s.close()
 
 
-def rawudp(port, msg, addrs):
-    payload = msg.encode()
-    for a in addrs:
+def udp_one_socket(port, msg, addrs):
+    """Like udp, but every datagram from one socket: its cached verdict must follow the peer."""
+    s = socket.socket(family(addrs[0]), socket.SOCK_DGRAM)
+    for i, a in enumerate(addrs):
         try:
-            s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+            s.sendto(f"{msg}-{i}".encode(), (a, port))
+            print(f"{a}#{i} ok")
         except Exception as e:  # noqa: BLE001
+            print(f"{a}#{i} {name(e)}")
+    s.close()
+
+
+def rawudp(port, msg, addrs):
+    # One raw socket for all addresses: raw sends pass no sendmsg hook, so this also checks
+    # that the kernel's per-socket verdict cache follows the peer of each packet.
+    payload = msg.encode()
+    try:
+        s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    except Exception as e:  # noqa: BLE001
+        for a in addrs:
             print(f"{a} {name(e)}")
-            continue
+        return
+    for a in addrs:
         udp_header = struct.pack("!HHHH", 40000, port, 8 + len(payload), 0)
         total = 20 + len(udp_header) + len(payload)
         # Source 0.0.0.0 and checksum 0: the kernel fills both in with IP_HDRINCL.
@@ -68,8 +84,7 @@ def rawudp(port, msg, addrs):
             print(f"{a} ok")
         except Exception as e:  # noqa: BLE001
             print(f"{a} {name(e)}")
-        finally:
-            s.close()
+    s.close()
 
 
 def packet():
@@ -87,6 +102,8 @@ def main():
         tcp(int(rest[0]), rest[1:])
     elif cmd == "udp":
         udp(int(rest[0]), rest[1], rest[2:])
+    elif cmd == "udp1":
+        udp_one_socket(int(rest[0]), rest[1], rest[2:])
     elif cmd == "rawudp":
         rawudp(int(rest[0]), rest[1], rest[2:])
     elif cmd == "packet":

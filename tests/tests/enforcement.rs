@@ -477,3 +477,36 @@ fn concurrent_sandboxes_with_opposite_policies() {
         assert_eq!(r, ["EPERM", "ok"]);
     }
 }
+
+/// The kernel caches a verdict per socket; one socket talking to an allowed, a denied and
+/// again the allowed peer must get each verdict afresh, and the receiver sees only the
+/// allowed datagrams.
+#[test]
+fn one_socket_alternating_peers_gets_each_verdict() {
+    let host = RemoteHost::new();
+    let (a, b) = (host.v4[0].as_str(), host.v4[1].as_str());
+    let port = PORT.to_string();
+    let run = run_client(
+        &["--network", "allowlist", "--allow-out", a],
+        &["udp1", &port, "alt", a, b, a, b],
+    );
+    assert_eq!(run.outcome(&format!("{a}#0")), "ok");
+    assert_eq!(run.outcome(&format!("{b}#1")), "EPERM");
+    assert_eq!(run.outcome(&format!("{a}#2")), "ok");
+    assert_eq!(run.outcome(&format!("{b}#3")), "EPERM");
+    let start = std::time::Instant::now();
+    while !(host.saw_udp(a, "alt-0") && host.saw_udp(a, "alt-2")) {
+        assert!(
+            start.elapsed().as_secs() < 5,
+            "allowed datagrams did not arrive: {:?}",
+            host.seen()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        !host.saw_udp(b, "alt-1") && !host.saw_udp(b, "alt-3"),
+        "{:?}",
+        host.seen()
+    );
+}
