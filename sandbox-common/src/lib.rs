@@ -20,17 +20,9 @@ pub mod map_names {
     pub const COUNTERS: &str = "COUNTERS";
     pub const POLICY_IDS: &str = "POLICY_IDS";
     pub const META: &str = "META";
-    pub const VERDICT_CACHE: &str = "VERDICT_CACHE";
     /// All maps but `META`, which is pinned last as the mark of a complete install.
-    pub const ALL: [&str; 8] = [
-        SANDBOXES,
-        ALLOW_V4,
-        DENY_V4,
-        ALLOW_V6,
-        DENY_V6,
-        COUNTERS,
-        POLICY_IDS,
-        VERDICT_CACHE,
+    pub const ALL: [&str; 7] = [
+        SANDBOXES, ALLOW_V4, DENY_V4, ALLOW_V6, DENY_V6, COUNTERS, POLICY_IDS,
     ];
 }
 
@@ -102,33 +94,6 @@ pub struct SandboxEntry {
     /// Non-zero: loopback is reachable only through an allow rule that names it
     /// (see [`LOOPBACK_V4_MIN_PREFIX`]). Set in every mode but `open`.
     pub guard_loopback: u32,
-}
-
-/// The last verdict of one socket, keyed by socket cookie in an LRU map, so that the
-/// packets of a flow skip the two LPM walks. Valid only while both the sandbox's policy id
-/// and the peer are the ones it was computed for.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SocketVerdict {
-    pub policy_id: u32,
-    /// Non-zero: allowed.
-    pub allow: u32,
-    /// A [`Reason`] as `u32`.
-    pub reason: u32,
-    pub _pad: u32,
-    /// The peer, IPv4 as IPv4-mapped IPv6 (network order).
-    pub peer: [u8; 16],
-}
-
-/// Capacity of the per-socket verdict cache; the least recently used entries go first.
-pub const VERDICT_CACHE_ENTRIES: u32 = 65_536;
-
-/// `a.b.c.d` as `::ffff:a.b.c.d`: one peer format for the verdict cache.
-#[inline(always)]
-pub const fn mapped_v4(addr: [u8; 4]) -> [u8; 16] {
-    [
-        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, addr[0], addr[1], addr[2], addr[3],
-    ]
 }
 
 /// Traffic counters per sandbox, in a per-CPU hash keyed by cgroup id; user space sums CPUs.
@@ -311,7 +276,6 @@ pub const fn lpm_data_v6(policy_id: u32, addr: &[u8; 16]) -> LpmDataV6 {
 const _: () = assert!(core::mem::size_of::<SandboxEntry>() == 16);
 const _: () = assert!(core::mem::size_of::<Counters>() == 48);
 const _: () = assert!(core::mem::size_of::<RuleValue>() == 4);
-const _: () = assert!(core::mem::size_of::<SocketVerdict>() == 32);
 
 #[cfg(feature = "user")]
 mod user {
@@ -323,8 +287,6 @@ mod user {
     unsafe impl aya::Pod for Counters {}
     // SAFETY: as above.
     unsafe impl aya::Pod for RuleValue {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::SocketVerdict {}
 }
 
 #[cfg(test)]

@@ -21,16 +21,15 @@
 #![no_main]
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_skb_cgroup_id},
+    helpers::{bpf_get_current_cgroup_id, bpf_skb_cgroup_id},
     macros::{cgroup_skb, cgroup_sock_addr, map},
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuHashMap, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, PerCpuHashMap, lpm_trie::Key},
     programs::{SkBuffContext, SockAddrContext},
 };
 use sandbox_common::{
     Counters, DEFAULT_MAX_PREFIXES, LOOPBACK_V4_MIN_PREFIX, LOOPBACK_V6_MIN_PREFIX, LpmDataV4,
-    LpmDataV6, MAX_SANDBOXES, POLICY_ID_BITS, Reason, RuleValue, SandboxEntry, SocketVerdict,
-    VERDICT_CACHE_ENTRIES, Verdict, decide, is_loopback_v4, is_loopback_v6, lpm_data_v4,
-    lpm_data_v6, mapped_v4, v4_mapped,
+    LpmDataV6, MAX_SANDBOXES, POLICY_ID_BITS, Reason, RuleValue, SandboxEntry, Verdict, decide,
+    is_loopback_v4, is_loopback_v6, lpm_data_v4, lpm_data_v6, v4_mapped,
 };
 
 #[map]
@@ -49,10 +48,6 @@ static COUNTERS: PerCpuHashMap<u64, Counters> = PerCpuHashMap::with_max_entries(
 /// hands out policy ids without a race between agents.
 #[map]
 static POLICY_IDS: HashMap<u32, u64> = HashMap::with_max_entries(MAX_SANDBOXES * 2, 0);
-/// Socket cookie → last verdict (see `SocketVerdict`).
-#[map]
-static VERDICT_CACHE: LruHashMap<u64, SocketVerdict> =
-    LruHashMap::with_max_entries(VERDICT_CACHE_ENTRIES, 0);
 /// Install record, user space only: `[object hash, id of the cgroup the programs are
 /// attached to]`. Pinned last, so its presence means the install completed.
 #[map]
@@ -78,7 +73,11 @@ enum Call {
     Send,
 }
 
-fn decide_v4(entry: &SandboxEntry, addr: [u8; 4]) -> Verdict {
+fn decide_v4(cgroup_id: u64, addr: [u8; 4]) -> Verdict {
+    // SAFETY: the value is copied out at once; entries are replaced whole by user space.
+    let Some(entry) = (unsafe { SANDBOXES.get(cgroup_id) }) else {
+        return Verdict::deny(Reason::UnknownSandbox);
+    };
     let key = Key::new(POLICY_ID_BITS + 32, lpm_data_v4(entry.policy_id, addr));
     let allow = ALLOW_V4.get(&key).map(|v| v.prefix_len);
     let deny = DENY_V4.get(&key).map(|v| v.prefix_len);
@@ -90,54 +89,23 @@ fn decide_v4(entry: &SandboxEntry, addr: [u8; 4]) -> Verdict {
     decide(entry, allow, deny, loopback_min)
 }
 
-/// The verdict for a peer in IPv6 form (IPv4 peers arrive IPv4-mapped).
-fn decide_peer(entry: &SandboxEntry, peer: &[u8; 16]) -> Verdict {
-    if let Some(v4) = v4_mapped(peer) {
-        return decide_v4(entry, v4);
+fn decide_v6(cgroup_id: u64, addr: &[u8; 16]) -> Verdict {
+    if let Some(v4) = v4_mapped(addr) {
+        return decide_v4(cgroup_id, v4);
     }
-    let key = Key::new(POLICY_ID_BITS + 128, lpm_data_v6(entry.policy_id, peer));
+    // SAFETY: as in `decide_v4`.
+    let Some(entry) = (unsafe { SANDBOXES.get(cgroup_id) }) else {
+        return Verdict::deny(Reason::UnknownSandbox);
+    };
+    let key = Key::new(POLICY_ID_BITS + 128, lpm_data_v6(entry.policy_id, addr));
     let allow = ALLOW_V6.get(&key).map(|v| v.prefix_len);
     let deny = DENY_V6.get(&key).map(|v| v.prefix_len);
-    let loopback_min = if entry.guard_loopback != 0 && is_loopback_v6(peer) {
+    let loopback_min = if entry.guard_loopback != 0 && is_loopback_v6(addr) {
         LOOPBACK_V6_MIN_PREFIX
     } else {
         0
     };
     decide(entry, allow, deny, loopback_min)
-}
-
-/// The verdict of a sandboxed socket (`cookie`) for `peer`, from the per-socket cache when
-/// it was computed for the sandbox's current policy and the same peer, else from the rules.
-fn socket_verdict(cgroup_id: u64, cookie: u64, peer: &[u8; 16]) -> Verdict {
-    // SAFETY: the value is copied out at once; entries are replaced whole by user space.
-    let Some(entry) = (unsafe { SANDBOXES.get(cgroup_id) }) else {
-        return Verdict::deny(Reason::UnknownSandbox);
-    };
-    // SAFETY: as above; LRU entries are replaced whole.
-    if let Some(cached) = unsafe { VERDICT_CACHE.get(cookie) }
-        && cached.policy_id == entry.policy_id
-        && cached.peer == *peer
-    {
-        return Verdict {
-            allow: cached.allow != 0,
-            reason: if cached.allow != 0 {
-                Reason::AllowRule
-            } else {
-                Reason::DenyRule
-            },
-        };
-    }
-    let verdict = decide_peer(entry, peer);
-    let cached = SocketVerdict {
-        policy_id: entry.policy_id,
-        allow: u32::from(allowed(&verdict)),
-        reason: verdict.reason as u32,
-        _pad: 0,
-        peer: *peer,
-    };
-    // A full cache evicts the oldest entry; a failed insert only costs the next lookup.
-    let _ = VERDICT_CACHE.insert(cookie, cached, 0);
-    verdict
 }
 
 fn count_packet(cgroup_id: u64, allowed: bool, bytes: u32) {
@@ -170,30 +138,22 @@ fn try_skb(ctx: &SkBuffContext, direction: Direction) -> Result<Verdict, i64> {
     // since ingress runs in softirq context.
     let cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
     let version = ctx.load::<u8>(0)? >> 4;
-    let peer = match version {
+    let verdict = match version {
         4 => {
             let offset = match direction {
                 Direction::Egress => IPV4_DST,
                 Direction::Ingress => IPV4_SRC,
             };
-            Some(mapped_v4(ctx.load::<[u8; 4]>(offset)?))
+            decide_v4(cgroup_id, ctx.load::<[u8; 4]>(offset)?)
         }
         6 => {
             let offset = match direction {
                 Direction::Egress => IPV6_DST,
                 Direction::Ingress => IPV6_SRC,
             };
-            Some(ctx.load::<[u8; 16]>(offset)?)
+            decide_v6(cgroup_id, &ctx.load::<[u8; 16]>(offset)?)
         }
-        _ => None,
-    };
-    let verdict = match peer {
-        Some(peer) => {
-            // SAFETY: a helper without preconditions on a valid context.
-            let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb.cast()) };
-            socket_verdict(cgroup_id, cookie, &peer)
-        }
-        None => Verdict::deny(Reason::Malformed),
+        _ => Verdict::deny(Reason::Malformed),
     };
     count_packet(cgroup_id, verdict.allow, ctx.len());
     Ok(verdict)
@@ -232,14 +192,7 @@ fn sock_addr_v4(ctx: &SockAddrContext, call: Call) -> i32 {
     // connect4/sendmsg4. The u32 holds the address in network order, so its in-memory bytes
     // are the address bytes.
     let addr = unsafe { (*ctx.sock_addr).user_ip4 }.to_ne_bytes();
-    // SAFETY: a helper without preconditions on a valid context. Deciding here also fills
-    // the socket's cache entry, so the packets of an allowed connection start with a hit.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
-    finish_sock_addr(
-        cgroup_id,
-        socket_verdict(cgroup_id, cookie, &mapped_v4(addr)),
-        call,
-    )
+    finish_sock_addr(cgroup_id, decide_v4(cgroup_id, addr), call)
 }
 
 fn sock_addr_v6(ctx: &SockAddrContext, call: Call) -> i32 {
@@ -265,9 +218,7 @@ fn sock_addr_v6(ctx: &SockAddrContext, call: Call) -> i32 {
         addr[i * 4 + 3] = b[3];
         i += 1;
     }
-    // SAFETY: as in `sock_addr_v4`.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
-    finish_sock_addr(cgroup_id, socket_verdict(cgroup_id, cookie, &addr), call)
+    finish_sock_addr(cgroup_id, decide_v6(cgroup_id, &addr), call)
 }
 
 fn finish_sock_addr(cgroup_id: u64, verdict: Verdict, call: Call) -> i32 {
