@@ -32,15 +32,15 @@ impl Drop for Testbed {
             let _ = s.kill();
             let _ = s.wait();
         }
-        let _ = Command::new("ip")
-            .args(["netns", "del", NETNS])
-            .stderr(Stdio::null())
-            .status();
-        let _ = Command::new("ip")
-            .args(["link", "del", HOST_IF])
-            .stderr(Stdio::null())
-            .status();
+        remove_namespace();
         let _ = fs::remove_dir_all(&self.webroot);
+    }
+}
+
+/// Deletes the namespace (and with it the veth pair) and the host end, if present.
+fn remove_namespace() {
+    for args in [["netns", "del", NETNS], ["link", "del", HOST_IF]] {
+        let _ = Command::new("ip").args(args).stderr(Stdio::null()).status();
     }
 }
 
@@ -50,14 +50,7 @@ fn ip(args: &[&str]) -> Result<()> {
 
 fn setup() -> Result<Testbed> {
     // Leftovers of an interrupted demo.
-    let _ = Command::new("ip")
-        .args(["netns", "del", NETNS])
-        .stderr(Stdio::null())
-        .status();
-    let _ = Command::new("ip")
-        .args(["link", "del", HOST_IF])
-        .stderr(Stdio::null())
-        .status();
+    remove_namespace();
     let webroot = std::env::temp_dir().join("sandbox-agent-demo");
     let mut bed = Testbed {
         server: None,
