@@ -43,6 +43,7 @@ enum Cmd {
 }
 
 fn main() -> Result<()> {
+    ensure_sbin_on_path();
     match Cli::parse().command {
         Cmd::Setup => setup::run(),
         Cmd::Build { release } => {
@@ -63,6 +64,22 @@ fn main() -> Result<()> {
             let agent = build(true)?;
             bench::run(&agent)
         }
+    }
+}
+
+/// `ip` and friends live in the sbin directories, which a minimal environment (a CI runner,
+/// `sudo` with a secure path) may not list; the tests, demo and bench need them.
+fn ensure_sbin_on_path() {
+    let path = env::var_os("PATH").unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = env::split_paths(&path).collect();
+    for sbin in ["/usr/local/sbin", "/usr/sbin", "/sbin"] {
+        if !dirs.iter().any(|d| d == Path::new(sbin)) {
+            dirs.push(PathBuf::from(sbin));
+        }
+    }
+    if let Ok(joined) = env::join_paths(dirs) {
+        // SAFETY: called first thing in main, before any thread exists.
+        unsafe { env::set_var("PATH", joined) };
     }
 }
 
