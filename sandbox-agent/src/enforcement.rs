@@ -7,6 +7,7 @@
 //! the programs attached when the agent exits or dies, so sandboxes stay confined (fail
 //! closed). Starting a sandbox with an install in place costs map writes and no program load.
 use std::{
+    collections::BTreeMap,
     fs, io,
     os::fd::AsRawFd as _,
     path::{Path, PathBuf},
@@ -122,14 +123,28 @@ fn map_err(name: &'static str) -> impl FnOnce(MapError) -> EnforcementError {
     move |source| EnforcementError::Map { name, source }
 }
 
+/// How a program attaches to the parent cgroup.
+#[derive(Clone, Copy)]
+enum Attach {
+    Skb(CgroupSkbAttachType),
+    /// The attach type comes from the program's section (`cgroup/connect4`, ...).
+    SockAddr,
+}
+
 /// Every program, each attached through a pinned link named after it.
-const ALL_PROGRAMS: [&str; 6] = [
-    program_names::EGRESS,
-    program_names::INGRESS,
-    program_names::CONNECT4,
-    program_names::CONNECT6,
-    program_names::SENDMSG4,
-    program_names::SENDMSG6,
+const PROGRAMS: [(&str, Attach); 6] = [
+    (
+        program_names::EGRESS,
+        Attach::Skb(CgroupSkbAttachType::Egress),
+    ),
+    (
+        program_names::INGRESS,
+        Attach::Skb(CgroupSkbAttachType::Ingress),
+    ),
+    (program_names::CONNECT4, Attach::SockAddr),
+    (program_names::CONNECT6, Attach::SockAddr),
+    (program_names::SENDMSG4, Attach::SockAddr),
+    (program_names::SENDMSG6, Attach::SockAddr),
 ];
 
 /// FNV-1a over the eBPF object: tells whether pinned programs come from this build.
@@ -271,14 +286,15 @@ impl Enforcement {
         })?;
         let parent = cgroup::ensure_parent(&mount)?;
         let parent_id = cgroup::cgroup_id(&parent)?;
-        let links_present = ALL_PROGRAMS
+        let links_present = PROGRAMS
             .iter()
-            .all(|name| paths.links_dir().join(name).exists());
-        let state = if links_present && read_meta(paths) == Some((object_hash(), parent_id)) {
+            .all(|(name, _)| paths.links_dir().join(name).exists());
+        let meta = read_meta(paths);
+        let state = if links_present && meta == Some((object_hash(), parent_id)) {
             InstallState::Reused
         } else {
             let live = live_sandboxes(paths);
-            if live > 0 && read_meta(paths).is_some_and(|(hash, _)| hash != object_hash()) {
+            if live > 0 && meta.is_some_and(|(hash, _)| hash != object_hash()) {
                 return Err(EnforcementError::OtherBuildInUse {
                     pin_dir: paths.pin_dir.clone(),
                     live,
@@ -427,58 +443,25 @@ impl Enforcement {
         self.sandboxes.iter().filter_map(Result::ok).collect()
     }
 
-    /// Entries per kind in the LPM tries for one policy id: `[allow4, deny4, allow6, deny6]`.
-    pub fn rule_counts(&self, policy_id: u32) -> [usize; 4] {
-        let id = policy_id.to_be_bytes();
-        let count4 = |t: &LpmTrie<MapData, LpmDataV4, RuleValue>| {
-            t.keys()
-                .filter_map(Result::ok)
-                .filter(|k| k.data()[..4] == id)
-                .count()
-        };
-        let count6 = |t: &LpmTrie<MapData, LpmDataV6, RuleValue>| {
-            t.keys()
-                .filter_map(Result::ok)
-                .filter(|k| k.data()[..4] == id)
-                .count()
-        };
-        [
-            count4(&self.allow_v4),
-            count4(&self.deny_v4),
-            count6(&self.allow_v6),
-            count6(&self.deny_v6),
-        ]
-    }
-
-    /// Entries in all LPM tries, per policy id.
-    pub fn rules_by_policy(&self) -> std::collections::BTreeMap<u32, usize> {
-        let mut counts = std::collections::BTreeMap::new();
-        let id_of = |data: &[u8]| u32::from_be_bytes([data[0], data[1], data[2], data[3]]);
-        for key in self
-            .allow_v4
-            .keys()
-            .chain(self.deny_v4.keys())
-            .filter_map(Result::ok)
-        {
-            *counts.entry(id_of(&key.data())).or_insert(0) += 1;
+    /// Entries in the LPM tries per policy id, by kind: `[allow4, deny4, allow6, deny6]`.
+    /// One scan of every trie; callers derive totals from it.
+    pub fn rules_by_policy(&self) -> BTreeMap<u32, [usize; 4]> {
+        let mut counts: BTreeMap<u32, [usize; 4]> = BTreeMap::new();
+        let mut add =
+            |kind: usize, data: &[u8]| counts.entry(policy_of(data)).or_default()[kind] += 1;
+        for key in self.allow_v4.keys().filter_map(Result::ok) {
+            add(0, &key.data());
         }
-        for key in self
-            .allow_v6
-            .keys()
-            .chain(self.deny_v6.keys())
-            .filter_map(Result::ok)
-        {
-            *counts.entry(id_of(&key.data())).or_insert(0) += 1;
+        for key in self.deny_v4.keys().filter_map(Result::ok) {
+            add(1, &key.data());
+        }
+        for key in self.allow_v6.keys().filter_map(Result::ok) {
+            add(2, &key.data());
+        }
+        for key in self.deny_v6.keys().filter_map(Result::ok) {
+            add(3, &key.data());
         }
         counts
-    }
-
-    /// Entries of any policy in the LPM tries and policy-id map.
-    pub fn total_rules(&self) -> usize {
-        self.allow_v4.keys().count()
-            + self.deny_v4.keys().count()
-            + self.allow_v6.keys().count()
-            + self.deny_v6.keys().count()
     }
 
     pub fn policy_id_count(&self) -> usize {
@@ -650,15 +633,19 @@ mod batch {
     }
 }
 
+/// The policy id at the front of an LPM key's data.
+fn policy_of(data: &[u8]) -> u32 {
+    u32::from_be_bytes([data[0], data[1], data[2], data[3]])
+}
+
 fn remove_scanned<K: aya::Pod + AsRef<[u8]>>(
     trie: &mut LpmTrie<MapData, K, RuleValue>,
     policy_id: u32,
 ) {
-    let id = policy_id.to_be_bytes();
     let keys: Vec<Key<K>> = trie
         .keys()
         .filter_map(Result::ok)
-        .filter(|k| k.data().as_ref()[..4] == id)
+        .filter(|k| policy_of(k.data().as_ref()) == policy_id)
         .collect();
     for key in keys {
         let _ = trie.remove(&key);
@@ -740,49 +727,30 @@ fn install(paths: &Paths, parent: &Path, parent_id: u64) -> Result<()> {
     // With BPF links (what aya uses from Linux 5.7) cgroup attachments always coexist with
     // other programs, and the kernel refuses attach flags on link creation: hence `Single`,
     // which aya turns into flags 0.
-    let skb = [
-        (program_names::EGRESS, CgroupSkbAttachType::Egress),
-        (program_names::INGRESS, CgroupSkbAttachType::Ingress),
-    ];
-    for (name, attach_type) in skb {
-        let prog: &mut CgroupSkb = ebpf
+    for (name, attach) in PROGRAMS {
+        let program = ebpf
             .program_mut(name)
-            .ok_or(EnforcementError::MissingProgram { name })?
-            .try_into()
-            .map_err(|source| EnforcementError::Program { name, source })?;
+            .ok_or(EnforcementError::MissingProgram { name })?;
         let perr = |source| EnforcementError::Program { name, source };
-        prog.load().map_err(perr)?;
-        let id = prog
-            .attach(&cgroup, attach_type, CgroupAttachMode::Single)
-            .map_err(perr)?;
-        let link: FdLink = prog
-            .take_link(id)
-            .map_err(perr)?
-            .try_into()
-            .map_err(|source| EnforcementError::Link { name, source })?;
-        pin_link(link, &paths.links_dir().join(name))?;
-    }
-    for name in [
-        program_names::CONNECT4,
-        program_names::CONNECT6,
-        program_names::SENDMSG4,
-        program_names::SENDMSG6,
-    ] {
-        let prog: &mut CgroupSockAddr = ebpf
-            .program_mut(name)
-            .ok_or(EnforcementError::MissingProgram { name })?
-            .try_into()
-            .map_err(|source| EnforcementError::Program { name, source })?;
-        let perr = |source| EnforcementError::Program { name, source };
-        prog.load().map_err(perr)?;
-        let id = prog
-            .attach(&cgroup, CgroupAttachMode::Single)
-            .map_err(perr)?;
-        let link: FdLink = prog
-            .take_link(id)
-            .map_err(perr)?
-            .try_into()
-            .map_err(|source| EnforcementError::Link { name, source })?;
+        let link: FdLink = match attach {
+            Attach::Skb(attach_type) => {
+                let prog: &mut CgroupSkb = program.try_into().map_err(perr)?;
+                prog.load().map_err(perr)?;
+                let id = prog
+                    .attach(&cgroup, attach_type, CgroupAttachMode::Single)
+                    .map_err(perr)?;
+                prog.take_link(id).map_err(perr)?.try_into()
+            }
+            Attach::SockAddr => {
+                let prog: &mut CgroupSockAddr = program.try_into().map_err(perr)?;
+                prog.load().map_err(perr)?;
+                let id = prog
+                    .attach(&cgroup, CgroupAttachMode::Single)
+                    .map_err(perr)?;
+                prog.take_link(id).map_err(perr)?.try_into()
+            }
+        }
+        .map_err(|source| EnforcementError::Link { name, source })?;
         pin_link(link, &paths.links_dir().join(name))?;
     }
     for name in map_names::ALL {

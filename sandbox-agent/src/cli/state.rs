@@ -13,12 +13,13 @@ pub fn main() -> i32 {
         Err(e) => return super::fail(&e),
     };
     sandbox::collect_orphans(&paths, &mut enforcement);
+    let rules_by_policy = enforcement.rules_by_policy();
     let sandboxes: Vec<_> = enforcement
         .sandboxes()
         .into_iter()
         .map(|(cgroup_id, entry)| {
             let c = enforcement.counters(cgroup_id).unwrap_or_default();
-            let rules = enforcement.rule_counts(entry.policy_id);
+            let rules = rules_by_policy.get(&entry.policy_id).copied().unwrap_or_default();
             json!({
                 "cgroup_id": cgroup_id,
                 "cgroup": sandbox::cgroup_path_of(&enforcement.parent_cgroup, cgroup_id),
@@ -59,8 +60,11 @@ pub fn main() -> i32 {
         "install": format!("{install:?}").to_lowercase(),
         "sandboxes": sandboxes,
         "sandbox_cgroups": cgroups,
-        "total_rules": enforcement.total_rules(),
-        "rules_by_policy": enforcement.rules_by_policy(),
+        "total_rules": rules_by_policy.values().flatten().sum::<usize>(),
+        "rules_by_policy": rules_by_policy
+            .iter()
+            .map(|(id, kinds)| (id.to_string(), kinds.iter().sum::<usize>()))
+            .collect::<std::collections::BTreeMap<_, _>>(),
         "policy_ids": enforcement.policy_id_count(),
     });
     println!(
