@@ -96,6 +96,18 @@ pub fn cgroup_id(path: &Path) -> Result<u64, CgroupError> {
         .map_err(io_err("stat", path))
 }
 
+/// The child cgroups (directories) of `parent`, from the directory listing alone: the
+/// control files beside them are not stat'ed one by one.
+pub fn child_cgroups(parent: &Path) -> Vec<PathBuf> {
+    let Ok(dir) = fs::read_dir(parent) else {
+        return Vec::new();
+    };
+    dir.filter_map(Result::ok)
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.path())
+        .collect()
+}
+
 /// The parent cgroup of all sandboxes, `<cgroup2>/sandbox-agent`, created if missing.
 pub fn ensure_parent(mount: &Path) -> Result<PathBuf, CgroupError> {
     let parent = mount.join(paths::NAME);

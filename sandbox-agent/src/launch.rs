@@ -316,17 +316,8 @@ pub fn spawn(spec: &LaunchSpec, cgroup_fd: &OwnedFd) -> Result<Child, LaunchErro
         return Ok(child);
     };
 
-    // Reap the failed child.
-    let mut info: libc::siginfo_t = unsafe { mem::zeroed() };
-    // SAFETY: waitid on our own pidfd.
-    unsafe {
-        libc::waitid(
-            libc::P_PIDFD,
-            child.pidfd.as_raw_fd().cast_unsigned(),
-            &raw mut info,
-            libc::WEXITED,
-        )
-    };
+    // Reap the failed child; its own status (125) says nothing the report does not.
+    let _ = reap(&child);
     let step = Step::from_u32(step).unwrap_or(Step::Exec);
     let subject = match step {
         Step::Exec => spec.program.to_string_lossy().into_owned(),

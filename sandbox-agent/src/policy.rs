@@ -265,8 +265,7 @@ pub fn parse_entry(text: &str) -> Result<Entry, EntryProblem> {
     if text.is_empty() {
         return Err(EntryProblem::Empty);
     }
-    if let Some(name) = text.strip_prefix('@') {
-        let _ = name;
+    if text.starts_with('@') {
         return Preset::parse(text)
             .map(Entry::Preset)
             .ok_or_else(|| EntryProblem::UnknownPreset {

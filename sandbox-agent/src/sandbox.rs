@@ -133,7 +133,7 @@ pub fn run(paths: &Paths, opts: &RunOptions) -> Result<RunReport, RunError> {
         path: lock_path.clone(),
         source,
     })?;
-    let cgroup = SandboxCgroup::create(&enforcement.parent_cgroup.clone(), &id)?;
+    let cgroup = SandboxCgroup::create(&enforcement.parent_cgroup, &id)?;
     let mut sandbox = LiveSandbox {
         enforcement: &mut enforcement,
         cgroup,
@@ -160,9 +160,7 @@ pub fn run(paths: &Paths, opts: &RunOptions) -> Result<RunReport, RunError> {
         let wait = match next {
             Some(t) if t <= now => {
                 // Timeout, or the workload ignored a forwarded stop signal: kill everything.
-                if Some(t) == deadline && !timed_out {
-                    timed_out = true;
-                }
+                timed_out = Some(t) == deadline;
                 sandbox.cgroup.kill_all(KILL_TIMEOUT)?;
                 break launch::reap(&child).map_err(LaunchError::Io)?;
             }
@@ -212,14 +210,7 @@ pub fn run(paths: &Paths, opts: &RunOptions) -> Result<RunReport, RunError> {
 /// Removes what agents that died left behind: sandbox cgroups whose lock nobody holds and
 /// that have no processes. A cgroup that still has processes stays (and stays confined).
 pub fn collect_orphans(paths: &Paths, enforcement: &mut Enforcement) {
-    let Ok(dir) = fs::read_dir(&enforcement.parent_cgroup) else {
-        return;
-    };
-    for entry in dir.filter_map(Result::ok) {
-        let path = entry.path();
-        if !path.is_dir() {
-            continue;
-        }
+    for path in crate::cgroup::child_cgroups(&enforcement.parent_cgroup) {
         let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
             continue;
         };
@@ -243,10 +234,8 @@ pub fn collect_orphans(paths: &Paths, enforcement: &mut Enforcement) {
 
 /// The cgroup directory of a sandbox cgroup id, if it is below `parent`.
 pub fn cgroup_path_of(parent: &Path, id: u64) -> Option<PathBuf> {
-    fs::read_dir(parent)
-        .ok()?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
+    crate::cgroup::child_cgroups(parent)
+        .into_iter()
         .find(|p| crate::cgroup::cgroup_id(p).is_ok_and(|i| i == id))
 }
 

@@ -110,6 +110,7 @@ pub fn resolve(spec: Option<&str>) -> Result<User, UserError> {
     };
     let passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
     let from_files = find_in_passwd(&passwd, by_name, numeric);
+    let in_files = from_files.is_some();
     let entry = from_files.or_else(|| nss_lookup(by_name, numeric));
     let uid = match (numeric, &entry) {
         (Some(uid), _) => uid,
@@ -127,8 +128,8 @@ pub fn resolve(spec: Option<&str>) -> Result<User, UserError> {
     };
     let groups = match (&entry, group_part) {
         (Some(e), None) => {
-            let group_file = fs::read_to_string("/etc/group").unwrap_or_default();
-            if find_in_passwd(&passwd, Some(&e.name), None).is_some() {
+            if in_files {
+                let group_file = fs::read_to_string("/etc/group").unwrap_or_default();
                 groups_in_group_file(&group_file, &e.name, gid)
             } else {
                 nss_groups(&e.name, gid)

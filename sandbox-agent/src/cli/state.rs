@@ -35,14 +35,7 @@ pub fn main() -> i32 {
             })
         })
         .collect();
-    let cgroups: Vec<_> = std::fs::read_dir(&enforcement.parent_cgroup)
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .filter(|e| e.path().is_dir())
-                .map(|e| e.path())
-                .collect()
-        })
-        .unwrap_or_default();
+    let cgroups = sandbox_agent::cgroup::child_cgroups(&enforcement.parent_cgroup);
     let programs: Vec<_> = enforcement::program_stats()
         .into_iter()
         .map(|p| {
