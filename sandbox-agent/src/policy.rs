@@ -57,6 +57,35 @@ pub struct PolicyFile {
     pub precedence: Option<Precedence>,
 }
 
+/// A policy file that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyFileError {
+    #[error("cannot read policy file {path}: {source}")]
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid policy file {path}: {message}")]
+    Parse {
+        path: std::path::PathBuf,
+        message: String,
+    },
+}
+
+impl PolicyFile {
+    /// Reads and parses a TOML policy file; unknown keys are errors.
+    pub fn load(path: &std::path::Path) -> Result<Self, PolicyFileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyFileError::Read {
+            path: path.into(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| PolicyFileError::Parse {
+            path: path.into(),
+            message: e.message().trim().replace('\n', " "),
+        })
+    }
+}
+
 /// An entry before parsing, with where it came from, so errors can name both.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RawEntry {

@@ -205,18 +205,13 @@ fn prepare(args: RunArgs) -> Result<(RunOptions, String), Failure> {
 }
 
 fn policy_spec(args: &RunArgs) -> Result<PolicySpec, Failure> {
-    let mut file = PolicyFile::default();
-    let mut file_origin = String::new();
-    if let Some(path) = &args.policy {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read policy file {}: {e}", path.display()))?;
-        file = toml::from_str(&text).map_err(|e| {
-            let msg = e.message().trim().replace('\n', " ");
-            format!("invalid policy file {}: {msg}", path.display())
-        })?;
-        file_origin = path.display().to_string();
-    }
-    let file_origin: Option<Arc<str>> = args.policy.as_ref().map(|_| file_origin.into());
+    let (mut file, file_origin) = match &args.policy {
+        Some(path) => (
+            PolicyFile::load(path)?,
+            Some(Arc::<str>::from(path.display().to_string())),
+        ),
+        None => (PolicyFile::default(), None),
+    };
     let entries = |list: Vec<String>, origin: &str, file: Option<Arc<str>>| {
         let origin: Arc<str> = origin.into();
         list.into_iter().map(move |text| RawEntry {
