@@ -1,10 +1,12 @@
 //! sandbox-agent: runs untrusted workloads in cgroups whose network egress is decided in the
 //! kernel by eBPF programs. The CLI (`main.rs`, `cli/`) is a thin adapter over this library.
 pub mod cgroup;
+pub mod dns;
 pub mod enforcement;
 pub mod launch;
 pub mod paths;
 pub mod policy;
+pub mod proxy;
 pub mod sandbox;
 pub mod user;
 

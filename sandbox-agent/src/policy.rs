@@ -368,13 +368,18 @@ fn parse_net(text: &str, v4: bool) -> Result<IpNet, EntryProblem> {
     Ok(net)
 }
 
-/// Validates a DNS name (LDH labels), returns it lower-case without a trailing dot.
+/// Validates a policy's DNS name (LDH labels), returns it lower-case, without a trailing dot,
+/// and with internationalised labels converted to punycode (`bücher.example` becomes
+/// `xn--bcher-kva.example`), the form in which names travel in DNS, SNI and Host headers.
 fn validate_domain(text: &str) -> Result<String, EntryProblem> {
-    let name = text.strip_suffix('.').unwrap_or(text).to_ascii_lowercase();
-    if !name.is_ascii() {
-        // IDN is converted to punycode together with domain support.
-        return Err(EntryProblem::DomainsNotSupported);
-    }
+    let text = text.strip_suffix('.').unwrap_or(text);
+    let name = if text.is_ascii() {
+        text.to_ascii_lowercase()
+    } else {
+        idna::domain_to_ascii(text).map_err(|_| EntryProblem::BadDomain {
+            why: "not a valid internationalised domain name",
+        })?
+    };
     if name.len() > 253 {
         return Err(EntryProblem::BadDomain {
             why: "longer than 253 characters",
@@ -418,6 +423,35 @@ fn validate_domain(text: &str) -> Result<String, EntryProblem> {
         });
     }
     Ok(name)
+}
+
+/// Normalises a host name met at run time (a TLS SNI, an HTTP Host, a DNS question) for
+/// matching against domain rules: lower-case, no trailing dot. `None` for anything that is
+/// not a plausible host name: non-ASCII (such names travel as punycode), empty or over-long
+/// labels, characters other than letters, digits, `-` and `_` (service labels such as
+/// `_dmarc`), or an all-digit last label (an IPv4 literal is not a name).
+pub fn normalize_name(text: &str) -> Option<String> {
+    let name = text.strip_suffix('.').unwrap_or(text);
+    if name.is_empty() || name.len() > 253 || !name.is_ascii() {
+        return None;
+    }
+    let name = name.to_ascii_lowercase();
+    let mut last = "";
+    for label in name.split('.') {
+        if label.is_empty()
+            || label.len() > 63
+            || !label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return None;
+        }
+        last = label;
+    }
+    if last.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(name)
 }
 
 /// Parses, validates and compiles a policy. Fails on the first bad entry, naming it.

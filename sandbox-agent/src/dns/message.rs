@@ -1,0 +1,1 @@
+//! DNS messages: parse queries, build refusals, filter upstream answers.

@@ -1,0 +1,2 @@
+//! The resolver that sandboxes talk to.
+pub mod message;
