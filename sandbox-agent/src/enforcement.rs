@@ -19,14 +19,16 @@ use aya::{
         Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuHashMap, PerCpuValues, lpm_trie::Key,
     },
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, ProgramError,
-        links::FdLink,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr,
+        ProgramError, SockOps, links::FdLink,
     },
 };
 use ipnet::{Ipv4Net, Ipv6Net};
 use sandbox_common::{
-    Counters, DEFAULT_MAX_PREFIXES, LpmDataV4, LpmDataV6, POLICY_ID_BITS, RuleValue, SandboxEntry,
-    lpm_data_v4, lpm_data_v6, map_names, program_names,
+    Counters, DEFAULT_MAX_PREFIXES, LOOPBACK_V4_MIN_PREFIX, LOOPBACK_V6_MIN_PREFIX, LearnedV4,
+    LearnedV6, LpmDataV4, LpmDataV6, OrigDst, POLICY_ID_BITS, ProxyKey, Reason, RuleValue,
+    SandboxEntry, Verdict, decide, is_loopback_v4, is_loopback_v6, lpm_data_v4, lpm_data_v6,
+    map_names, program_names, v4_mapped,
 };
 
 use crate::{
@@ -129,10 +131,13 @@ enum Attach {
     Skb(CgroupSkbAttachType),
     /// The attach type comes from the program's section (`cgroup/connect4`, ...).
     SockAddr,
+    /// `cgroup/sock_release`; the attach type comes from the section.
+    Sock,
+    SockOps,
 }
 
 /// Every program, each attached through a pinned link named after it.
-const PROGRAMS: [(&str, Attach); 6] = [
+const PROGRAMS: [(&str, Attach); 10] = [
     (
         program_names::EGRESS,
         Attach::Skb(CgroupSkbAttachType::Egress),
@@ -145,6 +150,10 @@ const PROGRAMS: [(&str, Attach); 6] = [
     (program_names::CONNECT6, Attach::SockAddr),
     (program_names::SENDMSG4, Attach::SockAddr),
     (program_names::SENDMSG6, Attach::SockAddr),
+    (program_names::RECVMSG4, Attach::SockAddr),
+    (program_names::RECVMSG6, Attach::SockAddr),
+    (program_names::SOCK_OPS, Attach::SockOps),
+    (program_names::SOCK_RELEASE, Attach::Sock),
 ];
 
 /// FNV-1a over the eBPF object: tells whether pinned programs come from this build.
@@ -164,6 +173,8 @@ pub struct Enforcement {
     deny_v6: LpmTrie<MapData, LpmDataV6, RuleValue>,
     counters: PerCpuHashMap<MapData, u64, Counters>,
     policy_ids: HashMap<MapData, u32, u64>,
+    learned_v4: HashMap<MapData, LearnedV4, u64>,
+    learned_v6: HashMap<MapData, LearnedV6, u64>,
 }
 
 /// What `open` found or did, for reports and tests.
@@ -322,15 +333,25 @@ impl Enforcement {
             deny_v6: typed!(n::DENY_V6),
             counters: typed!(n::COUNTERS),
             policy_ids: typed!(n::POLICY_IDS),
+            learned_v4: typed!(n::LEARNED_V4),
+            learned_v6: typed!(n::LEARNED_V6),
         })
     }
 
     /// Writes a sandbox's policy: a fresh policy id, its prefixes, zeroed counters, and last
     /// the SANDBOXES entry that makes the kernel use them. On error everything written so far
     /// is removed again, so nothing is applied half-way.
-    pub fn apply(&mut self, cgroup_id: u64, policy: &CompiledPolicy) -> Result<u32> {
+    ///
+    /// `ports` are the loopback ports of the sandbox's resolver and proxy (`(0, 0)` without
+    /// domain rules).
+    pub fn apply(
+        &mut self,
+        cgroup_id: u64,
+        policy: &CompiledPolicy,
+        ports: (u16, u16),
+    ) -> Result<u32> {
         let policy_id = self.allocate_policy_id(cgroup_id)?;
-        let result = self.write_policy(cgroup_id, policy_id, policy);
+        let result = self.write_policy(cgroup_id, policy_id, policy, ports);
         if result.is_err() {
             self.remove(cgroup_id, policy_id, Some(policy));
         }
@@ -358,6 +379,7 @@ impl Enforcement {
         cgroup_id: u64,
         policy_id: u32,
         policy: &CompiledPolicy,
+        (dns_port, proxy_port): (u16, u16),
     ) -> Result<()> {
         insert_nets(
             &mut self.allow_v4,
@@ -399,7 +421,11 @@ impl Enforcement {
             .insert(cgroup_id, zero, 0)
             .map_err(map_err(map_names::COUNTERS))?;
         self.sandboxes
-            .insert(cgroup_id, policy.sandbox_entry(policy_id), 0)
+            .insert(
+                cgroup_id,
+                policy.sandbox_entry(policy_id, dns_port, proxy_port),
+                0,
+            )
             .map_err(map_err(map_names::SANDBOXES))
     }
 
@@ -420,6 +446,8 @@ impl Enforcement {
             remove_scanned(&mut self.allow_v6, policy_id);
             remove_scanned(&mut self.deny_v6, policy_id);
         }
+        remove_learned(&mut self.learned_v4, policy_id, |k| k.policy_id);
+        remove_learned(&mut self.learned_v6, policy_id, |k| k.policy_id);
         let _ = self.counters.remove(&cgroup_id);
         let _ = self.policy_ids.remove(&policy_id);
     }
@@ -434,6 +462,9 @@ impl Enforcement {
             sum.denied_bytes += c.denied_bytes;
             sum.denied_connects += c.denied_connects;
             sum.denied_sends += c.denied_sends;
+            sum.dns_redirects += c.dns_redirects;
+            sum.proxy_redirects += c.proxy_redirects;
+            sum.learned_connects += c.learned_connects;
             sum
         }))
     }
@@ -652,6 +683,151 @@ fn remove_scanned<K: aya::Pod + AsRef<[u8]>>(
     }
 }
 
+/// Removes a policy's learned addresses (a scan: they are few per sandbox).
+fn remove_learned<K: aya::Pod>(
+    map: &mut HashMap<MapData, K, u64>,
+    policy_id: u32,
+    policy_of_key: impl Fn(&K) -> u32,
+) {
+    let keys: Vec<K> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| policy_of_key(k) == policy_id)
+        .collect();
+    for key in keys {
+        let _ = map.remove(&key);
+    }
+}
+
+/// The maps the resolver and the proxy of one agent process use, opened from the pins:
+/// original destinations of proxied connections, learned addresses, and the address rules
+/// (the very lookups the kernel makes, so that the proxy checks the addresses it connects to
+/// exactly as the kernel would).
+pub struct AgentMaps {
+    sandboxes: HashMap<MapData, u64, SandboxEntry>,
+    allow_v4: LpmTrie<MapData, LpmDataV4, RuleValue>,
+    deny_v4: LpmTrie<MapData, LpmDataV4, RuleValue>,
+    allow_v6: LpmTrie<MapData, LpmDataV6, RuleValue>,
+    deny_v6: LpmTrie<MapData, LpmDataV6, RuleValue>,
+    proxy_conns: HashMap<MapData, ProxyKey, OrigDst>,
+    learned_v4: HashMap<MapData, LearnedV4, u64>,
+    learned_v6: HashMap<MapData, LearnedV6, u64>,
+}
+
+impl AgentMaps {
+    pub fn open(paths: &Paths) -> Result<Self> {
+        use map_names as n;
+        macro_rules! typed {
+            ($name:expr) => {
+                open_map(paths, $name)?.try_into().map_err(map_err($name))?
+            };
+        }
+        Ok(Self {
+            sandboxes: typed!(n::SANDBOXES),
+            allow_v4: typed!(n::ALLOW_V4),
+            deny_v4: typed!(n::DENY_V4),
+            allow_v6: typed!(n::ALLOW_V6),
+            deny_v6: typed!(n::DENY_V6),
+            proxy_conns: typed!(n::PROXY_CONNS),
+            learned_v4: typed!(n::LEARNED_V4),
+            learned_v6: typed!(n::LEARNED_V6),
+        })
+    }
+
+    /// Takes the original destination of a connection the kernel redirected to the proxy:
+    /// `None` for a connection that did not come through the redirect.
+    pub fn take_proxy_conn(&mut self, key: ProxyKey) -> Option<OrigDst> {
+        let orig = self.proxy_conns.get(&key, 0).ok()?;
+        let _ = self.proxy_conns.remove(&key);
+        Some(orig)
+    }
+
+    /// Makes `addr` reachable on any TCP port for the policy until `expiry_boot_ns`
+    /// (`CLOCK_BOOTTIME`), keeping a later expiry already there.
+    pub fn learn(&mut self, policy_id: u32, addr: std::net::IpAddr, expiry_boot_ns: u64) -> Result<()> {
+        match canonical(addr) {
+            std::net::IpAddr::V4(a) => {
+                let key = LearnedV4 { policy_id, addr: a.octets() };
+                let old = self.learned_v4.get(&key, 0).unwrap_or(0);
+                self.learned_v4
+                    .insert(key, old.max(expiry_boot_ns), 0)
+                    .map_err(map_err(map_names::LEARNED_V4))
+            }
+            std::net::IpAddr::V6(a) => {
+                let key = LearnedV6 { policy_id, addr: a.octets() };
+                let old = self.learned_v6.get(&key, 0).unwrap_or(0);
+                self.learned_v6
+                    .insert(key, old.max(expiry_boot_ns), 0)
+                    .map_err(map_err(map_names::LEARNED_V6))
+            }
+        }
+    }
+
+    /// Removes the policy's learned addresses that expired before `now_boot_ns`.
+    pub fn prune_learned(&mut self, policy_id: u32, now_boot_ns: u64) {
+        let v4: Vec<LearnedV4> = self
+            .learned_v4
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, exp)| k.policy_id == policy_id && *exp <= now_boot_ns)
+            .map(|(k, _)| k)
+            .collect();
+        for k in v4 {
+            let _ = self.learned_v4.remove(&k);
+        }
+        let v6: Vec<LearnedV6> = self
+            .learned_v6
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, exp)| k.policy_id == policy_id && *exp <= now_boot_ns)
+            .map(|(k, _)| k)
+            .collect();
+        for k in v6 {
+            let _ = self.learned_v6.remove(&k);
+        }
+    }
+
+    /// The kernel's address verdict for a sandbox: the same lookups and the same
+    /// `sandbox_common::decide`.
+    pub fn address_verdict(&self, cgroup_id: u64, addr: std::net::IpAddr) -> Verdict {
+        let Ok(entry) = self.sandboxes.get(&cgroup_id, 0) else {
+            return Verdict::deny(Reason::UnknownSandbox);
+        };
+        let len = |r: std::result::Result<RuleValue, MapError>| r.ok().map(|v| v.prefix_len);
+        match canonical(addr) {
+            std::net::IpAddr::V4(a) => {
+                let key = Key::new(POLICY_ID_BITS + 32, lpm_data_v4(entry.policy_id, a.octets()));
+                let min = if entry.guard_loopback != 0 && is_loopback_v4(a.octets()) {
+                    LOOPBACK_V4_MIN_PREFIX
+                } else {
+                    0
+                };
+                decide(&entry, len(self.allow_v4.get(&key, 0)), len(self.deny_v4.get(&key, 0)), min)
+            }
+            std::net::IpAddr::V6(a) => {
+                let key = Key::new(POLICY_ID_BITS + 128, lpm_data_v6(entry.policy_id, &a.octets()));
+                let min = if entry.guard_loopback != 0 && is_loopback_v6(&a.octets()) {
+                    LOOPBACK_V6_MIN_PREFIX
+                } else {
+                    0
+                };
+                decide(&entry, len(self.allow_v6.get(&key, 0)), len(self.deny_v6.get(&key, 0)), min)
+            }
+        }
+    }
+}
+
+/// IPv4-mapped IPv6 addresses as IPv4, as the kernel programs treat them.
+pub fn canonical(addr: std::net::IpAddr) -> std::net::IpAddr {
+    match addr {
+        std::net::IpAddr::V6(a) => match v4_mapped(&a.octets()) {
+            Some(v4) => std::net::IpAddr::V4(v4.into()),
+            None => addr,
+        },
+        v4 @ std::net::IpAddr::V4(_) => v4,
+    }
+}
+
 fn getrandom(buf: &mut [u8]) {
     // SAFETY: buf is valid for writes of its length.
     let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
@@ -743,6 +919,22 @@ fn install(paths: &Paths, parent: &Path, parent_id: u64) -> Result<()> {
             }
             Attach::SockAddr => {
                 let prog: &mut CgroupSockAddr = program.try_into().map_err(perr)?;
+                prog.load().map_err(perr)?;
+                let id = prog
+                    .attach(&cgroup, CgroupAttachMode::Single)
+                    .map_err(perr)?;
+                prog.take_link(id).map_err(perr)?.try_into()
+            }
+            Attach::Sock => {
+                let prog: &mut CgroupSock = program.try_into().map_err(perr)?;
+                prog.load().map_err(perr)?;
+                let id = prog
+                    .attach(&cgroup, CgroupAttachMode::Single)
+                    .map_err(perr)?;
+                prog.take_link(id).map_err(perr)?.try_into()
+            }
+            Attach::SockOps => {
+                let prog: &mut SockOps = program.try_into().map_err(perr)?;
                 prog.load().map_err(perr)?;
                 let id = prog
                     .attach(&cgroup, CgroupAttachMode::Single)

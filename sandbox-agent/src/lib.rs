@@ -2,7 +2,9 @@
 //! kernel by eBPF programs. The CLI (`main.rs`, `cli/`) is a thin adapter over this library.
 pub mod cgroup;
 pub mod dns;
+pub mod domains;
 pub mod enforcement;
+pub mod events;
 pub mod launch;
 pub mod paths;
 pub mod policy;

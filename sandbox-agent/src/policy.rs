@@ -4,6 +4,7 @@
 //! Nothing is applied from here; a policy either compiles whole or is refused with an error
 //! naming the entry, so nothing is ever applied half-way.
 use std::{
+    collections::HashSet,
     fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     str::FromStr,
@@ -122,14 +123,22 @@ pub enum Preset {
     CloudMetadata,
     Private,
     Loopback,
+    Pypi,
+    Npm,
+    Crates,
+    Github,
 }
 
 impl Preset {
-    pub const ALL: [Preset; 4] = [
+    pub const ALL: [Preset; 8] = [
         Self::All,
         Self::CloudMetadata,
         Self::Private,
         Self::Loopback,
+        Self::Pypi,
+        Self::Npm,
+        Self::Crates,
+        Self::Github,
     ];
 
     pub fn name(self) -> &'static str {
@@ -138,6 +147,33 @@ impl Preset {
             Self::CloudMetadata => "@cloud-metadata",
             Self::Private => "@private",
             Self::Loopback => "@loopback",
+            Self::Pypi => "@pypi",
+            Self::Npm => "@npm",
+            Self::Crates => "@crates",
+            Self::Github => "@github",
+        }
+    }
+
+    /// The domain entries of the preset (exact names and `*.` wildcards). Sources are listed
+    /// in README.md ("Presets").
+    pub fn names(self) -> &'static [&'static str] {
+        match self {
+            Self::All | Self::Private | Self::Loopback => &[],
+            Self::CloudMetadata => &["metadata.google.internal"],
+            // PyPI's index and the file host (pip's defaults).
+            Self::Pypi => &["pypi.org", "files.pythonhosted.org", "*.pythonhosted.org"],
+            // The npm registry (npm's default) and Yarn's mirror of it.
+            Self::Npm => &["registry.npmjs.org", "registry.yarnpkg.com"],
+            // crates.io's API, sparse index and downloads (cargo's defaults).
+            Self::Crates => &["crates.io", "index.crates.io", "static.crates.io"],
+            // git over HTTPS, the API, raw files, release assets and the container registry.
+            Self::Github => &[
+                "github.com",
+                "*.github.com",
+                "*.githubusercontent.com",
+                "ghcr.io",
+                "codeload.github.com",
+            ],
         }
     }
 
@@ -166,6 +202,7 @@ impl Preset {
                 "fe80::/10",
             ],
             Self::Loopback => &["127.0.0.0/8", "::1/128"],
+            Self::Pypi | Self::Npm | Self::Crates | Self::Github => &[],
         }
     }
 
@@ -204,8 +241,6 @@ pub enum EntryProblem {
     EmptyWildcard,
     #[error("invalid domain name: {why}")]
     BadDomain { why: &'static str },
-    #[error("domain rules are not supported yet (use an IP address or CIDR)")]
-    DomainsNotSupported,
 }
 
 /// Why a policy was refused. Each names the offending entry or setting.
@@ -229,7 +264,8 @@ pub enum PolicyError {
     },
 }
 
-/// A compiled policy: the sandbox settings and the prefix lists for the kernel.
+/// A compiled policy: the sandbox settings and the prefix lists for the kernel, and the
+/// domain rules for the agent's resolver and proxy.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CompiledPolicy {
     pub mode: Mode,
@@ -238,11 +274,136 @@ pub struct CompiledPolicy {
     pub deny_v4: Vec<Ipv4Net>,
     pub allow_v6: Vec<Ipv6Net>,
     pub deny_v6: Vec<Ipv6Net>,
+    pub names: NameRules,
+}
+
+/// Domain rules: exact names and `*.suffix` wildcards, allow and deny.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NameRules {
+    allow_exact: HashSet<String>,
+    allow_suffix: HashSet<String>,
+    deny_exact: HashSet<String>,
+    deny_suffix: HashSet<String>,
+}
+
+/// How specific a matching name rule is: any exact name beats any wildcard, and a longer
+/// wildcard suffix (in labels) beats a shorter one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum NameMatch {
+    Wildcard { labels: usize },
+    Exact,
+}
+
+/// Why a name was allowed or refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NameReason {
+    AllowRule,
+    DenyRule,
+    /// No rule matched; the mode (`open`) allows.
+    DefaultAllow,
+    /// No rule matched; the mode (`allowlist`, `blocked`) denies.
+    DefaultDeny,
+    /// `most-specific` with equally specific allow and deny rules.
+    Tie,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NameVerdict {
+    pub allow: bool,
+    pub reason: NameReason,
+}
+
+impl NameRules {
+    pub fn is_empty(&self) -> bool {
+        self.allow_exact.is_empty()
+            && self.allow_suffix.is_empty()
+            && self.deny_exact.is_empty()
+            && self.deny_suffix.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.allow_exact.len()
+            + self.allow_suffix.len()
+            + self.deny_exact.len()
+            + self.deny_suffix.len()
+    }
+
+    fn add(&mut self, entry: &Entry, allow: bool) {
+        let (exact, suffix) = if allow {
+            (&mut self.allow_exact, &mut self.allow_suffix)
+        } else {
+            (&mut self.deny_exact, &mut self.deny_suffix)
+        };
+        match entry {
+            Entry::Domain(name) => {
+                exact.insert(name.clone());
+            }
+            Entry::Wildcard(name) => {
+                suffix.insert(name.clone());
+            }
+            Entry::Net(_) | Entry::Preset(_) => {}
+        }
+    }
+
+    /// The most specific rule of one kind matching `name` (normalised, see
+    /// [`normalize_name`]). Wildcards match subdomains at any depth, never the bare suffix.
+    fn best(exact: &HashSet<String>, suffix: &HashSet<String>, name: &str) -> Option<NameMatch> {
+        if exact.contains(name) {
+            return Some(NameMatch::Exact);
+        }
+        // Parent domains from the longest: a.b.example.com → b.example.com, example.com, com.
+        let mut rest = name;
+        while let Some((_, parent)) = rest.split_once('.') {
+            if suffix.contains(parent) {
+                return Some(NameMatch::Wildcard {
+                    labels: parent.split('.').count(),
+                });
+            }
+            rest = parent;
+        }
+        None
+    }
 }
 
 impl CompiledPolicy {
-    /// The `SANDBOXES` map value for this policy under `policy_id`.
-    pub fn sandbox_entry(&self, policy_id: u32) -> SandboxEntry {
+    /// Whether the policy has domain rules, and so needs the agent's resolver and proxy.
+    pub fn has_names(&self) -> bool {
+        !self.names.is_empty()
+    }
+
+    /// The verdict for a host name (normalised, see [`normalize_name`]), in this order:
+    ///
+    /// 1. No rule matches: the mode's default (`open` allows, others deny).
+    /// 2. Only one kind matches: that kind.
+    /// 3. Both match: `deny-wins` denies, `allow-wins` allows, `most-specific` takes the more
+    ///    specific rule (an exact name beats a wildcard, a longer suffix a shorter one) and
+    ///    denies on a tie.
+    pub fn decide_name(&self, name: &str) -> NameVerdict {
+        let n = &self.names;
+        let allow = NameRules::best(&n.allow_exact, &n.allow_suffix, name);
+        let deny = NameRules::best(&n.deny_exact, &n.deny_suffix, name);
+        let verdict = |allow, reason| NameVerdict { allow, reason };
+        match (allow, deny) {
+            (None, None) if self.mode == Mode::Open => verdict(true, NameReason::DefaultAllow),
+            (None, None) => verdict(false, NameReason::DefaultDeny),
+            (Some(_), None) => verdict(true, NameReason::AllowRule),
+            (None, Some(_)) => verdict(false, NameReason::DenyRule),
+            (Some(a), Some(d)) => match self.precedence {
+                Precedence::DenyWins => verdict(false, NameReason::DenyRule),
+                Precedence::AllowWins => verdict(true, NameReason::AllowRule),
+                Precedence::MostSpecific => match a.cmp(&d) {
+                    std::cmp::Ordering::Greater => verdict(true, NameReason::AllowRule),
+                    std::cmp::Ordering::Less => verdict(false, NameReason::DenyRule),
+                    std::cmp::Ordering::Equal => verdict(false, NameReason::Tie),
+                },
+            },
+        }
+    }
+
+    /// The `SANDBOXES` map value for this policy under `policy_id`, with the loopback ports
+    /// of the sandbox's resolver and proxy (0 when the policy has no domain rules).
+    pub fn sandbox_entry(&self, policy_id: u32, dns_port: u16, proxy_port: u16) -> SandboxEntry {
         SandboxEntry {
             policy_id,
             default_verdict: if self.mode == Mode::Open {
@@ -252,6 +413,8 @@ impl CompiledPolicy {
             },
             precedence: KernelPrecedence::from(self.precedence) as u32,
             guard_loopback: u32::from(self.mode != Mode::Open),
+            dns_port: u32::from(dns_port),
+            proxy_port: u32::from(proxy_port),
         }
     }
 
@@ -454,6 +617,28 @@ pub fn normalize_name(text: &str) -> Option<String> {
     Some(name)
 }
 
+/// Whether a resolved address is one that names must not lead to unless an address rule
+/// allows it: loopback and unspecified, private (`@private`: RFC 1918, 6598, 4193, link-local),
+/// cloud metadata (`@cloud-metadata`), multicast and reserved ranges. The resolver does not
+/// hand such addresses out as reachable and the proxy does not connect to them, so that a
+/// name under an allowed wildcard cannot be pointed at the host's own network.
+pub fn is_internal(addr: IpAddr) -> bool {
+    static NETS: std::sync::OnceLock<Vec<IpNet>> = std::sync::OnceLock::new();
+    let nets = NETS.get_or_init(|| {
+        [Preset::Loopback, Preset::Private, Preset::CloudMetadata]
+            .iter()
+            .flat_map(|p| p.networks().iter().copied())
+            .chain(["0.0.0.0/8", "224.0.0.0/4", "240.0.0.0/4", "::/128", "ff00::/8"])
+            .map(|n| n.parse().expect("internal networks are valid"))
+            .collect()
+    });
+    let addr = match addr {
+        IpAddr::V6(a) => a.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+        IpAddr::V4(_) => addr,
+    };
+    nets.iter().any(|n| n.contains(&addr))
+}
+
 /// Parses, validates and compiles a policy. Fails on the first bad entry, naming it.
 pub fn compile(spec: &PolicySpec) -> Result<CompiledPolicy, PolicyError> {
     let allow = parse_list(&spec.allow_out)?;
@@ -469,6 +654,19 @@ pub fn compile(spec: &PolicySpec) -> Result<CompiledPolicy, PolicyError> {
     }
     let (allow_v4, allow_v6) = split_families(allow.iter().map(|(_, e)| e));
     let (deny_v4, deny_v6) = split_families(deny.iter().map(|(_, e)| e));
+    let mut names = NameRules::default();
+    for (list, is_allow) in [(&allow, true), (&deny, false)] {
+        for (_, entry) in list {
+            match entry {
+                Entry::Preset(p) => {
+                    for text in p.names() {
+                        names.add(&parse_entry(text).expect("preset names are valid"), is_allow);
+                    }
+                }
+                other => names.add(other, is_allow),
+            }
+        }
+    }
     // Merging adjacent or nested prefixes keeps the set of addresses but changes the lengths
     // of the longest matches, which `most-specific` compares: there, only duplicates go.
     let merge = spec.precedence != Precedence::MostSpecific;
@@ -479,17 +677,15 @@ pub fn compile(spec: &PolicySpec) -> Result<CompiledPolicy, PolicyError> {
         deny_v4: normalize_v4(deny_v4, merge),
         allow_v6: normalize_v6(allow_v6, merge),
         deny_v6: normalize_v6(deny_v6, merge),
+        names,
     })
 }
 
 fn parse_list(raw: &[RawEntry]) -> Result<Vec<(&RawEntry, Entry)>, PolicyError> {
     raw.iter()
         .map(|r| {
-            let entry = parse_entry(&r.text).and_then(|e| match e {
-                Entry::Domain(_) | Entry::Wildcard(_) => Err(EntryProblem::DomainsNotSupported),
-                other => Ok(other),
-            });
-            entry.map(|e| (r, e)).map_err(|problem| PolicyError::Entry {
+            parse_entry(&r.text)
+                .map(|e| (r, e)).map_err(|problem| PolicyError::Entry {
                 origin: r.origin.to_string(),
                 entry: r.text.clone(),
                 place: r.place(),
@@ -681,14 +877,14 @@ mod tests {
         let err = compile(&spec(
             Mode::Allowlist,
             Precedence::DenyWins,
-            &["pypi.org"],
+            &["pypi.org", "*.bad_name.org"],
             &[],
         ))
         .unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("domain rules are not supported yet"),
-            "{err}"
+        assert_eq!(
+            err.to_string(),
+            "invalid --allow-out entry \"*.bad_name.org\": invalid domain name: labels may hold \
+             only letters, digits and hyphens"
         );
         let err = compile(&spec(
             Mode::Blocked,
@@ -771,14 +967,97 @@ mod tests {
             &["10.0.0.0/8"],
         ))
         .unwrap();
-        let e = open.sandbox_entry(9);
+        let e = open.sandbox_entry(9, 0, 0);
         assert_eq!(e.policy_id, 9);
         assert_eq!(e.default_verdict, DefaultVerdict::Allow as u32);
         assert_eq!(e.precedence, KernelPrecedence::AllowWins as u32);
         assert_eq!(e.guard_loopback, 0);
         let blocked = compile(&spec(Mode::Blocked, Precedence::DenyWins, &[], &[])).unwrap();
-        let e = blocked.sandbox_entry(1);
+        let e = blocked.sandbox_entry(1, 5300, 5301);
+        assert_eq!((e.dns_port, e.proxy_port), (5300, 5301));
         assert_eq!(e.default_verdict, DefaultVerdict::Deny as u32);
         assert_eq!(e.guard_loopback, 1);
+    }
+
+    fn names(
+        mode: Mode,
+        precedence: Precedence,
+        allow: &[&str],
+        deny: &[&str],
+    ) -> CompiledPolicy {
+        compile(&spec(mode, precedence, allow, deny)).unwrap()
+    }
+
+    #[test]
+    fn domain_entries_are_normalised() {
+        assert_eq!(
+            parse_entry("Bücher.Example."),
+            Ok(Entry::Domain("xn--bcher-kva.example".into()))
+        );
+        assert_eq!(
+            parse_entry("*.München.de"),
+            Ok(Entry::Wildcard("xn--mnchen-3ya.de".into()))
+        );
+        assert!(parse_entry("exa\u{200b}mple..com").is_err());
+        assert_eq!(normalize_name("PyPI.org."), Some("pypi.org".into()));
+        assert_eq!(normalize_name("_dmarc.example.com"), Some("_dmarc.example.com".into()));
+        for bad in ["", "1.2.3.4", "a..b", "ex ample.com", "bü.de", "."] {
+            assert_eq!(normalize_name(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn wildcards_match_subdomains_at_any_depth_not_the_bare_suffix() {
+        let p = names(Mode::Allowlist, Precedence::DenyWins, &["*.pythonhosted.org", "pypi.org"], &[]);
+        assert!(p.decide_name("files.pythonhosted.org").allow);
+        assert!(p.decide_name("a.b.pythonhosted.org").allow);
+        assert!(!p.decide_name("pythonhosted.org").allow);
+        assert!(p.decide_name("pypi.org").allow);
+        assert!(!p.decide_name("www.pypi.org").allow);
+        assert!(!p.decide_name("evilpythonhosted.org").allow);
+        assert_eq!(p.decide_name("example.com").reason, NameReason::DefaultDeny);
+        let open = names(Mode::Open, Precedence::DenyWins, &[], &["evil.com"]);
+        assert_eq!(open.decide_name("good.com").reason, NameReason::DefaultAllow);
+        assert!(!open.decide_name("evil.com").allow);
+        assert!(open.has_names());
+        assert!(!names(Mode::Open, Precedence::DenyWins, &[], &["10.0.0.0/8"]).has_names());
+    }
+
+    #[test]
+    fn precedence_applies_to_names() {
+        let allow = ["*.pythonhosted.org"];
+        let deny = ["evil.pythonhosted.org", "*.x.pythonhosted.org"];
+        let dw = names(Mode::Allowlist, Precedence::DenyWins, &allow, &deny);
+        assert!(!dw.decide_name("evil.pythonhosted.org").allow);
+        assert!(!dw.decide_name("a.x.pythonhosted.org").allow);
+        assert!(dw.decide_name("files.pythonhosted.org").allow);
+        let aw = names(Mode::Allowlist, Precedence::AllowWins, &allow, &deny);
+        assert!(aw.decide_name("evil.pythonhosted.org").allow);
+        let ms = names(Mode::Allowlist, Precedence::MostSpecific, &allow, &deny);
+        assert!(!ms.decide_name("evil.pythonhosted.org").allow); // exact beats wildcard
+        assert!(!ms.decide_name("a.x.pythonhosted.org").allow); // longer suffix wins
+        assert!(ms.decide_name("files.pythonhosted.org").allow);
+        // The more specific allow wins too.
+        let ms2 = names(Mode::Allowlist, Precedence::MostSpecific, &["a.evil.com"], &["*.evil.com"]);
+        assert!(ms2.decide_name("a.evil.com").allow);
+        assert!(!ms2.decide_name("b.evil.com").allow);
+        let tie = names(Mode::Allowlist, Precedence::MostSpecific, &["*.t.com"], &["*.t.com"]);
+        assert_eq!(tie.decide_name("a.t.com").reason, NameReason::Tie);
+    }
+
+    #[test]
+    fn name_presets_expand() {
+        let p = names(Mode::Allowlist, Precedence::DenyWins, &["@pypi"], &["@cloud-metadata"]);
+        assert!(p.decide_name("pypi.org").allow);
+        assert!(p.decide_name("files.pythonhosted.org").allow);
+        assert!(!p.decide_name("metadata.google.internal").allow);
+        assert_eq!(p.decide_name("metadata.google.internal").reason, NameReason::DenyRule);
+        for preset in Preset::ALL {
+            for name in preset.names() {
+                assert!(parse_entry(name).is_ok(), "{name}");
+            }
+        }
+        let err = compile(&spec(Mode::Blocked, Precedence::DenyWins, &["pypi.org"], &[])).unwrap_err();
+        assert!(err.to_string().contains("--network blocked"), "{err}");
     }
 }

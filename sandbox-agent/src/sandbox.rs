@@ -19,6 +19,7 @@ use sandbox_common::Counters;
 
 use crate::{
     cgroup::{CgroupError, SandboxCgroup},
+    domains::{Bound, DomainError, DomainOptions, DomainServices},
     enforcement::{Enforcement, EnforcementError, FileLock, random_id},
     launch::{self, LaunchError, LaunchSpec},
     paths::Paths,
@@ -43,6 +44,8 @@ pub enum RunError {
     },
     #[error("signal handling: {0}")]
     Signals(#[source] nix::Error),
+    #[error(transparent)]
+    Domains(#[from] DomainError),
 }
 
 impl RunError {
@@ -61,6 +64,8 @@ pub struct RunOptions {
     pub timeout: Option<Duration>,
     /// After forwarding SIGINT/SIGTERM/SIGHUP, how long the workload may take to exit.
     pub stop_grace: Duration,
+    /// The resolver and proxy settings; required when the policy has domain rules.
+    pub domains: Option<DomainOptions>,
 }
 
 /// What a run ended with.
@@ -100,7 +105,7 @@ impl Drop for LiveSandbox<'_> {
 }
 
 /// Runs one workload under `opts.policy` and cleans up.
-pub fn run(paths: &Paths, opts: &RunOptions) -> Result<RunReport, RunError> {
+pub fn run(paths: &Paths, opts: RunOptions) -> Result<RunReport, RunError> {
     // Signals are blocked before anything exists, so a SIGTERM at any moment reaches the
     // signalfd and leads to an orderly clean-up instead of killing the agent half-way.
     let mut mask = SigSet::empty();
@@ -143,7 +148,32 @@ pub fn run(paths: &Paths, opts: &RunOptions) -> Result<RunReport, RunError> {
         _lock: lock,
     };
     timing.mark("lock and cgroup");
-    sandbox.policy_id = Some(sandbox.enforcement.apply(sandbox.cgroup.id, &opts.policy)?);
+    // Domain rules: the resolver and proxy listen before the kernel may redirect to them.
+    // Started after the signal mask is set, so their threads inherit it.
+    let services = match (opts.policy.has_names(), opts.domains) {
+        (true, Some(options)) => Some(DomainServices::start(
+            paths,
+            &id,
+            opts.policy.clone(),
+            options,
+        )?),
+        (true, None) => return Err(DomainError::NotConfigured.into()),
+        (false, _) => None,
+    };
+    let ports = services
+        .as_ref()
+        .map_or((0, 0), |s| (s.dns_port, s.proxy_port));
+    timing.mark("domain services");
+    let policy_id = sandbox
+        .enforcement
+        .apply(sandbox.cgroup.id, &opts.policy, ports)?;
+    sandbox.policy_id = Some(policy_id);
+    if let Some(s) = &services {
+        s.bind(Bound {
+            cgroup_id: sandbox.cgroup.id,
+            policy_id,
+        });
+    }
     timing.mark("apply policy");
 
     let cgroup_fd = sandbox.cgroup.open_fd()?;
@@ -197,6 +227,7 @@ pub fn run(paths: &Paths, opts: &RunOptions) -> Result<RunReport, RunError> {
         .unwrap_or_default();
     timing.mark("workload");
     drop(sandbox);
+    drop(services);
     timing.mark("clean-up");
     let exit_code = if timed_out { 124 } else { status.code() };
     Ok(RunReport {

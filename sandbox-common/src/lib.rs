@@ -20,9 +20,25 @@ pub mod map_names {
     pub const COUNTERS: &str = "COUNTERS";
     pub const POLICY_IDS: &str = "POLICY_IDS";
     pub const META: &str = "META";
+    pub const FLOWS: &str = "FLOWS";
+    pub const ORIG_DST: &str = "ORIG_DST";
+    pub const PROXY_CONNS: &str = "PROXY_CONNS";
+    pub const LEARNED_V4: &str = "LEARNED_V4";
+    pub const LEARNED_V6: &str = "LEARNED_V6";
     /// All maps but `META`, which is pinned last as the mark of a complete install.
-    pub const ALL: [&str; 7] = [
-        SANDBOXES, ALLOW_V4, DENY_V4, ALLOW_V6, DENY_V6, COUNTERS, POLICY_IDS,
+    pub const ALL: [&str; 12] = [
+        SANDBOXES,
+        ALLOW_V4,
+        DENY_V4,
+        ALLOW_V6,
+        DENY_V6,
+        COUNTERS,
+        POLICY_IDS,
+        FLOWS,
+        ORIG_DST,
+        PROXY_CONNS,
+        LEARNED_V4,
+        LEARNED_V6,
     ];
 }
 
@@ -34,6 +50,10 @@ pub mod program_names {
     pub const CONNECT6: &str = "sandbox_connect6";
     pub const SENDMSG4: &str = "sandbox_sendmsg4";
     pub const SENDMSG6: &str = "sandbox_sendmsg6";
+    pub const RECVMSG4: &str = "sandbox_recvmsg4";
+    pub const RECVMSG6: &str = "sandbox_recvmsg6";
+    pub const SOCK_OPS: &str = "sandbox_sock_ops";
+    pub const SOCK_RELEASE: &str = "sandbox_sock_release";
 }
 
 /// Capacity of the `SANDBOXES` and `COUNTERS` maps: sandboxes alive at once on one host.
@@ -41,6 +61,18 @@ pub const MAX_SANDBOXES: u32 = 65_536;
 /// Default capacity of each LPM trie (all sandboxes' prefixes of one kind and family).
 /// The tries are not preallocated, so a large capacity costs nothing until used.
 pub const DEFAULT_MAX_PREFIXES: u32 = 4 * 1024 * 1024;
+/// Capacity of `FLOWS` and `ORIG_DST`: sockets the agent let through by redirect or by a
+/// learned address, alive at once on the host. Entries go when their socket is released.
+pub const MAX_FLOWS: u32 = 262_144;
+/// Capacity of `PROXY_CONNS`: redirected connections not yet accepted by the proxy.
+pub const MAX_PROXY_CONNS: u32 = 65_536;
+/// Capacity of each `LEARNED_*` map: (policy, address) pairs handed out by the resolvers.
+pub const MAX_LEARNED: u32 = 262_144;
+/// TCP ports whose connections need a domain decision by the proxy (HTTP and HTTPS).
+pub const HTTP_PORT: u16 = 80;
+pub const HTTPS_PORT: u16 = 443;
+/// DNS, steered to the sandbox's resolver whatever the address.
+pub const DNS_PORT: u16 = 53;
 
 /// LPM key data for IPv4: 4 bytes of policy id (big-endian), then the address (network order).
 /// The trie key's `prefix_len` is `POLICY_ID_BITS + address prefix length`, so one trie holds
@@ -94,6 +126,80 @@ pub struct SandboxEntry {
     /// Non-zero: loopback is reachable only through an allow rule that names it
     /// (see [`LOOPBACK_V4_MIN_PREFIX`]). Set in every mode but `open`.
     pub guard_loopback: u32,
+    /// Loopback port (host byte order) of this sandbox's resolver; 0: none, and DNS is
+    /// ordinary traffic. Non-zero: every TCP and UDP connect/send to port 53, to any address,
+    /// is redirected there.
+    pub dns_port: u32,
+    /// Loopback port (host byte order) of this sandbox's transparent proxy; 0: the policy
+    /// has no domain rules. Non-zero: TCP to ports 80/443 that no CIDR allow rule covers is
+    /// redirected there, and addresses in `LEARNED_*` are reachable on any TCP port.
+    pub proxy_port: u32,
+}
+
+/// Why a socket is in `FLOWS`: the packet programs let its traffic through although the
+/// peer address alone would be denied (the peer is the agent on loopback, or a learned one).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlowKind {
+    /// Redirected to the sandbox's resolver.
+    Dns = 1,
+    /// Redirected to the sandbox's transparent proxy.
+    Proxy = 2,
+    /// Connected to an address the resolver handed out for an allowed name.
+    Learned = 3,
+}
+
+/// The destination a sandboxed socket asked for before it was redirected, keyed by socket
+/// cookie in `ORIG_DST` and, for proxied TCP, copied to `PROXY_CONNS` by local port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OrigDst {
+    /// IPv6 address, or IPv4-mapped (`::ffff:a.b.c.d`) for IPv4; network order.
+    pub addr: [u8; 16],
+    /// Destination port, host byte order.
+    pub port: u16,
+    /// 4 when the redirect went to 127.0.0.1 (the connection is IPv4 on the wire, also for an
+    /// IPv6 socket with a mapped address), 6 when it went to ::1.
+    pub redirect_family: u16,
+    /// A [`FlowKind`] as `u32`.
+    pub kind: u32,
+    /// The agent port it was redirected to, host byte order (low 16 bits).
+    pub redirect_port: u32,
+    /// Padding, zero.
+    pub _pad: u32,
+    /// The sandbox's cgroup id.
+    pub cgroup_id: u64,
+}
+
+/// Key of `PROXY_CONNS`: a redirected TCP connection as the proxy sees it on accept.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ProxyKey {
+    /// The client's local port = the peer port of the accepted socket (host byte order).
+    pub client_port: u16,
+    /// The proxy's port = the local port of the accepted socket (host byte order).
+    pub proxy_port: u16,
+    /// 4 or 6: the family of the accepted socket.
+    pub family: u32,
+}
+
+/// Key of `LEARNED_V4`: an address a sandbox's resolver handed out, under its policy id.
+/// The value is the expiry in `CLOCK_BOOTTIME` nanoseconds.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LearnedV4 {
+    pub policy_id: u32,
+    /// Network order.
+    pub addr: [u8; 4],
+}
+
+/// Key of `LEARNED_V6`, as [`LearnedV4`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LearnedV6 {
+    pub policy_id: u32,
+    /// Network order.
+    pub addr: [u8; 16],
 }
 
 /// Traffic counters per sandbox, in a per-CPU hash keyed by cgroup id; user space sums CPUs.
@@ -108,6 +214,12 @@ pub struct Counters {
     pub denied_connects: u64,
     /// Unconnected `sendto()`/`sendmsg()` calls refused with EPERM.
     pub denied_sends: u64,
+    /// DNS connects and sends steered to the sandbox's resolver.
+    pub dns_redirects: u64,
+    /// TCP connects steered to the sandbox's transparent proxy.
+    pub proxy_redirects: u64,
+    /// TCP connects allowed because the resolver handed out the address for an allowed name.
+    pub learned_connects: u64,
 }
 
 /// Why a verdict was reached. Defined once here; the kernel, the agent's reports and the
@@ -129,6 +241,10 @@ pub enum Reason {
     UnknownSandbox = 7,
     /// The packet could not be read.
     Malformed = 8,
+    /// The socket is one the agent let through (redirected to it, or to a learned address).
+    AgentFlow = 9,
+    /// A TCP connect to an address the resolver handed out for an allowed name.
+    LearnedAddress = 10,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -247,6 +363,65 @@ pub fn decide(
     }
 }
 
+/// What a `connect()`/`sendmsg()` hook does with a destination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SockAddrAction {
+    Pass,
+    /// EPERM.
+    Deny,
+    /// Pass, and mark the socket in `FLOWS` (a learned address).
+    PassLearned,
+    /// Rewrite the destination to the agent's loopback `port` and mark the socket.
+    Redirect { port: u32, kind: FlowKind },
+}
+
+/// The decision of the `connect4|6` / `sendmsg4|6` programs for one destination, given the
+/// address verdict of [`decide`]. In this order:
+///
+/// 1. With a resolver (`dns_port`), DNS (port 53, TCP or UDP, any address) goes to it.
+/// 2. With domain rules (`proxy_port`), a TCP connect to port 80 or 443 goes to the proxy
+///    unless a CIDR allow rule decided it (the mode's default allow, in `open`, still goes
+///    through the proxy so that denied names are refused) or the address is loopback.
+/// 3. Otherwise the address verdict stands, except that a TCP connect that no rule matched
+///    (`DefaultDeny`) passes when `learned()` says the sandbox's resolver handed the address
+///    out for an allowed name. An explicit deny rule beats a learned address.
+///
+/// `learned` is only called when it matters: it costs a map lookup in the kernel.
+#[inline(always)]
+pub fn sock_addr_action(
+    entry: &SandboxEntry,
+    verdict: Verdict,
+    port: u16,
+    tcp_connect: bool,
+    loopback: bool,
+    learned: impl FnOnce() -> bool,
+) -> SockAddrAction {
+    if entry.dns_port != 0 && port == DNS_PORT {
+        return SockAddrAction::Redirect {
+            port: entry.dns_port,
+            kind: FlowKind::Dns,
+        };
+    }
+    let domains = entry.proxy_port != 0 && tcp_connect;
+    if domains
+        && (port == HTTP_PORT || port == HTTPS_PORT)
+        && !loopback
+        && !matches!(verdict.reason, Reason::AllowRule)
+    {
+        return SockAddrAction::Redirect {
+            port: entry.proxy_port,
+            kind: FlowKind::Proxy,
+        };
+    }
+    if verdict.allow {
+        return SockAddrAction::Pass;
+    }
+    if domains && matches!(verdict.reason, Reason::DefaultDeny) && learned() {
+        return SockAddrAction::PassLearned;
+    }
+    SockAddrAction::Deny
+}
+
 /// Builds the LPM key data for an IPv4 address under a policy id.
 #[inline(always)]
 pub const fn lpm_data_v4(policy_id: u32, addr: [u8; 4]) -> LpmDataV4 {
@@ -273,13 +448,17 @@ pub const fn lpm_data_v6(policy_id: u32, addr: &[u8; 16]) -> LpmDataV6 {
     out
 }
 
-const _: () = assert!(core::mem::size_of::<SandboxEntry>() == 16);
-const _: () = assert!(core::mem::size_of::<Counters>() == 48);
+const _: () = assert!(core::mem::size_of::<SandboxEntry>() == 24);
+const _: () = assert!(core::mem::size_of::<Counters>() == 72);
+const _: () = assert!(core::mem::size_of::<OrigDst>() == 40);
+const _: () = assert!(core::mem::size_of::<ProxyKey>() == 8);
+const _: () = assert!(core::mem::size_of::<LearnedV4>() == 8);
+const _: () = assert!(core::mem::size_of::<LearnedV6>() == 20);
 const _: () = assert!(core::mem::size_of::<RuleValue>() == 4);
 
 #[cfg(feature = "user")]
 mod user {
-    use super::{Counters, RuleValue, SandboxEntry};
+    use super::{Counters, LearnedV4, LearnedV6, OrigDst, ProxyKey, RuleValue, SandboxEntry};
 
     // SAFETY: plain `#[repr(C)]` structs of integers without padding.
     unsafe impl aya::Pod for SandboxEntry {}
@@ -287,6 +466,14 @@ mod user {
     unsafe impl aya::Pod for Counters {}
     // SAFETY: as above.
     unsafe impl aya::Pod for RuleValue {}
+    // SAFETY: as above; `_pad` makes the padding explicit.
+    unsafe impl aya::Pod for OrigDst {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ProxyKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for LearnedV4 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for LearnedV6 {}
 }
 
 #[cfg(test)]
@@ -299,6 +486,8 @@ mod tests {
             default_verdict: default as u32,
             precedence: precedence as u32,
             guard_loopback: 1,
+            dns_port: 0,
+            proxy_port: 0,
         }
     }
 
@@ -379,6 +568,101 @@ mod tests {
         let mapped = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 1, 2, 3];
         assert_eq!(v4_mapped(&mapped), Some([10, 1, 2, 3]));
         assert_eq!(v4_mapped(&v6), None);
+    }
+
+    fn domain_entry() -> SandboxEntry {
+        SandboxEntry {
+            dns_port: 5300,
+            proxy_port: 5301,
+            ..entry(DefaultVerdict::Deny, Precedence::DenyWins)
+        }
+    }
+
+    #[test]
+    fn dns_goes_to_the_resolver_whatever_the_address() {
+        let e = domain_entry();
+        for (verdict, tcp) in [
+            (Verdict::deny(Reason::DefaultDeny), false),
+            (Verdict::allow(Reason::AllowRule), true),
+            (Verdict::deny(Reason::LoopbackNotNamed), false),
+        ] {
+            assert_eq!(
+                sock_addr_action(&e, verdict, 53, tcp, false, || true),
+                SockAddrAction::Redirect {
+                    port: 5300,
+                    kind: FlowKind::Dns
+                }
+            );
+        }
+        // Without a resolver, port 53 is ordinary traffic.
+        let plain = entry(DefaultVerdict::Deny, Precedence::DenyWins);
+        assert_eq!(
+            sock_addr_action(&plain, Verdict::deny(Reason::DefaultDeny), 53, false, false, || true),
+            SockAddrAction::Deny
+        );
+    }
+
+    #[test]
+    fn web_ports_go_to_the_proxy_unless_a_cidr_rule_allows() {
+        let e = domain_entry();
+        let proxy = SockAddrAction::Redirect {
+            port: 5301,
+            kind: FlowKind::Proxy,
+        };
+        for port in [80, 443] {
+            for reason in [Reason::DefaultDeny, Reason::DenyRule, Reason::Tie] {
+                assert_eq!(
+                    sock_addr_action(&e, Verdict::deny(reason), port, true, false, || false),
+                    proxy
+                );
+            }
+            // open mode: the default allow still needs a name decision.
+            assert_eq!(
+                sock_addr_action(&e, Verdict::allow(Reason::DefaultAllow), port, true, false, || false),
+                proxy
+            );
+            assert_eq!(
+                sock_addr_action(&e, Verdict::allow(Reason::AllowRule), port, true, false, || false),
+                SockAddrAction::Pass
+            );
+            // Loopback is never proxied; UDP (QUIC) never is.
+            assert_eq!(
+                sock_addr_action(&e, Verdict::deny(Reason::LoopbackNotNamed), port, true, true, || true),
+                SockAddrAction::Deny
+            );
+            assert_eq!(
+                sock_addr_action(&e, Verdict::deny(Reason::DefaultDeny), port, false, false, || true),
+                SockAddrAction::Deny
+            );
+        }
+    }
+
+    #[test]
+    fn learned_addresses_open_other_tcp_ports_only() {
+        let e = domain_entry();
+        let no_rule = Verdict::deny(Reason::DefaultDeny);
+        assert_eq!(
+            sock_addr_action(&e, no_rule, 22, true, false, || true),
+            SockAddrAction::PassLearned
+        );
+        assert_eq!(
+            sock_addr_action(&e, no_rule, 22, true, false, || false),
+            SockAddrAction::Deny
+        );
+        // Not UDP, not past an explicit deny rule, not without domain rules.
+        assert_eq!(
+            sock_addr_action(&e, no_rule, 22, false, false, || true),
+            SockAddrAction::Deny
+        );
+        assert_eq!(
+            sock_addr_action(&e, Verdict::deny(Reason::DenyRule), 22, true, false, || true),
+            SockAddrAction::Deny
+        );
+        let plain = entry(DefaultVerdict::Deny, Precedence::DenyWins);
+        assert_eq!(
+            sock_addr_action(&plain, no_rule, 22, true, false, || true),
+            SockAddrAction::Deny
+        );
     }
 
     #[test]

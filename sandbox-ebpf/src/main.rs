@@ -12,6 +12,13 @@
 //!   hanging in SYN retransmits.
 //!
 //!
+//! - With domain rules (`SandboxEntry::proxy_port`/`dns_port` set), `connect*`/`sendmsg*`
+//!   steer DNS to the sandbox's resolver and TCP 80/443 to its proxy on loopback, recording
+//!   the original destination by socket cookie (`ORIG_DST`); `sock_ops` re-keys proxied
+//!   connections by local port (`PROXY_CONNS`) for the proxy, `recvmsg*` makes DNS answers
+//!   appear to come from the server the client asked, and the packet programs let the
+//!   sockets so marked (`FLOWS`) through. `sock_release` forgets them.
+//!
 //! Link-layer (`AF_PACKET`) sockets would bypass the IP hooks; they need CAP_NET_RAW and are
 //! refused by the launcher's seccomp filter (`launch.rs`), since cgroup hooks do not see them.
 //!
@@ -21,15 +28,22 @@
 #![no_main]
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_cgroup_id, bpf_skb_cgroup_id},
-    macros::{cgroup_skb, cgroup_sock_addr, map},
-    maps::{Array, HashMap, LpmTrie, PerCpuHashMap, lpm_trie::Key},
-    programs::{SkBuffContext, SockAddrContext},
+    EbpfContext as _,
+    bindings::{BPF_F_NO_PREALLOC, BPF_SOCK_OPS_TCP_CONNECT_CB},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_boot_ns,
+        bpf_skb_cgroup_id,
+    },
+    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, map, sock_ops},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuHashMap, lpm_trie::Key},
+    programs::{SkBuffContext, SockAddrContext, SockContext, SockOpsContext},
 };
 use sandbox_common::{
-    Counters, DEFAULT_MAX_PREFIXES, LOOPBACK_V4_MIN_PREFIX, LOOPBACK_V6_MIN_PREFIX, LpmDataV4,
-    LpmDataV6, MAX_SANDBOXES, POLICY_ID_BITS, Reason, RuleValue, SandboxEntry, Verdict, decide,
-    is_loopback_v4, is_loopback_v6, lpm_data_v4, lpm_data_v6, v4_mapped,
+    Counters, DEFAULT_MAX_PREFIXES, FlowKind,
+    LOOPBACK_V4_MIN_PREFIX, LOOPBACK_V6_MIN_PREFIX, LearnedV4, LearnedV6, LpmDataV4, LpmDataV6,
+    MAX_FLOWS, MAX_LEARNED, MAX_PROXY_CONNS, MAX_SANDBOXES, OrigDst, POLICY_ID_BITS, ProxyKey,
+    Reason, RuleValue, SandboxEntry, SockAddrAction, Verdict, decide, is_loopback_v4, is_loopback_v6,
+    lpm_data_v4, lpm_data_v6, sock_addr_action, v4_mapped,
 };
 
 #[map]
@@ -53,6 +67,23 @@ static POLICY_IDS: HashMap<u32, u64> = HashMap::with_max_entries(MAX_SANDBOXES *
 #[map]
 static META: Array<u64> = Array::with_max_entries(2, 0);
 
+/// Sockets whose traffic passes although their peer address alone would be denied (see
+/// `FlowKind`), by socket cookie. Removed by `sandbox_sock_release`.
+#[map]
+static FLOWS: HashMap<u64, u32> = HashMap::with_max_entries(MAX_FLOWS, BPF_F_NO_PREALLOC);
+/// Original destination of redirected sockets, by socket cookie. Removed on release.
+#[map]
+static ORIG_DST: HashMap<u64, OrigDst> = HashMap::with_max_entries(MAX_FLOWS, BPF_F_NO_PREALLOC);
+/// Proxied connections by (client port, proxy port, family), for the proxy to read on
+/// accept (it deletes what it reads; LRU so that connections never accepted age out).
+#[map]
+static PROXY_CONNS: LruHashMap<ProxyKey, OrigDst> = LruHashMap::with_max_entries(MAX_PROXY_CONNS, 0);
+/// Addresses a sandbox's resolver handed out for allowed names → expiry (boot-time ns).
+#[map]
+static LEARNED_V4: HashMap<LearnedV4, u64> = HashMap::with_max_entries(MAX_LEARNED, BPF_F_NO_PREALLOC);
+#[map]
+static LEARNED_V6: HashMap<LearnedV6, u64> = HashMap::with_max_entries(MAX_LEARNED, BPF_F_NO_PREALLOC);
+
 const PASS: i32 = 1;
 const DROP: i32 = 0;
 
@@ -73,11 +104,19 @@ enum Call {
     Send,
 }
 
-fn decide_v4(cgroup_id: u64, addr: [u8; 4]) -> Verdict {
+fn sandbox(cgroup_id: u64) -> Option<SandboxEntry> {
     // SAFETY: the value is copied out at once; entries are replaced whole by user space.
-    let Some(entry) = (unsafe { SANDBOXES.get(cgroup_id) }) else {
-        return Verdict::deny(Reason::UnknownSandbox);
-    };
+    unsafe { SANDBOXES.get(cgroup_id) }.copied()
+}
+
+fn decide_v4(cgroup_id: u64, addr: [u8; 4]) -> Verdict {
+    match sandbox(cgroup_id) {
+        Some(entry) => decide_v4_for(&entry, addr),
+        None => Verdict::deny(Reason::UnknownSandbox),
+    }
+}
+
+fn decide_v4_for(entry: &SandboxEntry, addr: [u8; 4]) -> Verdict {
     let key = Key::new(POLICY_ID_BITS + 32, lpm_data_v4(entry.policy_id, addr));
     let allow = ALLOW_V4.get(&key).map(|v| v.prefix_len);
     let deny = DENY_V4.get(&key).map(|v| v.prefix_len);
@@ -90,13 +129,17 @@ fn decide_v4(cgroup_id: u64, addr: [u8; 4]) -> Verdict {
 }
 
 fn decide_v6(cgroup_id: u64, addr: &[u8; 16]) -> Verdict {
-    if let Some(v4) = v4_mapped(addr) {
-        return decide_v4(cgroup_id, v4);
+    match sandbox(cgroup_id) {
+        Some(entry) => decide_v6_for(&entry, addr),
+        None => Verdict::deny(Reason::UnknownSandbox),
     }
-    // SAFETY: as in `decide_v4`.
-    let Some(entry) = (unsafe { SANDBOXES.get(cgroup_id) }) else {
-        return Verdict::deny(Reason::UnknownSandbox);
-    };
+}
+
+/// IPv6, with IPv4-mapped addresses decided by the IPv4 rules.
+fn decide_v6_for(entry: &SandboxEntry, addr: &[u8; 16]) -> Verdict {
+    if let Some(v4) = v4_mapped(addr) {
+        return decide_v4_for(entry, v4);
+    }
     let key = Key::new(POLICY_ID_BITS + 128, lpm_data_v6(entry.policy_id, addr));
     let allow = ALLOW_V6.get(&key).map(|v| v.prefix_len);
     let deny = DENY_V6.get(&key).map(|v| v.prefix_len);
@@ -122,15 +165,33 @@ fn count_packet(cgroup_id: u64, allowed: bool, bytes: u32) {
     }
 }
 
-fn count_call(cgroup_id: u64, call: Call) {
+#[derive(Clone, Copy)]
+enum Event {
+    DeniedConnect,
+    DeniedSend,
+    DnsRedirect,
+    ProxyRedirect,
+    LearnedConnect,
+}
+
+fn count(cgroup_id: u64, event: Event) {
     if let Some(c) = COUNTERS.get_ptr_mut(cgroup_id) {
         // SAFETY: as in `count_packet`.
         let c = unsafe { &mut *c };
-        match call {
-            Call::Connect => c.denied_connects += 1,
-            Call::Send => c.denied_sends += 1,
+        match event {
+            Event::DeniedConnect => c.denied_connects += 1,
+            Event::DeniedSend => c.denied_sends += 1,
+            Event::DnsRedirect => c.dns_redirects += 1,
+            Event::ProxyRedirect => c.proxy_redirects += 1,
+            Event::LearnedConnect => c.learned_connects += 1,
         }
     }
+}
+
+/// Whether the agent let this socket through (redirected to it, or to a learned address).
+fn is_agent_flow(cookie: u64) -> bool {
+    // SAFETY: only presence is read.
+    unsafe { FLOWS.get(cookie) }.is_some()
 }
 
 fn try_skb(ctx: &SkBuffContext, direction: Direction) -> Result<Verdict, i64> {
@@ -138,7 +199,7 @@ fn try_skb(ctx: &SkBuffContext, direction: Direction) -> Result<Verdict, i64> {
     // since ingress runs in softirq context.
     let cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
     let version = ctx.load::<u8>(0)? >> 4;
-    let verdict = match version {
+    let mut verdict = match version {
         4 => {
             let offset = match direction {
                 Direction::Egress => IPV4_DST,
@@ -155,6 +216,16 @@ fn try_skb(ctx: &SkBuffContext, direction: Direction) -> Result<Verdict, i64> {
         }
         _ => Verdict::deny(Reason::Malformed),
     };
+    // A socket the agent redirected or let through at connect time: its peer is the agent
+    // on loopback or a learned address, which the rules alone would deny. Looked up only
+    // on the deny path, so ordinary allowed traffic pays nothing for it.
+    if !verdict.allow && !matches!(verdict.reason, Reason::Malformed | Reason::UnknownSandbox) {
+        // SAFETY: the skb context pointer is valid for the program's run.
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+        if is_agent_flow(cookie) {
+            verdict = Verdict::allow(Reason::AgentFlow);
+        }
+    }
     count_packet(cgroup_id, verdict.allow, ctx.len());
     Ok(verdict)
 }
@@ -185,19 +256,143 @@ pub fn sandbox_ingress(ctx: SkBuffContext) -> i32 {
     skb_verdict(&ctx, Direction::Ingress)
 }
 
+const SOCK_STREAM: u32 = 1;
+/// `BPF_TCP_CLOSE`, the TCP state after which a socket sends nothing more.
+const TCP_CLOSE: u32 = 7;
+const BPF_SOCK_OPS_STATE_CB: u32 = 10;
+const BPF_SOCK_OPS_STATE_CB_FLAG: i32 = 4;
+const LOCALHOST_V4: [u8; 4] = [127, 0, 0, 1];
+const LOCALHOST_V6: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+
+/// `a.b.c.d` as `::ffff:a.b.c.d`.
+#[inline(always)]
+fn mapped(v4: [u8; 4]) -> [u8; 16] {
+    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3]]
+}
+
+fn learned_v4(policy_id: u32, addr: [u8; 4]) -> bool {
+    // SAFETY: the value is copied out at once.
+    match unsafe { LEARNED_V4.get(LearnedV4 { policy_id, addr }) } {
+        // SAFETY: a helper without preconditions.
+        Some(&expiry) => (unsafe { bpf_ktime_get_boot_ns() }) < expiry,
+        None => false,
+    }
+}
+
+fn learned_v6(policy_id: u32, addr: [u8; 16]) -> bool {
+    // SAFETY: as in `learned_v4`.
+    match unsafe { LEARNED_V6.get(LearnedV6 { policy_id, addr }) } {
+        // SAFETY: a helper without preconditions.
+        Some(&expiry) => (unsafe { bpf_ktime_get_boot_ns() }) < expiry,
+        None => false,
+    }
+}
+
+fn mark_flow(cookie: u64, kind: FlowKind) -> bool {
+    FLOWS.insert(cookie, kind as u32, 0).is_ok()
+}
+
+/// Records where a redirected socket wanted to go and marks it; false if the maps are full
+/// (then the connect is refused: without the record the agent could not serve it).
+fn record_redirect(ctx: &SockAddrContext, cgroup_id: u64, orig: [u8; 16], port: u16, to: u32, kind: FlowKind, family: u16) -> bool {
+    // SAFETY: the context pointer is valid for the program's run.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let dst = OrigDst {
+        addr: orig,
+        port,
+        redirect_family: family,
+        kind: kind as u32,
+        redirect_port: to,
+        _pad: 0,
+        cgroup_id,
+    };
+    ORIG_DST.insert(cookie, dst, 0).is_ok() && mark_flow(cookie, kind)
+}
+
+fn refuse(cgroup_id: u64, call: Call) -> i32 {
+    count(
+        cgroup_id,
+        match call {
+            Call::Connect => Event::DeniedConnect,
+            Call::Send => Event::DeniedSend,
+        },
+    );
+    // 0 makes the syscall fail with EPERM.
+    DROP
+}
+
+fn pass_learned(ctx: &SockAddrContext, cgroup_id: u64, call: Call) -> i32 {
+    // SAFETY: as in `record_redirect`.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    if mark_flow(cookie, FlowKind::Learned) {
+        count(cgroup_id, Event::LearnedConnect);
+        PASS
+    } else {
+        refuse(cgroup_id, call)
+    }
+}
+
+fn redirect_event(kind: FlowKind) -> Event {
+    match kind {
+        FlowKind::Dns => Event::DnsRedirect,
+        _ => Event::ProxyRedirect,
+    }
+}
+
+/// Reads the destination port (`user_port` holds it in network order in its low bytes).
+#[inline(always)]
+fn user_port(ctx: &SockAddrContext) -> u16 {
+    // SAFETY: the context pointer is valid; the field is read whole.
+    u16::from_be(unsafe { (*ctx.sock_addr).user_port } as u16)
+}
+
+#[inline(always)]
+fn is_tcp_connect(ctx: &SockAddrContext, call: Call) -> bool {
+    // SAFETY: as in `user_port`.
+    matches!(call, Call::Connect) && unsafe { (*ctx.sock_addr).type_ } == SOCK_STREAM
+}
+
 fn sock_addr_v4(ctx: &SockAddrContext, call: Call) -> i32 {
     // SAFETY: helper without preconditions; sock_addr programs run in the caller's context.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    let Some(entry) = sandbox(cgroup_id) else {
+        return refuse(cgroup_id, call);
+    };
     // SAFETY: the context pointer is valid for the program's run; the field is readable in
     // connect4/sendmsg4. The u32 holds the address in network order, so its in-memory bytes
     // are the address bytes.
     let addr = unsafe { (*ctx.sock_addr).user_ip4 }.to_ne_bytes();
-    finish_sock_addr(cgroup_id, decide_v4(cgroup_id, addr), call)
+    let port = user_port(ctx);
+    let verdict = decide_v4_for(&entry, addr);
+    let action = sock_addr_action(
+        &entry,
+        verdict,
+        port,
+        is_tcp_connect(ctx, call),
+        is_loopback_v4(addr),
+        || learned_v4(entry.policy_id, addr),
+    );
+    match action {
+        SockAddrAction::Pass => PASS,
+        SockAddrAction::Deny => refuse(cgroup_id, call),
+        SockAddrAction::PassLearned => pass_learned(ctx, cgroup_id, call),
+        SockAddrAction::Redirect { port: to, kind } => {
+            if !record_redirect(ctx, cgroup_id, mapped(addr), port, to, kind, 4) {
+                return refuse(cgroup_id, call);
+            }
+            // SAFETY: writable fields of connect4/sendmsg4, each written whole.
+            unsafe {
+                (*ctx.sock_addr).user_ip4 = u32::from_ne_bytes(LOCALHOST_V4);
+                (*ctx.sock_addr).user_port = u32::from((to as u16).to_be());
+            }
+            count(cgroup_id, redirect_event(kind));
+            PASS
+        }
+    }
 }
 
-fn sock_addr_v6(ctx: &SockAddrContext, call: Call) -> i32 {
-    // SAFETY: as in `sock_addr_v4`.
-    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+#[inline(always)]
+fn read_ip6(ctx: &SockAddrContext) -> [u8; 16] {
     // SAFETY: as in `sock_addr_v4`; each word is read whole, as the verifier requires.
     let words = unsafe {
         let sa = ctx.sock_addr;
@@ -218,16 +413,65 @@ fn sock_addr_v6(ctx: &SockAddrContext, call: Call) -> i32 {
         addr[i * 4 + 3] = b[3];
         i += 1;
     }
-    finish_sock_addr(cgroup_id, decide_v6(cgroup_id, &addr), call)
+    addr
 }
 
-fn finish_sock_addr(cgroup_id: u64, verdict: Verdict, call: Call) -> i32 {
-    if allowed(&verdict) {
-        PASS
-    } else {
-        count_call(cgroup_id, call);
-        // 0 makes the syscall fail with EPERM.
-        DROP
+#[inline(always)]
+fn write_ip6(ctx: &SockAddrContext, addr: &[u8; 16]) {
+    // SAFETY: writable fields of connect6/sendmsg6/recvmsg6, each word written whole.
+    unsafe {
+        let sa = ctx.sock_addr;
+        (*sa).user_ip6[0] = u32::from_ne_bytes([addr[0], addr[1], addr[2], addr[3]]);
+        (*sa).user_ip6[1] = u32::from_ne_bytes([addr[4], addr[5], addr[6], addr[7]]);
+        (*sa).user_ip6[2] = u32::from_ne_bytes([addr[8], addr[9], addr[10], addr[11]]);
+        (*sa).user_ip6[3] = u32::from_ne_bytes([addr[12], addr[13], addr[14], addr[15]]);
+    }
+}
+
+fn sock_addr_v6(ctx: &SockAddrContext, call: Call) -> i32 {
+    // SAFETY: as in `sock_addr_v4`.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    let Some(entry) = sandbox(cgroup_id) else {
+        return refuse(cgroup_id, call);
+    };
+    let addr = read_ip6(ctx);
+    let port = user_port(ctx);
+    let v4 = v4_mapped(&addr);
+    let loopback = match v4 {
+        Some(a) => is_loopback_v4(a),
+        None => is_loopback_v6(&addr),
+    };
+    let verdict = decide_v6_for(&entry, &addr);
+    let action = sock_addr_action(
+        &entry,
+        verdict,
+        port,
+        is_tcp_connect(ctx, call),
+        loopback,
+        || match v4 {
+            Some(a) => learned_v4(entry.policy_id, a),
+            None => learned_v6(entry.policy_id, addr),
+        },
+    );
+    match action {
+        SockAddrAction::Pass => PASS,
+        SockAddrAction::Deny => refuse(cgroup_id, call),
+        SockAddrAction::PassLearned => pass_learned(ctx, cgroup_id, call),
+        SockAddrAction::Redirect { port: to, kind } => {
+            // A mapped destination is IPv4 on the wire: redirect to ::ffff:127.0.0.1.
+            let (target, family) = match v4 {
+                Some(_) => (mapped(LOCALHOST_V4), 4),
+                None => (LOCALHOST_V6, 6),
+            };
+            if !record_redirect(ctx, cgroup_id, addr, port, to, kind, family) {
+                return refuse(cgroup_id, call);
+            }
+            write_ip6(ctx, &target);
+            // SAFETY: as in `sock_addr_v4`.
+            unsafe { (*ctx.sock_addr).user_port = u32::from((to as u16).to_be()) };
+            count(cgroup_id, redirect_event(kind));
+            PASS
+        }
     }
 }
 
@@ -249,6 +493,105 @@ pub fn sandbox_sendmsg4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(sendmsg6)]
 pub fn sandbox_sendmsg6(ctx: SockAddrContext) -> i32 {
     sock_addr_v6(&ctx, Call::Send)
+}
+
+/// The original server of a DNS answer read from the sandbox's resolver, if this socket's
+/// DNS was redirected.
+fn dns_origin(ctx: &SockAddrContext, from: &[u8; 16], from_port: u16) -> Option<OrigDst> {
+    // SAFETY: helper without preconditions.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    let entry = sandbox(cgroup_id)?;
+    if entry.dns_port == 0 || u32::from(from_port) != entry.dns_port {
+        return None;
+    }
+    let local = *from == LOCALHOST_V6 || *from == mapped(LOCALHOST_V4);
+    if !local {
+        return None;
+    }
+    // SAFETY: the context pointer is valid for the program's run.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: the value is copied out at once.
+    let orig = unsafe { ORIG_DST.get(cookie) }.copied()?;
+    (orig.kind == FlowKind::Dns as u32).then_some(orig)
+}
+
+/// Answers from the resolver appear to come from the server the client asked: resolver
+/// libraries drop answers from any other address.
+#[cgroup_sock_addr(recvmsg4)]
+pub fn sandbox_recvmsg4(ctx: SockAddrContext) -> i32 {
+    // SAFETY: as in `sock_addr_v4`.
+    let from = mapped(unsafe { (*ctx.sock_addr).user_ip4 }.to_ne_bytes());
+    if let Some(orig) = dns_origin(&ctx, &from, user_port(&ctx))
+        && let Some(v4) = v4_mapped(&orig.addr)
+    {
+        // SAFETY: writable fields of recvmsg4, each written whole.
+        unsafe {
+            (*ctx.sock_addr).user_ip4 = u32::from_ne_bytes(v4);
+            (*ctx.sock_addr).user_port = u32::from(orig.port.to_be());
+        }
+    }
+    // recvmsg programs must return 1.
+    PASS
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn sandbox_recvmsg6(ctx: SockAddrContext) -> i32 {
+    let from = read_ip6(&ctx);
+    if let Some(orig) = dns_origin(&ctx, &from, user_port(&ctx)) {
+        write_ip6(&ctx, &orig.addr);
+        // SAFETY: as in `sandbox_recvmsg4`.
+        unsafe { (*ctx.sock_addr).user_port = u32::from(orig.port.to_be()) };
+    }
+    PASS
+}
+
+fn forget(cookie: u64) {
+    let _ = FLOWS.remove(cookie);
+    let _ = ORIG_DST.remove(cookie);
+}
+
+/// Re-keys proxied connections by local port, which the proxy sees as the peer port (the
+/// port exists only from here on), and forgets marked TCP sockets when they close.
+#[sock_ops]
+pub fn sandbox_sock_ops(ctx: SockOpsContext) -> u32 {
+    let op = ctx.op();
+    if op == BPF_SOCK_OPS_TCP_CONNECT_CB {
+        // SAFETY: the context pointer is valid for the program's run.
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+        if !is_agent_flow(cookie) {
+            return 1;
+        }
+        // Ask for state changes, to forget the socket when it is closed for good (not at
+        // release: a released TCP socket still sends its FIN).
+        let _ = ctx.set_cb_flags(ctx.cb_flags() as i32 | BPF_SOCK_OPS_STATE_CB_FLAG);
+        // SAFETY: the value is copied out at once.
+        if let Some(orig) = unsafe { ORIG_DST.get(cookie) }.copied()
+            && orig.kind == FlowKind::Proxy as u32
+        {
+            let key = ProxyKey {
+                client_port: ctx.local_port() as u16,
+                proxy_port: orig.redirect_port as u16,
+                family: u32::from(orig.redirect_family),
+            };
+            let _ = PROXY_CONNS.insert(key, orig, 0);
+        }
+    } else if op == BPF_SOCK_OPS_STATE_CB && ctx.arg(1) == TCP_CLOSE {
+        // SAFETY: as above.
+        forget(unsafe { bpf_get_socket_cookie(ctx.as_ptr()) });
+    }
+    1
+}
+
+/// Forgets released sockets, except TCP ones still closing (see `sandbox_sock_ops`).
+#[cgroup_sock(sock_release)]
+pub fn sandbox_sock_release(ctx: SockContext) -> i32 {
+    // SAFETY: the context pointer is valid for the program's run; fields are read whole.
+    let (kind, state) = unsafe { ((*ctx.sock).type_, (*ctx.sock).state) };
+    if kind != SOCK_STREAM || state == TCP_CLOSE {
+        // SAFETY: as above.
+        forget(unsafe { bpf_get_socket_cookie(ctx.as_ptr()) });
+    }
+    PASS
 }
 
 #[cfg(not(test))]

@@ -50,6 +50,16 @@ pub fn helpers() -> &'static Path {
             include_str!("../helpers/netserver.py"),
         )
         .expect("write netserver.py");
+        fs::write(
+            dir.join("webserver.py"),
+            include_str!("../helpers/webserver.py"),
+        )
+        .expect("write webserver.py");
+        fs::write(
+            dir.join("webclient.py"),
+            include_str!("../helpers/webclient.py"),
+        )
+        .expect("write webclient.py");
         sh(&format!(
             "chmod 755 {0} && chmod 644 {0}/*.py",
             dir.display()
@@ -74,7 +84,7 @@ pub fn sh(cmd: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn sh_quiet(cmd: &str) {
+pub fn sh_quiet(cmd: &str) {
     let _ = Command::new("sh")
         .args(["-c", cmd])
         .stdout(Stdio::null())
@@ -82,7 +92,16 @@ fn sh_quiet(cmd: &str) {
         .status();
 }
 
+pub mod web;
+
 static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// A fresh index for a test network: 512 /24s in 198.18.0.0/15, unique within the process.
+/// Returns `(n, "198.B.C")`.
+pub fn allocate_subnet() -> (u32, String) {
+    let n = (std::process::id() * 37 + NEXT.fetch_add(1, Ordering::SeqCst)) % 512;
+    (n, format!("198.{}.{}", 18 + n / 256, n % 256))
+}
 
 /// A network namespace with a server on several addresses, reachable from the host.
 pub struct RemoteHost {
@@ -100,9 +119,9 @@ pub struct RemoteHost {
 
 impl RemoteHost {
     pub fn new() -> Self {
-        // 512 /24s in 198.18.0.0/15; the index picks the subnet and names the interfaces, so a
-        // leftover of a crashed run with the same index is recognised and removed first.
-        let n = (std::process::id() * 37 + NEXT.fetch_add(1, Ordering::SeqCst)) % 512;
+        // The index picks the subnet and names the interfaces, so a leftover of a crashed
+        // run with the same index is recognised and removed first.
+        let (n, _) = allocate_subnet();
         let (b, c) = (18 + n / 256, n % 256);
         let netns = format!("sa-test-{n}");
         let host_if = format!("sa{n}h");
@@ -230,7 +249,7 @@ impl Run {
     }
 }
 
-fn to_run(out: &Output) -> Run {
+pub fn to_run(out: &Output) -> Run {
     Run {
         code: out.status.code().unwrap_or_else(|| {
             use std::os::unix::process::ExitStatusExt as _;

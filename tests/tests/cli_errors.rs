@@ -45,8 +45,40 @@ fn bad_inputs_are_refused_with_one_line_naming_the_culprit() {
             "invalid --allow-out entry \"@nope\": unknown preset",
         ),
         (
-            vec!["--network", "allowlist", "--allow-out", "pypi.org"],
-            "domain rules are not supported yet",
+            vec!["--network", "allowlist", "--allow-out", "*.bad_name.org"],
+            "invalid --allow-out entry \"*.bad_name.org\": invalid domain name",
+        ),
+        (
+            vec!["--network", "blocked", "--allow-out", "pypi.org"],
+            "has no effect with --network blocked",
+        ),
+        (
+            vec![
+                "--network",
+                "allowlist",
+                "--allow-out",
+                "pypi.org",
+                "--upstream-dns",
+                "dns.example",
+            ],
+            "invalid upstream DNS server \"dns.example\"",
+        ),
+        (
+            vec![
+                "--network",
+                "allowlist",
+                "--allow-out",
+                "pypi.org",
+                "--upstream-dns",
+                "127.0.0.1",
+                "--flow-log",
+                "/nonexistent/dir/flows.log",
+            ],
+            "cannot open --flow-log /nonexistent/dir/flows.log",
+        ),
+        (
+            vec!["--network", "allowlist", "--upstream-dns", "10.0.0.2:x"],
+            "invalid upstream DNS server \"10.0.0.2:x\"",
         ),
         (vec!["--allow-out", "*."], "empty wildcard"),
         (vec!["--allow-out", "bad_name.com"], "invalid domain name"),

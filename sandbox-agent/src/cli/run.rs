@@ -2,13 +2,15 @@
 use std::{
     ffi::{CString, OsStr, OsString},
     os::unix::ffi::{OsStrExt as _, OsStringExt as _},
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
 };
 
 use clap::Args;
 use sandbox_agent::{
+    domains::{self, DomainOptions},
+    events::Events,
     launch::{self, LaunchSpec},
     paths::Paths,
     policy::{self, Mode, PolicyFile, PolicySpec, Precedence, RawEntry},
@@ -27,10 +29,10 @@ pub struct RunArgs {
     /// Network mode: blocked (nothing leaves), open (all but --deny-out), allowlist (only --allow-out).
     #[arg(long, value_enum, value_name = "MODE")]
     network: Option<Mode>,
-    /// Allow traffic to an address, CIDR or @preset (repeatable).
+    /// Allow traffic to an address, CIDR, domain, *.domain or @preset (repeatable).
     #[arg(long = "allow-out", value_name = "ENTRY")]
     allow_out: Vec<String>,
-    /// Deny traffic to an address, CIDR or @preset (repeatable).
+    /// Deny traffic to an address, CIDR, domain, *.domain or @preset (repeatable).
     #[arg(long = "deny-out", value_name = "ENTRY")]
     deny_out: Vec<String>,
     /// How an allow and a deny entry that both match are settled [default: deny-wins].
@@ -65,6 +67,13 @@ pub struct RunArgs {
     /// Print the sandbox's packet counters to stderr when it ends.
     #[arg(long)]
     stats: bool,
+    /// DNS server that resolves allowed names, ADDR or ADDR:PORT [default: the first
+    /// nameserver of /etc/resolv.conf]. Used only when the policy has domain rules.
+    #[arg(long = "upstream-dns", value_name = "ADDR[:PORT]")]
+    upstream_dns: Option<String>,
+    /// Write a JSON line for every DNS and proxy decision to FILE ("-" for stderr).
+    #[arg(long = "flow-log", value_name = "FILE")]
+    flow_log: Option<PathBuf>,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<OsString>,
@@ -79,7 +88,7 @@ pub fn main(args: RunArgs) -> i32 {
             return code;
         }
     };
-    match sandbox::run(&Paths::default(), &opts) {
+    match sandbox::run(&Paths::default(), opts) {
         Ok(report) => {
             if report.timed_out {
                 eprintln!(
@@ -91,7 +100,8 @@ pub fn main(args: RunArgs) -> i32 {
                 let c = report.counters;
                 eprintln!(
                     "sandbox-agent: sandbox {} exit={} allowed={} packets/{} bytes denied={} packets/{} bytes \
-                     refused connects={} refused sends={}",
+                     refused connects={} refused sends={} dns redirects={} proxy redirects={} \
+                     learned connects={}",
                     report.id,
                     report.exit_code,
                     c.allowed_packets,
@@ -99,7 +109,10 @@ pub fn main(args: RunArgs) -> i32 {
                     c.denied_packets,
                     c.denied_bytes,
                     c.denied_connects,
-                    c.denied_sends
+                    c.denied_sends,
+                    c.dns_redirects,
+                    c.proxy_redirects,
+                    c.learned_connects
                 );
             }
             report.exit_code
@@ -128,6 +141,28 @@ impl<E: std::fmt::Display> From<E> for Failure {
 fn prepare(args: RunArgs) -> Result<(RunOptions, String), Failure> {
     let spec = policy_spec(&args)?;
     let compiled = policy::compile(&spec)?;
+    let domains = if compiled.has_names() {
+        let upstream_dns = match &args.upstream_dns {
+            Some(text) => domains::parse_upstream(text)?,
+            None => domains::upstream_from_resolv_conf(Path::new("/etc/resolv.conf"))?,
+        };
+        let events = match &args.flow_log {
+            None => Events::none(),
+            Some(p) if p.as_os_str() == "-" => Events::stderr(),
+            Some(p) => Events::file(p)
+                .map_err(|e| format!("cannot open --flow-log {}: {e}", p.display()))?,
+        };
+        Some(DomainOptions {
+            upstream_dns,
+            events: Arc::new(events),
+        })
+    } else {
+        if let Some(text) = &args.upstream_dns {
+            // Still validated: a typo should not wait for the day a domain rule is added.
+            domains::parse_upstream(text)?;
+        }
+        None
+    };
     let keep_caps = args
         .cap_add
         .iter()
@@ -199,6 +234,7 @@ fn prepare(args: RunArgs) -> Result<(RunOptions, String), Failure> {
             launch,
             timeout: args.timeout,
             stop_grace: args.stop_timeout,
+            domains,
         },
         name,
     ))

@@ -26,11 +26,15 @@ pub fn main() -> i32 {
                 "policy_id": entry.policy_id,
                 "default_allow": entry.default_verdict == 1,
                 "precedence": entry.precedence,
+                "dns_port": entry.dns_port,
+                "proxy_port": entry.proxy_port,
                 "rules": { "allow_v4": rules[0], "deny_v4": rules[1], "allow_v6": rules[2], "deny_v6": rules[3] },
                 "counters": {
                     "allowed_packets": c.allowed_packets, "allowed_bytes": c.allowed_bytes,
                     "denied_packets": c.denied_packets, "denied_bytes": c.denied_bytes,
                     "denied_connects": c.denied_connects, "denied_sends": c.denied_sends,
+                    "dns_redirects": c.dns_redirects, "proxy_redirects": c.proxy_redirects,
+                    "learned_connects": c.learned_connects,
                 },
             })
         })

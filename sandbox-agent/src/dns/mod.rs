@@ -1,2 +1,299 @@
-//! The resolver that sandboxes talk to.
+//! The resolver that a sandbox's DNS is steered to (UDP and TCP, by `connect4|6` and
+//! `sendmsg4|6`). It answers only names the policy allows and REFUSED for the rest, so DNS
+//! cannot carry data out; it forwards allowed questions upstream rebuilt from the question
+//! alone, drops ECH configurations from the answers, and records the addresses it hands out
+//! (`LEARNED_*`) so that the sandbox may connect to them on any TCP port until they expire.
 pub mod message;
+
+use std::{
+    io,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
+
+use hickory_proto::rr::RecordType;
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream, UdpSocket},
+    time::timeout,
+};
+
+use crate::{
+    domains::{MIN_LEARNED_TTL, Shared, boot_time_ns},
+    events::{FlowEvent, Source},
+};
+use message::Question;
+
+/// How long one upstream attempt may take.
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
+/// UDP attempts before SERVFAIL.
+const UPSTREAM_TRIES: usize = 2;
+/// A TCP client that sends nothing for this long is dropped.
+const TCP_IDLE: Duration = Duration::from_secs(10);
+/// Largest DNS message over TCP.
+const TCP_MAX: usize = 65_535;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    Udp,
+    Tcp,
+}
+
+pub async fn serve_udp(socket: Arc<UdpSocket>, shared: Arc<Shared>) {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let Ok((n, peer)) = socket.recv_from(&mut buf).await else {
+            // Transient (ICMP errors surfacing as ECONNREFUSED and the like): keep serving.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            continue;
+        };
+        let query = buf[..n].to_vec();
+        let (socket, shared) = (socket.clone(), shared.clone());
+        tokio::spawn(async move {
+            if let Some(reply) = answer(&shared, &query, Transport::Udp).await {
+                let _ = socket.send_to(&reply, peer).await;
+            }
+        });
+    }
+}
+
+pub async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let _ = serve_tcp_client(stream, &shared).await;
+        });
+    }
+}
+
+async fn serve_tcp_client(mut stream: TcpStream, shared: &Shared) -> io::Result<()> {
+    loop {
+        let Ok(len) = timeout(TCP_IDLE, stream.read_u16()).await else {
+            return Ok(());
+        };
+        let mut query = vec![0u8; usize::from(len?)];
+        timeout(TCP_IDLE, stream.read_exact(&mut query))
+            .await
+            .map_err(|_| io::ErrorKind::TimedOut)??;
+        let Some(reply) = answer(shared, &query, Transport::Tcp).await else {
+            return Ok(());
+        };
+        let len = u16::try_from(reply.len()).map_err(|_| io::ErrorKind::InvalidData)?;
+        let mut framed = Vec::with_capacity(reply.len() + 2);
+        framed.extend_from_slice(&len.to_be_bytes());
+        framed.extend_from_slice(&reply);
+        stream.write_all(&framed).await?;
+    }
+}
+
+/// The reply to one query from the sandbox (`None`: nothing can be sent back).
+async fn answer(shared: &Shared, bytes: &[u8], transport: Transport) -> Option<Vec<u8>> {
+    let event = FlowEvent::new(&shared.sandbox_id, Source::Dns);
+    let q = match message::parse_query(bytes) {
+        Ok(q) => q,
+        Err(e) => {
+            shared.events.emit(&event.denied(format!("bad query: {e}")));
+            return message::formerr(bytes);
+        }
+    };
+    let mut event = event;
+    event.name = Some(q.name.clone());
+    event.qtype = Some(q.qtype.to_string());
+    let verdict = shared.policy.decide_name(&q.name);
+    if !verdict.allow {
+        shared
+            .events
+            .emit(&event.denied(format!("name: {}", reason_text(verdict.reason))));
+        return Some(message::refused(&q));
+    }
+    let max_size = match transport {
+        Transport::Udp => q.max_udp_size(),
+        Transport::Tcp => TCP_MAX,
+    };
+    match lookup(shared.upstream, &q, max_size).await {
+        Ok(filtered) => {
+            let mut learned = Vec::new();
+            for (addr, ttl) in &filtered.addresses {
+                match shared.address_permitted(*addr) {
+                    Ok(()) => {
+                        learn(shared, *addr, *ttl);
+                        learned.push(addr.to_string());
+                    }
+                    Err(refusal) => {
+                        learned.push(format!("{addr} (not learned: {refusal})"));
+                    }
+                }
+            }
+            event.resolved = learned;
+            shared.events.emit(&event.allowed(format!(
+                "name: {}",
+                reason_text(verdict.reason)
+            )));
+            Some(filtered.bytes)
+        }
+        Err(e) => {
+            shared
+                .events
+                .emit(&event.denied(format!("upstream DNS {}: {e}", shared.upstream)));
+            Some(message::servfail(&q))
+        }
+    }
+}
+
+fn learn(shared: &Shared, addr: IpAddr, ttl: u32) {
+    let Some(bound) = shared.bound() else {
+        return;
+    };
+    let ttl = Duration::from_secs(u64::from(ttl)).max(MIN_LEARNED_TTL);
+    let expiry = boot_time_ns().saturating_add(u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX));
+    if let Ok(mut maps) = shared.maps.lock()
+        && let Err(e) = maps.learn(bound.policy_id, addr, expiry)
+    {
+        // The address stays unreachable (fail closed); say why.
+        let mut event = FlowEvent::new(&shared.sandbox_id, Source::Dns);
+        event.resolved = vec![addr.to_string()];
+        shared
+            .events
+            .emit(&event.denied(format!("cannot record learned address: {e}")));
+    }
+}
+
+pub(crate) fn reason_text(reason: crate::policy::NameReason) -> &'static str {
+    use crate::policy::NameReason as R;
+    match reason {
+        R::AllowRule => "allowed by a domain rule",
+        R::DenyRule => "denied by a domain rule",
+        R::DefaultAllow => "no domain rule matches; open mode allows",
+        R::DefaultDeny => "no domain rule matches",
+        R::Tie => "allow and deny rules equally specific (most-specific denies)",
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("unusable answer: {0}")]
+    Response(#[from] message::ResponseError),
+}
+
+/// Asks the upstream (UDP, then TCP if the answer was truncated) and filters the answer.
+pub async fn lookup(
+    upstream: SocketAddr,
+    q: &Question,
+    max_size: usize,
+) -> Result<message::Filtered, LookupError> {
+    let id = random_id();
+    let query = message::upstream_query(q, id);
+    let mut reply = exchange_udp(upstream, &query, id).await?;
+    if is_truncated(&reply) {
+        reply = exchange_tcp(upstream, &query).await?;
+    }
+    Ok(message::filter_response(q, id, &reply, max_size)?)
+}
+
+/// The addresses of `name` (A and AAAA), for the proxy's own connections.
+pub async fn resolve(upstream: SocketAddr, name: &str) -> Result<Vec<IpAddr>, LookupError> {
+    let (qa, qaaaa) = (
+        Question::lookup(name, RecordType::A),
+        Question::lookup(name, RecordType::AAAA),
+    );
+    let (a, aaaa) = tokio::join!(
+        lookup(upstream, &qa, TCP_MAX),
+        lookup(upstream, &qaaaa, TCP_MAX)
+    );
+    let mut addrs = Vec::new();
+    let mut first_err = None;
+    for r in [a, aaaa] {
+        match r {
+            Ok(f) => addrs.extend(f.addresses.into_iter().map(|(addr, _)| addr)),
+            Err(e) => first_err = first_err.or(Some(e)),
+        }
+    }
+    match first_err {
+        Some(e) if addrs.is_empty() => Err(e),
+        _ => Ok(addrs),
+    }
+}
+
+fn is_truncated(reply: &[u8]) -> bool {
+    // TC is bit 1 of the third header byte.
+    reply.len() > 2 && reply[2] & 0x02 != 0
+}
+
+async fn exchange_udp(upstream: SocketAddr, query: &[u8], id: u16) -> Result<Vec<u8>, LookupError> {
+    let local: SocketAddr = if upstream.is_ipv4() {
+        "0.0.0.0:0".parse().expect("valid")
+    } else {
+        "[::]:0".parse().expect("valid")
+    };
+    let socket = UdpSocket::bind(local).await?;
+    socket.connect(upstream).await?;
+    let mut buf = vec![0u8; TCP_MAX];
+    for _ in 0..UPSTREAM_TRIES {
+        socket.send(query).await?;
+        let deadline = tokio::time::Instant::now() + UPSTREAM_TIMEOUT;
+        // Skip stray datagrams (a late answer to an earlier try has the same id: fine).
+        while let Ok(n) = tokio::time::timeout_at(deadline, socket.recv(&mut buf)).await {
+            let n = n?;
+            if n >= 2 && u16::from_be_bytes([buf[0], buf[1]]) == id {
+                return Ok(buf[..n].to_vec());
+            }
+        }
+    }
+    Err(LookupError::Timeout(UPSTREAM_TIMEOUT * 2))
+}
+
+async fn exchange_tcp(upstream: SocketAddr, query: &[u8]) -> Result<Vec<u8>, LookupError> {
+    let work = async {
+        let mut stream = TcpStream::connect(upstream).await?;
+        let len = u16::try_from(query.len()).map_err(|_| io::ErrorKind::InvalidInput)?;
+        let mut framed = len.to_be_bytes().to_vec();
+        framed.extend_from_slice(query);
+        stream.write_all(&framed).await?;
+        let n = stream.read_u16().await?;
+        let mut reply = vec![0u8; usize::from(n)];
+        stream.read_exact(&mut reply).await?;
+        Ok::<_, io::Error>(reply)
+    };
+    timeout(UPSTREAM_TIMEOUT, work)
+        .await
+        .map_err(|_| LookupError::Timeout(UPSTREAM_TIMEOUT))?
+        .map_err(LookupError::Io)
+}
+
+/// A random query id: upstream answers are matched by id, so it must not be guessable.
+fn random_id() -> u16 {
+    let mut b = [0u8; 2];
+    // SAFETY: b is valid for 2 bytes of writes.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), 2, 0) };
+    if n != 2 {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        b = (t as u16).to_ne_bytes();
+    }
+    u16::from_ne_bytes(b)
+}
+
+impl Question {
+    /// A question of the agent's own: the proxy resolving a name it will connect to.
+    pub fn lookup(name: &str, qtype: RecordType) -> Self {
+        Self {
+            id: 0,
+            name: name.to_owned(),
+            qtype,
+            qclass: hickory_proto::rr::DNSClass::IN,
+            recursion_desired: true,
+            edns_payload: None,
+            wire_name: hickory_proto::rr::Name::from_ascii(name).unwrap_or_default(),
+        }
+    }
+}

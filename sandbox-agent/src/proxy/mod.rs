@@ -1,2 +1,256 @@
-//! The transparent proxy for TCP that needs a domain decision (ports 80 and 443).
+//! The transparent proxy for TCP that needs a domain decision (ports 80 and 443 that no
+//! address rule allows), in stages:
+//!
+//! 1. transport: the kernel redirected the connection here and recorded where it was going
+//!    (`PROXY_CONNS`, keyed by the client's port); a connection without such a record did not
+//!    come through the redirect and is refused, so the proxy is no open relay;
+//! 2. detection (`detect`): the TLS ClientHello's SNI on 443, the HTTP Host on 80;
+//! 3. decision: the policy's domain rules;
+//! 4. forwarding: the proxy resolves the name itself and connects to an address it resolved
+//!    and the policy permits (never simply to the client's choice, so a forged SNI or Host
+//!    reaches the named server or nothing), replays the bytes it read and splices the rest.
+//!
+//! Every refusal resets the client's connection at once and is reported as a flow event.
 pub mod detect;
+pub mod splice;
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
+
+use sandbox_common::{HTTPS_PORT, OrigDst, ProxyKey};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream},
+    time::timeout,
+};
+
+use crate::{
+    domains::Shared,
+    enforcement::canonical,
+    events::{FlowEvent, Source},
+};
+use detect::{HttpHost, TlsHello};
+
+/// How long a client may take to send its ClientHello or request head.
+const DETECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one upstream connect may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let Ok((client, peer)) = listener.accept().await else {
+            // Out of descriptors and the like: back off briefly rather than spin.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move { handle(client, peer, &shared).await });
+    }
+}
+
+/// Whose fault a refusal is, for the event.
+enum Refusal {
+    Client(String),
+    Policy(String),
+    Upstream(String),
+}
+
+impl Refusal {
+    fn text(self) -> String {
+        match self {
+            Self::Client(t) => format!("client: {t}"),
+            Self::Policy(t) => format!("policy: {t}"),
+            Self::Upstream(t) => format!("upstream: {t}"),
+        }
+    }
+}
+
+async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
+    let mut event = FlowEvent::new(&shared.sandbox_id, Source::Proxy);
+    let Some(orig) = original_destination(&client, peer, shared) else {
+        reset(&client);
+        shared.events.emit(
+            &event.denied("client: connection did not come through the kernel's redirect"),
+        );
+        return;
+    };
+    let orig_addr = SocketAddr::new(canonical(IpAddr::from(orig.addr)), orig.port);
+    event.original_dst = Some(orig_addr.to_string());
+    match proxy(client, orig_addr, shared, &mut event).await {
+        Ok((out, back)) => {
+            event.bytes_out = Some(out);
+            event.bytes_in = Some(back);
+            // The decision was reported when the upstream connection opened; this closes it.
+            event.reason = "connection closed".into();
+            shared.events.emit(&event);
+        }
+        Err(refusal) => shared.events.emit(&event.denied(refusal.text())),
+    }
+}
+
+/// The redirect record of this connection, if it came through the kernel's redirect for
+/// this proxy's sandbox.
+fn original_destination(client: &TcpStream, peer: SocketAddr, shared: &Shared) -> Option<OrigDst> {
+    let local = client.local_addr().ok()?;
+    let key = ProxyKey {
+        client_port: peer.port(),
+        proxy_port: local.port(),
+        family: if peer.is_ipv4() { 4 } else { 6 },
+    };
+    let orig = shared.maps.lock().ok()?.take_proxy_conn(key)?;
+    let bound = shared.bound()?;
+    (orig.cgroup_id == bound.cgroup_id).then_some(orig)
+}
+
+async fn proxy(
+    mut client: TcpStream,
+    orig: SocketAddr,
+    shared: &Shared,
+    event: &mut FlowEvent,
+) -> Result<(u64, u64), Refusal> {
+    let result = async {
+        let (name, head) = detect_name(&mut client, orig.port()).await?;
+        event.name = Some(name.clone());
+        let verdict = shared.policy.decide_name(&name);
+        if !verdict.allow {
+            return Err(Refusal::Policy(crate::dns::reason_text(verdict.reason).into()));
+        }
+        let upstream = connect_upstream(&name, orig, shared, event).await?;
+        Ok((head, upstream))
+    }
+    .await;
+    let (head, mut upstream) = match result {
+        Ok(v) => v,
+        Err(e) => {
+            reset(&client);
+            return Err(e);
+        }
+    };
+    shared.events.emit(&event.clone().allowed("name allowed by the policy"));
+    if let Err(e) = upstream.write_all(&head).await {
+        reset(&client);
+        return Err(Refusal::Upstream(format!("write failed: {e}")));
+    }
+    let _ = upstream.set_nodelay(true);
+    let _ = client.set_nodelay(true);
+    let head_len = head.len() as u64;
+    match splice::bidirectional(&client, &upstream).await {
+        Ok((out, back)) => Ok((out + head_len, back)),
+        // A reset mid-stream is the end of an allowed connection, not a refusal.
+        Err(_) => Ok((head_len, 0)),
+    }
+}
+
+/// Reads until the SNI (443) or Host (80) is known. Returns the name and the bytes read.
+async fn detect_name(client: &mut TcpStream, port: u16) -> Result<(String, Vec<u8>), Refusal> {
+    let tls = port == HTTPS_PORT;
+    let limit = if tls {
+        detect::MAX_HELLO_BYTES
+    } else {
+        detect::MAX_HEADER_BYTES
+    };
+    let mut buf = Vec::with_capacity(2048);
+    let read = async {
+        loop {
+            let outcome = if tls {
+                match detect::parse_client_hello(&buf) {
+                    TlsHello::Incomplete => None,
+                    TlsHello::Sni(name) => Some(Ok(name)),
+                    TlsHello::Refused(p) => Some(Err(Refusal::Client(p.to_string()))),
+                }
+            } else {
+                match detect::parse_http_host(&buf) {
+                    HttpHost::Incomplete => None,
+                    HttpHost::Host(name) => Some(Ok(name)),
+                    HttpHost::Refused(p) => Some(Err(Refusal::Client(p.to_string()))),
+                }
+            };
+            if let Some(outcome) = outcome {
+                return outcome;
+            }
+            if buf.len() >= limit {
+                return Err(Refusal::Client(format!(
+                    "sent {} bytes without a complete {}",
+                    buf.len(),
+                    if tls { "ClientHello" } else { "request head" }
+                )));
+            }
+            let mut chunk = [0u8; 4096];
+            let want = chunk.len().min(limit + 1 - buf.len());
+            match client.read(&mut chunk[..want]).await {
+                Ok(0) => {
+                    return Err(Refusal::Client("closed the connection before naming a host".into()));
+                }
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(e) => return Err(Refusal::Client(format!("read failed: {e}"))),
+            }
+        }
+    };
+    match timeout(DETECT_TIMEOUT, read).await {
+        Ok(Ok(name)) => Ok((name, buf)),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(Refusal::Client(format!(
+            "named no host within {DETECT_TIMEOUT:?}"
+        ))),
+    }
+}
+
+/// Resolves `name` upstream and connects to the first permitted address, preferring the
+/// client's own choice when the name really has that address.
+async fn connect_upstream(
+    name: &str,
+    orig: SocketAddr,
+    shared: &Shared,
+    event: &mut FlowEvent,
+) -> Result<TcpStream, Refusal> {
+    let addrs = crate::dns::resolve(shared.upstream, name)
+        .await
+        .map_err(|e| Refusal::Upstream(format!("cannot resolve {name}: {e}")))?;
+    if addrs.is_empty() {
+        return Err(Refusal::Upstream(format!("{name} has no address")));
+    }
+    let mut candidates: Vec<IpAddr> = Vec::new();
+    let mut refusals = Vec::new();
+    for addr in addrs {
+        let addr = canonical(addr);
+        match shared.address_permitted(addr) {
+            Ok(()) if !candidates.contains(&addr) => candidates.push(addr),
+            Ok(()) => {}
+            Err(r) => refusals.push(format!("{addr}: {r}")),
+        }
+    }
+    if candidates.is_empty() {
+        return Err(Refusal::Policy(format!(
+            "no permitted address for {name} ({})",
+            refusals.join("; ")
+        )));
+    }
+    if let Some(i) = candidates.iter().position(|a| *a == orig.ip()) {
+        candidates.swap(0, i);
+    }
+    let mut errors = Vec::new();
+    for addr in candidates {
+        let target = SocketAddr::new(addr, orig.port());
+        match timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await {
+            Ok(Ok(stream)) => {
+                event.resolved = vec![target.to_string()];
+                return Ok(stream);
+            }
+            Ok(Err(e)) => errors.push(format!("{target}: {e}")),
+            Err(_) => errors.push(format!("{target}: no answer within {CONNECT_TIMEOUT:?}")),
+        }
+    }
+    Err(Refusal::Upstream(format!(
+        "cannot connect to {name}: {}",
+        errors.join("; ")
+    )))
+}
+
+/// Makes the close of `stream` (when it is dropped) an RST, so that the client sees the
+/// refusal at once instead of an orderly end of stream.
+fn reset(stream: &TcpStream) {
+    let _ = stream.set_zero_linger();
+}

@@ -1,0 +1,399 @@
+//! The agent side of domain rules for one sandbox: its resolver (`dns`) and its transparent
+//! proxy (`proxy`), served on loopback ports that the kernel redirects the sandbox's DNS and
+//! web traffic to, and what both share: the policy, the maps, the upstream, the event sink.
+//!
+//! They run on a small tokio runtime of their own, next to the synchronous launcher. When the
+//! agent dies, the ports close: the sandbox's redirected connects are refused (fail closed).
+use std::{
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, OnceLock},
+    time::Duration,
+};
+
+use tokio::{
+    net::{TcpListener, UdpSocket},
+    runtime::Runtime,
+};
+
+use crate::{
+    enforcement::{AgentMaps, EnforcementError},
+    events::Events,
+    paths::Paths,
+    policy::{self, CompiledPolicy},
+};
+
+/// Learned addresses stay reachable at least this long, whatever the record's TTL: clients
+/// connect some time after the answer, and a TTL of 0 would otherwise make it useless.
+pub const MIN_LEARNED_TTL: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DomainError {
+    #[error("cannot start the resolver and proxy threads: {0}")]
+    Runtime(#[source] io::Error),
+    #[error(transparent)]
+    Maps(#[from] EnforcementError),
+    #[error("cannot bind the sandbox's {what} on loopback: {source}")]
+    Bind {
+        what: &'static str,
+        source: io::Error,
+    },
+    #[error(
+        "no upstream DNS server: {path} lists no usable nameserver; give one with --upstream-dns"
+    )]
+    NoUpstream { path: PathBuf },
+    #[error("the policy has domain rules but no resolver settings were given")]
+    NotConfigured,
+    #[error("invalid upstream DNS server \"{text}\": expected ADDR or ADDR:PORT, like 10.0.0.2, 10.0.0.2:5353 or [2001:db8::1]:53")]
+    BadUpstream { text: String },
+}
+
+/// Settings of the domain services.
+pub struct DomainOptions {
+    /// Where allowed names are resolved.
+    pub upstream_dns: SocketAddr,
+    pub events: Arc<Events>,
+}
+
+/// The sandbox as the services know it once its policy is in the kernel.
+#[derive(Clone, Copy, Debug)]
+pub struct Bound {
+    pub cgroup_id: u64,
+    pub policy_id: u32,
+}
+
+/// What the resolver and the proxy of one sandbox share.
+pub struct Shared {
+    pub sandbox_id: String,
+    pub policy: CompiledPolicy,
+    pub upstream: SocketAddr,
+    pub events: Arc<Events>,
+    pub maps: Mutex<AgentMaps>,
+    bound: OnceLock<Bound>,
+}
+
+/// Why an address is not one the agent will hand out or connect to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AddressRefusal {
+    #[error("the address is denied by an address rule")]
+    DenyRule,
+    #[error("the address is loopback and no rule allows loopback")]
+    Loopback,
+    #[error(
+        "the address is private, link-local, multicast or cloud metadata, and no address rule allows it"
+    )]
+    Internal,
+    #[error("the sandbox is not known to the kernel")]
+    UnknownSandbox,
+}
+
+impl Shared {
+    pub fn bound(&self) -> Option<Bound> {
+        self.bound.get().copied()
+    }
+
+    /// Whether the agent may hand out or connect to `addr` for this sandbox: not denied by an
+    /// address rule (with the sandbox's precedence, as the kernel decides), and, when it is
+    /// internal (private, loopback, link-local, metadata...), allowed by an explicit rule, so
+    /// that a name cannot be pointed at the host's own network (DNS rebinding).
+    pub fn address_permitted(&self, addr: IpAddr) -> Result<(), AddressRefusal> {
+        use sandbox_common::Reason;
+        let Some(bound) = self.bound() else {
+            return Err(AddressRefusal::UnknownSandbox);
+        };
+        let verdict = self
+            .maps
+            .lock()
+            .map_err(|_| AddressRefusal::UnknownSandbox)?
+            .address_verdict(bound.cgroup_id, addr);
+        match verdict.reason {
+            Reason::AllowRule => Ok(()),
+            Reason::DenyRule | Reason::Tie => Err(AddressRefusal::DenyRule),
+            Reason::LoopbackNotNamed => Err(AddressRefusal::Loopback),
+            Reason::UnknownSandbox => Err(AddressRefusal::UnknownSandbox),
+            _ if policy::is_internal(addr) => Err(AddressRefusal::Internal),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The running resolver and proxy of one sandbox. Dropping it stops them.
+pub struct DomainServices {
+    runtime: Option<Runtime>,
+    pub dns_port: u16,
+    pub proxy_port: u16,
+    pub shared: Arc<Shared>,
+}
+
+impl DomainServices {
+    /// Binds the loopback ports and starts serving. The services refuse everything until
+    /// [`DomainServices::bind`] tells them the sandbox's cgroup and policy id.
+    pub fn start(
+        paths: &Paths,
+        sandbox_id: &str,
+        policy: CompiledPolicy,
+        options: DomainOptions,
+    ) -> Result<Self, DomainError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("sandbox-agent-net")
+            .enable_all()
+            .build()
+            .map_err(DomainError::Runtime)?;
+        let maps = AgentMaps::open(paths)?;
+        let shared = Arc::new(Shared {
+            sandbox_id: sandbox_id.to_owned(),
+            policy,
+            upstream: options.upstream_dns,
+            events: options.events,
+            maps: Mutex::new(maps),
+            bound: OnceLock::new(),
+        });
+        let sockets = runtime.block_on(bind_ports())?;
+        let (dns_port, proxy_port) = (sockets.dns_port, sockets.proxy_port);
+        for udp in sockets.dns_udp {
+            runtime.spawn(crate::dns::serve_udp(Arc::new(udp), shared.clone()));
+        }
+        for tcp in sockets.dns_tcp {
+            runtime.spawn(crate::dns::serve_tcp(tcp, shared.clone()));
+        }
+        for tcp in sockets.proxy {
+            runtime.spawn(crate::proxy::serve(tcp, shared.clone()));
+        }
+        runtime.spawn(prune_learned(shared.clone()));
+        Ok(Self {
+            runtime: Some(runtime),
+            dns_port,
+            proxy_port,
+            shared,
+        })
+    }
+
+    pub fn bind(&self, bound: Bound) {
+        let _ = self.shared.bound.set(bound);
+    }
+}
+
+impl Drop for DomainServices {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Drops expired learned addresses now and then (the kernel checks expiry itself; this only
+/// keeps the map small).
+async fn prune_learned(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(MIN_LEARNED_TTL);
+    loop {
+        tick.tick().await;
+        if let Some(bound) = shared.bound()
+            && let Ok(mut maps) = shared.maps.lock()
+        {
+            maps.prune_learned(bound.policy_id, boot_time_ns());
+        }
+    }
+}
+
+/// `CLOCK_BOOTTIME` in nanoseconds, the clock of `bpf_ktime_get_boot_ns`.
+pub fn boot_time_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid timespec to write to.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &raw mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
+struct Sockets {
+    dns_port: u16,
+    proxy_port: u16,
+    dns_udp: Vec<UdpSocket>,
+    dns_tcp: Vec<TcpListener>,
+    proxy: Vec<TcpListener>,
+}
+
+const LOCALHOST_V4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+const LOCALHOST_V6: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
+
+/// One port for the resolver (UDP and TCP) and one for the proxy, each on 127.0.0.1 and, if
+/// the host has IPv6 loopback, on ::1 (IPv6-only sockets, so the two do not clash).
+async fn bind_ports() -> Result<Sockets, DomainError> {
+    const TRIES: usize = 32;
+    let ipv6 = std::net::UdpSocket::bind((Ipv6Addr::LOCALHOST, 0)).is_ok();
+    let mut last = None;
+    for _ in 0..TRIES {
+        let dns = bind_same_port(&[Kind::Udp, Kind::Tcp], ipv6);
+        let proxy = bind_same_port(&[Kind::Tcp], ipv6);
+        match (dns, proxy) {
+            (Ok(dns), Ok(proxy)) => {
+                let mut sockets = Sockets {
+                    dns_port: dns.port,
+                    proxy_port: proxy.port,
+                    dns_udp: Vec::new(),
+                    dns_tcp: Vec::new(),
+                    proxy: Vec::new(),
+                };
+                for s in dns.sockets {
+                    match s {
+                        Bound2::Udp(u) => sockets.dns_udp.push(into_tokio_udp(u)?),
+                        Bound2::Tcp(t) => sockets.dns_tcp.push(into_tokio_tcp(t)?),
+                    }
+                }
+                for s in proxy.sockets {
+                    if let Bound2::Tcp(t) = s {
+                        sockets.proxy.push(into_tokio_tcp(t)?);
+                    }
+                }
+                return Ok(sockets);
+            }
+            (Err(e), _) | (_, Err(e)) => last = Some(e),
+        }
+    }
+    Err(DomainError::Bind {
+        what: "resolver and proxy ports",
+        source: last.unwrap_or_else(|| io::Error::other("no free port")),
+    })
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Udp,
+    Tcp,
+}
+
+enum Bound2 {
+    Udp(std::net::UdpSocket),
+    Tcp(std::net::TcpListener),
+}
+
+struct SamePort {
+    port: u16,
+    sockets: Vec<Bound2>,
+}
+
+/// Binds every kind on 127.0.0.1 and ::1 to one port: the first socket picks it.
+fn bind_same_port(kinds: &[Kind], ipv6: bool) -> io::Result<SamePort> {
+    let mut port = 0u16;
+    let mut sockets = Vec::new();
+    let hosts: &[IpAddr] = if ipv6 {
+        &[LOCALHOST_V4, LOCALHOST_V6]
+    } else {
+        &[LOCALHOST_V4]
+    };
+    for &host in hosts {
+        for &kind in kinds {
+            let addr = SocketAddr::new(host, port);
+            let s = match kind {
+                Kind::Udp => Bound2::Udp(std::net::UdpSocket::bind(addr)?),
+                Kind::Tcp => Bound2::Tcp(std::net::TcpListener::bind(addr)?),
+            };
+            if port == 0 {
+                port = match &s {
+                    Bound2::Udp(u) => u.local_addr()?.port(),
+                    Bound2::Tcp(t) => t.local_addr()?.port(),
+                };
+            }
+            sockets.push(s);
+        }
+    }
+    Ok(SamePort { port, sockets })
+}
+
+fn into_tokio_udp(s: std::net::UdpSocket) -> Result<UdpSocket, DomainError> {
+    let err = |source| DomainError::Bind {
+        what: "resolver (UDP)",
+        source,
+    };
+    s.set_nonblocking(true).map_err(err)?;
+    UdpSocket::from_std(s).map_err(err)
+}
+
+fn into_tokio_tcp(s: std::net::TcpListener) -> Result<TcpListener, DomainError> {
+    let err = |source| DomainError::Bind {
+        what: "TCP listener",
+        source,
+    };
+    s.set_nonblocking(true).map_err(err)?;
+    TcpListener::from_std(s).map_err(err)
+}
+
+/// Parses `ADDR` or `ADDR:PORT` (IPv6 as `[ADDR]:PORT` or bare `ADDR`); port 53 by default.
+pub fn parse_upstream(text: &str) -> Result<SocketAddr, DomainError> {
+    let bad = || DomainError::BadUpstream { text: text.into() };
+    if let Ok(sa) = text.parse::<SocketAddr>() {
+        return Ok(sa);
+    }
+    text.parse::<IpAddr>()
+        .map(|ip| SocketAddr::new(ip, 53))
+        .map_err(|_| bad())
+}
+
+/// The first usable `nameserver` of a resolv.conf.
+pub fn upstream_from_resolv_conf(path: &Path) -> Result<SocketAddr, DomainError> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|rest| {
+            let addr = rest.trim();
+            // Drop an IPv6 zone (`fe80::1%eth0`): a zone needs a scope id we do not track.
+            let addr = addr.split('%').next().unwrap_or(addr);
+            addr.parse::<IpAddr>().ok()
+        })
+        .map(|ip| SocketAddr::new(ip, 53))
+        .next()
+        .ok_or_else(|| DomainError::NoUpstream { path: path.into() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_addresses() {
+        assert_eq!(
+            parse_upstream("10.0.0.2").unwrap(),
+            "10.0.0.2:53".parse().unwrap()
+        );
+        assert_eq!(
+            parse_upstream("10.0.0.2:5353").unwrap(),
+            "10.0.0.2:5353".parse().unwrap()
+        );
+        assert_eq!(
+            parse_upstream("2001:db8::1").unwrap(),
+            "[2001:db8::1]:53".parse().unwrap()
+        );
+        assert_eq!(
+            parse_upstream("[2001:db8::1]:54").unwrap(),
+            "[2001:db8::1]:54".parse().unwrap()
+        );
+        for bad in ["", "dns.example", "10.0.0.2:x", "10.0.0.256"] {
+            assert!(parse_upstream(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn resolv_conf() {
+        let dir = std::env::temp_dir().join(format!("sa-resolv-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("resolv.conf");
+        std::fs::write(
+            &path,
+            "# comment\nsearch example\nnameserver fe80::1%eth0\nnameserver 10.0.0.2\n",
+        )
+        .unwrap();
+        assert_eq!(
+            upstream_from_resolv_conf(&path).unwrap(),
+            "[fe80::1]:53".parse().unwrap()
+        );
+        std::fs::write(&path, "search example\n").unwrap();
+        assert!(matches!(
+            upstream_from_resolv_conf(&path),
+            Err(DomainError::NoUpstream { .. })
+        ));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

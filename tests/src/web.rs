@@ -1,0 +1,282 @@
+//! A fake internet for the domain-rule tests: one network namespace joined to the host by a
+//! veth pair, with
+//!
+//! - an upstream DNS server (dnsmasq) on `.2` that knows the test names,
+//! - web servers (`helpers/webserver.py`: HTTPS with a certificate of the tests' own CA, HTTP,
+//!   plain TCP on 2222, a UDP/443 logger) on `.3` (`allowed.test`), `.4` (`*.wild.test`),
+//!   `.5` (`other.test`) and `.6` (`evil.test`), and on IPv6 `::3`, `::4`,
+//! - a rogue resolver on `.6:53` that logs and never answers.
+//!
+//! Sandboxes run with `/etc/resolv.conf` bind-mounted (in a private mount namespace of the
+//! agent) to name the rogue resolver, so every DNS packet a sandbox sends is aimed at this
+//! namespace: the agent must steer it to its own resolver. All addresses exist only here.
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::OnceLock,
+    thread,
+    time::{Duration, Instant},
+};
+
+use crate::{Run, agent, allocate_subnet, helpers, sh, sh_quiet, wait_bounded};
+
+/// The tests' CA and one server certificate for every test name.
+pub struct Certs {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+pub fn certs() -> &'static Certs {
+    static CERTS: OnceLock<Certs> = OnceLock::new();
+    CERTS.get_or_init(|| {
+        let dir = helpers().join("certs");
+        fs::create_dir_all(&dir).expect("cert dir");
+        let d = dir.display();
+        sh(&format!(
+            "set -e; cd {d}
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+  -subj /CN=sandbox-agent-test-ca -keyout ca.key -out ca.pem 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+  -subj /CN=allowed.test -keyout server.key -out server.csr 2>/dev/null
+printf 'subjectAltName=DNS:allowed.test,DNS:wild.test,DNS:*.wild.test,DNS:*.b.wild.test,DNS:other.test,DNS:evil.test\\n' > san.ext
+openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+  -extfile san.ext -out server.pem 2>/dev/null
+chmod 755 {d}; chmod 644 {d}/*"
+        ));
+        Certs {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("server.pem"),
+            key: dir.join("server.key"),
+        }
+    })
+}
+
+pub struct WebWorld {
+    netns: String,
+    host_if: String,
+    /// `198.B.C`: the namespace's /24 is `198.B.C.0/24`, the host side is `.1`.
+    pub net: String,
+    /// The IPv6 /64 prefix, `2001:db8:5a:N:`; addresses are `{v6}:3` and so on.
+    pub v6: String,
+    log: PathBuf,
+    dns_log: PathBuf,
+    pub flow_log: PathBuf,
+    resolv_conf: PathBuf,
+    procs: Vec<Child>,
+}
+
+impl WebWorld {
+    pub fn new() -> Self {
+        let (n, net) = allocate_subnet();
+        let netns = format!("sa-web-{n}");
+        let host_if = format!("sw{n}h");
+        let ns_if = format!("sw{n}n");
+        sh_quiet(&format!("ip netns del {netns}; ip link del {host_if}"));
+        let v6 = format!("2001:db8:5a:{n:x}:");
+        let dir = helpers();
+        let mut world = Self {
+            netns: netns.clone(),
+            host_if: host_if.clone(),
+            net: net.clone(),
+            v6: v6.clone(),
+            log: dir.join(format!("web-{n}.log")),
+            dns_log: dir.join(format!("dnsmasq-{n}.log")),
+            flow_log: dir.join(format!("flows-{n}.log")),
+            resolv_conf: dir.join(format!("resolv-{n}.conf")),
+            procs: Vec::new(),
+        };
+        for f in [&world.log, &world.dns_log, &world.flow_log] {
+            let _ = fs::remove_file(f);
+        }
+        fs::write(&world.resolv_conf, format!("nameserver {net}.6\n")).expect("resolv.conf");
+        let mut script = format!(
+            "set -e
+ip netns add {netns}
+ip link add {host_if} type veth peer name {ns_if} netns {netns}
+ip addr add {net}.1/24 dev {host_if}
+ip addr add {v6}:1/64 dev {host_if} nodad
+ip link set {host_if} up
+ip -n {netns} link set lo up
+ip -n {netns} link set {ns_if} up
+"
+        );
+        for i in 2..=6 {
+            script.push_str(&format!(
+                "ip -n {netns} addr add {net}.{i}/24 dev {ns_if}\nip -n {netns} addr add {v6}:{i}/64 dev {ns_if} nodad\n"
+            ));
+        }
+        sh(&script);
+        let c = certs();
+        let dnsmasq = Command::new("ip")
+            .args(["netns", "exec", &netns, "dnsmasq", "--keep-in-foreground"])
+            .args(["--no-resolv", "--no-hosts", "--bind-interfaces", "--port=53"])
+            .args(["--user=root", "--group=root", "--pid-file=", "--log-queries"])
+            .arg(format!("--log-facility={}", world.dns_log.display()))
+            .arg(format!("--listen-address={net}.2"))
+            .arg(format!("--host-record=allowed.test,{net}.3,{v6}:3"))
+            .arg(format!("--host-record=other.test,{net}.5"))
+            .arg(format!("--host-record=evil.test,{net}.6,{v6}:6"))
+            .arg(format!("--host-record=internal.wild.test,10.0.0.1"))
+            .arg(format!("--address=/wild.test/{net}.4"))
+            .arg(format!("--address=/wild.test/{v6}:4"))
+            .arg("--txt-record=txt.allowed.test,hello")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start dnsmasq");
+        world.procs.push(dnsmasq);
+        let web = Command::new("ip")
+            .args(["netns", "exec", &netns, "python3"])
+            .arg(dir.join("webserver.py"))
+            .arg("--log")
+            .arg(&world.log)
+            .arg("--cert")
+            .arg(&c.cert)
+            .arg("--key")
+            .arg(&c.key)
+            .args(["--lifetime", "600"])
+            .args(["--web", &format!("{net}.3"), "--web", &format!("{net}.4")])
+            .args(["--web", &format!("{net}.5"), "--web", &format!("{net}.6")])
+            .args(["--web", &format!("{v6}:3"), "--web", &format!("{v6}:4")])
+            .args(["--rogue-dns", &format!("{net}.6")])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start webserver");
+        world.procs.push(web);
+        let start = Instant::now();
+        while !(fs::read_to_string(&world.log).is_ok_and(|l| l.contains("ready"))
+            && fs::read_to_string(&world.dns_log).is_ok_and(|l| l.contains("started")))
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "web world in {netns} did not start: web log {:?}, dns log {:?}",
+                fs::read_to_string(&world.log),
+                fs::read_to_string(&world.dns_log)
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+        world
+    }
+
+    /// `198.B.C.i`.
+    pub fn v4(&self, i: u8) -> String {
+        format!("{}.{i}", self.net)
+    }
+
+    /// `2001:db8:5a:N::i`.
+    pub fn v6(&self, i: u8) -> String {
+        format!("{}:{i}", self.v6)
+    }
+
+    /// The upstream resolver (dnsmasq).
+    pub fn upstream(&self) -> String {
+        self.v4(2)
+    }
+
+    /// What the web servers and the rogue resolver saw (see `helpers/webserver.py`).
+    pub fn seen(&self) -> Vec<String> {
+        fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| *l != "ready")
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Whether any line of what the servers saw starts with `prefix`.
+    pub fn saw(&self, prefix: &str) -> bool {
+        self.seen().iter().any(|l| l.starts_with(prefix))
+    }
+
+    /// Whether a line of what the servers saw mentions `addr` as the local address.
+    pub fn saw_addr(&self, addr: &str) -> bool {
+        self.seen()
+            .iter()
+            .any(|l| l.split(' ').nth(1) == Some(addr))
+    }
+
+    /// The questions the upstream resolver was asked (dnsmasq's `query[TYPE] NAME` lines).
+    pub fn upstream_queries(&self) -> Vec<String> {
+        fs::read_to_string(&self.dns_log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_once(": query[").map(|(_, q)| format!("query[{q}")))
+            .collect()
+    }
+
+    /// The flow events of the last runs, one JSON value each.
+    pub fn flows(&self) -> Vec<serde_json::Value> {
+        fs::read_to_string(&self.flow_log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("flow event is JSON"))
+            .collect()
+    }
+
+    /// `sandbox-agent run --upstream-dns <.2> --flow-log <file> POLICY... -- python3
+    /// webclient.py STEP...`, in a mount namespace where /etc/resolv.conf names the rogue
+    /// resolver. Panics unless the agent exits 0.
+    pub fn run(&self, policy: &[&str], steps: &[&str]) -> Run {
+        let mut args: Vec<String> = vec![
+            "run".into(),
+            "--upstream-dns".into(),
+            self.upstream(),
+            "--flow-log".into(),
+            self.flow_log.display().to_string(),
+        ];
+        args.extend(policy.iter().map(|s| (*s).to_owned()));
+        args.push("--".into());
+        args.push("/usr/bin/python3".into());
+        args.push(helpers().join("webclient.py").display().to_string());
+        args.extend(steps.iter().map(|s| (*s).to_owned()));
+        let run = self.agent(&args);
+        assert_eq!(run.code, 0, "sandboxed client failed: {run:#?}");
+        run
+    }
+
+    /// `sandbox-agent ARGS...` with this world's resolv.conf.
+    pub fn agent(&self, args: &[String]) -> Run {
+        let child = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+            .arg("mount --bind \"$0\" /etc/resolv.conf && exec \"$@\"")
+            .arg(&self.resolv_conf)
+            .arg(agent())
+            .args(args)
+            .current_dir("/")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start sandbox-agent");
+        wait_bounded(child)
+    }
+
+    /// `--cacert` for curl.
+    pub fn ca(&self) -> &Path {
+        &certs().ca
+    }
+}
+
+impl Default for WebWorld {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for WebWorld {
+    fn drop(&mut self) {
+        for p in &mut self.procs {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+        sh_quiet(&format!(
+            "ip netns del {}; ip link del {}",
+            self.netns, self.host_if
+        ));
+        for f in [&self.log, &self.dns_log, &self.flow_log, &self.resolv_conf] {
+            let _ = fs::remove_file(f);
+        }
+    }
+}

