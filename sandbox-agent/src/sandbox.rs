@@ -64,8 +64,12 @@ pub struct RunOptions {
     pub timeout: Option<Duration>,
     /// After forwarding SIGINT/SIGTERM/SIGHUP, how long the workload may take to exit.
     pub stop_grace: Duration,
-    /// The resolver and proxy settings; required when the policy has domain rules.
+    /// The resolver and proxy settings; required when the policy has domain rules or
+    /// `proxy_env` is set.
     pub domains: Option<DomainOptions>,
+    /// Give the workload `HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY` (and lower-case forms)
+    /// naming the sandbox's explicit proxy.
+    pub proxy_env: bool,
 }
 
 /// What a run ended with.
@@ -105,7 +109,7 @@ impl Drop for LiveSandbox<'_> {
 }
 
 /// Runs one workload under `opts.policy` and cleans up.
-pub fn run(paths: &Paths, opts: RunOptions) -> Result<RunReport, RunError> {
+pub fn run(paths: &Paths, mut opts: RunOptions) -> Result<RunReport, RunError> {
     // Signals are blocked before anything exists, so a SIGTERM at any moment reaches the
     // signalfd and leads to an orderly clean-up instead of killing the agent half-way.
     let mut mask = SigSet::empty();
@@ -150,7 +154,7 @@ pub fn run(paths: &Paths, opts: RunOptions) -> Result<RunReport, RunError> {
     timing.mark("lock and cgroup");
     // Domain rules: the resolver and proxy listen before the kernel may redirect to them.
     // Started after the signal mask is set, so their threads inherit it.
-    let services = match (opts.policy.has_names(), opts.domains) {
+    let services = match (opts.policy.has_names() || opts.proxy_env, opts.domains.take()) {
         (true, Some(options)) => Some(DomainServices::start(
             paths,
             &id,
@@ -160,6 +164,11 @@ pub fn run(paths: &Paths, opts: RunOptions) -> Result<RunReport, RunError> {
         (true, None) => return Err(DomainError::NotConfigured.into()),
         (false, _) => None,
     };
+    if opts.proxy_env
+        && let Some(s) = &services
+    {
+        set_proxy_env(&mut opts.launch, s.proxy_port);
+    }
     let ports = services
         .as_ref()
         .map_or((0, 0), |s| (s.dns_port, s.proxy_port));
@@ -236,6 +245,32 @@ pub fn run(paths: &Paths, opts: RunOptions) -> Result<RunReport, RunError> {
         timed_out,
         counters,
     })
+}
+
+/// Points the usual proxy variables at the sandbox's explicit proxy, replacing any the caller
+/// set (they could not work: the kernel lets the sandbox reach no other proxy).
+fn set_proxy_env(launch: &mut LaunchSpec, port: u16) {
+    let http = format!("http://127.0.0.1:{port}");
+    let socks = format!("socks5h://127.0.0.1:{port}");
+    let vars = [
+        ("HTTP_PROXY", &http),
+        ("HTTPS_PROXY", &http),
+        ("ALL_PROXY", &socks),
+        ("http_proxy", &http),
+        ("https_proxy", &http),
+        ("all_proxy", &socks),
+    ];
+    launch.envp.retain(|kv| {
+        let bytes = kv.as_bytes();
+        !vars
+            .iter()
+            .any(|(k, _)| bytes.starts_with(k.as_bytes()) && bytes.get(k.len()) == Some(&b'='))
+    });
+    for (k, v) in vars {
+        launch
+            .envp
+            .push(std::ffi::CString::new(format!("{k}={v}")).expect("no NUL in proxy variables"));
+    }
 }
 
 /// Removes what agents that died left behind: sandbox cgroups whose lock nobody holds and

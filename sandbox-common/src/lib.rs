@@ -147,6 +147,9 @@ pub enum FlowKind {
     Proxy = 2,
     /// Connected to an address the resolver handed out for an allowed name.
     Learned = 3,
+    /// Connected to the sandbox's proxy port on loopback itself: the explicit HTTP CONNECT /
+    /// SOCKS5 proxy (`HTTP_PROXY`, `ALL_PROXY`).
+    Explicit = 4,
 }
 
 /// The destination a sandboxed socket asked for before it was redirected, keyed by socket
@@ -379,10 +382,13 @@ pub enum SockAddrAction {
 /// address verdict of [`decide`]. In this order:
 ///
 /// 1. With a resolver (`dns_port`), DNS (port 53, TCP or UDP, any address) goes to it.
-/// 2. With domain rules (`proxy_port`), a TCP connect to port 80 or 443 goes to the proxy
+/// 2. With domain rules (`proxy_port`), a TCP connect to the proxy's own port on loopback is
+///    the explicit proxy (HTTP CONNECT, SOCKS5): it passes, marked, so that the proxy knows
+///    the sandbox. Other loopback ports stay closed unless an address rule opens them.
+/// 3. With domain rules, a TCP connect to port 80 or 443 goes to the proxy
 ///    unless a CIDR allow rule decided it (the mode's default allow, in `open`, still goes
 ///    through the proxy so that denied names are refused) or the address is loopback.
-/// 3. Otherwise the address verdict stands, except that a TCP connect that no rule matched
+/// 4. Otherwise the address verdict stands, except that a TCP connect that no rule matched
 ///    (`DefaultDeny`) passes when `learned()` says the sandbox's resolver handed the address
 ///    out for an allowed name. An explicit deny rule beats a learned address.
 ///
@@ -403,6 +409,12 @@ pub fn sock_addr_action(
         };
     }
     let domains = entry.proxy_port != 0 && tcp_connect;
+    if domains && loopback && u32::from(port) == entry.proxy_port {
+        return SockAddrAction::Redirect {
+            port: entry.proxy_port,
+            kind: FlowKind::Explicit,
+        };
+    }
     if domains
         && (port == HTTP_PORT || port == HTTPS_PORT)
         && !loopback
@@ -635,6 +647,32 @@ mod tests {
                 SockAddrAction::Deny
             );
         }
+    }
+
+    #[test]
+    fn the_proxy_port_on_loopback_is_the_explicit_proxy() {
+        let e = domain_entry();
+        let loopback = Verdict::deny(Reason::LoopbackNotNamed);
+        assert_eq!(
+            sock_addr_action(&e, loopback, 5301, true, true, || false),
+            SockAddrAction::Redirect {
+                port: 5301,
+                kind: FlowKind::Explicit
+            }
+        );
+        // Another loopback port, UDP, or a remote address on that port: not the proxy.
+        assert_eq!(
+            sock_addr_action(&e, loopback, 5302, true, true, || false),
+            SockAddrAction::Deny
+        );
+        assert_eq!(
+            sock_addr_action(&e, loopback, 5301, false, true, || false),
+            SockAddrAction::Deny
+        );
+        assert_eq!(
+            sock_addr_action(&e, Verdict::deny(Reason::DefaultDeny), 5301, true, false, || false),
+            SockAddrAction::Deny
+        );
     }
 
     #[test]

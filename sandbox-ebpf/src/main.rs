@@ -566,7 +566,7 @@ pub fn sandbox_sock_ops(ctx: SockOpsContext) -> u32 {
         let _ = ctx.set_cb_flags(ctx.cb_flags() as i32 | BPF_SOCK_OPS_STATE_CB_FLAG);
         // SAFETY: the value is copied out at once.
         if let Some(orig) = unsafe { ORIG_DST.get(cookie) }.copied()
-            && orig.kind == FlowKind::Proxy as u32
+            && (orig.kind == FlowKind::Proxy as u32 || orig.kind == FlowKind::Explicit as u32)
         {
             let key = ProxyKey {
                 client_port: ctx.local_port() as u16,

@@ -3,7 +3,9 @@
 Usage: webclient.py STEP [STEP...], each STEP one argument of words separated by spaces;
 prints one line per step, `<label> <outcome>`:
 
-  curl LABEL ARGS...             run curl -sS ARGS; `exit=N <first line of the body>`
+  curl LABEL ARGS...             run curl -sS ARGS ($VARS expanded); `exit=N <first line>`
+  requests LABEL URL CAFILE      python requests GET (honours HTTP(S)_PROXY); `status=N <first
+                                 line>` or the exception's name
   dns LABEL SERVER NAME TYPE     raw DNS query over UDP to SERVER:53; `RCODE addr,addr` or errno
   dnstcp LABEL SERVER NAME TYPE  the same over TCP
   resolve LABEL NAME             getaddrinfo (the system resolver); `ok addr,addr` or the error
@@ -34,9 +36,20 @@ def family(addr):
 
 
 def curl(args):
+    args = [os.path.expandvars(a) for a in args]
     r = subprocess.run(["curl", "-sS", "--max-time", "10", *args], capture_output=True, text=True)
     body = (r.stdout.strip().splitlines() or [""])[0]
     return f"exit={r.returncode} {body}".strip()
+
+
+def requests_get(url, ca):
+    try:
+        import requests
+        r = requests.get(url, verify=ca, timeout=10)
+        body = (r.text.strip().splitlines() or [""])[0]
+        return f"status={r.status_code} {body}".strip()
+    except Exception as e:  # noqa: BLE001
+        return type(e).__name__
 
 
 RCODES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
@@ -187,6 +200,8 @@ def step(words):
     cmd, label, rest = words[0], words[1], words[2:]
     if cmd == "curl":
         out = curl(rest)
+    elif cmd == "requests":
+        out = requests_get(rest[0], rest[1])
     elif cmd == "dns":
         out = dns(rest[0], rest[1], rest[2])
     elif cmd == "dnstcp":

@@ -294,3 +294,48 @@ fn the_proxy_is_no_open_relay() {
         w.flows()
     );
 }
+
+/// `--proxy-env`: HTTP CONNECT, plain HTTP forwarding and SOCKS5 through the sandbox's own
+/// explicit proxy, with the policy's rules; and the kernel wall for clients that ignore it.
+#[test]
+fn explicit_proxies_apply_the_same_rules() {
+    let w = WebWorld::new();
+    let ca = w.ca();
+    let mut policy = POLICY.to_vec();
+    policy.push("--proxy-env");
+    let cad = ca.display().to_string();
+    let run = w.run(
+        &policy,
+        &[
+            &format!("requests py https://allowed.test/ {cad}"),
+            &format!("requests py-denied https://evil.test/ {cad}"),
+            &curl("http-forward", ca, "-4 http://allowed.test/"),
+            &curl("socks", ca, "-4 --proxy $ALL_PROXY https://a.wild.test/"),
+            &curl("socks-denied", ca, "--proxy $ALL_PROXY https://evil.test/"),
+            &curl("socks-ip", ca, &format!("--proxy $ALL_PROXY http://{}/", w.v4(6))),
+            &curl("connect-denied", ca, "--proxy $HTTPS_PROXY https://evil.test/"),
+            // A client that ignores the variables meets the kernel and the transparent proxy.
+            &curl("no-proxy", ca, &format!("-4 --noproxy * --resolve evil.test:443:{} https://evil.test/", w.v4(6))),
+        ],
+    );
+    assert_outcome(&run, "py", "status=200 hello from ");
+    assert!(run.outcome("py").contains("sni=allowed.test"), "{run:#?}");
+    assert!(
+        !run.outcome("py-denied").starts_with("status=200"),
+        "{run:#?}"
+    );
+    assert_outcome(&run, "http-forward", &format!("exit=0 hello from {} host=allowed.test", w.v4(3)));
+    assert_outcome(&run, "socks", &format!("exit=0 hello from {} sni=a.wild.test", w.v4(4)));
+    assert_refused(&run, "socks-denied");
+    assert_refused(&run, "socks-ip");
+    assert_refused(&run, "connect-denied");
+    assert_refused(&run, "no-proxy");
+    assert!(!w.saw_addr(&w.v4(6)), "{:?}", w.seen());
+    let flows = w.flows();
+    assert!(
+        flows
+            .iter()
+            .any(|f| f["name"] == "evil.test" && f["verdict"] == "denied"),
+        "{flows:#?}"
+    );
+}

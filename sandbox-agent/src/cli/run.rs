@@ -71,6 +71,10 @@ pub struct RunArgs {
     /// nameserver of /etc/resolv.conf]. Used only when the policy has domain rules.
     #[arg(long = "upstream-dns", value_name = "ADDR[:PORT]")]
     upstream_dns: Option<String>,
+    /// Set HTTP_PROXY, HTTPS_PROXY, ALL_PROXY (and lower-case forms) to the sandbox's own
+    /// explicit proxy (HTTP CONNECT and SOCKS5), which applies the policy's rules.
+    #[arg(long = "proxy-env")]
+    proxy_env: bool,
     /// Write a JSON line for every DNS and proxy decision to FILE ("-" for stderr).
     #[arg(long = "flow-log", value_name = "FILE")]
     flow_log: Option<PathBuf>,
@@ -141,7 +145,7 @@ impl<E: std::fmt::Display> From<E> for Failure {
 fn prepare(args: RunArgs) -> Result<(RunOptions, String), Failure> {
     let spec = policy_spec(&args)?;
     let compiled = policy::compile(&spec)?;
-    let domains = if compiled.has_names() {
+    let domains = if compiled.has_names() || args.proxy_env {
         let upstream_dns = match &args.upstream_dns {
             Some(text) => domains::parse_upstream(text)?,
             None => domains::upstream_from_resolv_conf(Path::new("/etc/resolv.conf"))?,
@@ -235,6 +239,7 @@ fn prepare(args: RunArgs) -> Result<(RunOptions, String), Failure> {
             timeout: args.timeout,
             stop_grace: args.stop_timeout,
             domains,
+            proxy_env: args.proxy_env,
         },
         name,
     ))

@@ -98,7 +98,9 @@ async fn answer(shared: &Shared, bytes: &[u8], transport: Transport) -> Option<V
         Ok(q) => q,
         Err(e) => {
             shared.events.emit(&event.denied(format!("bad query: {e}")));
-            return message::formerr(bytes);
+            return e
+                .rcode()
+                .and_then(|rcode| message::error_response(bytes, rcode));
         }
     };
     let mut event = event;

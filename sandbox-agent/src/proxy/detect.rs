@@ -57,7 +57,7 @@ const CONTENT_HANDSHAKE: u8 = 22;
 const HANDSHAKE_CLIENT_HELLO: u8 = 1;
 const HANDSHAKE_HEADER: usize = 4;
 const EXT_SERVER_NAME: u16 = 0;
-/// RFC 9849 `encrypted_client_hello`.
+/// `encrypted_client_hello`, the TLS Encrypted Client Hello extension.
 const EXT_ECH: u16 = 0xfe0d;
 /// The encrypted SNI of the drafts that preceded ECH.
 const EXT_ESNI: u16 = 0xffce;
@@ -355,8 +355,11 @@ fn host_in(buf: &[u8]) -> Result<Option<String>, HostProblem> {
     }
 }
 
+/// Some bytes at the start of a buffer, and the bytes after them (and their delimiter).
+type Split<'a> = (&'a [u8], &'a [u8]);
+
 /// The next line without its CRLF, and what follows it. `Ok(None)`: no line end yet.
-fn split_line(buf: &[u8]) -> Result<Option<(&[u8], &[u8])>, HostProblem> {
+fn split_line(buf: &[u8]) -> Result<Option<Split<'_>>, HostProblem> {
     let Some(lf) = buf.iter().position(|&b| b == b'\n') else {
         return Ok(None);
     };
@@ -425,7 +428,7 @@ fn request_line(buf: &[u8]) -> Result<Option<RequestLine<'_>>, HostProblem> {
 fn token_then_space(
     buf: &[u8],
     allowed: impl Fn(u8) -> bool,
-) -> Option<Result<(&[u8], &[u8]), HostProblem>> {
+) -> Option<Result<Split<'_>, HostProblem>> {
     let length = buf.iter().take_while(|&&b| allowed(b)).count();
     let after = *buf.get(length)?;
     if length == 0 || after != b' ' {
@@ -510,13 +513,13 @@ fn trim_ows(value: &[u8]) -> &[u8] {
 mod tests {
     use super::*;
 
-    /// ClientHellos captured on this machine: a Python listener on 127.0.0.1 saved the first
+    /// `ClientHello`s captured on this machine: a Python listener on 127.0.0.1 saved the first
     /// bytes of one connection from each client, with the name after the file name:
     /// `openssl s_client -connect 127.0.0.1:P -servername allowed.example` (OpenSSL 3.0.19,
     /// TLS 1.3), the same with `-tls1_2`, and with `-noservername`; `curl -k --resolve
     /// api.allowed.example:P:127.0.0.1` (curl 7.88.1, OpenSSL); Python 3.11 `ssl` with
     /// `server_hostname="Allowed.Example"`; Node 20 `tls.connect`; Java 17 `SSLSocket` (JSSE,
-    /// not OpenSSL); `wget` (GnuTLS) with the name mapped to 127.0.0.1 by a private
+    /// not OpenSSL); `wget` (`GnuTLS`) with the name mapped to 127.0.0.1 by a private
     /// /etc/hosts. Each is one record.
     const FIXTURES: [(&str, &[u8], Option<&str>); 8] = [
         (
@@ -914,7 +917,7 @@ mod tests {
         for (_, stream, _) in FIXTURES {
             for _ in 0..200 {
                 let mut mutated = stream.to_vec();
-                for _ in 0..1 + rng.below(4) {
+                for _ in 0..=rng.below(4) {
                     let at = 9 + rng.below(mutated.len() - 9);
                     mutated[at] = rng.bytes(1)[0];
                 }

@@ -12,6 +12,7 @@
 //!
 //! Every refusal resets the client's connection at once and is reported as a flow event.
 pub mod detect;
+pub mod explicit;
 pub mod splice;
 
 use std::{
@@ -20,7 +21,7 @@ use std::{
     time::Duration,
 };
 
-use sandbox_common::{HTTPS_PORT, OrigDst, ProxyKey};
+use sandbox_common::{FlowKind, HTTPS_PORT, OrigDst, ProxyKey};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
@@ -52,7 +53,8 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
 }
 
 /// Whose fault a refusal is, for the event.
-enum Refusal {
+#[derive(Debug)]
+pub(super) enum Refusal {
     Client(String),
     Policy(String),
     Upstream(String),
@@ -77,18 +79,29 @@ async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
         );
         return;
     };
-    let orig_addr = SocketAddr::new(canonical(IpAddr::from(orig.addr)), orig.port);
-    event.original_dst = Some(orig_addr.to_string());
-    match proxy(client, orig_addr, shared, &mut event).await {
-        Ok((out, back)) => {
-            event.bytes_out = Some(out);
-            event.bytes_in = Some(back);
-            // The decision was reported when the upstream connection opened; this closes it.
-            event.reason = "connection closed".into();
-            shared.events.emit(&event);
+    let mut client = client;
+    let opened = if orig.kind == FlowKind::Explicit as u32 {
+        explicit::open(&mut client, shared, &mut event).await
+    } else {
+        let orig_addr = SocketAddr::new(canonical(IpAddr::from(orig.addr)), orig.port);
+        event.original_dst = Some(orig_addr.to_string());
+        open_transparent(&mut client, orig_addr, shared, &mut event).await
+    };
+    let (upstream, head) = match opened {
+        Ok(v) => v,
+        Err(refusal) => {
+            reset(&client);
+            shared.events.emit(&event.denied(refusal.text()));
+            return;
         }
-        Err(refusal) => shared.events.emit(&event.denied(refusal.text())),
-    }
+    };
+    shared.events.emit(&event.clone().allowed("name allowed by the policy"));
+    let (out, back) = forward(client, upstream, &head).await;
+    event.bytes_out = Some(out);
+    event.bytes_in = Some(back);
+    // The decision was reported when the upstream connection opened; this closes it.
+    event.reason = "connection closed".into();
+    shared.events.emit(&event);
 }
 
 /// The redirect record of this connection, if it came through the kernel's redirect for
@@ -105,43 +118,55 @@ fn original_destination(client: &TcpStream, peer: SocketAddr, shared: &Shared) -
     (orig.cgroup_id == bound.cgroup_id).then_some(orig)
 }
 
-async fn proxy(
-    mut client: TcpStream,
+/// Detection and decision for a redirected connection: the upstream connection and the bytes
+/// read from the client so far.
+async fn open_transparent(
+    client: &mut TcpStream,
     orig: SocketAddr,
     shared: &Shared,
     event: &mut FlowEvent,
-) -> Result<(u64, u64), Refusal> {
-    let result = async {
-        let (name, head) = detect_name(&mut client, orig.port()).await?;
-        event.name = Some(name.clone());
-        let verdict = shared.policy.decide_name(&name);
-        if !verdict.allow {
-            return Err(Refusal::Policy(crate::dns::reason_text(verdict.reason).into()));
-        }
-        let upstream = connect_upstream(&name, orig, shared, event).await?;
-        Ok((head, upstream))
+) -> Result<(TcpStream, Vec<u8>), Refusal> {
+    let (name, head) = detect_name(client, orig.port()).await?;
+    event.name = Some(name.clone());
+    let verdict = shared.policy.decide_name(&name);
+    if !verdict.allow {
+        return Err(Refusal::Policy(
+            crate::dns::reason_text(verdict.reason).into(),
+        ));
     }
-    .await;
-    let (head, mut upstream) = match result {
-        Ok(v) => v,
-        Err(e) => {
-            reset(&client);
-            return Err(e);
-        }
-    };
-    shared.events.emit(&event.clone().allowed("name allowed by the policy"));
-    if let Err(e) = upstream.write_all(&head).await {
+    let upstream = connect_upstream(&name, orig, shared, event).await?;
+    Ok((upstream, head))
+}
+
+/// Replays `head` upstream, then moves bytes both ways until both sides are done. Returns
+/// bytes `(client → upstream, upstream → client)`.
+async fn forward(mut client: TcpStream, mut upstream: TcpStream, head: &[u8]) -> (u64, u64) {
+    if upstream.write_all(head).await.is_err() {
         reset(&client);
-        return Err(Refusal::Upstream(format!("write failed: {e}")));
+        return (0, 0);
     }
     let _ = upstream.set_nodelay(true);
     let _ = client.set_nodelay(true);
     let head_len = head.len() as u64;
-    match splice::bidirectional(&client, &upstream).await {
-        Ok((out, back)) => Ok((out + head_len, back)),
+    let copied = if userspace_copy() {
+        tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, 4096, 4096).await
+    } else {
+        splice::bidirectional(&client, &upstream).await
+    };
+    match copied {
+        Ok((out, back)) => (out + head_len, back),
         // A reset mid-stream is the end of an allowed connection, not a refusal.
-        Err(_) => Ok((head_len, 0)),
+        Err(_) => (head_len, 0),
     }
+}
+
+/// `SANDBOX_AGENT_PROXY_COPY=userspace` forwards with a 4 KiB userspace copy instead of
+/// `splice(2)`: the baseline `cargo xtask bench` compares against.
+fn userspace_copy() -> bool {
+    static USERSPACE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *USERSPACE.get_or_init(|| {
+        std::env::var_os("SANDBOX_AGENT_PROXY_COPY").is_some_and(|v| v == "userspace")
+    })
 }
 
 /// Reads until the SNI (443) or Host (80) is known. Returns the name and the bytes read.
@@ -200,7 +225,7 @@ async fn detect_name(client: &mut TcpStream, port: u16) -> Result<(String, Vec<u
 
 /// Resolves `name` upstream and connects to the first permitted address, preferring the
 /// client's own choice when the name really has that address.
-async fn connect_upstream(
+pub(super) async fn connect_upstream(
     name: &str,
     orig: SocketAddr,
     shared: &Shared,
@@ -234,19 +259,28 @@ async fn connect_upstream(
     let mut errors = Vec::new();
     for addr in candidates {
         let target = SocketAddr::new(addr, orig.port());
-        match timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await {
-            Ok(Ok(stream)) => {
+        match connect_with_timeout(target).await {
+            Ok(stream) => {
                 event.resolved = vec![target.to_string()];
                 return Ok(stream);
             }
-            Ok(Err(e)) => errors.push(format!("{target}: {e}")),
-            Err(_) => errors.push(format!("{target}: no answer within {CONNECT_TIMEOUT:?}")),
+            Err(e) => errors.push(format!("{target}: {e}")),
         }
     }
     Err(Refusal::Upstream(format!(
         "cannot connect to {name}: {}",
         errors.join("; ")
     )))
+}
+
+pub(super) async fn connect_with_timeout(target: SocketAddr) -> std::io::Result<TcpStream> {
+    match timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer within {CONNECT_TIMEOUT:?}"),
+        )),
+    }
 }
 
 /// Makes the close of `stream` (when it is dropped) an RST, so that the client sees the

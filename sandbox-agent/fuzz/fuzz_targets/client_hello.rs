@@ -1,0 +1,23 @@
+//! `parse_client_hello` on arbitrary bytes: no panic, and an answer once given does not
+//! change when more bytes arrive (the proxy decides on the first answer).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use sandbox_agent::proxy::detect::{TlsHello, parse_client_hello};
+
+fuzz_target!(|data: &[u8]| {
+    let answer = parse_client_hello(data);
+    if answer != TlsHello::Incomplete {
+        let mut longer = data.to_vec();
+        longer.extend_from_slice(data);
+        assert_eq!(parse_client_hello(&longer), answer, "more bytes changed the answer");
+    }
+    // The same property seen from one byte earlier.
+    if let Some((_, shorter)) = data.split_last() {
+        let earlier = parse_client_hello(shorter);
+        assert!(
+            earlier == TlsHello::Incomplete || earlier == answer,
+            "one byte more changed {earlier:?} into {answer:?}"
+        );
+    }
+});
