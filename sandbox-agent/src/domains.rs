@@ -53,6 +53,8 @@ pub enum DomainError {
 pub struct DomainOptions {
     /// Where allowed names are resolved.
     pub upstream_dns: SocketAddr,
+    /// The operator's proxy that the agent's own connections go through, if any.
+    pub upstream_proxy: Option<crate::proxy::upstream::UpstreamProxy>,
     pub events: Arc<Events>,
 }
 
@@ -68,6 +70,7 @@ pub struct Shared {
     pub sandbox_id: String,
     pub policy: CompiledPolicy,
     pub upstream: SocketAddr,
+    pub upstream_proxy: Option<crate::proxy::upstream::UpstreamProxy>,
     pub events: Arc<Events>,
     pub maps: Mutex<AgentMaps>,
     bound: OnceLock<Bound>,
@@ -146,6 +149,7 @@ impl DomainServices {
             sandbox_id: sandbox_id.to_owned(),
             policy,
             upstream: options.upstream_dns,
+            upstream_proxy: options.upstream_proxy,
             events: options.events,
             maps: Mutex::new(maps),
             bound: OnceLock::new(),

@@ -10,6 +10,11 @@ sandbox must never reach. One line per event in the log:
   tcp <local addr> 2222
   udp <local addr> 443
   dns <local addr> udp|tcp
+  proxy http|socks <target host:port>
+
+With --upstream-proxy ADDR it also runs a forward proxy on ADDR:3128 speaking HTTP CONNECT and
+SOCKS5 (no authentication), resolving names with the --host NAME=ADDR table only: an
+operator's proxy that the agent may chain through.
 
 Replies name the local address and the name asked for, so a client can tell which server it
 reached. Exits after --lifetime seconds (bounded).
@@ -18,6 +23,7 @@ import argparse
 import socket
 import socketserver
 import ssl
+import struct
 import sys
 import threading
 import time
@@ -131,6 +137,71 @@ def rogue_dns(addr):
     return servers, [serve]
 
 
+def pipe(a, b):
+    try:
+        while True:
+            data = a.recv(65536)
+            if not data:
+                break
+            b.sendall(data)
+    except OSError:
+        pass
+    finally:
+        try:
+            b.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+
+def tunnel(client, host, port, hosts):
+    addr = hosts.get(host, host)
+    upstream = socket.create_connection((addr, port), timeout=5)
+    upstream.settimeout(None)
+    client.settimeout(None)
+    t = threading.Thread(target=pipe, args=(upstream, client), daemon=True)
+    t.start()
+    pipe(client, upstream)
+    t.join(10)
+    upstream.close()
+
+
+def upstream_proxy(addr, hosts):
+    class Proxy(socketserver.BaseRequestHandler):
+        def handle(self):
+            c = self.request
+            c.settimeout(5)
+            first = c.recv(1, socket.MSG_PEEK)
+            if first == b"\x05":
+                c.recv(2 + c.recv(2, socket.MSG_PEEK)[1])
+                c.sendall(b"\x05\x00")
+                head = c.recv(4)
+                if head[3] == 3:
+                    n = c.recv(1)[0]
+                    host = c.recv(n).decode()
+                elif head[3] == 1:
+                    host = socket.inet_ntop(socket.AF_INET, c.recv(4))
+                else:
+                    host = socket.inet_ntop(socket.AF_INET6, c.recv(16))
+                port = struct.unpack(">H", c.recv(2))[0]
+                log(f"proxy socks {host}:{port}")
+                c.sendall(b"\x05\x00\x00\x01\x00\x00\x00\x00\x00\x00")
+            else:
+                buf = b""
+                while b"\r\n\r\n" not in buf and len(buf) < 16384:
+                    chunk = c.recv(4096)
+                    if not chunk:
+                        return
+                    buf += chunk
+                target = buf.split(b" ")[1].decode()
+                host, port = target.rsplit(":", 1)
+                host, port = host.strip("[]"), int(port)
+                log(f"proxy http {target}")
+                c.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            tunnel(c, host, port, hosts)
+
+    return [make_tcp_server(addr, 3128, Proxy)], []
+
+
 def main():
     global LOG
     p = argparse.ArgumentParser()
@@ -140,12 +211,19 @@ def main():
     p.add_argument("--lifetime", type=float, default=300)
     p.add_argument("--web", action="append", default=[])
     p.add_argument("--rogue-dns", action="append", default=[])
+    p.add_argument("--upstream-proxy", action="append", default=[])
+    p.add_argument("--host", action="append", default=[])
     args = p.parse_args()
     LOG = open(args.log, "a", buffering=1)
     ctx = {"cert": args.cert, "key": args.key}
     servers, loops = [], []
     for a in args.web:
         s, l = web(a, ctx)
+        servers += s
+        loops += l
+    hosts = dict(h.split("=", 1) for h in args.host)
+    for a in args.upstream_proxy:
+        s, l = upstream_proxy(a, hosts)
         servers += s
         loops += l
     for a in args.rogue_dns:

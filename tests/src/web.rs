@@ -5,7 +5,8 @@
 //! - web servers (`helpers/webserver.py`: HTTPS with a certificate of the tests' own CA, HTTP,
 //!   plain TCP on 2222, a UDP/443 logger) on `.3` (`allowed.test`), `.4` (`*.wild.test`),
 //!   `.5` (`other.test`) and `.6` (`evil.test`), and on IPv6 `::3`, `::4`,
-//! - a rogue resolver on `.6:53` that logs and never answers.
+//! - a rogue resolver on `.6:53` that logs and never answers,
+//! - an operator's forward proxy on `.2:3128` (HTTP CONNECT and SOCKS5).
 //!
 //! Sandboxes run with `/etc/resolv.conf` bind-mounted (in a private mount namespace of the
 //! agent) to name the rogue resolver, so every DNS packet a sandbox sends is aimed at this
@@ -141,6 +142,9 @@ ip -n {netns} link set {ns_if} up
             .args(["--web", &format!("{net}.5"), "--web", &format!("{net}.6")])
             .args(["--web", &format!("{v6}:3"), "--web", &format!("{v6}:4")])
             .args(["--rogue-dns", &format!("{net}.6")])
+            .args(["--upstream-proxy", &format!("{net}.2")])
+            .args(["--host", &format!("allowed.test={net}.3")])
+            .args(["--host", &format!("a.wild.test={net}.4")])
             .stdout(Stdio::null())
             .spawn()
             .expect("start webserver");
@@ -213,6 +217,11 @@ ip -n {netns} link set {ns_if} up
             .lines()
             .map(|l| serde_json::from_str(l).expect("flow event is JSON"))
             .collect()
+    }
+
+    /// The operator's forward proxy (HTTP CONNECT and SOCKS5) on `.2:3128`.
+    pub fn upstream_proxy(&self) -> String {
+        format!("{}:3128", self.v4(2))
     }
 
     /// `sandbox-agent run --upstream-dns <.2> --flow-log <file> POLICY... -- python3

@@ -2,7 +2,7 @@
 //! transparent proxy, a fake internet (`sandbox_tests::web`) that logs what reached it.
 use std::{io::Read as _, net::TcpStream, time::Duration};
 
-use sandbox_tests::{Run, state, web::WebWorld};
+use sandbox_tests::{Run, web::WebWorld};
 
 /// The policy most tests use: one exact name, one wildcard, one more exact name.
 const POLICY: [&str; 8] = [
@@ -238,54 +238,63 @@ fn open_mode_refuses_only_denied_names() {
     assert!(!w.saw_addr(&w.v4(6)), "{:?}", w.seen());
 }
 
-/// The proxy serves only connections the kernel redirected: a host process that connects to
-/// its port directly gets nothing (no open relay).
+/// The proxy serves only connections the kernel redirected or its own sandbox made: a host
+/// process that connects to its port directly gets nothing (no open relay).
 #[test]
 fn the_proxy_is_no_open_relay() {
     let w = WebWorld::new();
+    // The workload tells its proxy's port (from --proxy-env) through a file, then waits.
+    let port_file = sandbox_tests::helpers().join(format!("proxy-port-{}", w.net));
+    std::fs::write(&port_file, "").expect("port file");
+    sandbox_tests::sh(&format!("chmod 666 {}", port_file.display()));
     let mut args: Vec<String> = vec![
         "run".into(),
         "--upstream-dns".into(),
         w.upstream(),
         "--flow-log".into(),
         w.flow_log.display().to_string(),
+        "--proxy-env".into(),
     ];
     args.extend(POLICY.iter().map(|s| (*s).to_owned()));
-    args.extend(["--".into(), "sleep".into(), "5".into()]);
-    let agent = {
-        let w = &w;
-        std::thread::scope(|scope| {
-            let handle = scope.spawn(|| w.agent(&args));
-            // Find the sandbox's proxy port in the kernel's entry.
-            let start = std::time::Instant::now();
-            let port = loop {
-                let st = state();
-                let port = st["sandboxes"]
-                    .as_array()
-                    .and_then(|s| s.iter().find_map(|s| s["proxy_port"].as_u64().filter(|p| *p != 0)));
-                if let Some(p) = port {
-                    break u16::try_from(p).expect("port");
-                }
-                assert!(start.elapsed() < Duration::from_secs(4), "no proxy port in {st:#}");
-                std::thread::sleep(Duration::from_millis(50));
-            };
-            let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("connect to the proxy");
-            conn.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
-            let _ = std::io::Write::write_all(
-                &mut conn,
-                b"GET / HTTP/1.1\r\nHost: allowed.test\r\n\r\n",
-            );
-            let mut buf = [0u8; 64];
-            let read = conn.read(&mut buf);
-            assert!(
-                matches!(read, Ok(0)) || read.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
-                "the proxy answered a connection that did not come through the redirect: {read:?}"
-            );
-            handle.join().expect("agent thread")
-        })
-    };
+    args.extend([
+        "--".into(),
+        "/bin/sh".into(),
+        "-c".into(),
+        format!("echo \"$HTTP_PROXY\" > {}; sleep 4", port_file.display()),
+    ]);
+    let agent = std::thread::scope(|scope| {
+        let handle = scope.spawn(|| w.agent(&args));
+        let start = std::time::Instant::now();
+        let port: u16 = loop {
+            let text = std::fs::read_to_string(&port_file).unwrap_or_default();
+            if let Some(p) = text.trim().strip_prefix("http://127.0.0.1:") {
+                break p.parse().expect("port");
+            }
+            assert!(start.elapsed() < Duration::from_secs(4), "no proxy port: {text:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("connect to the proxy");
+        conn.set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("timeout");
+        let _ = std::io::Write::write_all(
+            &mut conn,
+            b"CONNECT allowed.test:443 HTTP/1.1\r\nHost: allowed.test:443\r\n\r\n",
+        );
+        let mut buf = [0u8; 64];
+        let read = conn.read(&mut buf);
+        assert!(
+            matches!(read, Ok(0))
+                || read
+                    .as_ref()
+                    .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+            "the proxy served a host process: {read:?} {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        handle.join().expect("agent thread")
+    });
+    let _ = std::fs::remove_file(&port_file);
     assert_eq!(agent.code, 0, "{agent:#?}");
-    assert!(!w.saw("http "), "{:?}", w.seen());
+    assert!(!w.saw("tls "), "{:?}", w.seen());
     assert!(
         w.flows()
             .iter()
@@ -338,4 +347,33 @@ fn explicit_proxies_apply_the_same_rules() {
             .any(|f| f["name"] == "evil.test" && f["verdict"] == "denied"),
         "{flows:#?}"
     );
+}
+
+/// `--upstream-proxy`: the agent's own connections go through the operator's proxy, by name
+/// (http, socks5h) or by the address the agent resolved (socks5).
+#[test]
+fn the_agents_egress_chains_through_an_upstream_proxy() {
+    let w = WebWorld::new();
+    let ca = w.ca();
+    for (scheme, expect) in [
+        ("http", "proxy http allowed.test:443"),
+        ("socks5h", "proxy socks allowed.test:443"),
+        ("socks5", &*format!("proxy socks {}:443", w.v4(3))),
+    ] {
+        let url = format!("{scheme}://{}", w.upstream_proxy());
+        let mut policy = POLICY.to_vec();
+        policy.extend(["--upstream-proxy", &url]);
+        let run = w.run(
+            &policy,
+            &[
+                &curl("chained", ca, "-4 https://allowed.test/"),
+                &curl("denied", ca, &format!("--resolve evil.test:443:{} https://evil.test/", w.v4(6))),
+            ],
+        );
+        assert_outcome(&run, "chained", &format!("exit=0 hello from {} sni=allowed.test", w.v4(3)));
+        assert_refused(&run, "denied");
+        assert!(w.saw(expect), "{scheme}: the upstream proxy saw {:?}", w.seen());
+    }
+    assert!(!w.saw("proxy http evil") && !w.saw("proxy socks evil"), "{:?}", w.seen());
+    assert!(!w.saw_addr(&w.v4(6)), "{:?}", w.seen());
 }

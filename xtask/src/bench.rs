@@ -22,7 +22,7 @@ use anyhow::{Context as _, Result, bail, ensure};
 
 /// Workloads run as `nobody` with a minimal PATH, so every tool is named by absolute path.
 const IPERF3: &str = "/usr/bin/iperf3";
-const PYTHON3: &str = "/usr/bin/python3";
+pub(crate) const PYTHON3: &str = "/usr/bin/python3";
 const TRUE: &str = "/bin/true";
 const SH: &str = "/bin/sh";
 
@@ -40,7 +40,7 @@ const LOAD_ROUNDS: usize = 3;
 const SMALL_POLICY: usize = 100_000;
 const BIG_POLICY: usize = 1_000_000;
 /// Upper bound on the life of the servers in the namespace, should the bench be killed.
-const SERVER_LIFETIME_SECS: u32 = 300;
+pub(crate) const SERVER_LIFETIME_SECS: u32 = 300;
 /// Where the agent pins its program links.
 const PINNED_LINKS: &str = "/sys/fs/bpf/sandbox-agent/links";
 /// Connects in the program-cost phase.
@@ -148,7 +148,7 @@ pub fn run(agent: &Path) -> Result<()> {
 }
 
 /// Prints a progress line; fails if the bench was interrupted.
-fn progress(msg: &str) -> Result<()> {
+pub(crate) fn progress(msg: &str) -> Result<()> {
     interrupted()?;
     eprintln!("bench: {msg}");
     Ok(())
@@ -160,7 +160,7 @@ extern "C" fn on_signal(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::Relaxed);
 }
 
-fn interrupted() -> Result<()> {
+pub(crate) fn interrupted() -> Result<()> {
     ensure!(!INTERRUPTED.load(Ordering::Relaxed), "interrupted");
     Ok(())
 }
@@ -272,7 +272,7 @@ fn bytes_to_mib(bytes: u64) -> f64 {
 }
 
 /// Fails with the command's stderr unless it exited with status 0.
-fn check(out: &Output, what: &str) -> Result<()> {
+pub(crate) fn check(out: &Output, what: &str) -> Result<()> {
     // A Ctrl-C reaches the children too: report that rather than their failure.
     interrupted()?;
     if out.status.success() {
@@ -286,7 +286,7 @@ fn check(out: &Output, what: &str) -> Result<()> {
 }
 
 /// Runs a host tool (not sandboxed) and returns its stdout.
-fn host(program: &str, args: &[&str]) -> Result<String> {
+pub(crate) fn host(program: &str, args: &[&str]) -> Result<String> {
     let out = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
@@ -297,16 +297,17 @@ fn host(program: &str, args: &[&str]) -> Result<String> {
 }
 
 /// Everything the bench creates outside its own process; `Drop` removes whatever of it exists.
-struct BenchEnv {
-    dir: PathBuf,
-    netns: String,
+pub(crate) struct BenchEnv {
+    pub(crate) dir: PathBuf,
+    pub(crate) netns: String,
     host_if: String,
     host_addr: String,
-    ns_addr: String,
+    pub(crate) ns_addr: String,
     netns_created: bool,
     veth_created: bool,
-    /// Servers in the namespace, each the leader of its own process group.
-    servers: Vec<Child>,
+    /// Servers (in the namespace, or on the host for the domain section's nginx), each the
+    /// leader of its own process group.
+    pub(crate) servers: Vec<Child>,
 }
 
 impl BenchEnv {
@@ -378,7 +379,7 @@ impl BenchEnv {
     }
 
     /// A command in the namespace, with a bounded life, in its own process group.
-    fn in_netns(&self, program: &str, args: &[&str]) -> Command {
+    pub(crate) fn in_netns(&self, program: &str, args: &[&str]) -> Command {
         let mut cmd = Command::new("ip");
         cmd.args([
             "netns",
@@ -442,7 +443,7 @@ impl BenchEnv {
     }
 
     /// The agent, run from the (world-readable) temp dir so the workload can enter its cwd.
-    fn agent(&self, agent: &Path) -> Command {
+    pub(crate) fn agent(&self, agent: &Path) -> Command {
         let mut cmd = Command::new(agent);
         cmd.current_dir(&self.dir).stdin(Stdio::null());
         cmd
@@ -590,7 +591,7 @@ fn random_prefixes(n: usize, seed: u64) -> Vec<String> {
     out
 }
 
-fn median(values: &[f64]) -> f64 {
+pub(crate) fn median(values: &[f64]) -> f64 {
     percentile(values, 50.0)
 }
 
@@ -601,7 +602,7 @@ fn median(values: &[f64]) -> f64 {
     clippy::cast_precision_loss,
     reason = "sample counts are small and the rank is clamped to the slice"
 )]
-fn percentile(values: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(values: &[f64], p: f64) -> f64 {
     if values.is_empty() {
         return f64::NAN;
     }
@@ -723,14 +724,14 @@ struct Connect {
 }
 
 /// A connect client driven one connect at a time through its stdin.
-struct Stepper {
+pub(crate) struct Stepper {
     child: Child,
     input: Option<ChildStdin>,
     output: BufReader<ChildStdout>,
 }
 
 impl Stepper {
-    fn spawn(mut cmd: Command) -> Result<Self> {
+    pub(crate) fn spawn(mut cmd: Command) -> Result<Self> {
         let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -748,10 +749,16 @@ impl Stepper {
 
     /// One connect; its time in µs.
     fn step(&mut self) -> Result<f64> {
-        let input = self
-            .input
-            .as_mut()
-            .context("the connect client was closed")?;
+        let line = self.step_line()?;
+        let ns: u32 = line
+            .parse()
+            .with_context(|| format!("bad output {line:?} from the connect client"))?;
+        Ok(f64::from(ns) / 1000.0)
+    }
+
+    /// One step: writes a line to the client and returns the line it answers, trimmed.
+    pub(crate) fn step_line(&mut self) -> Result<String> {
+        let input = self.input.as_mut().context("the client was closed")?;
         input.write_all(b"\n")?;
         input.flush()?;
         let mut line = String::new();
@@ -762,17 +769,13 @@ impl Stepper {
             if let Some(mut e) = self.child.stderr.take() {
                 let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
             }
-            bail!("the connect client stopped: {}", stderr.trim());
+            bail!("the client stopped: {}", stderr.trim());
         }
-        let ns: u32 = line
-            .trim()
-            .parse()
-            .with_context(|| format!("bad output {line:?} from the connect client"))?;
-        Ok(f64::from(ns) / 1000.0)
+        Ok(line.trim().to_owned())
     }
 
     /// Closes stdin (the client exits) and checks the exit status.
-    fn finish(mut self) -> Result<()> {
+    pub(crate) fn finish(mut self) -> Result<()> {
         self.input = None;
         let status = self.child.wait()?;
         ensure!(status.success(), "the connect client exited with {status}");
@@ -1308,13 +1311,13 @@ fn clock_ticks_per_second() -> Option<f64> {
 // Report
 // ---------------------------------------------------------------------------------------
 
-struct Row {
-    metric: String,
-    baseline: String,
-    sandboxed: String,
-    ratio: String,
-    added: String,
-    target: String,
+pub(crate) struct Row {
+    pub(crate) metric: String,
+    pub(crate) baseline: String,
+    pub(crate) sandboxed: String,
+    pub(crate) ratio: String,
+    pub(crate) added: String,
+    pub(crate) target: String,
 }
 
 /// A row comparing a baseline and a sandboxed value: ratio and difference computed here.
@@ -1430,27 +1433,35 @@ fn print_table(rows: &[Row]) {
         "added",
         "target",
     ];
-    let cells = |r: &Row| {
-        [
-            r.metric.clone(),
-            r.baseline.clone(),
-            r.sandboxed.clone(),
-            r.ratio.clone(),
-            r.added.clone(),
-            r.target.clone(),
-        ]
-    };
-    let mut widths = header.map(str::len);
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.metric.clone(),
+                r.baseline.clone(),
+                r.sandboxed.clone(),
+                r.ratio.clone(),
+                r.added.clone(),
+                r.target.clone(),
+            ]
+        })
+        .collect();
+    print_grid(&header, &cells, &[0, 5]);
+}
+
+/// Prints a table: a header, a rule and the rows; columns listed in `left` are left-aligned
+/// (text), the others right-aligned (numbers).
+pub(crate) fn print_grid(header: &[&str], rows: &[Vec<String>], left: &[usize]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in rows {
-        for (w, c) in widths.iter_mut().zip(cells(r)) {
-            *w = (*w).max(c.len());
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
         }
     }
-    let line = |cols: [String; 6]| {
+    let line = |cols: &[String]| {
         let mut s = String::new();
-        for (i, (c, w)) in cols.iter().zip(widths).enumerate() {
-            // Text left-aligned, numbers right-aligned.
-            let _ = if i == 0 || i == 5 {
+        for (i, (c, w)) in cols.iter().zip(&widths).enumerate() {
+            let _ = if left.contains(&i) {
                 write!(s, "{c:<w$}  ")
             } else {
                 write!(s, "{c:>w$}  ")
@@ -1458,13 +1469,13 @@ fn print_table(rows: &[Row]) {
         }
         println!("{}", s.trim_end());
     };
-    line(header.map(String::from));
+    line(&header.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>());
     println!(
         "{}",
         "-".repeat(widths.iter().sum::<usize>() + 2 * (widths.len() - 1))
     );
     for r in rows {
-        line(cells(r));
+        line(r);
     }
 }
 

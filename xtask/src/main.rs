@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod demo;
+mod fuzz;
 mod setup;
 
 #[derive(Parser)]
@@ -40,6 +41,12 @@ enum Cmd {
     Demo,
     /// Measure the cost of enforcement against baselines in the same run.
     Bench,
+    /// Fuzz the proxy's TLS hello and HTTP Host parsers (cargo-fuzz, nightly).
+    Fuzz {
+        /// How long to run each target.
+        #[arg(long, default_value_t = 15)]
+        seconds: u64,
+    },
 }
 
 fn main() -> Result<()> {
@@ -63,6 +70,10 @@ fn main() -> Result<()> {
             setup::run()?;
             let agent = build(true)?;
             bench::run(&agent)
+        }
+        Cmd::Fuzz { seconds } => {
+            setup::run()?;
+            fuzz::run(seconds)
         }
     }
 }

@@ -17,14 +17,17 @@ use crate::run_cmd;
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages: `ip` (namespaces, veth), ping, nc, curl, python3 (test servers and
-/// clients), iperf3 (benchmark).
-const PACKAGES: [&str; 6] = [
+/// clients), iperf3 (benchmark), dnsmasq (the fake upstream DNS in tests), openssl (makes
+/// test certificates).
+const PACKAGES: [&str; 8] = [
     "iproute2",
     "iputils-ping",
     "netcat-openbsd",
     "curl",
     "python3",
     "iperf3",
+    "dnsmasq-base",
+    "openssl",
 ];
 
 pub fn run() -> Result<()> {

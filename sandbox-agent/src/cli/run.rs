@@ -75,6 +75,10 @@ pub struct RunArgs {
     /// explicit proxy (HTTP CONNECT and SOCKS5), which applies the policy's rules.
     #[arg(long = "proxy-env")]
     proxy_env: bool,
+    /// Send the agent's own proxied connections through an operator's proxy:
+    /// http://HOST:PORT, socks5h://HOST:PORT (both pass the name on) or socks5://HOST:PORT.
+    #[arg(long = "upstream-proxy", value_name = "URL")]
+    upstream_proxy: Option<String>,
     /// Write a JSON line for every DNS and proxy decision to FILE ("-" for stderr).
     #[arg(long = "flow-log", value_name = "FILE")]
     flow_log: Option<PathBuf>,
@@ -156,14 +160,23 @@ fn prepare(args: RunArgs) -> Result<(RunOptions, String), Failure> {
             Some(p) => Events::file(p)
                 .map_err(|e| format!("cannot open --flow-log {}: {e}", p.display()))?,
         };
+        let upstream_proxy = args
+            .upstream_proxy
+            .as_deref()
+            .map(sandbox_agent::proxy::upstream::parse)
+            .transpose()?;
         Some(DomainOptions {
             upstream_dns,
+            upstream_proxy,
             events: Arc::new(events),
         })
     } else {
+        // Still validated: a typo should not wait for the day a domain rule is added.
         if let Some(text) = &args.upstream_dns {
-            // Still validated: a typo should not wait for the day a domain rule is added.
             domains::parse_upstream(text)?;
+        }
+        if let Some(text) = &args.upstream_proxy {
+            sandbox_agent::proxy::upstream::parse(text)?;
         }
         None
     };

@@ -136,7 +136,7 @@ async fn connect_target(
                 )));
             }
             let target = SocketAddr::new(addr, port);
-            let stream = super::connect_with_timeout(target)
+            let stream = super::dial(shared, target)
                 .await
                 .map_err(|e| Refusal::Upstream(format!("cannot connect to {target}: {e}")))?;
             event.resolved = vec![target.to_string()];

@@ -14,6 +14,7 @@
 pub mod detect;
 pub mod explicit;
 pub mod splice;
+pub mod upstream;
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -231,6 +232,18 @@ pub(super) async fn connect_upstream(
     shared: &Shared,
     event: &mut FlowEvent,
 ) -> Result<TcpStream, Refusal> {
+    if let Some(p) = shared
+        .upstream_proxy
+        .as_ref()
+        .filter(|p| !p.resolves_locally())
+    {
+        // The operator's proxy resolves the name (and answers for where it leads).
+        let stream = upstream::connect(p, upstream::Via::Name(name, orig.port()))
+            .await
+            .map_err(|e| Refusal::Upstream(format!("via {p}: {e}")))?;
+        event.resolved = vec![format!("{name}:{} via {p}", orig.port())];
+        return Ok(stream);
+    }
     let addrs = crate::dns::resolve(shared.upstream, name)
         .await
         .map_err(|e| Refusal::Upstream(format!("cannot resolve {name}: {e}")))?;
@@ -259,7 +272,7 @@ pub(super) async fn connect_upstream(
     let mut errors = Vec::new();
     for addr in candidates {
         let target = SocketAddr::new(addr, orig.port());
-        match connect_with_timeout(target).await {
+        match dial(shared, target).await {
             Ok(stream) => {
                 event.resolved = vec![target.to_string()];
                 return Ok(stream);
@@ -271,6 +284,14 @@ pub(super) async fn connect_upstream(
         "cannot connect to {name}: {}",
         errors.join("; ")
     )))
+}
+
+/// Connects to an address the agent decided on: directly, or through the operator's proxy.
+pub(super) async fn dial(shared: &Shared, target: SocketAddr) -> std::io::Result<TcpStream> {
+    match &shared.upstream_proxy {
+        Some(p) => upstream::connect(p, upstream::Via::Addr(target)).await,
+        None => connect_with_timeout(target).await,
+    }
 }
 
 pub(super) async fn connect_with_timeout(target: SocketAddr) -> std::io::Result<TcpStream> {
