@@ -45,7 +45,9 @@ pub enum DomainError {
     NoUpstream { path: PathBuf },
     #[error("the policy has domain rules but no resolver settings were given")]
     NotConfigured,
-    #[error("invalid upstream DNS server \"{text}\": expected ADDR or ADDR:PORT, like 10.0.0.2, 10.0.0.2:5353 or [2001:db8::1]:53")]
+    #[error(
+        "invalid upstream DNS server \"{text}\": expected ADDR or ADDR:PORT, like 10.0.0.2, 10.0.0.2:5353 or [2001:db8::1]:53"
+    )]
     BadUpstream { text: String },
 }
 
@@ -154,7 +156,10 @@ impl DomainServices {
             maps: Mutex::new(maps),
             bound: OnceLock::new(),
         });
-        let sockets = runtime.block_on(bind_ports())?;
+        let sockets = {
+            let _context = runtime.enter();
+            bind_ports()?
+        };
         let (dns_port, proxy_port) = (sockets.dns_port, sockets.proxy_port);
         for udp in sockets.dns_udp {
             runtime.spawn(crate::dns::serve_udp(Arc::new(udp), shared.clone()));
@@ -224,8 +229,9 @@ const LOCALHOST_V4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 const LOCALHOST_V6: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
 
 /// One port for the resolver (UDP and TCP) and one for the proxy, each on 127.0.0.1 and, if
-/// the host has IPv6 loopback, on ::1 (IPv6-only sockets, so the two do not clash).
-async fn bind_ports() -> Result<Sockets, DomainError> {
+/// the host has IPv6 loopback, on `::1` (IPv6-only sockets, so the two do not clash). Must run
+/// inside the runtime's context: the sockets are registered with its reactor.
+fn bind_ports() -> Result<Sockets, DomainError> {
     const TRIES: usize = 32;
     let ipv6 = std::net::UdpSocket::bind((Ipv6Addr::LOCALHOST, 0)).is_ok();
     let mut last = None;
@@ -279,7 +285,7 @@ struct SamePort {
     sockets: Vec<Bound2>,
 }
 
-/// Binds every kind on 127.0.0.1 and ::1 to one port: the first socket picks it.
+/// Binds every kind on 127.0.0.1 and `::1` to one port: the first socket picks it.
 fn bind_same_port(kinds: &[Kind], ipv6: bool) -> io::Result<SamePort> {
     let mut port = 0u16;
     let mut sockets = Vec::new();

@@ -19,8 +19,8 @@ use aya::{
         Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuHashMap, PerCpuValues, lpm_trie::Key,
     },
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr,
-        ProgramError, SockOps, links::FdLink,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, ProgramError,
+        SockOps, links::FdLink,
     },
 };
 use ipnet::{Ipv4Net, Ipv6Net};
@@ -744,17 +744,28 @@ impl AgentMaps {
 
     /// Makes `addr` reachable on any TCP port for the policy until `expiry_boot_ns`
     /// (`CLOCK_BOOTTIME`), keeping a later expiry already there.
-    pub fn learn(&mut self, policy_id: u32, addr: std::net::IpAddr, expiry_boot_ns: u64) -> Result<()> {
+    pub fn learn(
+        &mut self,
+        policy_id: u32,
+        addr: std::net::IpAddr,
+        expiry_boot_ns: u64,
+    ) -> Result<()> {
         match canonical(addr) {
             std::net::IpAddr::V4(a) => {
-                let key = LearnedV4 { policy_id, addr: a.octets() };
+                let key = LearnedV4 {
+                    policy_id,
+                    addr: a.octets(),
+                };
                 let old = self.learned_v4.get(&key, 0).unwrap_or(0);
                 self.learned_v4
                     .insert(key, old.max(expiry_boot_ns), 0)
                     .map_err(map_err(map_names::LEARNED_V4))
             }
             std::net::IpAddr::V6(a) => {
-                let key = LearnedV6 { policy_id, addr: a.octets() };
+                let key = LearnedV6 {
+                    policy_id,
+                    addr: a.octets(),
+                };
                 let old = self.learned_v6.get(&key, 0).unwrap_or(0);
                 self.learned_v6
                     .insert(key, old.max(expiry_boot_ns), 0)
@@ -796,22 +807,38 @@ impl AgentMaps {
         let len = |r: std::result::Result<RuleValue, MapError>| r.ok().map(|v| v.prefix_len);
         match canonical(addr) {
             std::net::IpAddr::V4(a) => {
-                let key = Key::new(POLICY_ID_BITS + 32, lpm_data_v4(entry.policy_id, a.octets()));
+                let key = Key::new(
+                    POLICY_ID_BITS + 32,
+                    lpm_data_v4(entry.policy_id, a.octets()),
+                );
                 let min = if entry.guard_loopback != 0 && is_loopback_v4(a.octets()) {
                     LOOPBACK_V4_MIN_PREFIX
                 } else {
                     0
                 };
-                decide(&entry, len(self.allow_v4.get(&key, 0)), len(self.deny_v4.get(&key, 0)), min)
+                decide(
+                    &entry,
+                    len(self.allow_v4.get(&key, 0)),
+                    len(self.deny_v4.get(&key, 0)),
+                    min,
+                )
             }
             std::net::IpAddr::V6(a) => {
-                let key = Key::new(POLICY_ID_BITS + 128, lpm_data_v6(entry.policy_id, &a.octets()));
+                let key = Key::new(
+                    POLICY_ID_BITS + 128,
+                    lpm_data_v6(entry.policy_id, &a.octets()),
+                );
                 let min = if entry.guard_loopback != 0 && is_loopback_v6(&a.octets()) {
                     LOOPBACK_V6_MIN_PREFIX
                 } else {
                     0
                 };
-                decide(&entry, len(self.allow_v6.get(&key, 0)), len(self.deny_v6.get(&key, 0)), min)
+                decide(
+                    &entry,
+                    len(self.allow_v6.get(&key, 0)),
+                    len(self.deny_v6.get(&key, 0)),
+                    min,
+                )
             }
         }
     }

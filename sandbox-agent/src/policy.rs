@@ -628,7 +628,13 @@ pub fn is_internal(addr: IpAddr) -> bool {
         [Preset::Loopback, Preset::Private, Preset::CloudMetadata]
             .iter()
             .flat_map(|p| p.networks().iter().copied())
-            .chain(["0.0.0.0/8", "224.0.0.0/4", "240.0.0.0/4", "::/128", "ff00::/8"])
+            .chain([
+                "0.0.0.0/8",
+                "224.0.0.0/4",
+                "240.0.0.0/4",
+                "::/128",
+                "ff00::/8",
+            ])
             .map(|n| n.parse().expect("internal networks are valid"))
             .collect()
     });
@@ -660,7 +666,10 @@ pub fn compile(spec: &PolicySpec) -> Result<CompiledPolicy, PolicyError> {
             match entry {
                 Entry::Preset(p) => {
                     for text in p.names() {
-                        names.add(&parse_entry(text).expect("preset names are valid"), is_allow);
+                        names.add(
+                            &parse_entry(text).expect("preset names are valid"),
+                            is_allow,
+                        );
                     }
                 }
                 other => names.add(other, is_allow),
@@ -685,12 +694,13 @@ fn parse_list(raw: &[RawEntry]) -> Result<Vec<(&RawEntry, Entry)>, PolicyError> 
     raw.iter()
         .map(|r| {
             parse_entry(&r.text)
-                .map(|e| (r, e)).map_err(|problem| PolicyError::Entry {
-                origin: r.origin.to_string(),
-                entry: r.text.clone(),
-                place: r.place(),
-                problem,
-            })
+                .map(|e| (r, e))
+                .map_err(|problem| PolicyError::Entry {
+                    origin: r.origin.to_string(),
+                    entry: r.text.clone(),
+                    place: r.place(),
+                    problem,
+                })
         })
         .collect()
 }
@@ -979,12 +989,7 @@ mod tests {
         assert_eq!(e.guard_loopback, 1);
     }
 
-    fn names(
-        mode: Mode,
-        precedence: Precedence,
-        allow: &[&str],
-        deny: &[&str],
-    ) -> CompiledPolicy {
+    fn names(mode: Mode, precedence: Precedence, allow: &[&str], deny: &[&str]) -> CompiledPolicy {
         compile(&spec(mode, precedence, allow, deny)).unwrap()
     }
 
@@ -1000,7 +1005,10 @@ mod tests {
         );
         assert!(parse_entry("exa\u{200b}mple..com").is_err());
         assert_eq!(normalize_name("PyPI.org."), Some("pypi.org".into()));
-        assert_eq!(normalize_name("_dmarc.example.com"), Some("_dmarc.example.com".into()));
+        assert_eq!(
+            normalize_name("_dmarc.example.com"),
+            Some("_dmarc.example.com".into())
+        );
         for bad in ["", "1.2.3.4", "a..b", "ex ample.com", "bü.de", "."] {
             assert_eq!(normalize_name(bad), None, "{bad:?}");
         }
@@ -1008,7 +1016,12 @@ mod tests {
 
     #[test]
     fn wildcards_match_subdomains_at_any_depth_not_the_bare_suffix() {
-        let p = names(Mode::Allowlist, Precedence::DenyWins, &["*.pythonhosted.org", "pypi.org"], &[]);
+        let p = names(
+            Mode::Allowlist,
+            Precedence::DenyWins,
+            &["*.pythonhosted.org", "pypi.org"],
+            &[],
+        );
         assert!(p.decide_name("files.pythonhosted.org").allow);
         assert!(p.decide_name("a.b.pythonhosted.org").allow);
         assert!(!p.decide_name("pythonhosted.org").allow);
@@ -1017,7 +1030,10 @@ mod tests {
         assert!(!p.decide_name("evilpythonhosted.org").allow);
         assert_eq!(p.decide_name("example.com").reason, NameReason::DefaultDeny);
         let open = names(Mode::Open, Precedence::DenyWins, &[], &["evil.com"]);
-        assert_eq!(open.decide_name("good.com").reason, NameReason::DefaultAllow);
+        assert_eq!(
+            open.decide_name("good.com").reason,
+            NameReason::DefaultAllow
+        );
         assert!(!open.decide_name("evil.com").allow);
         assert!(open.has_names());
         assert!(!names(Mode::Open, Precedence::DenyWins, &[], &["10.0.0.0/8"]).has_names());
@@ -1038,26 +1054,50 @@ mod tests {
         assert!(!ms.decide_name("a.x.pythonhosted.org").allow); // longer suffix wins
         assert!(ms.decide_name("files.pythonhosted.org").allow);
         // The more specific allow wins too.
-        let ms2 = names(Mode::Allowlist, Precedence::MostSpecific, &["a.evil.com"], &["*.evil.com"]);
+        let ms2 = names(
+            Mode::Allowlist,
+            Precedence::MostSpecific,
+            &["a.evil.com"],
+            &["*.evil.com"],
+        );
         assert!(ms2.decide_name("a.evil.com").allow);
         assert!(!ms2.decide_name("b.evil.com").allow);
-        let tie = names(Mode::Allowlist, Precedence::MostSpecific, &["*.t.com"], &["*.t.com"]);
+        let tie = names(
+            Mode::Allowlist,
+            Precedence::MostSpecific,
+            &["*.t.com"],
+            &["*.t.com"],
+        );
         assert_eq!(tie.decide_name("a.t.com").reason, NameReason::Tie);
     }
 
     #[test]
     fn name_presets_expand() {
-        let p = names(Mode::Allowlist, Precedence::DenyWins, &["@pypi"], &["@cloud-metadata"]);
+        let p = names(
+            Mode::Allowlist,
+            Precedence::DenyWins,
+            &["@pypi"],
+            &["@cloud-metadata"],
+        );
         assert!(p.decide_name("pypi.org").allow);
         assert!(p.decide_name("files.pythonhosted.org").allow);
         assert!(!p.decide_name("metadata.google.internal").allow);
-        assert_eq!(p.decide_name("metadata.google.internal").reason, NameReason::DenyRule);
+        assert_eq!(
+            p.decide_name("metadata.google.internal").reason,
+            NameReason::DenyRule
+        );
         for preset in Preset::ALL {
             for name in preset.names() {
                 assert!(parse_entry(name).is_ok(), "{name}");
             }
         }
-        let err = compile(&spec(Mode::Blocked, Precedence::DenyWins, &["pypi.org"], &[])).unwrap_err();
+        let err = compile(&spec(
+            Mode::Blocked,
+            Precedence::DenyWins,
+            &["pypi.org"],
+            &[],
+        ))
+        .unwrap_err();
         assert!(err.to_string().contains("--network blocked"), "{err}");
     }
 }

@@ -154,21 +154,14 @@ pub fn run(paths: &Paths, mut opts: RunOptions) -> Result<RunReport, RunError> {
     timing.mark("lock and cgroup");
     // Domain rules: the resolver and proxy listen before the kernel may redirect to them.
     // Started after the signal mask is set, so their threads inherit it.
-    let services = match (opts.policy.has_names() || opts.proxy_env, opts.domains.take()) {
-        (true, Some(options)) => Some(DomainServices::start(
-            paths,
-            &id,
-            opts.policy.clone(),
-            options,
-        )?),
-        (true, None) => return Err(DomainError::NotConfigured.into()),
-        (false, _) => None,
-    };
-    if opts.proxy_env
-        && let Some(s) = &services
-    {
-        set_proxy_env(&mut opts.launch, s.proxy_port);
-    }
+    let services = start_domain_services(
+        paths,
+        &id,
+        &opts.policy,
+        opts.proxy_env,
+        opts.domains.take(),
+        &mut opts.launch,
+    )?;
     let ports = services
         .as_ref()
         .map_or((0, 0), |s| (s.dns_port, s.proxy_port));
@@ -190,46 +183,13 @@ pub fn run(paths: &Paths, mut opts: RunOptions) -> Result<RunReport, RunError> {
     timing.mark("spawn");
     drop(cgroup_fd);
 
-    let deadline = opts.timeout.map(|t| Instant::now() + t);
-    let mut stop_deadline: Option<Instant> = None;
-    let mut timed_out = false;
-    let status = loop {
-        let now = Instant::now();
-        let next = [deadline, stop_deadline].into_iter().flatten().min();
-        let wait = match next {
-            Some(t) if t <= now => {
-                // Timeout, or the workload ignored a forwarded stop signal: kill everything.
-                timed_out = Some(t) == deadline;
-                sandbox.cgroup.kill_all(KILL_TIMEOUT)?;
-                break launch::reap(&child).map_err(LaunchError::Io)?;
-            }
-            Some(t) => PollTimeout::try_from(t - now).unwrap_or(PollTimeout::MAX),
-            None => PollTimeout::NONE,
-        };
-        let mut fds = [
-            PollFd::new(child.pidfd.as_fd(), PollFlags::POLLIN),
-            PollFd::new(signals.as_fd(), PollFlags::POLLIN),
-        ];
-        match poll(&mut fds, wait) {
-            Ok(_) | Err(nix::Error::EINTR) => {}
-            Err(e) => return Err(RunError::Signals(e)),
-        }
-        if fds[0].revents().is_some_and(|r| !r.is_empty()) {
-            break launch::reap(&child).map_err(LaunchError::Io)?;
-        }
-        if fds[1].revents().is_some_and(|r| !r.is_empty()) {
-            while let Ok(Some(info)) = signals.read_signal() {
-                let sig = i32::try_from(info.ssi_signo).unwrap_or(libc::SIGTERM);
-                if stop_deadline.is_some() {
-                    // A second signal: stop waiting.
-                    stop_deadline = Some(Instant::now());
-                } else {
-                    launch::signal(&child, sig);
-                    stop_deadline = Some(Instant::now() + opts.stop_grace);
-                }
-            }
-        }
-    };
+    let (status, timed_out) = wait(
+        &child,
+        &signals,
+        &sandbox.cgroup,
+        opts.timeout,
+        opts.stop_grace,
+    )?;
     let counters = sandbox
         .enforcement
         .counters(sandbox.cgroup.id)
@@ -245,6 +205,79 @@ pub fn run(paths: &Paths, mut opts: RunOptions) -> Result<RunReport, RunError> {
         timed_out,
         counters,
     })
+}
+
+/// Waits for the workload, forwarding stop signals, and kills the sandbox on timeout or when
+/// a forwarded signal is not obeyed in time. Returns its status and whether it timed out.
+fn wait(
+    child: &launch::Child,
+    signals: &SignalFd,
+    cgroup: &SandboxCgroup,
+    timeout: Option<Duration>,
+    stop_grace: Duration,
+) -> Result<(launch::ExitStatus, bool), RunError> {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let mut stop_deadline: Option<Instant> = None;
+    let mut timed_out = false;
+    let status = loop {
+        let now = Instant::now();
+        let next = [deadline, stop_deadline].into_iter().flatten().min();
+        let wait = match next {
+            Some(t) if t <= now => {
+                // Timeout, or the workload ignored a forwarded stop signal: kill everything.
+                timed_out = Some(t) == deadline;
+                cgroup.kill_all(KILL_TIMEOUT)?;
+                break launch::reap(child).map_err(LaunchError::Io)?;
+            }
+            Some(t) => PollTimeout::try_from(t - now).unwrap_or(PollTimeout::MAX),
+            None => PollTimeout::NONE,
+        };
+        let mut fds = [
+            PollFd::new(child.pidfd.as_fd(), PollFlags::POLLIN),
+            PollFd::new(signals.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, wait) {
+            Ok(_) | Err(nix::Error::EINTR) => {}
+            Err(e) => return Err(RunError::Signals(e)),
+        }
+        if fds[0].revents().is_some_and(|r| !r.is_empty()) {
+            break launch::reap(child).map_err(LaunchError::Io)?;
+        }
+        if fds[1].revents().is_some_and(|r| !r.is_empty()) {
+            while let Ok(Some(info)) = signals.read_signal() {
+                let sig = i32::try_from(info.ssi_signo).unwrap_or(libc::SIGTERM);
+                if stop_deadline.is_some() {
+                    // A second signal: stop waiting.
+                    stop_deadline = Some(Instant::now());
+                } else {
+                    launch::signal(child, sig);
+                    stop_deadline = Some(Instant::now() + stop_grace);
+                }
+            }
+        }
+    };
+    Ok((status, timed_out))
+}
+
+/// Starts the sandbox's resolver and proxy when the policy has domain rules or the explicit
+/// proxy is asked for, and points the workload's proxy variables at it if asked.
+fn start_domain_services(
+    paths: &Paths,
+    id: &str,
+    policy: &CompiledPolicy,
+    proxy_env: bool,
+    options: Option<DomainOptions>,
+    launch: &mut LaunchSpec,
+) -> Result<Option<DomainServices>, RunError> {
+    if !(policy.has_names() || proxy_env) {
+        return Ok(None);
+    }
+    let options = options.ok_or(DomainError::NotConfigured)?;
+    let services = DomainServices::start(paths, id, policy.clone(), options)?;
+    if proxy_env {
+        set_proxy_env(launch, services.proxy_port);
+    }
+    Ok(Some(services))
 }
 
 /// Points the usual proxy variables at the sandbox's explicit proxy, replacing any the caller

@@ -162,14 +162,14 @@ pub struct OrigDst {
     /// Destination port, host byte order.
     pub port: u16,
     /// 4 when the redirect went to 127.0.0.1 (the connection is IPv4 on the wire, also for an
-    /// IPv6 socket with a mapped address), 6 when it went to ::1.
+    /// IPv6 socket with a mapped address), 6 when it went to `::1`.
     pub redirect_family: u16,
     /// A [`FlowKind`] as `u32`.
     pub kind: u32,
     /// The agent port it was redirected to, host byte order (low 16 bits).
     pub redirect_port: u32,
-    /// Padding, zero.
-    pub _pad: u32,
+    /// Explicit padding, always zero.
+    pub pad: u32,
     /// The sandbox's cgroup id.
     pub cgroup_id: u64,
 }
@@ -375,7 +375,10 @@ pub enum SockAddrAction {
     /// Pass, and mark the socket in `FLOWS` (a learned address).
     PassLearned,
     /// Rewrite the destination to the agent's loopback `port` and mark the socket.
-    Redirect { port: u32, kind: FlowKind },
+    Redirect {
+        port: u32,
+        kind: FlowKind,
+    },
 }
 
 /// The decision of the `connect4|6` / `sendmsg4|6` programs for one destination, given the
@@ -478,7 +481,7 @@ mod user {
     unsafe impl aya::Pod for Counters {}
     // SAFETY: as above.
     unsafe impl aya::Pod for RuleValue {}
-    // SAFETY: as above; `_pad` makes the padding explicit.
+    // SAFETY: as above; `pad` makes the padding explicit.
     unsafe impl aya::Pod for OrigDst {}
     // SAFETY: as above.
     unsafe impl aya::Pod for ProxyKey {}
@@ -609,7 +612,14 @@ mod tests {
         // Without a resolver, port 53 is ordinary traffic.
         let plain = entry(DefaultVerdict::Deny, Precedence::DenyWins);
         assert_eq!(
-            sock_addr_action(&plain, Verdict::deny(Reason::DefaultDeny), 53, false, false, || true),
+            sock_addr_action(
+                &plain,
+                Verdict::deny(Reason::DefaultDeny),
+                53,
+                false,
+                false,
+                || true
+            ),
             SockAddrAction::Deny
         );
     }
@@ -630,20 +640,48 @@ mod tests {
             }
             // open mode: the default allow still needs a name decision.
             assert_eq!(
-                sock_addr_action(&e, Verdict::allow(Reason::DefaultAllow), port, true, false, || false),
+                sock_addr_action(
+                    &e,
+                    Verdict::allow(Reason::DefaultAllow),
+                    port,
+                    true,
+                    false,
+                    || false
+                ),
                 proxy
             );
             assert_eq!(
-                sock_addr_action(&e, Verdict::allow(Reason::AllowRule), port, true, false, || false),
+                sock_addr_action(
+                    &e,
+                    Verdict::allow(Reason::AllowRule),
+                    port,
+                    true,
+                    false,
+                    || false
+                ),
                 SockAddrAction::Pass
             );
             // Loopback is never proxied; UDP (QUIC) never is.
             assert_eq!(
-                sock_addr_action(&e, Verdict::deny(Reason::LoopbackNotNamed), port, true, true, || true),
+                sock_addr_action(
+                    &e,
+                    Verdict::deny(Reason::LoopbackNotNamed),
+                    port,
+                    true,
+                    true,
+                    || true
+                ),
                 SockAddrAction::Deny
             );
             assert_eq!(
-                sock_addr_action(&e, Verdict::deny(Reason::DefaultDeny), port, false, false, || true),
+                sock_addr_action(
+                    &e,
+                    Verdict::deny(Reason::DefaultDeny),
+                    port,
+                    false,
+                    false,
+                    || true
+                ),
                 SockAddrAction::Deny
             );
         }
@@ -670,7 +708,14 @@ mod tests {
             SockAddrAction::Deny
         );
         assert_eq!(
-            sock_addr_action(&e, Verdict::deny(Reason::DefaultDeny), 5301, true, false, || false),
+            sock_addr_action(
+                &e,
+                Verdict::deny(Reason::DefaultDeny),
+                5301,
+                true,
+                false,
+                || false
+            ),
             SockAddrAction::Deny
         );
     }
@@ -693,7 +738,9 @@ mod tests {
             SockAddrAction::Deny
         );
         assert_eq!(
-            sock_addr_action(&e, Verdict::deny(Reason::DenyRule), 22, true, false, || true),
+            sock_addr_action(&e, Verdict::deny(Reason::DenyRule), 22, true, false, || {
+                true
+            }),
             SockAddrAction::Deny
         );
         let plain = entry(DefaultVerdict::Deny, Precedence::DenyWins);

@@ -31,19 +31,18 @@ use aya_ebpf::{
     EbpfContext as _,
     bindings::{BPF_F_NO_PREALLOC, BPF_SOCK_OPS_TCP_CONNECT_CB},
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_boot_ns,
-        bpf_skb_cgroup_id,
+        bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_skb_cgroup_id,
     },
     macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, map, sock_ops},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuHashMap, lpm_trie::Key},
     programs::{SkBuffContext, SockAddrContext, SockContext, SockOpsContext},
 };
 use sandbox_common::{
-    Counters, DEFAULT_MAX_PREFIXES, FlowKind,
-    LOOPBACK_V4_MIN_PREFIX, LOOPBACK_V6_MIN_PREFIX, LearnedV4, LearnedV6, LpmDataV4, LpmDataV6,
-    MAX_FLOWS, MAX_LEARNED, MAX_PROXY_CONNS, MAX_SANDBOXES, OrigDst, POLICY_ID_BITS, ProxyKey,
-    Reason, RuleValue, SandboxEntry, SockAddrAction, Verdict, decide, is_loopback_v4, is_loopback_v6,
-    lpm_data_v4, lpm_data_v6, sock_addr_action, v4_mapped,
+    Counters, DEFAULT_MAX_PREFIXES, FlowKind, LOOPBACK_V4_MIN_PREFIX, LOOPBACK_V6_MIN_PREFIX,
+    LearnedV4, LearnedV6, LpmDataV4, LpmDataV6, MAX_FLOWS, MAX_LEARNED, MAX_PROXY_CONNS,
+    MAX_SANDBOXES, OrigDst, POLICY_ID_BITS, ProxyKey, Reason, RuleValue, SandboxEntry,
+    SockAddrAction, Verdict, decide, is_loopback_v4, is_loopback_v6, lpm_data_v4, lpm_data_v6,
+    sock_addr_action, v4_mapped,
 };
 
 #[map]
@@ -77,12 +76,15 @@ static ORIG_DST: HashMap<u64, OrigDst> = HashMap::with_max_entries(MAX_FLOWS, BP
 /// Proxied connections by (client port, proxy port, family), for the proxy to read on
 /// accept (it deletes what it reads; LRU so that connections never accepted age out).
 #[map]
-static PROXY_CONNS: LruHashMap<ProxyKey, OrigDst> = LruHashMap::with_max_entries(MAX_PROXY_CONNS, 0);
+static PROXY_CONNS: LruHashMap<ProxyKey, OrigDst> =
+    LruHashMap::with_max_entries(MAX_PROXY_CONNS, 0);
 /// Addresses a sandbox's resolver handed out for allowed names → expiry (boot-time ns).
 #[map]
-static LEARNED_V4: HashMap<LearnedV4, u64> = HashMap::with_max_entries(MAX_LEARNED, BPF_F_NO_PREALLOC);
+static LEARNED_V4: HashMap<LearnedV4, u64> =
+    HashMap::with_max_entries(MAX_LEARNED, BPF_F_NO_PREALLOC);
 #[map]
-static LEARNED_V6: HashMap<LearnedV6, u64> = HashMap::with_max_entries(MAX_LEARNED, BPF_F_NO_PREALLOC);
+static LEARNED_V6: HashMap<LearnedV6, u64> =
+    HashMap::with_max_entries(MAX_LEARNED, BPF_F_NO_PREALLOC);
 
 const PASS: i32 = 1;
 const DROP: i32 = 0;
@@ -267,7 +269,9 @@ const LOCALHOST_V6: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 /// `a.b.c.d` as `::ffff:a.b.c.d`.
 #[inline(always)]
 fn mapped(v4: [u8; 4]) -> [u8; 16] {
-    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3]]
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3],
+    ]
 }
 
 fn learned_v4(policy_id: u32, addr: [u8; 4]) -> bool {
@@ -294,7 +298,15 @@ fn mark_flow(cookie: u64, kind: FlowKind) -> bool {
 
 /// Records where a redirected socket wanted to go and marks it; false if the maps are full
 /// (then the connect is refused: without the record the agent could not serve it).
-fn record_redirect(ctx: &SockAddrContext, cgroup_id: u64, orig: [u8; 16], port: u16, to: u32, kind: FlowKind, family: u16) -> bool {
+fn record_redirect(
+    ctx: &SockAddrContext,
+    cgroup_id: u64,
+    orig: [u8; 16],
+    port: u16,
+    to: u32,
+    kind: FlowKind,
+    family: u16,
+) -> bool {
     // SAFETY: the context pointer is valid for the program's run.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let dst = OrigDst {
@@ -303,7 +315,7 @@ fn record_redirect(ctx: &SockAddrContext, cgroup_id: u64, orig: [u8; 16], port: 
         redirect_family: family,
         kind: kind as u32,
         redirect_port: to,
-        _pad: 0,
+        pad: 0,
         cgroup_id,
     };
     ORIG_DST.insert(cookie, dst, 0).is_ok() && mark_flow(cookie, kind)

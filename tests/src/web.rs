@@ -12,6 +12,7 @@
 //! agent) to name the rogue resolver, so every DNS packet a sandbox sends is aimed at this
 //! namespace: the agent must steer it to its own resolver. All addresses exist only here.
 use std::{
+    fmt::Write as _,
     fs,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -104,22 +105,33 @@ ip -n {netns} link set {ns_if} up
 "
         );
         for i in 2..=6 {
-            script.push_str(&format!(
-                "ip -n {netns} addr add {net}.{i}/24 dev {ns_if}\nip -n {netns} addr add {v6}:{i}/64 dev {ns_if} nodad\n"
-            ));
+            let _ = writeln!(
+                script,
+                "ip -n {netns} addr add {net}.{i}/24 dev {ns_if}\nip -n {netns} addr add {v6}:{i}/64 dev {ns_if} nodad"
+            );
         }
         sh(&script);
         let c = certs();
         let dnsmasq = Command::new("ip")
             .args(["netns", "exec", &netns, "dnsmasq", "--keep-in-foreground"])
-            .args(["--no-resolv", "--no-hosts", "--bind-interfaces", "--port=53"])
-            .args(["--user=root", "--group=root", "--pid-file=", "--log-queries"])
+            .args([
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                "--port=53",
+            ])
+            .args([
+                "--user=root",
+                "--group=root",
+                "--pid-file=",
+                "--log-queries",
+            ])
             .arg(format!("--log-facility={}", world.dns_log.display()))
             .arg(format!("--listen-address={net}.2"))
             .arg(format!("--host-record=allowed.test,{net}.3,{v6}:3"))
             .arg(format!("--host-record=other.test,{net}.5"))
             .arg(format!("--host-record=evil.test,{net}.6,{v6}:6"))
-            .arg(format!("--host-record=internal.wild.test,10.0.0.1"))
+            .arg("--host-record=internal.wild.test,10.0.0.1")
             .arg(format!("--address=/wild.test/{net}.4"))
             .arg(format!("--address=/wild.test/{v6}:4"))
             .arg("--txt-record=txt.allowed.test,hello")

@@ -52,11 +52,31 @@ fn allowed_names_over_https_and_http_ipv4_and_ipv6() {
         ],
     );
     let (a3, a4) = (w.v4(3), w.v4(4));
-    assert_outcome(&run, "exact", &format!("exit=0 hello from {a3} sni=allowed.test"));
-    assert_outcome(&run, "wild", &format!("exit=0 hello from {a4} sni=a.wild.test"));
-    assert_outcome(&run, "deep", &format!("exit=0 hello from {a4} sni=deep.b.wild.test"));
-    assert_outcome(&run, "http", &format!("exit=0 hello from {a3} host=allowed.test"));
-    assert_outcome(&run, "v6", &format!("exit=0 hello from {} sni=allowed.test", w.v6(3)));
+    assert_outcome(
+        &run,
+        "exact",
+        &format!("exit=0 hello from {a3} sni=allowed.test"),
+    );
+    assert_outcome(
+        &run,
+        "wild",
+        &format!("exit=0 hello from {a4} sni=a.wild.test"),
+    );
+    assert_outcome(
+        &run,
+        "deep",
+        &format!("exit=0 hello from {a4} sni=deep.b.wild.test"),
+    );
+    assert_outcome(
+        &run,
+        "http",
+        &format!("exit=0 hello from {a3} host=allowed.test"),
+    );
+    assert_outcome(
+        &run,
+        "v6",
+        &format!("exit=0 hello from {} sni=allowed.test", w.v6(3)),
+    );
     assert!(w.saw(&format!("tls {a3} allowed.test")), "{:?}", w.seen());
     // Decisions are reported.
     let flows = w.flows();
@@ -67,7 +87,9 @@ fn allowed_names_over_https_and_http_ipv4_and_ipv6() {
         "{flows:#?}"
     );
     assert!(
-        flows.iter().any(|f| f["source"] == "dns" && f["name"] == "allowed.test"),
+        flows
+            .iter()
+            .any(|f| f["source"] == "dns" && f["name"] == "allowed.test"),
         "{flows:#?}"
     );
 }
@@ -81,9 +103,21 @@ fn denied_names_are_refused_at_once_and_never_reached() {
         &POLICY,
         &[
             &curl("by-name", ca, "https://evil.test/"),
-            &curl("forced", ca, &format!("--resolve evil.test:443:{a6} https://evil.test/")),
-            &curl("forced-http", ca, &format!("--resolve evil.test:80:{a6} http://evil.test/")),
-            &curl("bare", ca, &format!("--resolve wild.test:443:{a4} https://wild.test/")),
+            &curl(
+                "forced",
+                ca,
+                &format!("--resolve evil.test:443:{a6} https://evil.test/"),
+            ),
+            &curl(
+                "forced-http",
+                ca,
+                &format!("--resolve evil.test:80:{a6} http://evil.test/"),
+            ),
+            &curl(
+                "bare",
+                ca,
+                &format!("--resolve wild.test:443:{a4} https://wild.test/"),
+            ),
             &format!("dns bare-dns {a6} wild.test A"),
         ],
     );
@@ -93,7 +127,11 @@ fn denied_names_are_refused_at_once_and_never_reached() {
     assert_refused(&run, "forced-http");
     assert_refused(&run, "bare");
     assert_outcome(&run, "bare-dns", "REFUSED");
-    assert!(!w.saw_addr(&a6), "the denied host was reached: {:?}", w.seen());
+    assert!(
+        !w.saw_addr(&a6),
+        "the denied host was reached: {:?}",
+        w.seen()
+    );
     assert!(
         !w.saw(&format!("tls {a4} wild.test")),
         "the bare suffix was reached: {:?}",
@@ -119,20 +157,40 @@ fn forged_sni_or_host_reaches_the_named_server_or_nothing() {
         &POLICY,
         &[
             // The client aims at the evil address but names an allowed host.
-            &curl("sni-spoof", ca, &format!("--resolve allowed.test:443:{a6} https://allowed.test/")),
-            &curl("host-spoof", ca, &format!("-H Host:allowed.test http://{a6}/")),
+            &curl(
+                "sni-spoof",
+                ca,
+                &format!("--resolve allowed.test:443:{a6} https://allowed.test/"),
+            ),
+            &curl(
+                "host-spoof",
+                ca,
+                &format!("-H Host:allowed.test http://{a6}/"),
+            ),
             // A Host that is an address, no SNI, an Encrypted Client Hello: refused.
             &curl("host-ip", ca, &format!("http://{a6}/")),
             &format!("hello no-sni {a3} -"),
             &format!("hello ech {a3} allowed.test ech"),
         ],
     );
-    assert_outcome(&run, "sni-spoof", &format!("exit=0 hello from {a3} sni=allowed.test"));
-    assert_outcome(&run, "host-spoof", &format!("exit=0 hello from {a3} host=allowed.test"));
+    assert_outcome(
+        &run,
+        "sni-spoof",
+        &format!("exit=0 hello from {a3} sni=allowed.test"),
+    );
+    assert_outcome(
+        &run,
+        "host-spoof",
+        &format!("exit=0 hello from {a3} host=allowed.test"),
+    );
     assert_refused(&run, "host-ip");
     assert_outcome(&run, "no-sni", "reset");
     assert_outcome(&run, "ech", "reset");
-    assert!(!w.saw_addr(&a6), "the spoofed address was reached: {:?}", w.seen());
+    assert!(
+        !w.saw_addr(&a6),
+        "the spoofed address was reached: {:?}",
+        w.seen()
+    );
     assert!(
         !w.saw(&format!("tls {a3} -")),
         "a hello without SNI got through: {:?}",
@@ -182,7 +240,9 @@ fn dns_goes_to_the_agent_whatever_the_server_and_answers_only_allowed_names() {
         "{asked:?}"
     );
     assert!(
-        !asked.iter().any(|q| q.contains("evil") || q.contains("exfil")),
+        !asked
+            .iter()
+            .any(|q| q.contains("evil") || q.contains("exfil")),
         "a denied name went upstream: {asked:?}"
     );
 }
@@ -192,7 +252,14 @@ fn learned_addresses_open_other_tcp_ports_only_after_resolution() {
     let w = WebWorld::new();
     let (a3, a5) = (w.v4(3), w.v4(5));
     let run = w.run(
-        &["--network", "allowlist", "--allow-out", "allowed.test", "--allow-out", "*.wild.test"],
+        &[
+            "--network",
+            "allowlist",
+            "--allow-out",
+            "allowed.test",
+            "--allow-out",
+            "*.wild.test",
+        ],
         &[
             &format!("tcp before {a3} 2222"),
             "resolve resolve allowed.test",
@@ -207,7 +274,11 @@ fn learned_addresses_open_other_tcp_ports_only_after_resolution() {
     );
     assert_outcome(&run, "before", "EPERM");
     assert_outcome(&run, "after", &format!("ok hello from {a3} port 2222"));
-    assert_outcome(&run, "after-v6", &format!("ok hello from {} port 2222", w.v6(3)));
+    assert_outcome(
+        &run,
+        "after-v6",
+        &format!("ok hello from {} port 2222", w.v6(3)),
+    );
     assert_outcome(&run, "unlearned", "EPERM");
     assert_outcome(&run, "quic", "EPERM");
     assert!(!w.saw(&format!("udp {a3} 443")), "{:?}", w.seen());
@@ -215,9 +286,9 @@ fn learned_addresses_open_other_tcp_ports_only_after_resolution() {
     let flows = w.flows();
     assert!(
         flows.iter().any(|f| f["name"] == "internal.wild.test"
-            && f["resolved"]
-                .as_array()
-                .is_some_and(|r| r.iter().any(|a| a.as_str().is_some_and(|a| a.contains("not learned"))))),
+            && f["resolved"].as_array().is_some_and(|r| r
+                .iter()
+                .any(|a| a.as_str().is_some_and(|a| a.contains("not learned"))))),
         "an internal address was learned: {flows:#?}"
     );
 }
@@ -230,7 +301,11 @@ fn open_mode_refuses_only_denied_names() {
         &["--network", "open", "--deny-out", "evil.test"],
         &[
             &curl("good", ca, "-4 https://allowed.test/"),
-            &curl("evil", ca, &format!("--resolve evil.test:443:{} https://evil.test/", w.v4(6))),
+            &curl(
+                "evil",
+                ca,
+                &format!("--resolve evil.test:443:{} https://evil.test/", w.v4(6)),
+            ),
         ],
     );
     assert_outcome(&run, "good", &format!("exit=0 hello from {}", w.v4(3)));
@@ -270,7 +345,10 @@ fn the_proxy_is_no_open_relay() {
             if let Some(p) = text.trim().strip_prefix("http://127.0.0.1:") {
                 break p.parse().expect("port");
             }
-            assert!(start.elapsed() < Duration::from_secs(4), "no proxy port: {text:?}");
+            assert!(
+                start.elapsed() < Duration::from_secs(4),
+                "no proxy port: {text:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         };
         let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("connect to the proxy");
@@ -321,10 +399,25 @@ fn explicit_proxies_apply_the_same_rules() {
             &curl("http-forward", ca, "-4 http://allowed.test/"),
             &curl("socks", ca, "-4 --proxy $ALL_PROXY https://a.wild.test/"),
             &curl("socks-denied", ca, "--proxy $ALL_PROXY https://evil.test/"),
-            &curl("socks-ip", ca, &format!("--proxy $ALL_PROXY http://{}/", w.v4(6))),
-            &curl("connect-denied", ca, "--proxy $HTTPS_PROXY https://evil.test/"),
+            &curl(
+                "socks-ip",
+                ca,
+                &format!("--proxy $ALL_PROXY http://{}/", w.v4(6)),
+            ),
+            &curl(
+                "connect-denied",
+                ca,
+                "--proxy $HTTPS_PROXY https://evil.test/",
+            ),
             // A client that ignores the variables meets the kernel and the transparent proxy.
-            &curl("no-proxy", ca, &format!("-4 --noproxy * --resolve evil.test:443:{} https://evil.test/", w.v4(6))),
+            &curl(
+                "no-proxy",
+                ca,
+                &format!(
+                    "-4 --noproxy * --resolve evil.test:443:{} https://evil.test/",
+                    w.v4(6)
+                ),
+            ),
         ],
     );
     assert_outcome(&run, "py", "status=200 hello from ");
@@ -333,8 +426,16 @@ fn explicit_proxies_apply_the_same_rules() {
         !run.outcome("py-denied").starts_with("status=200"),
         "{run:#?}"
     );
-    assert_outcome(&run, "http-forward", &format!("exit=0 hello from {} host=allowed.test", w.v4(3)));
-    assert_outcome(&run, "socks", &format!("exit=0 hello from {} sni=a.wild.test", w.v4(4)));
+    assert_outcome(
+        &run,
+        "http-forward",
+        &format!("exit=0 hello from {} host=allowed.test", w.v4(3)),
+    );
+    assert_outcome(
+        &run,
+        "socks",
+        &format!("exit=0 hello from {} sni=a.wild.test", w.v4(4)),
+    );
     assert_refused(&run, "socks-denied");
     assert_refused(&run, "socks-ip");
     assert_refused(&run, "connect-denied");
@@ -367,13 +468,29 @@ fn the_agents_egress_chains_through_an_upstream_proxy() {
             &policy,
             &[
                 &curl("chained", ca, "-4 https://allowed.test/"),
-                &curl("denied", ca, &format!("--resolve evil.test:443:{} https://evil.test/", w.v4(6))),
+                &curl(
+                    "denied",
+                    ca,
+                    &format!("--resolve evil.test:443:{} https://evil.test/", w.v4(6)),
+                ),
             ],
         );
-        assert_outcome(&run, "chained", &format!("exit=0 hello from {} sni=allowed.test", w.v4(3)));
+        assert_outcome(
+            &run,
+            "chained",
+            &format!("exit=0 hello from {} sni=allowed.test", w.v4(3)),
+        );
         assert_refused(&run, "denied");
-        assert!(w.saw(expect), "{scheme}: the upstream proxy saw {:?}", w.seen());
+        assert!(
+            w.saw(expect),
+            "{scheme}: the upstream proxy saw {:?}",
+            w.seen()
+        );
     }
-    assert!(!w.saw("proxy http evil") && !w.saw("proxy socks evil"), "{:?}", w.seen());
+    assert!(
+        !w.saw("proxy http evil") && !w.saw("proxy socks evil"),
+        "{:?}",
+        w.seen()
+    );
     assert!(!w.saw_addr(&w.v4(6)), "{:?}", w.seen());
 }

@@ -73,6 +73,10 @@ pub struct RunArgs {
     upstream_dns: Option<String>,
     /// Set HTTP_PROXY, HTTPS_PROXY, ALL_PROXY (and lower-case forms) to the sandbox's own
     /// explicit proxy (HTTP CONNECT and SOCKS5), which applies the policy's rules.
+    #[expect(
+        clippy::doc_markdown,
+        reason = "clap shows this text as help, where backticks would be noise"
+    )]
     #[arg(long = "proxy-env")]
     proxy_env: bool,
     /// Send the agent's own proxied connections through an operator's proxy:
@@ -149,37 +153,7 @@ impl<E: std::fmt::Display> From<E> for Failure {
 fn prepare(args: RunArgs) -> Result<(RunOptions, String), Failure> {
     let spec = policy_spec(&args)?;
     let compiled = policy::compile(&spec)?;
-    let domains = if compiled.has_names() || args.proxy_env {
-        let upstream_dns = match &args.upstream_dns {
-            Some(text) => domains::parse_upstream(text)?,
-            None => domains::upstream_from_resolv_conf(Path::new("/etc/resolv.conf"))?,
-        };
-        let events = match &args.flow_log {
-            None => Events::none(),
-            Some(p) if p.as_os_str() == "-" => Events::stderr(),
-            Some(p) => Events::file(p)
-                .map_err(|e| format!("cannot open --flow-log {}: {e}", p.display()))?,
-        };
-        let upstream_proxy = args
-            .upstream_proxy
-            .as_deref()
-            .map(sandbox_agent::proxy::upstream::parse)
-            .transpose()?;
-        Some(DomainOptions {
-            upstream_dns,
-            upstream_proxy,
-            events: Arc::new(events),
-        })
-    } else {
-        // Still validated: a typo should not wait for the day a domain rule is added.
-        if let Some(text) = &args.upstream_dns {
-            domains::parse_upstream(text)?;
-        }
-        if let Some(text) = &args.upstream_proxy {
-            sandbox_agent::proxy::upstream::parse(text)?;
-        }
-        None
-    };
+    let domains = domain_options(&args, &compiled)?;
     let keep_caps = args
         .cap_add
         .iter()
@@ -256,6 +230,45 @@ fn prepare(args: RunArgs) -> Result<(RunOptions, String), Failure> {
         },
         name,
     ))
+}
+
+/// The resolver and proxy settings, when the policy has domain rules or `--proxy-env` asks
+/// for the explicit proxy; the flags are validated either way.
+fn domain_options(
+    args: &RunArgs,
+    compiled: &policy::CompiledPolicy,
+) -> Result<Option<DomainOptions>, Failure> {
+    Ok(if compiled.has_names() || args.proxy_env {
+        let upstream_dns = match &args.upstream_dns {
+            Some(text) => domains::parse_upstream(text)?,
+            None => domains::upstream_from_resolv_conf(Path::new("/etc/resolv.conf"))?,
+        };
+        let events = match &args.flow_log {
+            None => Events::none(),
+            Some(p) if p.as_os_str() == "-" => Events::stderr(),
+            Some(p) => Events::file(p)
+                .map_err(|e| format!("cannot open --flow-log {}: {e}", p.display()))?,
+        };
+        let upstream_proxy = args
+            .upstream_proxy
+            .as_deref()
+            .map(sandbox_agent::proxy::upstream::parse)
+            .transpose()?;
+        Some(DomainOptions {
+            upstream_dns,
+            upstream_proxy,
+            events: Arc::new(events),
+        })
+    } else {
+        // Still validated: a typo should not wait for the day a domain rule is added.
+        if let Some(text) = &args.upstream_dns {
+            domains::parse_upstream(text)?;
+        }
+        if let Some(text) = &args.upstream_proxy {
+            sandbox_agent::proxy::upstream::parse(text)?;
+        }
+        None
+    })
 }
 
 fn policy_spec(args: &RunArgs) -> Result<PolicySpec, Failure> {

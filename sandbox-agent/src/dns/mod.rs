@@ -132,10 +132,9 @@ async fn answer(shared: &Shared, bytes: &[u8], transport: Transport) -> Option<V
                 }
             }
             event.resolved = learned;
-            shared.events.emit(&event.allowed(format!(
-                "name: {}",
-                reason_text(verdict.reason)
-            )));
+            shared
+                .events
+                .emit(&event.allowed(format!("name: {}", reason_text(verdict.reason))));
             Some(filtered.bytes)
         }
         Err(e) => {
@@ -280,7 +279,7 @@ fn random_id() -> u16 {
         let t = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
-        b = (t as u16).to_ne_bytes();
+        b.copy_from_slice(&t.to_ne_bytes()[..2]);
     }
     u16::from_ne_bytes(b)
 }

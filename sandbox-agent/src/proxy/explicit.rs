@@ -146,7 +146,11 @@ async fn connect_target(
 }
 
 /// Answers a refused request in the client's protocol.
-async fn refuse(client: &mut TcpStream, protocol: &Protocol, refusal: &Refusal) -> std::io::Result<()> {
+async fn refuse(
+    client: &mut TcpStream,
+    protocol: &Protocol,
+    refusal: &Refusal,
+) -> std::io::Result<()> {
     match protocol {
         Protocol::Socks5 => {
             // 0x02: not allowed by ruleset; 0x04: host unreachable.
@@ -212,13 +216,11 @@ async fn socks5_request(client: &mut TcpStream) -> Result<(Target, u16), Refusal
             let mut name = vec![0u8; usize::from(len)];
             client.read_exact(&mut name).await.map_err(io)?;
             let name = String::from_utf8(name).map_err(|_| bad("the host name is not UTF-8"))?;
-            match policy::normalize_name(&name) {
-                Some(n) => Target::Name(n),
-                None => {
-                    let _ = client.write_all(&[5, 2, 0, 1, 0, 0, 0, 0, 0, 0]).await;
-                    return Err(bad(&format!("{name:?} is not a valid host name")));
-                }
-            }
+            let Some(n) = policy::normalize_name(&name) else {
+                let _ = client.write_all(&[5, 2, 0, 1, 0, 0, 0, 0, 0, 0]).await;
+                return Err(bad(&format!("{name:?} is not a valid host name")));
+            };
+            Target::Name(n)
         }
         _ => {
             let _ = client.write_all(&[5, 8, 0, 1, 0, 0, 0, 0, 0, 0]).await;
@@ -255,7 +257,11 @@ async fn http_request(client: &mut TcpStream) -> Result<(Protocol, Target, u16),
         }
         let mut chunk = [0u8; 4096];
         match client.read(&mut chunk).await {
-            Ok(0) => return Err(Refusal::Client("closed before the request head ended".into())),
+            Ok(0) => {
+                return Err(Refusal::Client(
+                    "closed before the request head ended".into(),
+                ));
+            }
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
             Err(e) => return Err(Refusal::Client(format!("read failed: {e}"))),
         }
@@ -350,7 +356,10 @@ mod tests {
 
     #[test]
     fn targets() {
-        assert_eq!(Target::parse("A.Test."), Some(Target::Name("a.test".into())));
+        assert_eq!(
+            Target::parse("A.Test."),
+            Some(Target::Name("a.test".into()))
+        );
         assert_eq!(
             Target::parse("[2001:db8::1]"),
             Some(Target::Addr("2001:db8::1".parse().unwrap()))
@@ -374,7 +383,9 @@ mod tests {
 
     #[test]
     fn http_requests() {
-        let Ok((Protocol::HttpConnect, t, 443)) = parse("CONNECT a.test:443 HTTP/1.1\r\nHost: a.test:443\r\n\r\n") else {
+        let Ok((Protocol::HttpConnect, t, 443)) =
+            parse("CONNECT a.test:443 HTTP/1.1\r\nHost: a.test:443\r\n\r\n")
+        else {
             panic!("CONNECT")
         };
         assert_eq!(t, Target::Name("a.test".into()));

@@ -4,7 +4,7 @@
 //! 1. transport: the kernel redirected the connection here and recorded where it was going
 //!    (`PROXY_CONNS`, keyed by the client's port); a connection without such a record did not
 //!    come through the redirect and is refused, so the proxy is no open relay;
-//! 2. detection (`detect`): the TLS ClientHello's SNI on 443, the HTTP Host on 80;
+//! 2. detection (`detect`): the TLS `ClientHello`'s SNI on 443, the HTTP Host on 80;
 //! 3. decision: the policy's domain rules;
 //! 4. forwarding: the proxy resolves the name itself and connects to an address it resolved
 //!    and the policy permits (never simply to the client's choice, so a forged SNI or Host
@@ -36,7 +36,7 @@ use crate::{
 };
 use detect::{HttpHost, TlsHello};
 
-/// How long a client may take to send its ClientHello or request head.
+/// How long a client may take to send its `ClientHello` or request head.
 const DETECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one upstream connect may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -75,9 +75,9 @@ async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
     let mut event = FlowEvent::new(&shared.sandbox_id, Source::Proxy);
     let Some(orig) = original_destination(&client, peer, shared) else {
         reset(&client);
-        shared.events.emit(
-            &event.denied("client: connection did not come through the kernel's redirect"),
-        );
+        shared
+            .events
+            .emit(&event.denied("client: connection did not come through the kernel's redirect"));
         return;
     };
     let mut client = client;
@@ -96,7 +96,9 @@ async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
             return;
         }
     };
-    shared.events.emit(&event.clone().allowed("name allowed by the policy"));
+    shared
+        .events
+        .emit(&event.clone().allowed("name allowed by the policy"));
     let (out, back) = forward(client, upstream, &head).await;
     event.bytes_out = Some(out);
     event.bytes_in = Some(back);
@@ -208,7 +210,9 @@ async fn detect_name(client: &mut TcpStream, port: u16) -> Result<(String, Vec<u
             let want = chunk.len().min(limit + 1 - buf.len());
             match client.read(&mut chunk[..want]).await {
                 Ok(0) => {
-                    return Err(Refusal::Client("closed the connection before naming a host".into()));
+                    return Err(Refusal::Client(
+                        "closed the connection before naming a host".into(),
+                    ));
                 }
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
                 Err(e) => return Err(Refusal::Client(format!("read failed: {e}"))),

@@ -12,6 +12,7 @@ use tokio::{io::Interest, net::TcpStream};
 
 /// Bytes moved per `splice` call at most; also the pipe size asked for.
 const CHUNK: usize = 1 << 20;
+const PIPE_SIZE: libc::c_int = 1 << 20;
 
 /// Copies both ways until both directions have seen end-of-stream (each end is passed on as
 /// a write shutdown) or one fails. Returns bytes moved `(a → b, b → a)`.
@@ -103,6 +104,6 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     // A larger pipe means fewer syscalls per byte; the default 64 KiB is used if refused
     // (fs.pipe-max-size).
     // SAFETY: fcntl on a descriptor we own.
-    unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, CHUNK as libc::c_int) };
+    unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
     Ok((r, w))
 }

@@ -57,9 +57,9 @@ pub fn parse(text: &str) -> Result<UpstreamProxy, UpstreamProxyError> {
         text: text.into(),
         why: why.into(),
     };
-    let (scheme, rest) = text
-        .split_once("://")
-        .ok_or_else(|| err("expected http://HOST:PORT, socks5://HOST:PORT or socks5h://HOST:PORT"))?;
+    let (scheme, rest) = text.split_once("://").ok_or_else(|| {
+        err("expected http://HOST:PORT, socks5://HOST:PORT or socks5h://HOST:PORT")
+    })?;
     let kind = match scheme.to_ascii_lowercase().as_str() {
         "http" => Kind::Http,
         "socks5" => Kind::Socks5,
@@ -140,7 +140,9 @@ async fn http_connect(stream: &mut TcpStream, target: Via<'_>) -> std::io::Resul
             break;
         }
         if total > 16 * 1024 {
-            return Err(refused("the upstream proxy's reply head is too large".into()));
+            return Err(refused(
+                "the upstream proxy's reply head is too large".into(),
+            ));
         }
     }
     if ok {
@@ -212,9 +214,15 @@ mod tests {
     #[test]
     fn parses_proxy_urls() {
         let p = parse("http://127.0.0.1:3128").unwrap();
-        assert_eq!((p.kind, p.addr), (Kind::Http, "127.0.0.1:3128".parse().unwrap()));
+        assert_eq!(
+            (p.kind, p.addr),
+            (Kind::Http, "127.0.0.1:3128".parse().unwrap())
+        );
         let p = parse("SOCKS5h://[::1]:1080/").unwrap();
-        assert_eq!((p.kind, p.addr), (Kind::Socks5h, "[::1]:1080".parse().unwrap()));
+        assert_eq!(
+            (p.kind, p.addr),
+            (Kind::Socks5h, "[::1]:1080".parse().unwrap())
+        );
         assert!(parse("socks5://127.0.0.1:1080").unwrap().resolves_locally());
         for (bad, why) in [
             ("127.0.0.1:3128", "expected http://"),
@@ -225,7 +233,10 @@ mod tests {
         ] {
             let e = parse(bad).unwrap_err().to_string();
             assert!(e.contains(why), "{bad}: {e}");
-            assert!(e.starts_with(&format!("invalid --upstream-proxy \"{bad}\"")), "{e}");
+            assert!(
+                e.starts_with(&format!("invalid --upstream-proxy \"{bad}\"")),
+                "{e}"
+            );
         }
     }
 }
