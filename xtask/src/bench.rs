@@ -94,6 +94,10 @@ while time.monotonic() < deadline:
     c.close()
 "#;
 
+/// `SANDBOX_AGENT_BENCH_ONLY=domains` runs only the domain-rule section (`bench_domains`),
+/// for repeating it without the ~2 minutes of the others.
+const ONLY_VAR: &str = "SANDBOX_AGENT_BENCH_ONLY";
+
 /// Runs every measurement against the agent binary at `agent` and prints the results.
 pub fn run(agent: &Path) -> Result<()> {
     preflight(agent)?;
@@ -113,6 +117,29 @@ pub fn run(agent: &Path) -> Result<()> {
     ))?;
     // A private copy, so that a rebuild during the bench cannot mix two builds in one table.
     let agent = &env.copy_agent(agent)?;
+    // The first run after a build loads and pins the eBPF programs; keep that out of the numbers.
+    let warm = env
+        .agent(agent)
+        .args(["run", "--network", "blocked", "--", TRUE])
+        .output()?;
+    check(&warm, "sandbox-agent warm-up run")?;
+
+    let only = std::env::var(ONLY_VAR).unwrap_or_default();
+    match only.as_str() {
+        "" => {
+            run_core(&mut env, agent)?;
+            println!();
+            crate::bench_domains::run(&mut env, agent)?;
+        }
+        "domains" => crate::bench_domains::run(&mut env, agent)?,
+        other => bail!("{ONLY_VAR}={other:?}: the only value understood is \"domains\""),
+    }
+    println!("\nbench took {:.0} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Enforcement cost: throughput, connect latency, start-up, policy load, program cost.
+fn run_core(env: &mut BenchEnv, agent: &Path) -> Result<()> {
     let small = env.write_policy(
         "small.toml",
         &random_prefixes(SMALL_POLICY, 1),
@@ -121,29 +148,22 @@ pub fn run(agent: &Path) -> Result<()> {
     let big = env.write_policy("big.toml", &random_prefixes(BIG_POLICY, 2), None)?;
     let empty = env.write_policy("empty.toml", &[], None)?;
 
-    // The first run after a build loads and pins the eBPF programs; keep that out of the numbers.
-    let warm = env
-        .agent(agent)
-        .args(["run", "--network", "blocked", "--", TRUE])
-        .output()?;
-    check(&warm, "sandbox-agent warm-up run")?;
     env.start_iperf_server()?;
     env.start_listener()?;
-    check_enforced(&env, agent)?;
+    check_enforced(env, agent)?;
 
-    let startup = bench_startup(&env, agent)?;
-    let throughput = bench_throughput(&env, agent, &small)?;
-    let connect = bench_connect(&env, agent, &small)?;
+    let startup = bench_startup(env, agent)?;
+    let throughput = bench_throughput(env, agent, &small)?;
+    let connect = bench_connect(env, agent, &small)?;
     // Optional: kernel bookkeeping that not every kernel allows; a failure is reported.
-    let cost = program_cost(&env, agent, &small);
-    let load = bench_load(&env, agent, &big, &empty)?;
+    let cost = program_cost(env, agent, &small);
+    let load = bench_load(env, agent, &big, &empty)?;
 
     println!();
     print_table(&results_table(&throughput, &connect, &startup, &load));
     println!();
     print_notes(&throughput, &connect, &load);
     print_cost(&cost);
-    println!("\nbench took {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
 }
 

@@ -12,6 +12,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bench_domains;
 mod demo;
 mod fuzz;
 mod setup;
@@ -132,6 +133,9 @@ fn build(release: bool) -> Result<PathBuf> {
         .join("sandbox-agent"))
 }
 
+/// Seconds each fuzz target runs in `cargo xtask test`; `cargo xtask fuzz` runs longer.
+const FUZZ_SECONDS_IN_TESTS: u64 = 10;
+
 fn test(filter: Option<&str>) -> Result<()> {
     if !is_root() {
         bail!(
@@ -156,6 +160,10 @@ fn test(filter: Option<&str>) -> Result<()> {
         Ok(s) if s.success() => {}
         Ok(s) => bail!("sandbox-agent teardown after the tests failed: {s}"),
         Err(e) => bail!("cannot run sandbox-agent teardown: {e}"),
+    }
+    // The whole suite only: a brief fuzz run of the proxy's parsers (a crash fails it).
+    if filter.is_none() {
+        fuzz::run(FUZZ_SECONDS_IN_TESTS)?;
     }
     // One closing line for the whole suite (unit and end-to-end), whatever ran last.
     println!("tests: {} passed, {} failed", totals.passed, totals.failed);

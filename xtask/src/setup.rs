@@ -18,8 +18,8 @@ use crate::run_cmd;
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages: `ip` (namespaces, veth), ping, nc, curl, python3 (test servers and
 /// clients), iperf3 (benchmark), dnsmasq (the fake upstream DNS in tests), openssl (makes
-/// test certificates).
-const PACKAGES: [&str; 8] = [
+/// test certificates), python3-requests (a real client of the explicit proxy in tests).
+const PACKAGES: [&str; 9] = [
     "iproute2",
     "iputils-ping",
     "netcat-openbsd",
@@ -28,6 +28,7 @@ const PACKAGES: [&str; 8] = [
     "iperf3",
     "dnsmasq-base",
     "openssl",
+    "python3-requests",
 ];
 
 pub fn run() -> Result<()> {
