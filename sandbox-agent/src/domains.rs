@@ -5,11 +5,12 @@
 //! They run on a small tokio runtime of their own, next to the synchronous launcher. When the
 //! agent dies, the ports close: the sandbox's redirected connects are refused (fail closed).
 use std::{
+    collections::HashMap,
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
     sync::{Arc, Mutex, OnceLock},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use tokio::{
@@ -76,7 +77,15 @@ pub struct Shared {
     pub events: Arc<Events>,
     pub maps: Mutex<AgentMaps>,
     bound: OnceLock<Bound>,
+    /// The proxy's own resolutions, kept for their TTL (at most [`MAX_CACHED_TTL`]), so that
+    /// a connection does not wait for the upstream resolver every time.
+    resolved: Mutex<HashMap<String, (Vec<IpAddr>, Instant)>>,
 }
+
+/// The longest the proxy reuses a resolution, whatever its TTL.
+pub const MAX_CACHED_TTL: Duration = Duration::from_mins(1);
+/// Names the proxy keeps resolutions for; past it, expired ones go, then all.
+const MAX_CACHED_NAMES: usize = 4096;
 
 /// Why an address is not one the agent will hand out or connect to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -96,6 +105,31 @@ pub enum AddressRefusal {
 impl Shared {
     pub fn bound(&self) -> Option<Bound> {
         self.bound.get().copied()
+    }
+
+    /// A resolution of `name` by the proxy that is still within its TTL.
+    pub fn cached_addresses(&self, name: &str) -> Option<Vec<IpAddr>> {
+        let cache = self.resolved.lock().ok()?;
+        let (addrs, expiry) = cache.get(name)?;
+        (Instant::now() < *expiry).then(|| addrs.clone())
+    }
+
+    pub fn remember_addresses(&self, name: &str, addrs: &[IpAddr], ttl: u32) {
+        let ttl = Duration::from_secs(u64::from(ttl)).min(MAX_CACHED_TTL);
+        if ttl.is_zero() || addrs.is_empty() {
+            return;
+        }
+        let Ok(mut cache) = self.resolved.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        if cache.len() >= MAX_CACHED_NAMES {
+            cache.retain(|_, (_, expiry)| now < *expiry);
+            if cache.len() >= MAX_CACHED_NAMES {
+                cache.clear();
+            }
+        }
+        cache.insert(name.to_owned(), (addrs.to_vec(), now + ttl));
     }
 
     /// Whether the agent may hand out or connect to `addr` for this sandbox: not denied by an
@@ -155,6 +189,7 @@ impl DomainServices {
             events: options.events,
             maps: Mutex::new(maps),
             bound: OnceLock::new(),
+            resolved: Mutex::new(HashMap::new()),
         });
         let sockets = {
             let _context = runtime.enter();

@@ -111,9 +111,35 @@ ip -n {netns} link set {ns_if} up
             );
         }
         sh(&script);
+        world.start_servers();
+        let start = Instant::now();
+        while !(fs::read_to_string(&world.log).is_ok_and(|l| l.contains("ready"))
+            && fs::read_to_string(&world.dns_log).is_ok_and(|l| l.contains("started")))
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "web world in {netns} did not start: web log {:?}, dns log {:?}",
+                fs::read_to_string(&world.log),
+                fs::read_to_string(&world.dns_log)
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+        world.wait_for_upstream_dns();
+        world
+    }
+
+    /// dnsmasq and the web servers in the namespace.
+    fn start_servers(&mut self) {
+        let (net, v6, dir) = (self.net.clone(), self.v6.clone(), helpers());
         let c = certs();
         let dnsmasq = Command::new("ip")
-            .args(["netns", "exec", &netns, "dnsmasq", "--keep-in-foreground"])
+            .args([
+                "netns",
+                "exec",
+                &self.netns,
+                "dnsmasq",
+                "--keep-in-foreground",
+            ])
             .args([
                 "--no-resolv",
                 "--no-hosts",
@@ -126,7 +152,7 @@ ip -n {netns} link set {ns_if} up
                 "--pid-file=",
                 "--log-queries",
             ])
-            .arg(format!("--log-facility={}", world.dns_log.display()))
+            .arg(format!("--log-facility={}", self.dns_log.display()))
             .arg(format!("--listen-address={net}.2"))
             .arg(format!("--host-record=allowed.test,{net}.3,{v6}:3"))
             .arg(format!("--host-record=other.test,{net}.5"))
@@ -139,12 +165,12 @@ ip -n {netns} link set {ns_if} up
             .stderr(Stdio::null())
             .spawn()
             .expect("start dnsmasq");
-        world.procs.push(dnsmasq);
+        self.procs.push(dnsmasq);
         let web = Command::new("ip")
-            .args(["netns", "exec", &netns, "python3"])
+            .args(["netns", "exec", &self.netns, "python3"])
             .arg(dir.join("webserver.py"))
             .arg("--log")
-            .arg(&world.log)
+            .arg(&self.log)
             .arg("--cert")
             .arg(&c.cert)
             .arg("--key")
@@ -160,20 +186,38 @@ ip -n {netns} link set {ns_if} up
             .stdout(Stdio::null())
             .spawn()
             .expect("start webserver");
-        world.procs.push(web);
+        self.procs.push(web);
+    }
+
+    /// dnsmasq logs "started" before it may answer: wait for a real answer (bounded).
+    fn wait_for_upstream_dns(&self) {
+        // A query for allowed.test/A, id 0x5a5a.
+        let mut query = vec![0x5a, 0x5a, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        for label in ["allowed", "test"] {
+            query.push(u8::try_from(label.len()).expect("short label"));
+            query.extend_from_slice(label.as_bytes());
+        }
+        query.extend_from_slice(&[0, 0, 1, 0, 1]);
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
         let start = Instant::now();
-        while !(fs::read_to_string(&world.log).is_ok_and(|l| l.contains("ready"))
-            && fs::read_to_string(&world.dns_log).is_ok_and(|l| l.contains("started")))
-        {
+        let mut buf = [0u8; 512];
+        loop {
+            let _ = socket.send_to(&query, (self.upstream().as_str(), 53));
+            if socket
+                .recv(&mut buf)
+                .is_ok_and(|n| n > 2 && buf[..2] == [0x5a, 0x5a])
+            {
+                return;
+            }
             assert!(
                 start.elapsed() < Duration::from_secs(10),
-                "web world in {netns} did not start: web log {:?}, dns log {:?}",
-                fs::read_to_string(&world.log),
-                fs::read_to_string(&world.dns_log)
+                "dnsmasq in {} does not answer",
+                self.netns
             );
-            thread::sleep(Duration::from_millis(20));
         }
-        world
     }
 
     /// `198.B.C.i`.

@@ -776,6 +776,11 @@ impl Stepper {
         Ok(f64::from(ns) / 1000.0)
     }
 
+    /// The spawned process (for a sandboxed client: the agent).
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// One step: writes a line to the client and returns the line it answers, trimmed.
     pub(crate) fn step_line(&mut self) -> Result<String> {
         let input = self.input.as_mut().context("the client was closed")?;

@@ -40,10 +40,10 @@ const SANDBOX_TIMEOUT: &str = "120s";
 const COPY_VAR: &str = "SANDBOX_AGENT_PROXY_COPY";
 
 /// Bulk transfers per route; the order of the routes rotates every round.
-const BULK_ROUNDS: usize = 5;
+const BULK_ROUNDS: usize = 7;
 /// Seconds received before the measured window (slow start, page cache, scheduler).
 const BULK_WARMUP_SECS: &str = "0.3";
-const BULK_SECS: &str = "2.0";
+const BULK_SECS: &str = "1.5";
 /// Connections per route (connect + `ClientHello` + first byte), after the warm-up turns.
 const PING_TURNS: usize = 2000;
 const PING_WARMUP: usize = 100;
@@ -995,8 +995,13 @@ fn bench_bulk(w: &World) -> Result<Bulk> {
 // 2. Connection set-up latency
 // ---------------------------------------------------------------------------------------
 
-/// Per route, µs; the i-th sample of each route comes from the same turn.
-type Ping = [Vec<f64>; 4];
+struct Ping {
+    /// Per route, µs; the i-th sample of each route comes from the same turn.
+    samples: [Vec<f64>; 4],
+    /// Per route, CPU time of its proxy (the agent, or nginx's processes) per measured
+    /// connection, µs.
+    proxy_cpu_us: [Option<f64>; 4],
+}
 
 /// One long-lived client per route; they take turns, one connection each, in an order that
 /// rotates every turn (as `bench::bench_connect` does).
@@ -1010,9 +1015,26 @@ fn bench_ping(w: &World) -> Result<Ping> {
     for &route in &routes {
         clients.push(Stepper::spawn(w.client(route, "ping", &[])?)?);
     }
-    let mut result: Ping = Default::default();
+    // Whose CPU time is the proxy's on each route.
+    let proxies: Vec<Vec<u32>> = routes
+        .iter()
+        .zip(&clients)
+        .map(|(route, client)| match (route, &w.nginx) {
+            (Route::Proxy | Route::Userspace, _) => vec![client.pid()],
+            (Route::Nginx, Ok(n)) => group_pids(n.pgid),
+            _ => Vec::new(),
+        })
+        .collect();
+    let mut cpu_start = Vec::new();
+    let mut result = Ping {
+        samples: Default::default(),
+        proxy_cpu_us: [None; 4],
+    };
     for turn in 0..PING_WARMUP + PING_TURNS {
         interrupted()?;
+        if turn == PING_WARMUP {
+            cpu_start = proxies.iter().map(|p| cpu_ns(p)).collect();
+        }
         for k in 0..routes.len() {
             let j = (turn + k) % routes.len();
             let line = clients[j]
@@ -1022,8 +1044,15 @@ fn bench_ping(w: &World) -> Result<Ping> {
                 .parse()
                 .with_context(|| format!("bad output {line:?} from the latency client"))?;
             if turn >= PING_WARMUP {
-                result[routes[j].index()].push(as_f64(ns) / 1e3);
+                result.samples[routes[j].index()].push(as_f64(ns) / 1e3);
             }
+        }
+    }
+    for (i, route) in routes.iter().enumerate() {
+        if !proxies[i].is_empty() {
+            let used = cpu_ns(&proxies[i]).saturating_sub(cpu_start[i]);
+            result.proxy_cpu_us[route.index()] =
+                Some(as_f64(used) / 1e3 / as_f64(PING_TURNS as u64));
         }
     }
     for c in clients {
@@ -1049,6 +1078,8 @@ struct DnsRate {
 struct Dns {
     /// µs, paired by turn: (direct, agent).
     latency: (Vec<f64>, Vec<f64>),
+    /// The agent's CPU time per query of the latency test, µs.
+    agent_cpu_us: f64,
     lost: (usize, usize),
     rates: (Vec<DnsRate>, Vec<DnsRate>),
 }
@@ -1059,13 +1090,19 @@ fn bench_dns(world: &World) -> Result<Dns> {
     ))?;
     let mut direct = Stepper::spawn(world.dns_client(DnsRoute::Direct, "dns", &[]))?;
     let mut agent = Stepper::spawn(world.dns_client(DnsRoute::Agent, "dns", &[]))?;
+    let agent_pid = [agent.pid()];
+    let mut cpu_start = 0;
     let mut dns = Dns {
         latency: (Vec::new(), Vec::new()),
+        agent_cpu_us: f64::NAN,
         lost: (0, 0),
         rates: (Vec::new(), Vec::new()),
     };
     for turn in 0..DNS_WARMUP + DNS_TURNS {
         interrupted()?;
+        if turn == DNS_WARMUP {
+            cpu_start = cpu_ns(&agent_pid);
+        }
         let (first, second) = if turn % 2 == 0 {
             (&mut direct, &mut agent)
         } else {
@@ -1092,6 +1129,8 @@ fn bench_dns(world: &World) -> Result<Dns> {
         dns.latency.0.push(us(&to_dnsmasq)?);
         dns.latency.1.push(us(&to_agent)?);
     }
+    dns.agent_cpu_us =
+        as_f64(cpu_ns(&agent_pid).saturating_sub(cpu_start)) / 1e3 / as_f64(DNS_TURNS as u64);
     direct.finish()?;
     agent.finish()?;
 
@@ -1242,6 +1281,7 @@ fn report(w: &World, bulk: &Bulk, ping: &Ping, dns: &Dns) {
         "proxy CPU ms/GiB",
         "setup p50 us",
         "setup p99 us",
+        "proxy CPU us/conn",
     ];
     let rows: Vec<Vec<String>> = routes
         .iter()
@@ -1257,7 +1297,7 @@ fn report(w: &World, bulk: &Bulk, ping: &Ping, dns: &Dns) {
                         .map(|c| c * b.secs * 1e3 / (b.bytes / f64::from(1u32 << 30)))
                 })
                 .collect();
-            let lat = &ping[r.index()];
+            let lat = &ping.samples[r.index()];
             vec![
                 r.label().to_owned(),
                 spread(&pick(|b| b.bps), 1e-9, 2),
@@ -1272,6 +1312,7 @@ fn report(w: &World, bulk: &Bulk, ping: &Ping, dns: &Dns) {
                 } else {
                     format!("{:.1}", percentile(lat, 99.0))
                 },
+                ping.proxy_cpu_us[r.index()].map_or("-".into(), |c| format!("{c:.1}")),
             ]
         })
         .collect();
@@ -1285,7 +1326,7 @@ fn report(w: &World, bulk: &Bulk, ping: &Ping, dns: &Dns) {
         if v.is_empty() { f64::NAN } else { median(&v) }
     };
     let p = |r: Route, q: f64| {
-        let v = &ping[r.index()];
+        let v = &ping.samples[r.index()];
         if v.is_empty() {
             f64::NAN
         } else {
@@ -1441,11 +1482,11 @@ fn report(w: &World, bulk: &Bulk, ping: &Ping, dns: &Dns) {
         "  connection set-up: connect + ClientHello (SNI {NAME}) + first byte back, python \
          perf_counter_ns, {} turns after {PING_WARMUP} warm-up turns, one connection per route per \
          turn in rotating order; the server answers inline",
-        ping[Route::Direct.index()].len()
+        ping.samples[Route::Direct.index()].len()
     );
-    let dping = &ping[Route::Direct.index()];
+    let dping = &ping.samples[Route::Direct.index()];
     for route in [Route::Proxy, Route::Userspace, Route::Nginx] {
-        let v = &ping[route.index()];
+        let v = &ping.samples[route.index()];
         if !v.is_empty() {
             println!(
                 "    {:<28} added vs direct: p50 difference {:+.1} us, median per-turn difference {:+.1} us",
@@ -1458,22 +1499,28 @@ fn report(w: &World, bulk: &Bulk, ping: &Ping, dns: &Dns) {
     println!(
         "  DNS latency: one A query for {NAME} at a time over a connected UDP socket, {} turns \
          after {DNS_WARMUP} warm-up turns, order alternating; median per-turn difference {:+.1} us; \
-         lost queries (2 s timeout, turn dropped): direct {}, agent {}",
+         agent CPU {:.1} us per query; lost queries (2 s timeout, turn dropped): direct {}, agent {}",
         dl.len(),
         paired_diff(dl, al),
+        dns.agent_cpu_us,
         dns.lost.0,
         dns.lost.1
     );
     for (name, runs) in [("direct", &dns.rates.0), ("agent", &dns.rates.1)] {
         let pick = |f: fn(&DnsRate) -> f64| runs.iter().map(f).collect::<Vec<_>>();
         let resolver: Vec<f64> = runs.iter().filter_map(|r| r.resolver_cpus).collect();
+        let per_query: Vec<f64> = runs
+            .iter()
+            .filter_map(|r| r.resolver_cpus.map(|c| c / r.qps * 1e6))
+            .collect();
         println!(
             "  DNS throughput, {name:<6}: {} q/s (median [min-max] of {DNS_RATE_ROUNDS} runs of \
-             {DNS_RATE_SECS} s, {DNS_WINDOW} in flight); CPUs busy: client {}, agent {}, dnsmasq {}, \
-             machine {}; lost {}, not NOERROR {}",
+             {DNS_RATE_SECS} s, {DNS_WINDOW} in flight); CPUs busy: client {}, agent {} ({} us per \
+             query), dnsmasq {}, machine {}; lost {}, not NOERROR {}",
             spread(&pick(|r| r.qps), 1.0, 0),
             med(&pick(|r| r.client_cpus), 1.0, 2),
             med(&resolver, 1.0, 2),
+            med(&per_query, 1.0, 1),
             med(&pick(|r| r.dnsmasq_cpus), 1.0, 2),
             med(&pick(|r| r.machine_cpus), 1.0, 2),
             pick(|r| r.lost).iter().sum::<f64>(),

@@ -200,8 +200,9 @@ pub async fn lookup(
     Ok(message::filter_response(q, id, &reply, max_size)?)
 }
 
-/// The addresses of `name` (A and AAAA), for the proxy's own connections.
-pub async fn resolve(upstream: SocketAddr, name: &str) -> Result<Vec<IpAddr>, LookupError> {
+/// The addresses of `name` (A and AAAA), for the proxy's own connections, and the smallest
+/// TTL among them.
+pub async fn resolve(upstream: SocketAddr, name: &str) -> Result<(Vec<IpAddr>, u32), LookupError> {
     let (qa, qaaaa) = (
         Question::lookup(name, RecordType::A),
         Question::lookup(name, RecordType::AAAA),
@@ -211,16 +212,25 @@ pub async fn resolve(upstream: SocketAddr, name: &str) -> Result<Vec<IpAddr>, Lo
         lookup(upstream, &qaaaa, TCP_MAX)
     );
     let mut addrs = Vec::new();
+    let mut ttl = u32::MAX;
     let mut first_err = None;
     for r in [a, aaaa] {
         match r {
-            Ok(f) => addrs.extend(f.addresses.into_iter().map(|(addr, _)| addr)),
+            Ok(f) => {
+                for (addr, t) in f.addresses {
+                    addrs.push(addr);
+                    ttl = ttl.min(t);
+                }
+            }
             Err(e) => first_err = first_err.or(Some(e)),
         }
     }
     match first_err {
         Some(e) if addrs.is_empty() => Err(e),
-        _ => Ok(addrs),
+        _ => {
+            let ttl = if addrs.is_empty() { 0 } else { ttl };
+            Ok((addrs, ttl))
+        }
     }
 }
 
@@ -238,18 +248,33 @@ async fn exchange_udp(upstream: SocketAddr, query: &[u8], id: u16) -> Result<Vec
     let socket = UdpSocket::bind(local).await?;
     socket.connect(upstream).await?;
     let mut buf = vec![0u8; TCP_MAX];
+    let mut last_error = None;
     for _ in 0..UPSTREAM_TRIES {
-        socket.send(query).await?;
+        if let Err(e) = socket.send(query).await {
+            last_error = Some(e);
+            continue;
+        }
         let deadline = tokio::time::Instant::now() + UPSTREAM_TIMEOUT;
         // Skip stray datagrams (a late answer to an earlier try has the same id: fine).
         while let Ok(n) = tokio::time::timeout_at(deadline, socket.recv(&mut buf)).await {
-            let n = n?;
-            if n >= 2 && u16::from_be_bytes([buf[0], buf[1]]) == id {
-                return Ok(buf[..n].to_vec());
+            match n {
+                Ok(n) if n >= 2 && u16::from_be_bytes([buf[0], buf[1]]) == id => {
+                    return Ok(buf[..n].to_vec());
+                }
+                Ok(_) => {}
+                // An ICMP error (port unreachable while the upstream restarts): try again.
+                Err(e) => {
+                    last_error = Some(e);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    break;
+                }
             }
         }
     }
-    Err(LookupError::Timeout(UPSTREAM_TIMEOUT * 2))
+    match last_error {
+        Some(e) => Err(LookupError::Io(e)),
+        None => Err(LookupError::Timeout(UPSTREAM_TIMEOUT * 2)),
+    }
 }
 
 async fn exchange_tcp(upstream: SocketAddr, query: &[u8]) -> Result<Vec<u8>, LookupError> {

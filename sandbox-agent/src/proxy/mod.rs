@@ -248,9 +248,15 @@ pub(super) async fn connect_upstream(
         event.resolved = vec![format!("{name}:{} via {p}", orig.port())];
         return Ok(stream);
     }
-    let addrs = crate::dns::resolve(shared.upstream, name)
-        .await
-        .map_err(|e| Refusal::Upstream(format!("cannot resolve {name}: {e}")))?;
+    let addrs = if let Some(addrs) = shared.cached_addresses(name) {
+        addrs
+    } else {
+        let (addrs, ttl) = crate::dns::resolve(shared.upstream, name)
+            .await
+            .map_err(|e| Refusal::Upstream(format!("cannot resolve {name}: {e}")))?;
+        shared.remember_addresses(name, &addrs, ttl);
+        addrs
+    };
     if addrs.is_empty() {
         return Err(Refusal::Upstream(format!("{name} has no address")));
     }
