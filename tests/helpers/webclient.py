@@ -74,6 +74,17 @@ def skip_name(msg, i):
         i += n + 1
 
 
+def svc_keys(rdata):
+    """The SvcParam keys of an HTTPS record, as `:key=N` (uncompressed target name)."""
+    i = skip_name(rdata, 2)
+    keys = []
+    while i + 4 <= len(rdata):
+        key, length = struct.unpack(">HH", rdata[i:i + 4])
+        keys.append(f":key={key}")
+        i += 4 + length
+    return "".join(keys)
+
+
 def parse(msg, qid):
     rid, flags, qd, an = struct.unpack(">HHHH", msg[:8])
     if rid != qid:
@@ -94,6 +105,8 @@ def parse(msg, qid):
             addrs.append(socket.inet_ntop(socket.AF_INET6, rdata))
         elif rtype == 16:
             addrs.append("txt")
+        elif rtype == 65:
+            addrs.append("https" + svc_keys(rdata))
     return f"{RCODES.get(flags & 0xF, flags & 0xF)} {','.join(addrs)}".strip()
 
 

@@ -161,6 +161,8 @@ ip -n {netns} link set {ns_if} up
             .arg(format!("--address=/wild.test/{net}.4"))
             .arg(format!("--address=/wild.test/{v6}:4"))
             .arg("--txt-record=txt.allowed.test,hello")
+            // HTTPS record: priority 1, target ".", alpn=h2 (key 1), ech (key 5).
+            .arg("--dns-rr=allowed.test,65,0001000001000302683200050004deadbeef")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

