@@ -935,39 +935,23 @@ fn install(paths: &Paths, parent: &Path, parent_id: u64) -> Result<()> {
             .program_mut(name)
             .ok_or(EnforcementError::MissingProgram { name })?;
         let perr = |source| EnforcementError::Program { name, source };
+        // Every program type loads, attaches and hands over its link the same way; only the
+        // attach arguments differ.
+        macro_rules! attach {
+            ($ty:ty $(, $arg:expr)?) => {{
+                let prog: &mut $ty = program.try_into().map_err(perr)?;
+                prog.load().map_err(perr)?;
+                let id = prog
+                    .attach(&cgroup, $($arg,)? CgroupAttachMode::Single)
+                    .map_err(perr)?;
+                prog.take_link(id).map_err(perr)?.try_into()
+            }};
+        }
         let link: FdLink = match attach {
-            Attach::Skb(attach_type) => {
-                let prog: &mut CgroupSkb = program.try_into().map_err(perr)?;
-                prog.load().map_err(perr)?;
-                let id = prog
-                    .attach(&cgroup, attach_type, CgroupAttachMode::Single)
-                    .map_err(perr)?;
-                prog.take_link(id).map_err(perr)?.try_into()
-            }
-            Attach::SockAddr => {
-                let prog: &mut CgroupSockAddr = program.try_into().map_err(perr)?;
-                prog.load().map_err(perr)?;
-                let id = prog
-                    .attach(&cgroup, CgroupAttachMode::Single)
-                    .map_err(perr)?;
-                prog.take_link(id).map_err(perr)?.try_into()
-            }
-            Attach::Sock => {
-                let prog: &mut CgroupSock = program.try_into().map_err(perr)?;
-                prog.load().map_err(perr)?;
-                let id = prog
-                    .attach(&cgroup, CgroupAttachMode::Single)
-                    .map_err(perr)?;
-                prog.take_link(id).map_err(perr)?.try_into()
-            }
-            Attach::SockOps => {
-                let prog: &mut SockOps = program.try_into().map_err(perr)?;
-                prog.load().map_err(perr)?;
-                let id = prog
-                    .attach(&cgroup, CgroupAttachMode::Single)
-                    .map_err(perr)?;
-                prog.take_link(id).map_err(perr)?.try_into()
-            }
+            Attach::Skb(attach_type) => attach!(CgroupSkb, attach_type),
+            Attach::SockAddr => attach!(CgroupSockAddr),
+            Attach::Sock => attach!(CgroupSock),
+            Attach::SockOps => attach!(SockOps),
         }
         .map_err(|source| EnforcementError::Link { name, source })?;
         pin_link(link, &paths.links_dir().join(name))?;

@@ -190,12 +190,7 @@ ip -n {netns} addr add {ll}/32 dev {ns_if}
 
     /// What the server saw so far (lines `tcp ADDR` / `udp ADDR PAYLOAD`).
     pub fn seen(&self) -> Vec<String> {
-        fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| *l != "ready")
-            .map(str::to_owned)
-            .collect()
+        server_log(&self.log)
     }
 
     /// Whether the server saw a TCP connection to `addr`.
@@ -229,6 +224,16 @@ impl Drop for RemoteHost {
         ));
         let _ = fs::remove_file(&self.log);
     }
+}
+
+/// The event lines of a test server's log, without its `ready` line.
+pub fn server_log(path: &Path) -> Vec<String> {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| *l != "ready")
+        .map(str::to_owned)
+        .collect()
 }
 
 /// The result of one `sandbox-agent` invocation.

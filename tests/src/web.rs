@@ -239,12 +239,7 @@ ip -n {netns} link set {ns_if} up
 
     /// What the web servers and the rogue resolver saw (see `helpers/webserver.py`).
     pub fn seen(&self) -> Vec<String> {
-        fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| *l != "ready")
-            .map(str::to_owned)
-            .collect()
+        crate::server_log(&self.log)
     }
 
     /// Whether any line of what the servers saw starts with `prefix`.
@@ -266,6 +261,11 @@ ip -n {netns} link set {ns_if} up
             .lines()
             .filter_map(|l| l.split_once(": query[").map(|(_, q)| format!("query[{q}")))
             .collect()
+    }
+
+    /// Whether a flow event matches `pred`.
+    pub fn has_flow(&self, pred: impl Fn(&serde_json::Value) -> bool) -> bool {
+        self.flows().iter().any(pred)
     }
 
     /// The flow events of the last runs, one JSON value each.

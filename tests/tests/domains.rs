@@ -28,6 +28,10 @@ fn assert_outcome(run: &Run, label: &str, expected_prefix: &str) {
     );
 }
 
+fn assert_flow(w: &WebWorld, what: &str, pred: impl Fn(&serde_json::Value) -> bool) {
+    assert!(w.has_flow(pred), "no flow event {what}: {:#?}", w.flows());
+}
+
 /// A curl that failed, and did not merely time out (a refusal must be immediate).
 fn assert_refused(run: &Run, label: &str) {
     let out = run.outcome(label);
@@ -79,19 +83,12 @@ fn allowed_names_over_https_and_http_ipv4_and_ipv6() {
     );
     assert!(w.saw(&format!("tls {a3} allowed.test")), "{:?}", w.seen());
     // Decisions are reported.
-    let flows = w.flows();
-    assert!(
-        flows.iter().any(|f| f["source"] == "proxy"
-            && f["name"] == "a.wild.test"
-            && f["verdict"] == "allowed"),
-        "{flows:#?}"
-    );
-    assert!(
-        flows
-            .iter()
-            .any(|f| f["source"] == "dns" && f["name"] == "allowed.test"),
-        "{flows:#?}"
-    );
+    assert_flow(&w, "allowing a.wild.test in the proxy", |f| {
+        f["source"] == "proxy" && f["name"] == "a.wild.test" && f["verdict"] == "allowed"
+    });
+    assert_flow(&w, "of the resolver for allowed.test", |f| {
+        f["source"] == "dns" && f["name"] == "allowed.test"
+    });
 }
 
 #[test]
@@ -137,14 +134,10 @@ fn denied_names_are_refused_at_once_and_never_reached() {
         "the bare suffix was reached: {:?}",
         w.seen()
     );
-    let flows = w.flows();
     for name in ["evil.test", "wild.test"] {
-        assert!(
-            flows
-                .iter()
-                .any(|f| f["name"] == name && f["verdict"] == "denied"),
-            "no denied event for {name}: {flows:#?}"
-        );
+        assert_flow(&w, &format!("denying {name}"), |f| {
+            f["name"] == name && f["verdict"] == "denied"
+        });
     }
 }
 
@@ -287,13 +280,16 @@ fn learned_addresses_open_other_tcp_ports_only_after_resolution() {
     assert_outcome(&run, "quic", "EPERM");
     assert!(!w.saw(&format!("udp {a3} 443")), "{:?}", w.seen());
     assert!(!w.saw_addr(&a5), "{:?}", w.seen());
-    let flows = w.flows();
-    assert!(
-        flows.iter().any(|f| f["name"] == "internal.wild.test"
-            && f["resolved"].as_array().is_some_and(|r| r
-                .iter()
-                .any(|a| a.as_str().is_some_and(|a| a.contains("not learned"))))),
-        "an internal address was learned: {flows:#?}"
+    assert_flow(
+        &w,
+        "refusing to learn internal.wild.test's private address",
+        |f| {
+            f["name"] == "internal.wild.test"
+                && f["resolved"].as_array().is_some_and(|r| {
+                    r.iter()
+                        .any(|a| a.as_str().is_some_and(|a| a.contains("not learned")))
+                })
+        },
     );
 }
 
@@ -377,13 +373,9 @@ fn the_proxy_is_no_open_relay() {
     let _ = std::fs::remove_file(&port_file);
     assert_eq!(agent.code, 0, "{agent:#?}");
     assert!(!w.saw("tls "), "{:?}", w.seen());
-    assert!(
-        w.flows()
-            .iter()
-            .any(|f| f["reason"].as_str().is_some_and(|r| r.contains("redirect"))),
-        "{:#?}",
-        w.flows()
-    );
+    assert_flow(&w, "refusing the host's connection", |f| {
+        f["reason"].as_str().is_some_and(|r| r.contains("redirect"))
+    });
 }
 
 /// `--proxy-env`: HTTP CONNECT, plain HTTP forwarding and SOCKS5 through the sandbox's own
@@ -445,13 +437,9 @@ fn explicit_proxies_apply_the_same_rules() {
     assert_refused(&run, "connect-denied");
     assert_refused(&run, "no-proxy");
     assert!(!w.saw_addr(&w.v4(6)), "{:?}", w.seen());
-    let flows = w.flows();
-    assert!(
-        flows
-            .iter()
-            .any(|f| f["name"] == "evil.test" && f["verdict"] == "denied"),
-        "{flows:#?}"
-    );
+    assert_flow(&w, "denying evil.test", |f| {
+        f["name"] == "evil.test" && f["verdict"] == "denied"
+    });
 }
 
 /// `--upstream-proxy`: the agent's own connections go through the operator's proxy, by name
