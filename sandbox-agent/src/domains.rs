@@ -77,13 +77,17 @@ pub struct Shared {
     pub events: Arc<Events>,
     pub maps: Mutex<AgentMaps>,
     bound: OnceLock<Bound>,
-    /// The proxy's own resolutions, kept for their TTL (at most [`MAX_CACHED_TTL`]), so that
+    /// The proxy's own resolutions, kept for their TTL (within [`MIN_CACHED_TTL`] and
+    /// [`MAX_CACHED_TTL`]), so that
     /// a connection does not wait for the upstream resolver every time.
     resolved: Mutex<HashMap<String, (Vec<IpAddr>, Instant)>>,
 }
 
 /// The longest the proxy reuses a resolution, whatever its TTL.
 pub const MAX_CACHED_TTL: Duration = Duration::from_mins(1);
+/// The shortest: names served with TTL 0 (common behind load balancers) would otherwise cost
+/// two upstream queries per connection (~110 µs here, see BENCHMARKS.md).
+pub const MIN_CACHED_TTL: Duration = Duration::from_secs(2);
 /// Names the proxy keeps resolutions for; past it, expired ones go, then all.
 const MAX_CACHED_NAMES: usize = 4096;
 
@@ -115,8 +119,8 @@ impl Shared {
     }
 
     pub fn remember_addresses(&self, name: &str, addrs: &[IpAddr], ttl: u32) {
-        let ttl = Duration::from_secs(u64::from(ttl)).min(MAX_CACHED_TTL);
-        if ttl.is_zero() || addrs.is_empty() {
+        let ttl = Duration::from_secs(u64::from(ttl)).clamp(MIN_CACHED_TTL, MAX_CACHED_TTL);
+        if addrs.is_empty() {
             return;
         }
         let Ok(mut cache) = self.resolved.lock() else {

@@ -5,7 +5,7 @@
 //! Everything stays in the bench's namespace and on loopback: a stream server and dnsmasq
 //! (which maps `bench.test` to the server) run in the namespace, nginx on 127.0.0.1 of the
 //! host; all of them are servers of [`BenchEnv`] and go with it on every way out. Every client
-//! runs in a sandbox with a bounded `--timeout`, so all four routes pay the same per-packet
+//! runs in a sandbox with a bounded `--timeout`, so all routes pay the same per-packet
 //! program cost and differ only in what sits between the client and the server.
 use std::{
     fs,
@@ -25,8 +25,14 @@ use crate::bench::{
     percentile, print_grid, progress,
 };
 
-/// The name the clients put in their SNI and dnsmasq maps to the server.
+/// The name the clients put in their SNI and dnsmasq maps to the server, with a TTL (dnsmasq's
+/// own default for local records is 0) as real names have: the proxy caches resolutions for
+/// their TTL, so this measures its steady state.
 const NAME: &str = "bench.test";
+const NAME_TTL_SECS: u32 = 300;
+/// The same server under a name with TTL 0: the proxy resolves it for every connection (what a
+/// first connection to a name costs).
+const UNCACHED_NAME: &str = "uncached.test";
 const WEB_PORT: u16 = 443;
 const DNS_PORT: u16 = 53;
 const DNSMASQ: &str = "/usr/sbin/dnsmasq";
@@ -56,25 +62,27 @@ const DNS_RATE_WARMUP_SECS: &str = "0.2";
 const DNS_RATE_SECS: &str = "1.0";
 const DNS_RATE_ROUNDS: usize = 3;
 
-/// The clients, run inside sandboxes (as `nobody`, hence `-c` and no file).
+/// The clients, run inside sandboxes (as `nobody`, hence `-c` and no file). Every mode takes
+/// `HOST PORT NAME` first: where to connect, and the name for the SNI or the DNS question.
 ///
-/// - `bulk HOST PORT WARM SECS`: one connection, a `ClientHello` tagged `BULK`, then receives
+/// - `bulk ... WARM SECS`: one connection, a `ClientHello` tagged `BULK`, then receives
 ///   with `recv_into` a 1 MiB buffer (one C-level call per kernel read, so the interpreter
 ///   costs a few hundred ns per ~64-256 KiB); prints `start`, then `end BYTES SECS CPU` (its
 ///   own CPU seconds in the window), then waits for a line on stdin so the bench can read the
 ///   other processes' CPU time while the connection is still up;
-/// - `ping HOST PORT`: per stdin line, connect, send a `ClientHello` tagged `PING`, read one
+/// - `ping ...`: per stdin line, connect, send a `ClientHello` tagged `PING`, read one
 ///   byte; prints the ns it took (closes with RST: no `TIME_WAIT` piles up on the client);
-/// - `dns HOST PORT`: per stdin line, one A query for the name over a connected UDP socket;
+/// - `dns ...`: per stdin line, one A query for the name over a connected UDP socket;
 ///   prints the ns or `lost`;
-/// - `dnsrate HOST PORT WINDOW WARM SECS`: keeps WINDOW queries in flight; `start`, then
+/// - `dnsrate ... WINDOW WARM SECS`: keeps WINDOW queries in flight; `start`, then
 ///   `end ANSWERED SECS LOST BAD CPU`, then waits for stdin;
-/// - `check HOST PORT STEP,... ADDR`: one-shot probes for the set-up check (see
+/// - `check ... STEP,... ADDR`: one-shot probes for the set-up check (see
 ///   [`check_routes`]); `denied` connects to port 9 of ADDR, which no rule allows.
 const CLIENT: &str = r#"
 import errno, os, random, resource, socket, struct, sys, time
 
-NAME = b"bench.test"
+mode, host, port, NAME = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4].encode()
+args = sys.argv[5:]
 out = sys.stdout
 
 def hello(tag):
@@ -143,9 +151,8 @@ def rate(s, window, secs):
             break
     return ok, bad, lost
 
-mode, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
 if mode == "bulk":
-    warm, secs = float(sys.argv[4]), float(sys.argv[5])
+    warm, secs = float(args[0]), float(args[1])
     s = socket.create_connection((host, port))
     timeouts(s, 10)
     s.sendall(hello(b"BULK"))
@@ -206,7 +213,7 @@ elif mode == "dns":
             sys.exit("bad DNS answer %r" % r)
         out.write("%d\n" % (t1 - t0)); out.flush()
 elif mode == "dnsrate":
-    window, warm, secs = int(sys.argv[4]), float(sys.argv[5]), float(sys.argv[6])
+    window, warm, secs = int(args[0]), float(args[1]), float(args[2])
     s = udp(host, port)
     timeouts(s, 0.5)
     rate(s, window, warm)
@@ -218,10 +225,10 @@ elif mode == "dnsrate":
     sys.stdin.readline()
 elif mode == "check":
     words = []
-    for step in sys.argv[4].split(","):
+    for step in args[0].split(","):
         if step == "denied":
             try:
-                socket.create_connection((sys.argv[5], 9), timeout=5).close()
+                socket.create_connection((args[1], 9), timeout=5).close()
                 words.append("denied:connected")
             except OSError as e:
                 words.append("denied:" + errno.errorcode.get(e.errno or 0, type(e).__name__))
@@ -299,21 +306,40 @@ enum Route {
     Direct,
     /// `--allow-out bench.test`: the kernel redirects port 443 to the agent's proxy (splice).
     Proxy,
-    /// The same with `SANDBOX_AGENT_PROXY_COPY=userspace` (4 KiB tokio copy).
+    /// `--allow-out uncached.test` (TTL 0): the proxy resolves the name for every connection.
+    /// Set-up latency only (a bulk transfer resolves once).
+    Uncached,
+    /// As `Proxy`, with `SANDBOX_AGENT_PROXY_COPY=userspace` in the agent's environment
+    /// (4 KiB tokio copy instead of `splice`).
     Userspace,
-    /// `--allow-out 127.0.0.1` to nginx's stream proxy (`ssl_preread`) on the host.
+    /// `--allow-out 127.0.0.1` to nginx's stream proxy (`ssl_preread`) on the host, with the
+    /// stream module's defaults (16 KiB `proxy_buffer_size`).
     Nginx,
+    /// The same nginx with `proxy_buffer_size 256k`: fewer, larger reads and writes, so the
+    /// comparison does not rest on a default that is easy to change.
+    NginxBig,
 }
 
-const ROUTES: [Route; 4] = [Route::Direct, Route::Proxy, Route::Userspace, Route::Nginx];
+const ROUTES: [Route; 6] = [
+    Route::Direct,
+    Route::Proxy,
+    Route::Uncached,
+    Route::Userspace,
+    Route::Nginx,
+    Route::NginxBig,
+];
+/// A per-route array.
+type PerRoute<T> = [T; 6];
 
 impl Route {
     fn label(self) -> &'static str {
         match self {
             Self::Direct => "direct (address rule)",
             Self::Proxy => "agent proxy, splice",
+            Self::Uncached => "agent proxy, TTL 0 name",
             Self::Userspace => "agent proxy, userspace copy",
             Self::Nginx => "nginx stream + ssl_preread",
+            Self::NginxBig => "nginx, proxy_buffer_size 256k",
         }
     }
 
@@ -321,13 +347,28 @@ impl Route {
         match self {
             Self::Direct => 0,
             Self::Proxy => 1,
-            Self::Userspace => 2,
-            Self::Nginx => 3,
+            Self::Uncached => 2,
+            Self::Userspace => 3,
+            Self::Nginx => 4,
+            Self::NginxBig => 5,
         }
     }
 
     fn proxied_by_agent(self) -> bool {
-        matches!(self, Self::Proxy | Self::Userspace)
+        matches!(self, Self::Proxy | Self::Uncached | Self::Userspace)
+    }
+
+    /// The name in the client's SNI.
+    fn sni(self) -> &'static str {
+        if self == Self::Uncached {
+            UNCACHED_NAME
+        } else {
+            NAME
+        }
+    }
+
+    fn nginx(self) -> bool {
+        matches!(self, Self::Nginx | Self::NginxBig)
     }
 }
 
@@ -341,7 +382,8 @@ enum DnsRoute {
 }
 
 struct Nginx {
-    port: u16,
+    /// Loopback ports: default buffer, 256 KiB buffer.
+    ports: (u16, u16),
     pgid: u32,
 }
 
@@ -360,11 +402,10 @@ struct World<'a> {
 pub fn run(env: &mut BenchEnv, agent: &Path) -> Result<()> {
     let started = Instant::now();
     progress("domain rules: servers (stream server, dnsmasq, nginx)")?;
-    ensure!(
-        Path::new(DNSMASQ).is_file() || install(&["dnsmasq-base"]).is_ok(),
-        "{DNSMASQ} is missing and `apt-get install dnsmasq-base` failed: the domain benchmarks \
-         need dnsmasq as the upstream resolver"
-    );
+    if !Path::new(DNSMASQ).is_file() {
+        install(&["dnsmasq-base"])
+            .context("the domain benchmarks need dnsmasq as the upstream resolver")?;
+    }
     let server_pgid = start_server(env)?;
     let dnsmasq_pgid = start_dnsmasq(env)?;
     // nginx is a comparison, not the subject: without it the other routes are still measured.
@@ -372,7 +413,7 @@ pub fn run(env: &mut BenchEnv, agent: &Path) -> Result<()> {
         .and_then(|()| start_nginx(env))
         .map_err(|e| format!("{e:#}"));
     if let Err(e) = &nginx {
-        progress(&format!("nginx route not measured: {e}"))?;
+        progress(&format!("nginx routes not measured: {e}"))?;
     }
     let world = World {
         env,
@@ -517,7 +558,8 @@ fn start_dnsmasq(env: &mut BenchEnv) -> Result<u32> {
                 "--pid-file=",
                 &format!("--port={DNS_PORT}"),
                 &format!("--listen-address={}", env.ns_addr),
-                &format!("--host-record={NAME},{}", env.ns_addr),
+                &format!("--host-record={NAME},{},{NAME_TTL_SECS}", env.ns_addr),
+                &format!("--host-record={UNCACHED_NAME},{}", env.ns_addr),
                 &format!("--log-facility={}", log.display()),
             ],
         )
@@ -527,21 +569,27 @@ fn start_dnsmasq(env: &mut BenchEnv) -> Result<u32> {
         .context("start dnsmasq")?;
     let pgid = child.id();
     env.servers.push(child);
-    wait_listening(Some(&env.netns), "u", DNS_PORT, "dnsmasq").map_err(|e| {
-        e.context(fs::read_to_string(&log).unwrap_or_default().trim().to_owned())
+    wait_listening(Some(&env.netns), "u", DNS_PORT, "dnsmasq").with_context(|| {
+        format!(
+            "dnsmasq's log: {}",
+            fs::read_to_string(&log).unwrap_or_default().trim()
+        )
     })?;
     Ok(pgid)
 }
 
 /// nginx on the host: `stream { server { listen 127.0.0.1:PORT; ssl_preread on; proxy_pass
 /// <server>:443; } }`, as many workers as CPUs (the agent's runtime has two threads), the
-/// stream module's defaults otherwise.
+/// stream module's defaults otherwise; a second server the same but with a 256 KiB buffer.
 fn start_nginx(env: &mut BenchEnv) -> Result<Nginx> {
-    // A port the kernel just handed out is very likely still free a moment later.
-    let port = TcpListener::bind(("127.0.0.1", 0))
-        .and_then(|l| l.local_addr())
-        .context("find a free loopback port")?
-        .port();
+    // Ports the kernel just handed out are very likely still free a moment later.
+    let free_port = || -> Result<(TcpListener, u16)> {
+        let l = TcpListener::bind(("127.0.0.1", 0)).context("find a free loopback port")?;
+        let port = l.local_addr().context("find a free loopback port")?.port();
+        Ok((l, port))
+    };
+    let ((first, port), (second, big_port)) = (free_port()?, free_port()?);
+    drop((first, second));
     let dir = env.dir.display().to_string();
     let conf = env.dir.join("nginx.conf");
     let error_log = env.dir.join("nginx-error.log");
@@ -558,10 +606,16 @@ fn start_nginx(env: &mut BenchEnv) -> Result<Nginx> {
              \x20   server {{\n\
              \x20       listen 127.0.0.1:{port};\n\
              \x20       ssl_preread on;\n\
-             \x20       proxy_pass {}:{WEB_PORT};\n\
+             \x20       proxy_pass {addr}:{WEB_PORT};\n\
+             \x20   }}\n\
+             \x20   server {{\n\
+             \x20       listen 127.0.0.1:{big_port};\n\
+             \x20       ssl_preread on;\n\
+             \x20       proxy_buffer_size 256k;\n\
+             \x20       proxy_pass {addr}:{WEB_PORT};\n\
              \x20   }}\n\
              }}\n",
-            env.ns_addr
+            addr = env.ns_addr
         ),
     )
     .with_context(|| format!("write {}", conf.display()))?;
@@ -569,7 +623,16 @@ fn start_nginx(env: &mut BenchEnv) -> Result<Nginx> {
     let log_arg = error_log.display().to_string();
     let life = SERVER_LIFETIME_SECS.to_string();
     let child = Command::new("timeout")
-        .args([life.as_str(), NGINX, "-e", &log_arg, "-p", &dir, "-c", &conf_arg])
+        .args([
+            life.as_str(),
+            NGINX,
+            "-e",
+            &log_arg,
+            "-p",
+            &dir,
+            "-c",
+            &conf_arg,
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -578,15 +641,18 @@ fn start_nginx(env: &mut BenchEnv) -> Result<Nginx> {
         .context("start nginx")?;
     let pgid = child.id();
     env.servers.push(child);
-    wait_listening(None, "t", port, "nginx").map_err(|e| {
-        e.context(
-            fs::read_to_string(&error_log)
-                .unwrap_or_default()
-                .trim()
-                .to_owned(),
-        )
-    })?;
-    Ok(Nginx { port, pgid })
+    for p in [port, big_port] {
+        wait_listening(None, "t", p, "nginx").with_context(|| {
+            format!(
+                "nginx's error log: {}",
+                fs::read_to_string(&error_log).unwrap_or_default().trim()
+            )
+        })?;
+    }
+    Ok(Nginx {
+        ports: (port, big_port),
+        pgid,
+    })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -597,11 +663,14 @@ impl World<'_> {
     /// Where the client connects on this route.
     fn target(&self, route: Route) -> Option<(String, u16)> {
         match route {
-            Route::Nginx => self
-                .nginx
-                .as_ref()
-                .ok()
-                .map(|n| ("127.0.0.1".to_owned(), n.port)),
+            Route::Nginx | Route::NginxBig => self.nginx.as_ref().ok().map(|n| {
+                let port = if route == Route::Nginx {
+                    n.ports.0
+                } else {
+                    n.ports.1
+                };
+                ("127.0.0.1".to_owned(), port)
+            }),
             _ => Some((self.env.ns_addr.clone(), WEB_PORT)),
         }
     }
@@ -629,13 +698,18 @@ impl World<'_> {
             Route::Direct => {
                 cmd.args(["--allow-out", &self.env.ns_addr]);
             }
-            Route::Proxy | Route::Userspace => {
-                cmd.args(["--allow-out", NAME, "--upstream-dns", &self.env.ns_addr]);
+            Route::Proxy | Route::Uncached | Route::Userspace => {
+                cmd.args([
+                    "--allow-out",
+                    route.sni(),
+                    "--upstream-dns",
+                    &self.env.ns_addr,
+                ]);
                 if route == Route::Userspace {
                     cmd.env(COPY_VAR, "userspace");
                 }
             }
-            Route::Nginx => {
+            Route::Nginx | Route::NginxBig => {
                 cmd.args(["--allow-out", "127.0.0.1"]);
             }
         }
@@ -645,14 +719,23 @@ impl World<'_> {
         cmd
     }
 
-    /// A sandboxed client of [`CLIENT`] on `route`: `MODE HOST PORT ARGS...`.
+    /// A sandboxed client of [`CLIENT`] on `route`: `MODE HOST PORT NAME ARGS...`.
     fn client(&self, route: Route, mode: &str, args: &[&str]) -> Result<Command> {
         let (host, port) = self
             .target(route)
             .context("the route has no server (nginx is not running)")?;
         let mut cmd = self.sandbox(route, None);
-        cmd.args(["--", PYTHON3, "-c", CLIENT, mode, &host, &port.to_string()])
-            .args(args);
+        cmd.args([
+            "--",
+            PYTHON3,
+            "-c",
+            CLIENT,
+            mode,
+            &host,
+            &port.to_string(),
+            route.sni(),
+        ])
+        .args(args);
         Ok(cmd)
     }
 
@@ -672,15 +755,30 @@ impl World<'_> {
             mode,
             &self.env.ns_addr,
             &DNS_PORT.to_string(),
+            NAME,
         ])
         .args(args);
         cmd
+    }
+
+    /// UDP datagrams received in the namespace so far (`Udp: InDatagrams`): dnsmasq is the
+    /// only UDP server there, so this counts upstream DNS queries.
+    fn ns_udp_in(&self) -> Option<u64> {
+        let snmp = host(
+            "ip",
+            &["netns", "exec", &self.env.netns, "cat", "/proc/net/snmp"],
+        )
+        .ok()?;
+        let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+        let (names, values) = (udp.next()?, udp.next()?);
+        let i = names.split_whitespace().position(|n| n == "InDatagrams")?;
+        values.split_whitespace().nth(i)?.parse().ok()
     }
 }
 
 /// Before measuring: each route works, the sandboxes are enforced (a port no rule allows gets
 /// EPERM), and the proxied routes really went through the agent (its flow log shows the
-/// proxy's and the resolver's decisions for `bench.test`).
+/// proxy's and the resolver's decisions for the route's name).
 fn check_routes(w: &World) -> Result<()> {
     progress("domain rules: checking every route")?;
     for route in w.routes() {
@@ -689,17 +787,30 @@ fn check_routes(w: &World) -> Result<()> {
             // The address rule allows every port of the server: no EPERM to probe for.
             Route::Direct => ("hello,dns", "hello:data dns:ok"),
             Route::Proxy => ("denied,hello,dns", "denied:EPERM hello:data dns:ok"),
-            Route::Userspace | Route::Nginx => ("denied,hello", "denied:EPERM hello:data"),
+            Route::Uncached | Route::Userspace | Route::Nginx | Route::NginxBig => {
+                ("denied,hello", "denied:EPERM hello:data")
+            }
         };
         let log = w.env.dir.join("flows-check.jsonl");
         let _ = fs::remove_file(&log);
         let out = w
             .sandbox(route, route.proxied_by_agent().then_some(log.as_path()))
-            .args(["--", PYTHON3, "-c", CLIENT, "check", &host, &port.to_string(), steps])
-            .arg(&w.env.ns_addr)
+            .args([
+                "--",
+                PYTHON3,
+                "-c",
+                CLIENT,
+                "check",
+                &host,
+                &port.to_string(),
+            ])
+            .args([route.sni(), steps, &w.env.ns_addr])
             .output()
             .context("run the check client")?;
-        check(&out, &format!("the check client on route {}", route.label()))?;
+        check(
+            &out,
+            &format!("the check client on route {}", route.label()),
+        )?;
         let got = String::from_utf8_lossy(&out.stdout);
         ensure!(
             got.trim() == expected,
@@ -713,12 +824,12 @@ fn check_routes(w: &World) -> Result<()> {
             let saw = |source: &str| {
                 flows.lines().any(|l| {
                     l.contains(&format!("\"source\":\"{source}\""))
-                        && l.contains(&format!("\"name\":\"{NAME}\""))
+                        && l.contains(&format!("\"name\":\"{}\"", route.sni()))
                         && l.contains("\"verdict\":\"allowed\"")
                 })
             };
             ensure!(
-                saw("proxy") && (route == Route::Userspace || saw("dns")),
+                saw("proxy") && (route != Route::Proxy || saw("dns")),
                 "route {}: the agent's flow log does not show the connection going through its \
                  proxy and resolver:\n{}",
                 route.label(),
@@ -781,7 +892,11 @@ fn machine_ticks() -> (u64, u64) {
         .lines()
         .next()
         .and_then(|l| l.strip_prefix("cpu "))
-        .map(|l| l.split_whitespace().filter_map(|v| v.parse().ok()).collect())
+        .map(|l| {
+            l.split_whitespace()
+                .filter_map(|v| v.parse().ok())
+                .collect()
+        })
         .unwrap_or_default();
     let total: u64 = values.iter().sum();
     // idle and iowait are fields 4 and 5.
@@ -800,7 +915,10 @@ fn busy_cpus(a: (u64, u64), b: (u64, u64)) -> f64 {
     }
 }
 
-#[expect(clippy::cast_precision_loss, reason = "counts and ns are far below 2^52")]
+#[expect(
+    clippy::cast_precision_loss,
+    reason = "counts and ns are far below 2^52"
+)]
 fn as_f64(v: u64) -> f64 {
     v as f64
 }
@@ -895,7 +1013,10 @@ impl Running {
         }
         let status = self.child.wait()?;
         interrupted()?;
-        ensure!(status.success(), "the sandboxed client exited with {status}");
+        ensure!(
+            status.success(),
+            "the sandboxed client exited with {status}"
+        );
         Ok(())
     }
 }
@@ -967,10 +1088,15 @@ struct BulkRun {
 }
 
 /// Per route (indexed by [`Route::index`]), the runs in round order.
-type Bulk = [Vec<BulkRun>; 4];
+type Bulk = PerRoute<Vec<BulkRun>>;
 
 fn bench_bulk(w: &World) -> Result<Bulk> {
-    let routes = w.routes();
+    // The TTL-0 route differs from the proxy route only at connection set-up.
+    let routes: Vec<Route> = w
+        .routes()
+        .into_iter()
+        .filter(|r| *r != Route::Uncached)
+        .collect();
     let mut result: Bulk = Default::default();
     for round in 0..BULK_ROUNDS {
         // A different route goes first every round, so drift in machine load spreads out.
@@ -983,7 +1109,7 @@ fn bench_bulk(w: &World) -> Result<Bulk> {
             ))?;
             let cmd = w.client(route, "bulk", &[BULK_WARMUP_SECS, BULK_SECS])?;
             let nginx = match (&w.nginx, route) {
-                (Ok(n), Route::Nginx) => Some(n.pgid),
+                (Ok(n), r) if r.nginx() => Some(n.pgid),
                 _ => None,
             };
             let win = windowed(cmd, route.proxied_by_agent(), nginx, w.server_pgid)
@@ -1009,10 +1135,12 @@ fn bench_bulk(w: &World) -> Result<Bulk> {
 
 struct Ping {
     /// Per route, µs; the i-th sample of each route comes from the same turn.
-    samples: [Vec<f64>; 4],
+    samples: PerRoute<Vec<f64>>,
     /// Per route, CPU time of its proxy (the agent, or nginx's processes) per measured
     /// connection, µs.
-    proxy_cpu_us: [Option<f64>; 4],
+    proxy_cpu_us: PerRoute<Option<f64>>,
+    /// Queries dnsmasq received during the measured turns (only the TTL-0 route should ask).
+    upstream_queries: Option<u64>,
 }
 
 /// One long-lived client per route; they take turns, one connection each, in an order that
@@ -1027,25 +1155,30 @@ fn bench_ping(w: &World) -> Result<Ping> {
     for &route in &routes {
         clients.push(Stepper::spawn(w.client(route, "ping", &[])?)?);
     }
-    // Whose CPU time is the proxy's on each route.
+    // Whose CPU time is the proxy's on each route. One nginx serves both nginx routes: its
+    // time is counted once, under `Route::Nginx`, and shared out below.
     let proxies: Vec<Vec<u32>> = routes
         .iter()
         .zip(&clients)
         .map(|(route, client)| match (route, &w.nginx) {
-            (Route::Proxy | Route::Userspace, _) => vec![client.pid()],
+            (Route::Proxy | Route::Uncached | Route::Userspace, _) => vec![client.pid()],
             (Route::Nginx, Ok(n)) => group_pids(n.pgid),
             _ => Vec::new(),
         })
         .collect();
+    let nginx_routes = routes.iter().filter(|r| r.nginx()).count();
     let mut cpu_start = Vec::new();
+    let mut udp_start = None;
     let mut result = Ping {
         samples: Default::default(),
-        proxy_cpu_us: [None; 4],
+        proxy_cpu_us: Default::default(),
+        upstream_queries: None,
     };
     for turn in 0..PING_WARMUP + PING_TURNS {
         interrupted()?;
         if turn == PING_WARMUP {
             cpu_start = proxies.iter().map(|p| cpu_ns(p)).collect();
+            udp_start = w.ns_udp_in();
         }
         for k in 0..routes.len() {
             let j = (turn + k) % routes.len();
@@ -1063,10 +1196,15 @@ fn bench_ping(w: &World) -> Result<Ping> {
     for (i, route) in routes.iter().enumerate() {
         if !proxies[i].is_empty() {
             let used = cpu_ns(&proxies[i]).saturating_sub(cpu_start[i]);
+            let connections = PING_TURNS * if route.nginx() { nginx_routes } else { 1 };
             result.proxy_cpu_us[route.index()] =
-                Some(as_f64(used) / 1e3 / as_f64(PING_TURNS as u64));
+                Some(as_f64(used) / 1e3 / as_f64(connections as u64));
         }
     }
+    result.proxy_cpu_us[Route::NginxBig.index()] = result.proxy_cpu_us[Route::Nginx.index()];
+    result.upstream_queries = udp_start
+        .zip(w.ns_udp_in())
+        .map(|(a, b)| b.saturating_sub(a));
     for c in clients {
         c.finish()?;
     }
@@ -1122,7 +1260,11 @@ fn bench_dns(world: &World) -> Result<Dns> {
         };
         let one = first.step_line()?;
         let two = second.step_line()?;
-        let (to_dnsmasq, to_agent) = if turn % 2 == 0 { (one, two) } else { (two, one) };
+        let (to_dnsmasq, to_agent) = if turn % 2 == 0 {
+            (one, two)
+        } else {
+            (two, one)
+        };
         if turn < DNS_WARMUP {
             continue;
         }
@@ -1345,13 +1487,14 @@ fn report(w: &World, bulk: &Bulk, ping: &Ping, dns: &Dns) {
             percentile(v, q)
         }
     };
-    let (direct, proxy, user, nginx) = (
+    let (direct, proxy, user, nginx, nginx_big) = (
         gbps(Route::Direct),
         gbps(Route::Proxy),
         gbps(Route::Userspace),
         gbps(Route::Nginx),
+        gbps(Route::NginxBig),
     );
-    let nginx_why = w.nginx.as_ref().err().map_or("", String::as_str);
+    let nginx_why = "nginx is not running (see above)";
     let mut table = vec![
         ratio_row(
             "bulk Gbit/s: proxy (splice) vs direct",
@@ -1373,6 +1516,18 @@ fn report(w: &World, bulk: &Bulk, ping: &Ping, dns: &Dns) {
         } else {
             missing_row("bulk Gbit/s: proxy (splice) vs nginx", nginx_why)
         },
+        if nginx_big.is_finite() {
+            ratio_row(
+                "bulk Gbit/s: proxy (splice) vs nginx 256k",
+                nginx_big,
+                proxy,
+                "Gbit/s",
+                2,
+                None,
+            )
+        } else {
+            missing_row("bulk Gbit/s: proxy (splice) vs nginx 256k", nginx_why)
+        },
         ratio_row(
             "bulk Gbit/s: splice vs userspace copy",
             user,
@@ -1385,6 +1540,7 @@ fn report(w: &World, bulk: &Bulk, ping: &Ping, dns: &Dns) {
     let (d50, d99) = (p(Route::Direct, 50.0), p(Route::Direct, 99.0));
     for (route, name) in [
         (Route::Proxy, "proxy (splice)"),
+        (Route::Uncached, "proxy, TTL 0 name"),
         (Route::Userspace, "proxy (userspace)"),
         (Route::Nginx, "nginx"),
     ] {
@@ -1446,10 +1602,26 @@ fn report(w: &World, bulk: &Bulk, ping: &Ping, dns: &Dns) {
     println!();
     let cells: Vec<Vec<String>> = table
         .into_iter()
-        .map(|r| vec![r.metric, r.baseline, r.sandboxed, r.ratio, r.added, r.target])
+        .map(|r| {
+            vec![
+                r.metric,
+                r.baseline,
+                r.sandboxed,
+                r.ratio,
+                r.added,
+                r.target,
+            ]
+        })
         .collect();
     print_grid(
-        &["metric", "baseline", "measured", "ratio", "added", "target: met?"],
+        &[
+            "metric",
+            "baseline",
+            "measured",
+            "ratio",
+            "added",
+            "target: met?",
+        ],
         &cells,
         &[0, 5],
     );
@@ -1471,8 +1643,8 @@ fn report(w: &World, bulk: &Bulk, ping: &Ping, dns: &Dns) {
             .collect::<Vec<_>>()
             .join(" ")
     };
-    for &r in &routes {
-        println!("    {:<28} runs (Gbit/s): {}", r.label(), per_round(r));
+    for &r in routes.iter().filter(|r| !bulk[r.index()].is_empty()) {
+        println!("    {:<30} runs (Gbit/s): {}", r.label(), per_round(r));
     }
     let d = &bulk[Route::Direct.index()];
     let mut paired = format!(
@@ -1480,28 +1652,52 @@ fn report(w: &World, bulk: &Bulk, ping: &Ping, dns: &Dns) {
         paired_ratio(d, &bulk[Route::Proxy.index()]),
         paired_ratio(&bulk[Route::Userspace.index()], &bulk[Route::Proxy.index()])
     );
-    if !bulk[Route::Nginx.index()].is_empty() {
-        let _ = std::fmt::Write::write_fmt(
-            &mut paired,
-            format_args!(
-                ", proxy/nginx {:.3}",
-                paired_ratio(&bulk[Route::Nginx.index()], &bulk[Route::Proxy.index()])
-            ),
-        );
+    for (route, name) in [(Route::Nginx, "nginx"), (Route::NginxBig, "nginx 256k")] {
+        if !bulk[route.index()].is_empty() {
+            let _ = std::fmt::Write::write_fmt(
+                &mut paired,
+                format_args!(
+                    ", proxy/{name} {:.3}",
+                    paired_ratio(&bulk[route.index()], &bulk[Route::Proxy.index()])
+                ),
+            );
+        }
     }
     println!("{paired}");
     println!(
-        "  connection set-up: connect + ClientHello (SNI {NAME}) + first byte back, python \
-         perf_counter_ns, {} turns after {PING_WARMUP} warm-up turns, one connection per route per \
-         turn in rotating order; the server answers inline",
-        ping.samples[Route::Direct.index()].len()
+        "  connection set-up: connect + ClientHello (SNI {NAME}, TTL {NAME_TTL_SECS} s; \
+         {UNCACHED_NAME}, TTL 0, on its route) + first byte back, python perf_counter_ns, {} turns \
+         after {PING_WARMUP} warm-up turns, one connection per route per turn in rotating order; \
+         the server answers inline; proxy CPU per connection: the agent's, or nginx's shared over \
+         both nginx routes; upstream DNS queries during the turns: {}",
+        ping.samples[Route::Direct.index()].len(),
+        ping.upstream_queries
+            .map_or_else(|| "not counted".to_owned(), |q| q.to_string())
     );
     let dping = &ping.samples[Route::Direct.index()];
-    for route in [Route::Proxy, Route::Userspace, Route::Nginx] {
+    let (cached, uncached) = (
+        &ping.samples[Route::Proxy.index()],
+        &ping.samples[Route::Uncached.index()],
+    );
+    if !cached.is_empty() && !uncached.is_empty() {
+        println!(
+            "    resolving the name for every connection (TTL 0 vs cached): p50 difference {:+.1} us, \
+             median per-turn difference {:+.1} us",
+            percentile(uncached, 50.0) - percentile(cached, 50.0),
+            paired_diff(cached, uncached)
+        );
+    }
+    for route in [
+        Route::Proxy,
+        Route::Uncached,
+        Route::Userspace,
+        Route::Nginx,
+        Route::NginxBig,
+    ] {
         let v = &ping.samples[route.index()];
         if !v.is_empty() {
             println!(
-                "    {:<28} added vs direct: p50 difference {:+.1} us, median per-turn difference {:+.1} us",
+                "    {:<30} added vs direct: p50 difference {:+.1} us, median per-turn difference {:+.1} us",
                 route.label(),
                 percentile(v, 50.0) - d50,
                 paired_diff(dping, v)

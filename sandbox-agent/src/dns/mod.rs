@@ -247,7 +247,8 @@ async fn exchange_udp(upstream: SocketAddr, query: &[u8], id: u16) -> Result<Vec
     };
     let socket = UdpSocket::bind(local).await?;
     socket.connect(upstream).await?;
-    let mut buf = vec![0u8; TCP_MAX];
+    // The agent advertises 1232 bytes upstream; a larger answer comes truncated (then TCP).
+    let mut buf = [0u8; 4096];
     let mut last_error = None;
     for _ in 0..UPSTREAM_TRIES {
         if let Err(e) = socket.send(query).await {
