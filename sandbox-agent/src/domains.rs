@@ -77,7 +77,7 @@ pub struct Shared {
     pub events: Arc<Events>,
     pub maps: Mutex<AgentMaps>,
     bound: OnceLock<Bound>,
-    /// The proxy's own resolutions, kept for their TTL (within [`MIN_CACHED_TTL`] and
+    /// The proxy's own resolutions (the addresses it may connect to), kept for their TTL (within [`MIN_CACHED_TTL`] and
     /// [`MAX_CACHED_TTL`]), so that
     /// a connection does not wait for the upstream resolver every time.
     resolved: Mutex<HashMap<String, (Vec<IpAddr>, Instant)>>,
@@ -111,7 +111,7 @@ impl Shared {
         self.bound.get().copied()
     }
 
-    /// A resolution of `name` by the proxy that is still within its TTL.
+    /// The permitted addresses of `name` from a resolution by the proxy still within its TTL.
     pub fn cached_addresses(&self, name: &str) -> Option<Vec<IpAddr>> {
         let cache = self.resolved.lock().ok()?;
         let (addrs, expiry) = cache.get(name)?;

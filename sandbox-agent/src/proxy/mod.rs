@@ -248,34 +248,36 @@ pub(super) async fn connect_upstream(
         event.resolved = vec![format!("{name}:{} via {p}", orig.port())];
         return Ok(stream);
     }
-    let addrs = if let Some(addrs) = shared.cached_addresses(name) {
-        addrs
+    // The permitted addresses are what is cached: the policy and the address rules do not
+    // change during a sandbox's life, so a cached name costs no lookup at all.
+    let mut candidates = if let Some(c) = shared.cached_addresses(name) {
+        c
     } else {
         let (addrs, ttl) = crate::dns::resolve(shared.upstream, name)
             .await
             .map_err(|e| Refusal::Upstream(format!("cannot resolve {name}: {e}")))?;
-        shared.remember_addresses(name, &addrs, ttl);
-        addrs
-    };
-    if addrs.is_empty() {
-        return Err(Refusal::Upstream(format!("{name} has no address")));
-    }
-    let mut candidates: Vec<IpAddr> = Vec::new();
-    let mut refusals = Vec::new();
-    for addr in addrs {
-        let addr = canonical(addr);
-        match shared.address_permitted(addr) {
-            Ok(()) if !candidates.contains(&addr) => candidates.push(addr),
-            Ok(()) => {}
-            Err(r) => refusals.push(format!("{addr}: {r}")),
+        if addrs.is_empty() {
+            return Err(Refusal::Upstream(format!("{name} has no address")));
         }
-    }
-    if candidates.is_empty() {
-        return Err(Refusal::Policy(format!(
-            "no permitted address for {name} ({})",
-            refusals.join("; ")
-        )));
-    }
+        let mut candidates: Vec<IpAddr> = Vec::new();
+        let mut refusals = Vec::new();
+        for addr in addrs {
+            let addr = canonical(addr);
+            match shared.address_permitted(addr) {
+                Ok(()) if !candidates.contains(&addr) => candidates.push(addr),
+                Ok(()) => {}
+                Err(r) => refusals.push(format!("{addr}: {r}")),
+            }
+        }
+        if candidates.is_empty() {
+            return Err(Refusal::Policy(format!(
+                "no permitted address for {name} ({})",
+                refusals.join("; ")
+            )));
+        }
+        shared.remember_addresses(name, &candidates, ttl);
+        candidates
+    };
     if let Some(i) = candidates.iter().position(|a| *a == orig.ip()) {
         candidates.swap(0, i);
     }
