@@ -190,10 +190,16 @@ fn count(cgroup_id: u64, event: Event) {
     }
 }
 
-/// Whether the agent let this socket through (redirected to it, or to a learned address).
-fn is_agent_flow(cookie: u64) -> bool {
-    // SAFETY: only presence is read.
-    unsafe { FLOWS.get(cookie) }.is_some()
+/// Whether the agent let this socket through to this peer. A socket redirected to the agent
+/// (DNS, proxy) passes only with a loopback peer, the agent: an unconnected UDP socket marked
+/// by a DNS redirect must not receive from, or reach, anyone else through its mark. A
+/// connection to a learned address (TCP, connected) passes with its peer.
+fn agent_flow_allows(cookie: u64, peer_loopback: bool) -> bool {
+    // SAFETY: the value is copied out at once.
+    match unsafe { FLOWS.get(cookie) } {
+        Some(&kind) => kind == FlowKind::Learned as u32 || peer_loopback,
+        None => false,
+    }
 }
 
 fn try_skb(ctx: &SkBuffContext, direction: Direction) -> Result<Verdict, i64> {
@@ -201,22 +207,24 @@ fn try_skb(ctx: &SkBuffContext, direction: Direction) -> Result<Verdict, i64> {
     // since ingress runs in softirq context.
     let cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
     let version = ctx.load::<u8>(0)? >> 4;
-    let mut verdict = match version {
+    let (mut verdict, peer_loopback) = match version {
         4 => {
             let offset = match direction {
                 Direction::Egress => IPV4_DST,
                 Direction::Ingress => IPV4_SRC,
             };
-            decide_v4(cgroup_id, ctx.load::<[u8; 4]>(offset)?)
+            let peer = ctx.load::<[u8; 4]>(offset)?;
+            (decide_v4(cgroup_id, peer), is_loopback_v4(peer))
         }
         6 => {
             let offset = match direction {
                 Direction::Egress => IPV6_DST,
                 Direction::Ingress => IPV6_SRC,
             };
-            decide_v6(cgroup_id, &ctx.load::<[u8; 16]>(offset)?)
+            let peer = ctx.load::<[u8; 16]>(offset)?;
+            (decide_v6(cgroup_id, &peer), is_loopback_v6(&peer))
         }
-        _ => Verdict::deny(Reason::Malformed),
+        _ => (Verdict::deny(Reason::Malformed), false),
     };
     // A socket the agent redirected or let through at connect time: its peer is the agent
     // on loopback or a learned address, which the rules alone would deny. Looked up only
@@ -224,7 +232,7 @@ fn try_skb(ctx: &SkBuffContext, direction: Direction) -> Result<Verdict, i64> {
     if !verdict.allow && !matches!(verdict.reason, Reason::Malformed | Reason::UnknownSandbox) {
         // SAFETY: the skb context pointer is valid for the program's run.
         let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-        if is_agent_flow(cookie) {
+        if agent_flow_allows(cookie, peer_loopback) {
             verdict = Verdict::allow(Reason::AgentFlow);
         }
     }
@@ -570,7 +578,8 @@ pub fn sandbox_sock_ops(ctx: SockOpsContext) -> u32 {
     if op == BPF_SOCK_OPS_TCP_CONNECT_CB {
         // SAFETY: the context pointer is valid for the program's run.
         let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-        if !is_agent_flow(cookie) {
+        // SAFETY: only presence is read.
+        if unsafe { FLOWS.get(cookie) }.is_none() {
             return 1;
         }
         // Ask for state changes, to forget the socket when it is closed for good (not at

@@ -11,6 +11,9 @@ prints one line per step, `<label> <outcome>`:
   resolve LABEL NAME             getaddrinfo (the system resolver); `ok addr,addr` or the error
   tcp LABEL ADDR PORT            connect and read a line; `ok <line>`, errno, `reset`, `closed`
   udp LABEL ADDR PORT            one datagram; `ok` or errno
+  udpmark LABEL PORT SERVER      bind UDP PORT, send one DNS query to SERVER:53 (the agent
+                                 marks the socket), then count for 1.5 s what arrives:
+                                 `answers=N others=M`
   hello LABEL ADDR SNI|- [ech]   a hand-made TLS ClientHello to ADDR:443 (optionally with an
                                  Encrypted Client Hello extension); `reset`, `closed` or `data`
 """
@@ -209,6 +212,31 @@ def hello(addr, sni, ech=False):
         s.close()
 
 
+def udpmark(port, server):
+    import time
+    s = socket.socket(family(server), socket.SOCK_DGRAM)
+    s.bind(("0.0.0.0" if family(server) == socket.AF_INET else "::", int(port)))
+    s.settimeout(0.1)
+    _qid, q = query("allowed.test", "A")
+    try:
+        s.sendto(q, (server, 53))
+    except OSError as e:
+        return err(e)
+    answers = others = 0
+    end = time.monotonic() + 1.5
+    while time.monotonic() < end:
+        try:
+            _data, peer = s.recvfrom(65535)
+        except socket.timeout:
+            continue
+        if peer[0] == server and peer[1] == 53:
+            answers += 1
+        else:
+            others += 1
+    s.close()
+    return f"answers={answers} others={others}"
+
+
 def step(words):
     cmd, label, rest = words[0], words[1], words[2:]
     if cmd == "curl":
@@ -225,6 +253,8 @@ def step(words):
         out = tcp(rest[0], rest[1])
     elif cmd == "udp":
         out = udp(rest[0], rest[1])
+    elif cmd == "udpmark":
+        out = udpmark(rest[0], rest[1])
     elif cmd == "hello":
         out = hello(rest[0], rest[1], ech=len(rest) > 2 and rest[2] == "ech")
     else:

@@ -213,6 +213,7 @@ def main():
     p.add_argument("--rogue-dns", action="append", default=[])
     p.add_argument("--upstream-proxy", action="append", default=[])
     p.add_argument("--host", action="append", default=[])
+    p.add_argument("--spam", help="SRC>DST:PORT: send a datagram from SRC to DST:PORT every 20 ms")
     args = p.parse_args()
     LOG = open(args.log, "a", buffering=1)
     ctx = {"cert": args.cert, "key": args.key}
@@ -230,6 +231,21 @@ def main():
         s, l = rogue_dns(a)
         servers += s
         loops += l
+    if args.spam:
+        src, dst = args.spam.split(">")
+        host, port = dst.rsplit(":", 1)
+
+        def spam():
+            u = socket.socket(family(src), socket.SOCK_DGRAM)
+            u.bind((src, 0))
+            while True:
+                try:
+                    u.sendto(b"spam", (host, int(port)))
+                except OSError:
+                    pass
+                time.sleep(0.02)
+
+        loops.append(spam)
     for s in servers:
         threading.Thread(target=s.serve_forever, daemon=True).start()
     for l in loops:

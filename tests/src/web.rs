@@ -185,6 +185,7 @@ ip -n {netns} link set {ns_if} up
             .args(["--upstream-proxy", &format!("{net}.2")])
             .args(["--host", &format!("allowed.test={net}.3")])
             .args(["--host", &format!("a.wild.test={net}.4")])
+            .args(["--spam", &format!("{net}.5>{net}.1:{}", self.spam_port())])
             .stdout(Stdio::null())
             .spawn()
             .expect("start webserver");
@@ -275,6 +276,18 @@ ip -n {netns} link set {ns_if} up
             .lines()
             .map(|l| serde_json::from_str(l).expect("flow event is JSON"))
             .collect()
+    }
+
+    /// The host-side UDP port that `.5` sends a datagram to every 20 ms (a peer the policy
+    /// denies, trying to reach a sandbox's socket).
+    pub fn spam_port(&self) -> u16 {
+        let n: u16 = self
+            .net
+            .rsplit('.')
+            .next()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        41_000 + n
     }
 
     /// The operator's forward proxy (HTTP CONNECT and SOCKS5) on `.2:3128`.

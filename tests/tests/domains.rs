@@ -210,6 +210,9 @@ fn dns_goes_to_the_agent_whatever_the_server_and_answers_only_allowed_names() {
             &format!("dnstcp exfil-tcp {a6} c2VjcmV0LWRhdGE.exfil.test TXT"),
             &format!("dns txt {a6} txt.allowed.test TXT"),
             &format!("dns https {a6} allowed.test HTTPS"),
+            // A socket marked by a DNS redirect receives the answer, and nothing from a peer
+            // the policy denies (.5 sends to this port all along).
+            &format!("udpmark marked {} {a6}", w.spam_port()),
         ],
     );
     assert_outcome(&run, "rogue", &format!("NOERROR {a3}"));
@@ -226,6 +229,7 @@ fn dns_goes_to_the_agent_whatever_the_server_and_answers_only_allowed_names() {
     // The upstream's HTTPS record carries alpn (key 1) and ech (key 5): ech is removed.
     assert_outcome(&run, "https", "NOERROR https:key=1");
     assert!(!run.outcome("https").contains("key=5"), "{run:#?}");
+    assert_outcome(&run, "marked", "answers=1 others=0");
     assert!(
         !w.saw("dns "),
         "a DNS packet reached the rogue resolver: {:?}",
