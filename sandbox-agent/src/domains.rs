@@ -28,6 +28,8 @@ use crate::{
 /// Learned addresses stay reachable at least this long, whatever the record's TTL: clients
 /// connect some time after the answer, and a TTL of 0 would otherwise make it useless.
 pub const MIN_LEARNED_TTL: Duration = Duration::from_secs(30);
+/// And at most this long: a record with a huge TTL must not open an address for days.
+pub const MAX_LEARNED_TTL: Duration = Duration::from_hours(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DomainError {
@@ -81,6 +83,9 @@ pub struct Shared {
     /// [`MAX_CACHED_TTL`]), so that
     /// a connection does not wait for the upstream resolver every time.
     resolved: Mutex<HashMap<String, (Vec<IpAddr>, Instant)>>,
+    /// The host's own addresses when the services started: a name must not lead the sandbox
+    /// to the host's services on its public addresses either.
+    host_addresses: std::collections::HashSet<IpAddr>,
 }
 
 /// The longest the proxy reuses a resolution, whatever its TTL.
@@ -102,6 +107,8 @@ pub enum AddressRefusal {
         "the address is private, link-local, multicast or cloud metadata, and no address rule allows it"
     )]
     Internal,
+    #[error("the address is one of this host's, and no address rule allows it")]
+    HostAddress,
     #[error("the sandbox is not known to the kernel")]
     UnknownSandbox,
 }
@@ -156,6 +163,12 @@ impl Shared {
             Reason::LoopbackNotNamed => Err(AddressRefusal::Loopback),
             Reason::UnknownSandbox => Err(AddressRefusal::UnknownSandbox),
             _ if policy::is_internal(addr) => Err(AddressRefusal::Internal),
+            _ if self
+                .host_addresses
+                .contains(&crate::enforcement::canonical(addr)) =>
+            {
+                Err(AddressRefusal::HostAddress)
+            }
             _ => Ok(()),
         }
     }
@@ -194,6 +207,7 @@ impl DomainServices {
             maps: Mutex::new(maps),
             bound: OnceLock::new(),
             resolved: Mutex::new(HashMap::new()),
+            host_addresses: host_addresses(),
         });
         let sockets = {
             let _context = runtime.enter();
@@ -243,6 +257,45 @@ async fn prune_learned(shared: Arc<Shared>) {
             maps.prune_learned(bound.policy_id, boot_time_ns());
         }
     }
+}
+
+/// The addresses of the host's interfaces (`getifaddrs`).
+fn host_addresses() -> std::collections::HashSet<IpAddr> {
+    let mut out = std::collections::HashSet::new();
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list` with a linked list we free below.
+    if unsafe { libc::getifaddrs(&raw mut list) } != 0 {
+        return out;
+    }
+    let mut cur = list;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned, valid until freeifaddrs.
+        let ifa = unsafe { &*cur };
+        if !ifa.ifa_addr.is_null() {
+            // SAFETY: ifa_addr points at a sockaddr whose family says its real type.
+            match i32::from(unsafe { (*ifa.ifa_addr).sa_family }) {
+                libc::AF_INET => {
+                    // SAFETY: AF_INET: a sockaddr_in (read unaligned: the list only promises
+                    // a sockaddr's alignment).
+                    let sin = unsafe { ifa.ifa_addr.cast::<libc::sockaddr_in>().read_unaligned() };
+                    out.insert(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                        sin.sin_addr.s_addr,
+                    ))));
+                }
+                libc::AF_INET6 => {
+                    // SAFETY: AF_INET6: a sockaddr_in6, read as above.
+                    let sin6 =
+                        unsafe { ifa.ifa_addr.cast::<libc::sockaddr_in6>().read_unaligned() };
+                    out.insert(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)));
+                }
+                _ => {}
+            }
+        }
+        cur = ifa.ifa_next;
+    }
+    // SAFETY: the list came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(list) };
+    out
 }
 
 /// `CLOCK_BOOTTIME` in nanoseconds, the clock of `bpf_ktime_get_boot_ns`.

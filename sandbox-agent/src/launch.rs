@@ -160,18 +160,24 @@ const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 /// linux/sched.h; libc's constant is an overflowing `c_int`.
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
-/// The seccomp filter every workload gets: `socket(AF_PACKET, ...)` fails with EPERM.
-/// Link-layer sockets send frames below the IP layer, where no cgroup hook sees them; they
-/// need `CAP_NET_RAW`, which only `--cap-add NET_RAW` gives, and this keeps the wall whole
-/// even then. Syscalls of another ABI (i386 `socketcall`, x32) are refused the same way,
-/// since they would not be checked. Classic BPF, hand-written: eight instructions.
+/// The seccomp filter every workload gets: link-layer sockets fail with EPERM, whether asked
+/// for as `socket(AF_PACKET, ...)` or as the old `socket(AF_INET, SOCK_PACKET, ...)`, which the
+/// kernel turns into a packet socket. They send frames below the IP layer, where no cgroup hook
+/// sees them; they need `CAP_NET_RAW`, which only `--cap-add NET_RAW` gives, and this keeps the
+/// wall whole even then. `io_uring_setup` is refused too: io_uring creates sockets without the
+/// `socket` syscall, out of this filter's sight. Syscalls of another ABI (i386 `socketcall`,
+/// x32) are refused the same way, since they would not be checked. Classic BPF, hand-written.
 fn seccomp_filter() -> Vec<libc::sock_filter> {
     const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
     const X32_SYSCALL_BIT: u32 = 0x4000_0000;
     const AF_PACKET: u32 = 17;
+    const SOCK_PACKET: u32 = 10;
+    /// The socket type without `SOCK_NONBLOCK`/`SOCK_CLOEXEC`.
+    const SOCK_TYPE_MASK: u32 = 0xf;
     const OFFSET_NR: u32 = 0;
     const OFFSET_ARCH: u32 = 4;
     const OFFSET_ARG0: u32 = 16;
+    const OFFSET_ARG1: u32 = 24;
     let op = |code: u32| u16::try_from(code).expect("BPF opcodes fit 16 bits");
     let stmt = |code: u32, k: u32| libc::sock_filter {
         code: op(code),
@@ -185,34 +191,25 @@ fn seccomp_filter() -> Vec<libc::sock_filter> {
         jf,
         k,
     };
-    let sys_socket = u32::try_from(libc::SYS_socket).expect("syscall numbers fit 32 bits");
+    let jeq = |k: u32, jt: u8, jf: u8| jump(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K, k, jt, jf);
+    let nr = |n: libc::c_long| u32::try_from(n).expect("syscall numbers fit 32 bits");
     let deny = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;
+    // Jump offsets count from the next instruction; the last two are allow (12), deny (13).
     vec![
-        stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, OFFSET_ARCH),
-        jump(
-            libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
-            AUDIT_ARCH_X86_64,
-            1,
-            0,
-        ),
-        stmt(libc::BPF_RET | libc::BPF_K, deny),
-        stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, OFFSET_NR),
-        jump(
-            libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K,
-            X32_SYSCALL_BIT,
-            4,
-            0,
-        ),
-        jump(
-            libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
-            sys_socket,
-            0,
-            2,
-        ),
-        stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, OFFSET_ARG0),
-        jump(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K, AF_PACKET, 1, 0),
-        stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW),
-        stmt(libc::BPF_RET | libc::BPF_K, deny),
+        /* 0 */ stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, OFFSET_ARCH),
+        /* 1 */ jeq(AUDIT_ARCH_X86_64, 1, 0),
+        /* 2 */ stmt(libc::BPF_RET | libc::BPF_K, deny),
+        /* 3 */ stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, OFFSET_NR),
+        /* 4 */ jump(libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K, X32_SYSCALL_BIT, 8, 0),
+        /* 5 */ jeq(nr(libc::SYS_io_uring_setup), 7, 0),
+        /* 6 */ jeq(nr(libc::SYS_socket), 0, 5),
+        /* 7 */ stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, OFFSET_ARG0),
+        /* 8 */ jeq(AF_PACKET, 4, 0),
+        /* 9 */ stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, OFFSET_ARG1),
+        /* 10 */ stmt(libc::BPF_ALU | libc::BPF_AND | libc::BPF_K, SOCK_TYPE_MASK),
+        /* 11 */ jeq(SOCK_PACKET, 1, 0),
+        /* 12 */ stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW),
+        /* 13 */ stmt(libc::BPF_RET | libc::BPF_K, deny),
     ]
 }
 

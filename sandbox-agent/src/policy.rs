@@ -642,6 +642,23 @@ pub fn is_internal(addr: IpAddr) -> bool {
         IpAddr::V6(a) => a.to_ipv4_mapped().map_or(addr, IpAddr::V4),
         IpAddr::V4(_) => addr,
     };
+    if let IpAddr::V6(a) = addr {
+        // IPv4 inside IPv6 that leads to that IPv4 address: NAT64 (64:ff9b::/96, RFC 6052)
+        // and 6to4 (2002::/16, RFC 3056).
+        let o = a.octets();
+        let embedded = if o[..12] == [0, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 0, 0, 0] {
+            Some([o[12], o[13], o[14], o[15]])
+        } else if o[0] == 0x20 && o[1] == 0x02 {
+            Some([o[2], o[3], o[4], o[5]])
+        } else {
+            None
+        };
+        if let Some(v4) = embedded
+            && is_internal(IpAddr::V4(v4.into()))
+        {
+            return true;
+        }
+    }
     nets.iter().any(|n| n.contains(&addr))
 }
 
@@ -991,6 +1008,31 @@ mod tests {
 
     fn names(mode: Mode, precedence: Precedence, allow: &[&str], deny: &[&str]) -> CompiledPolicy {
         compile(&spec(mode, precedence, allow, deny)).unwrap()
+    }
+
+    #[test]
+    fn internal_addresses() {
+        for a in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "169.254.169.254",
+            "::1",
+            "fd00:ec2::254",
+            "::ffff:10.0.0.1",
+            "64:ff9b::a00:1",
+            "2002:a9fe:a9fe::1",
+            "224.0.0.1",
+        ] {
+            assert!(is_internal(a.parse().unwrap()), "{a}");
+        }
+        for a in [
+            "198.18.0.1",
+            "2001:db8::1",
+            "64:ff9b::c612:1",
+            "2002:c612:1::1",
+        ] {
+            assert!(!is_internal(a.parse().unwrap()), "{a}");
+        }
     }
 
     #[test]

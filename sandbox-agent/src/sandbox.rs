@@ -195,8 +195,9 @@ pub fn run(paths: &Paths, mut opts: RunOptions) -> Result<RunReport, RunError> {
         .counters(sandbox.cgroup.id)
         .unwrap_or_default();
     timing.mark("workload");
-    drop(sandbox);
+    // The resolver and proxy stop first, so that nothing is learned for a policy being removed.
     drop(services);
+    drop(sandbox);
     timing.mark("clean-up");
     let exit_code = if timed_out { 124 } else { status.code() };
     Ok(RunReport {

@@ -152,6 +152,20 @@ pub enum FlowKind {
     Explicit = 4,
 }
 
+/// Value of `FLOWS`: why a socket passes and, for a learned address, the one peer it may
+/// exchange packets with (a source-route option must not turn the mark into a way out).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowMark {
+    /// A [`FlowKind`] as `u32`.
+    pub kind: u32,
+    /// Explicit padding, always zero.
+    pub pad: u32,
+    /// [`FlowKind::Learned`]: the peer, IPv6 or IPv4-mapped, network order. Zero otherwise
+    /// (the other kinds pass only with loopback peers, the agent).
+    pub peer: [u8; 16],
+}
+
 /// The destination a sandboxed socket asked for before it was redirected, keyed by socket
 /// cookie in `ORIG_DST` and, for proxied TCP, copied to `PROXY_CONNS` by local port.
 #[repr(C)]
@@ -366,6 +380,17 @@ pub fn decide(
     }
 }
 
+/// What kind of socket a `connect()`/`sendmsg()` hook runs for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SocketKind {
+    /// `connect()` on a TCP socket.
+    TcpConnect,
+    /// UDP: `connect()` or `sendmsg()`.
+    Udp,
+    /// Anything else (ICMP ping sockets...): never redirected, never a learned address.
+    Other,
+}
+
 /// What a `connect()`/`sendmsg()` hook does with a destination.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SockAddrAction {
@@ -401,11 +426,12 @@ pub fn sock_addr_action(
     entry: &SandboxEntry,
     verdict: Verdict,
     port: u16,
-    tcp_connect: bool,
+    socket: SocketKind,
     loopback: bool,
     learned: impl FnOnce() -> bool,
 ) -> SockAddrAction {
-    if entry.dns_port != 0 && port == DNS_PORT {
+    let tcp_connect = matches!(socket, SocketKind::TcpConnect);
+    if entry.dns_port != 0 && port == DNS_PORT && !matches!(socket, SocketKind::Other) {
         return SockAddrAction::Redirect {
             port: entry.dns_port,
             kind: FlowKind::Dns,
@@ -427,6 +453,15 @@ pub fn sock_addr_action(
             port: entry.proxy_port,
             kind: FlowKind::Proxy,
         };
+    }
+    // QUIC to a name: with domain rules, UDP to 443 needs an address allow rule, also in
+    // `open` mode, so that HTTP/3 cannot reach a denied name past the proxy.
+    if entry.proxy_port != 0
+        && port == HTTPS_PORT
+        && matches!(socket, SocketKind::Udp)
+        && !matches!(verdict.reason, Reason::AllowRule)
+    {
+        return SockAddrAction::Deny;
     }
     if verdict.allow {
         return SockAddrAction::Pass;
@@ -467,13 +502,16 @@ const _: () = assert!(core::mem::size_of::<SandboxEntry>() == 24);
 const _: () = assert!(core::mem::size_of::<Counters>() == 72);
 const _: () = assert!(core::mem::size_of::<OrigDst>() == 40);
 const _: () = assert!(core::mem::size_of::<ProxyKey>() == 8);
+const _: () = assert!(core::mem::size_of::<FlowMark>() == 24);
 const _: () = assert!(core::mem::size_of::<LearnedV4>() == 8);
 const _: () = assert!(core::mem::size_of::<LearnedV6>() == 20);
 const _: () = assert!(core::mem::size_of::<RuleValue>() == 4);
 
 #[cfg(feature = "user")]
 mod user {
-    use super::{Counters, LearnedV4, LearnedV6, OrigDst, ProxyKey, RuleValue, SandboxEntry};
+    use super::{
+        Counters, FlowMark, LearnedV4, LearnedV6, OrigDst, ProxyKey, RuleValue, SandboxEntry,
+    };
 
     // SAFETY: plain `#[repr(C)]` structs of integers without padding.
     unsafe impl aya::Pod for SandboxEntry {}
@@ -485,6 +523,8 @@ mod user {
     unsafe impl aya::Pod for OrigDst {}
     // SAFETY: as above.
     unsafe impl aya::Pod for ProxyKey {}
+    // SAFETY: as above; `pad` makes the padding explicit.
+    unsafe impl aya::Pod for FlowMark {}
     // SAFETY: as above.
     unsafe impl aya::Pod for LearnedV4 {}
     // SAFETY: as above.
@@ -596,95 +636,65 @@ mod tests {
     #[test]
     fn dns_goes_to_the_resolver_whatever_the_address() {
         let e = domain_entry();
-        for (verdict, tcp) in [
-            (Verdict::deny(Reason::DefaultDeny), false),
-            (Verdict::allow(Reason::AllowRule), true),
-            (Verdict::deny(Reason::LoopbackNotNamed), false),
+        for (verdict, socket) in [
+            (Verdict::deny(Reason::DefaultDeny), SocketKind::Udp),
+            (Verdict::allow(Reason::AllowRule), SocketKind::TcpConnect),
+            (Verdict::deny(Reason::LoopbackNotNamed), SocketKind::Udp),
         ] {
             assert_eq!(
-                sock_addr_action(&e, verdict, 53, tcp, false, || true),
+                sock_addr_action(&e, verdict, 53, socket, false, || true),
                 SockAddrAction::Redirect {
                     port: 5300,
                     kind: FlowKind::Dns
                 }
             );
         }
+        // An ICMP ping socket "connected" to port 53 is not DNS: never redirected or marked.
+        let no_rule = Verdict::deny(Reason::DefaultDeny);
+        assert_eq!(
+            sock_addr_action(&e, no_rule, 53, SocketKind::Other, false, || true),
+            SockAddrAction::Deny
+        );
         // Without a resolver, port 53 is ordinary traffic.
         let plain = entry(DefaultVerdict::Deny, Precedence::DenyWins);
         assert_eq!(
-            sock_addr_action(
-                &plain,
-                Verdict::deny(Reason::DefaultDeny),
-                53,
-                false,
-                false,
-                || true
-            ),
+            sock_addr_action(&plain, no_rule, 53, SocketKind::Udp, false, || true),
             SockAddrAction::Deny
         );
     }
 
     #[test]
     fn web_ports_go_to_the_proxy_unless_a_cidr_rule_allows() {
+        use SocketKind::{TcpConnect, Udp};
         let e = domain_entry();
         let proxy = SockAddrAction::Redirect {
             port: 5301,
             kind: FlowKind::Proxy,
         };
+        let act = |v: Verdict, port, socket, loopback| {
+            sock_addr_action(&e, v, port, socket, loopback, || true)
+        };
         for port in [80, 443] {
             for reason in [Reason::DefaultDeny, Reason::DenyRule, Reason::Tie] {
-                assert_eq!(
-                    sock_addr_action(&e, Verdict::deny(reason), port, true, false, || false),
-                    proxy
-                );
+                assert_eq!(act(Verdict::deny(reason), port, TcpConnect, false), proxy);
             }
             // open mode: the default allow still needs a name decision.
-            assert_eq!(
-                sock_addr_action(
-                    &e,
-                    Verdict::allow(Reason::DefaultAllow),
-                    port,
-                    true,
-                    false,
-                    || false
-                ),
-                proxy
-            );
-            assert_eq!(
-                sock_addr_action(
-                    &e,
-                    Verdict::allow(Reason::AllowRule),
-                    port,
-                    true,
-                    false,
-                    || false
-                ),
-                SockAddrAction::Pass
-            );
-            // Loopback is never proxied; UDP (QUIC) never is.
-            assert_eq!(
-                sock_addr_action(
-                    &e,
-                    Verdict::deny(Reason::LoopbackNotNamed),
-                    port,
-                    true,
-                    true,
-                    || true
-                ),
-                SockAddrAction::Deny
-            );
-            assert_eq!(
-                sock_addr_action(
-                    &e,
-                    Verdict::deny(Reason::DefaultDeny),
-                    port,
-                    false,
-                    false,
-                    || true
-                ),
-                SockAddrAction::Deny
-            );
+            let default_allow = Verdict::allow(Reason::DefaultAllow);
+            assert_eq!(act(default_allow, port, TcpConnect, false), proxy);
+            let rule = Verdict::allow(Reason::AllowRule);
+            assert_eq!(act(rule, port, TcpConnect, false), SockAddrAction::Pass);
+            // Loopback is never proxied; UDP never is.
+            let loopback = Verdict::deny(Reason::LoopbackNotNamed);
+            assert_eq!(act(loopback, port, TcpConnect, true), SockAddrAction::Deny);
+            let no_rule = Verdict::deny(Reason::DefaultDeny);
+            assert_eq!(act(no_rule, port, Udp, false), SockAddrAction::Deny);
         }
+        // QUIC needs an address rule, also in open mode; other UDP follows the mode.
+        let default_allow = Verdict::allow(Reason::DefaultAllow);
+        assert_eq!(act(default_allow, 443, Udp, false), SockAddrAction::Deny);
+        assert_eq!(act(default_allow, 4433, Udp, false), SockAddrAction::Pass);
+        let rule = Verdict::allow(Reason::AllowRule);
+        assert_eq!(act(rule, 443, Udp, false), SockAddrAction::Pass);
     }
 
     #[test]
@@ -692,7 +702,7 @@ mod tests {
         let e = domain_entry();
         let loopback = Verdict::deny(Reason::LoopbackNotNamed);
         assert_eq!(
-            sock_addr_action(&e, loopback, 5301, true, true, || false),
+            sock_addr_action(&e, loopback, 5301, SocketKind::TcpConnect, true, || false),
             SockAddrAction::Redirect {
                 port: 5301,
                 kind: FlowKind::Explicit
@@ -700,11 +710,11 @@ mod tests {
         );
         // Another loopback port, UDP, or a remote address on that port: not the proxy.
         assert_eq!(
-            sock_addr_action(&e, loopback, 5302, true, true, || false),
+            sock_addr_action(&e, loopback, 5302, SocketKind::TcpConnect, true, || false),
             SockAddrAction::Deny
         );
         assert_eq!(
-            sock_addr_action(&e, loopback, 5301, false, true, || false),
+            sock_addr_action(&e, loopback, 5301, SocketKind::Udp, true, || false),
             SockAddrAction::Deny
         );
         assert_eq!(
@@ -712,7 +722,7 @@ mod tests {
                 &e,
                 Verdict::deny(Reason::DefaultDeny),
                 5301,
-                true,
+                SocketKind::TcpConnect,
                 false,
                 || false
             ),
@@ -725,27 +735,32 @@ mod tests {
         let e = domain_entry();
         let no_rule = Verdict::deny(Reason::DefaultDeny);
         assert_eq!(
-            sock_addr_action(&e, no_rule, 22, true, false, || true),
+            sock_addr_action(&e, no_rule, 22, SocketKind::TcpConnect, false, || true),
             SockAddrAction::PassLearned
         );
         assert_eq!(
-            sock_addr_action(&e, no_rule, 22, true, false, || false),
+            sock_addr_action(&e, no_rule, 22, SocketKind::TcpConnect, false, || false),
             SockAddrAction::Deny
         );
         // Not UDP, not past an explicit deny rule, not without domain rules.
         assert_eq!(
-            sock_addr_action(&e, no_rule, 22, false, false, || true),
+            sock_addr_action(&e, no_rule, 22, SocketKind::Udp, false, || true),
             SockAddrAction::Deny
         );
         assert_eq!(
-            sock_addr_action(&e, Verdict::deny(Reason::DenyRule), 22, true, false, || {
-                true
-            }),
+            sock_addr_action(
+                &e,
+                Verdict::deny(Reason::DenyRule),
+                22,
+                SocketKind::TcpConnect,
+                false,
+                || { true }
+            ),
             SockAddrAction::Deny
         );
         let plain = entry(DefaultVerdict::Deny, Precedence::DenyWins);
         assert_eq!(
-            sock_addr_action(&plain, no_rule, 22, true, false, || true),
+            sock_addr_action(&plain, no_rule, 22, SocketKind::TcpConnect, false, || true),
             SockAddrAction::Deny
         );
     }

@@ -38,11 +38,11 @@ use aya_ebpf::{
     programs::{SkBuffContext, SockAddrContext, SockContext, SockOpsContext},
 };
 use sandbox_common::{
-    Counters, DEFAULT_MAX_PREFIXES, FlowKind, LOOPBACK_V4_MIN_PREFIX, LOOPBACK_V6_MIN_PREFIX,
-    LearnedV4, LearnedV6, LpmDataV4, LpmDataV6, MAX_FLOWS, MAX_LEARNED, MAX_PROXY_CONNS,
-    MAX_SANDBOXES, OrigDst, POLICY_ID_BITS, ProxyKey, Reason, RuleValue, SandboxEntry,
-    SockAddrAction, Verdict, decide, is_loopback_v4, is_loopback_v6, lpm_data_v4, lpm_data_v6,
-    sock_addr_action, v4_mapped,
+    Counters, DEFAULT_MAX_PREFIXES, FlowKind, FlowMark, LOOPBACK_V4_MIN_PREFIX,
+    LOOPBACK_V6_MIN_PREFIX, LearnedV4, LearnedV6, LpmDataV4, LpmDataV6, MAX_FLOWS, MAX_LEARNED,
+    MAX_PROXY_CONNS, MAX_SANDBOXES, OrigDst, POLICY_ID_BITS, ProxyKey, Reason, RuleValue,
+    SandboxEntry, SockAddrAction, SocketKind, Verdict, decide, is_loopback_v4, is_loopback_v6,
+    lpm_data_v4, lpm_data_v6, sock_addr_action, v4_mapped,
 };
 
 #[map]
@@ -69,7 +69,7 @@ static META: Array<u64> = Array::with_max_entries(2, 0);
 /// Sockets whose traffic passes although their peer address alone would be denied (see
 /// `FlowKind`), by socket cookie. Removed by `sandbox_sock_release`.
 #[map]
-static FLOWS: HashMap<u64, u32> = HashMap::with_max_entries(MAX_FLOWS, BPF_F_NO_PREALLOC);
+static FLOWS: HashMap<u64, FlowMark> = HashMap::with_max_entries(MAX_FLOWS, BPF_F_NO_PREALLOC);
 /// Original destination of redirected sockets, by socket cookie. Removed on release.
 #[map]
 static ORIG_DST: HashMap<u64, OrigDst> = HashMap::with_max_entries(MAX_FLOWS, BPF_F_NO_PREALLOC);
@@ -194,10 +194,11 @@ fn count(cgroup_id: u64, event: Event) {
 /// (DNS, proxy) passes only with a loopback peer, the agent: an unconnected UDP socket marked
 /// by a DNS redirect must not receive from, or reach, anyone else through its mark. A
 /// connection to a learned address (TCP, connected) passes with its peer.
-fn agent_flow_allows(cookie: u64, peer_loopback: bool) -> bool {
+fn agent_flow_allows(cookie: u64, peer: &[u8; 16], peer_loopback: bool) -> bool {
     // SAFETY: the value is copied out at once.
     match unsafe { FLOWS.get(cookie) } {
-        Some(&kind) => kind == FlowKind::Learned as u32 || peer_loopback,
+        Some(mark) if mark.kind == FlowKind::Learned as u32 => mark.peer == *peer,
+        Some(_) => peer_loopback,
         None => false,
     }
 }
@@ -207,14 +208,18 @@ fn try_skb(ctx: &SkBuffContext, direction: Direction) -> Result<Verdict, i64> {
     // since ingress runs in softirq context.
     let cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
     let version = ctx.load::<u8>(0)? >> 4;
-    let (mut verdict, peer_loopback) = match version {
+    let (mut verdict, peer, peer_loopback) = match version {
         4 => {
             let offset = match direction {
                 Direction::Egress => IPV4_DST,
                 Direction::Ingress => IPV4_SRC,
             };
             let peer = ctx.load::<[u8; 4]>(offset)?;
-            (decide_v4(cgroup_id, peer), is_loopback_v4(peer))
+            (
+                decide_v4(cgroup_id, peer),
+                mapped(peer),
+                is_loopback_v4(peer),
+            )
         }
         6 => {
             let offset = match direction {
@@ -222,9 +227,9 @@ fn try_skb(ctx: &SkBuffContext, direction: Direction) -> Result<Verdict, i64> {
                 Direction::Ingress => IPV6_SRC,
             };
             let peer = ctx.load::<[u8; 16]>(offset)?;
-            (decide_v6(cgroup_id, &peer), is_loopback_v6(&peer))
+            (decide_v6(cgroup_id, &peer), peer, is_loopback_v6(&peer))
         }
-        _ => (Verdict::deny(Reason::Malformed), false),
+        _ => (Verdict::deny(Reason::Malformed), [0; 16], false),
     };
     // A socket the agent redirected or let through at connect time: its peer is the agent
     // on loopback or a learned address, which the rules alone would deny. Looked up only
@@ -232,7 +237,7 @@ fn try_skb(ctx: &SkBuffContext, direction: Direction) -> Result<Verdict, i64> {
     if !verdict.allow && !matches!(verdict.reason, Reason::Malformed | Reason::UnknownSandbox) {
         // SAFETY: the skb context pointer is valid for the program's run.
         let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-        if agent_flow_allows(cookie, peer_loopback) {
+        if agent_flow_allows(cookie, &peer, peer_loopback) {
             verdict = Verdict::allow(Reason::AgentFlow);
         }
     }
@@ -267,6 +272,9 @@ pub fn sandbox_ingress(ctx: SkBuffContext) -> i32 {
 }
 
 const SOCK_STREAM: u32 = 1;
+const SOCK_DGRAM: u32 = 2;
+const IPPROTO_TCP: u32 = 6;
+const IPPROTO_UDP: u32 = 17;
 /// `BPF_TCP_CLOSE`, the TCP state after which a socket sends nothing more.
 const TCP_CLOSE: u32 = 7;
 const BPF_SOCK_OPS_STATE_CB: u32 = 10;
@@ -300,8 +308,13 @@ fn learned_v6(policy_id: u32, addr: [u8; 16]) -> bool {
     }
 }
 
-fn mark_flow(cookie: u64, kind: FlowKind) -> bool {
-    FLOWS.insert(cookie, kind as u32, 0).is_ok()
+fn mark_flow(cookie: u64, kind: FlowKind, peer: [u8; 16]) -> bool {
+    let mark = FlowMark {
+        kind: kind as u32,
+        pad: 0,
+        peer,
+    };
+    FLOWS.insert(cookie, mark, 0).is_ok()
 }
 
 /// Records where a redirected socket wanted to go and marks it; false if the maps are full
@@ -326,7 +339,7 @@ fn record_redirect(
         pad: 0,
         cgroup_id,
     };
-    ORIG_DST.insert(cookie, dst, 0).is_ok() && mark_flow(cookie, kind)
+    ORIG_DST.insert(cookie, dst, 0).is_ok() && mark_flow(cookie, kind, [0; 16])
 }
 
 fn refuse(cgroup_id: u64, call: Call) -> i32 {
@@ -341,10 +354,11 @@ fn refuse(cgroup_id: u64, call: Call) -> i32 {
     DROP
 }
 
-fn pass_learned(ctx: &SockAddrContext, cgroup_id: u64, call: Call) -> i32 {
+/// Lets a TCP connect to a learned address through, marking the socket with that one peer.
+fn pass_learned(ctx: &SockAddrContext, cgroup_id: u64, call: Call, peer: [u8; 16]) -> i32 {
     // SAFETY: as in `record_redirect`.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    if mark_flow(cookie, FlowKind::Learned) {
+    if mark_flow(cookie, FlowKind::Learned, peer) {
         count(cgroup_id, Event::LearnedConnect);
         PASS
     } else {
@@ -366,10 +380,18 @@ fn user_port(ctx: &SockAddrContext) -> u16 {
     u16::from_be(unsafe { (*ctx.sock_addr).user_port } as u16)
 }
 
+/// TCP connect, UDP, or anything else (ping sockets, UDP-Lite...), which is never redirected.
 #[inline(always)]
-fn is_tcp_connect(ctx: &SockAddrContext, call: Call) -> bool {
+fn socket_kind(ctx: &SockAddrContext, call: Call) -> SocketKind {
     // SAFETY: as in `user_port`.
-    matches!(call, Call::Connect) && unsafe { (*ctx.sock_addr).type_ } == SOCK_STREAM
+    let (kind, protocol) = unsafe { ((*ctx.sock_addr).type_, (*ctx.sock_addr).protocol) };
+    if kind == SOCK_STREAM && protocol == IPPROTO_TCP && matches!(call, Call::Connect) {
+        SocketKind::TcpConnect
+    } else if kind == SOCK_DGRAM && protocol == IPPROTO_UDP {
+        SocketKind::Udp
+    } else {
+        SocketKind::Other
+    }
 }
 
 fn sock_addr_v4(ctx: &SockAddrContext, call: Call) -> i32 {
@@ -388,14 +410,14 @@ fn sock_addr_v4(ctx: &SockAddrContext, call: Call) -> i32 {
         &entry,
         verdict,
         port,
-        is_tcp_connect(ctx, call),
+        socket_kind(ctx, call),
         is_loopback_v4(addr),
         || learned_v4(entry.policy_id, addr),
     );
     match action {
         SockAddrAction::Pass => PASS,
         SockAddrAction::Deny => refuse(cgroup_id, call),
-        SockAddrAction::PassLearned => pass_learned(ctx, cgroup_id, call),
+        SockAddrAction::PassLearned => pass_learned(ctx, cgroup_id, call, mapped(addr)),
         SockAddrAction::Redirect { port: to, kind } => {
             if !record_redirect(ctx, cgroup_id, mapped(addr), port, to, kind, 4) {
                 return refuse(cgroup_id, call);
@@ -466,7 +488,7 @@ fn sock_addr_v6(ctx: &SockAddrContext, call: Call) -> i32 {
         &entry,
         verdict,
         port,
-        is_tcp_connect(ctx, call),
+        socket_kind(ctx, call),
         loopback,
         || match v4 {
             Some(a) => learned_v4(entry.policy_id, a),
@@ -476,7 +498,7 @@ fn sock_addr_v6(ctx: &SockAddrContext, call: Call) -> i32 {
     match action {
         SockAddrAction::Pass => PASS,
         SockAddrAction::Deny => refuse(cgroup_id, call),
-        SockAddrAction::PassLearned => pass_learned(ctx, cgroup_id, call),
+        SockAddrAction::PassLearned => pass_learned(ctx, cgroup_id, call, addr),
         SockAddrAction::Redirect { port: to, kind } => {
             // A mapped destination is IPv4 on the wire: redirect to ::ffff:127.0.0.1.
             let (target, family) = match v4 {
@@ -603,16 +625,26 @@ pub fn sandbox_sock_ops(ctx: SockOpsContext) -> u32 {
     1
 }
 
-/// Forgets released sockets, except TCP ones still closing (see `sandbox_sock_ops`).
+/// Forgets released sockets, except TCP connections that will still send (a FIN) after
+/// their release: those are forgotten when they reach `TCP_CLOSE` (see `sandbox_sock_ops`,
+/// which asked for that callback when they connected). Every other state (never connected,
+/// connecting, listening) ends at release.
 #[cgroup_sock(sock_release)]
 pub fn sandbox_sock_release(ctx: SockContext) -> i32 {
     // SAFETY: the context pointer is valid for the program's run; fields are read whole.
     let (kind, state) = unsafe { ((*ctx.sock).type_, (*ctx.sock).state) };
-    if kind != SOCK_STREAM || state == TCP_CLOSE {
+    if kind != SOCK_STREAM || !still_sends_after_release(state) {
         // SAFETY: as above.
         forget(unsafe { bpf_get_socket_cookie(ctx.as_ptr()) });
     }
     PASS
+}
+
+/// TCP states (`BPF_TCP_*`) of a connection that sends more after `close()`: ESTABLISHED,
+/// SYN_RECV, FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, LAST_ACK, CLOSING.
+#[inline(always)]
+fn still_sends_after_release(state: u32) -> bool {
+    matches!(state, 1 | 3 | 4 | 5 | 8 | 9 | 11)
 }
 
 #[cfg(not(test))]

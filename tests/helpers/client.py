@@ -11,6 +11,7 @@ from a timeout or a refused connection.
   packet                  try to open an AF_PACKET socket
 """
 import errno
+import os
 import socket
 import struct
 import sys
@@ -88,12 +89,26 @@ def rawudp(port, msg, addrs):
 
 
 def packet():
-    try:
-        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
-        s.close()
-        print("packet ok")
-    except Exception as e:  # noqa: BLE001
-        print(f"packet {name(e)}")
+    # AF_PACKET, the old SOCK_PACKET type under AF_INET (also a packet socket), and io_uring
+    # (which can create sockets without the socket syscall).
+    for label, make in [
+        ("packet", lambda: socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))),
+        ("sockpacket", lambda: socket.socket(socket.AF_INET, 10, socket.htons(3))),
+    ]:
+        try:
+            make().close()
+            print(f"{label} ok")
+        except Exception as e:  # noqa: BLE001
+            print(f"{label} {name(e)}")
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    params = ctypes.create_string_buffer(120)
+    fd = libc.syscall(425, 8, params)  # io_uring_setup(8 entries, params)
+    if fd >= 0:
+        os.close(fd)
+        print("io_uring ok")
+    else:
+        print(f"io_uring {errno.errorcode.get(ctypes.get_errno(), ctypes.get_errno())}")
 
 
 def main():

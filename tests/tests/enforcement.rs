@@ -305,6 +305,8 @@ fn raw_sockets_are_filtered_too() {
     );
     let run = run_client(&policy, &["packet"]);
     assert_eq!(run.outcome("packet"), "EPERM");
+    assert_eq!(run.outcome("sockpacket"), "EPERM");
+    assert_eq!(run.outcome("io_uring"), "EPERM");
 }
 
 /// ICMP echo through unprivileged ping sockets (enabled for the test, restored after).

@@ -20,7 +20,7 @@ use tokio::{
 };
 
 use crate::{
-    domains::{MIN_LEARNED_TTL, Shared, boot_time_ns},
+    domains::{MAX_LEARNED_TTL, MIN_LEARNED_TTL, Shared, boot_time_ns},
     events::{FlowEvent, Source},
 };
 use message::Question;
@@ -40,12 +40,20 @@ enum Transport {
     Tcp,
 }
 
+/// Queries answered at once per resolver socket; past it, datagrams are dropped (clients
+/// retry), so a flood cannot exhaust the agent's descriptors.
+const MAX_IN_FLIGHT: usize = 512;
+
 pub async fn serve_udp(socket: Arc<UdpSocket>, shared: Arc<Shared>) {
     let mut buf = vec![0u8; 4096];
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
     loop {
         let Ok((n, peer)) = socket.recv_from(&mut buf).await else {
             // Transient (ICMP errors surfacing as ECONNREFUSED and the like): keep serving.
             tokio::time::sleep(Duration::from_millis(1)).await;
+            continue;
+        };
+        let Ok(permit) = in_flight.clone().try_acquire_owned() else {
             continue;
         };
         let query = buf[..n].to_vec();
@@ -54,6 +62,7 @@ pub async fn serve_udp(socket: Arc<UdpSocket>, shared: Arc<Shared>) {
             if let Some(reply) = answer(&shared, &query, Transport::Udp).await {
                 let _ = socket.send_to(&reply, peer).await;
             }
+            drop(permit);
         });
     }
 }
@@ -150,7 +159,7 @@ fn learn(shared: &Shared, addr: IpAddr, ttl: u32) {
     let Some(bound) = shared.bound() else {
         return;
     };
-    let ttl = Duration::from_secs(u64::from(ttl)).max(MIN_LEARNED_TTL);
+    let ttl = Duration::from_secs(u64::from(ttl)).clamp(MIN_LEARNED_TTL, MAX_LEARNED_TTL);
     let expiry = boot_time_ns().saturating_add(u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX));
     if let Ok(mut maps) = shared.maps.lock()
         && let Err(e) = maps.learn(bound.policy_id, addr, expiry)

@@ -14,6 +14,8 @@ use tokio::{
     net::TcpStream,
 };
 
+use sandbox_common::{HTTP_PORT, HTTPS_PORT};
+
 use super::{Refusal, connect_upstream};
 use crate::{domains::Shared, enforcement::canonical, events::FlowEvent, policy};
 
@@ -133,6 +135,16 @@ async fn connect_target(
             if !verdict.allow {
                 return Err(Refusal::Policy(format!(
                     "{addr} is not allowed by an address rule"
+                )));
+            }
+            // Web ports need a name decision unless an address rule allows the address (as
+            // in the kernel, where such a connect goes to the transparent proxy): in `open`
+            // mode an address target must not skip the domain rules.
+            if matches!(port, HTTP_PORT | HTTPS_PORT)
+                && !matches!(verdict.reason, sandbox_common::Reason::AllowRule)
+            {
+                return Err(Refusal::Policy(format!(
+                    "{addr}:{port} needs a host name (the domain rules decide ports 80 and 443)"
                 )));
             }
             let target = SocketAddr::new(addr, port);

@@ -82,7 +82,19 @@ async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
     };
     let mut client = client;
     let opened = if orig.kind == FlowKind::Explicit as u32 {
-        explicit::open(&mut client, shared, &mut event).await
+        // The request must arrive as promptly as a ClientHello; the connect that follows
+        // has its own timeout.
+        match timeout(
+            DETECT_TIMEOUT + CONNECT_TIMEOUT,
+            explicit::open(&mut client, shared, &mut event),
+        )
+        .await
+        {
+            Ok(opened) => opened,
+            Err(_) => Err(Refusal::Client(format!(
+                "no complete proxy request within {DETECT_TIMEOUT:?}"
+            ))),
+        }
     } else {
         let orig_addr = SocketAddr::new(canonical(IpAddr::from(orig.addr)), orig.port);
         event.original_dst = Some(orig_addr.to_string());
