@@ -305,6 +305,8 @@ fn open_mode_refuses_only_denied_names() {
         &["--network", "open", "--deny-out", "evil.test"],
         &[
             &curl("good", ca, "-4 https://allowed.test/"),
+            // QUIC would skip the name check: refused with domain rules, even in open mode.
+            &format!("udp quic {} 443", w.v4(6)),
             &curl(
                 "evil",
                 ca,
@@ -314,6 +316,7 @@ fn open_mode_refuses_only_denied_names() {
     );
     assert_outcome(&run, "good", &format!("exit=0 hello from {}", w.v4(3)));
     assert_refused(&run, "evil");
+    assert_outcome(&run, "quic", "EPERM");
     assert!(!w.saw_addr(&w.v4(6)), "{:?}", w.seen());
 }
 
