@@ -200,7 +200,13 @@ fn seccomp_filter() -> Vec<libc::sock_filter> {
         /* 1 */ jeq(AUDIT_ARCH_X86_64, 1, 0),
         /* 2 */ stmt(libc::BPF_RET | libc::BPF_K, deny),
         /* 3 */ stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, OFFSET_NR),
-        /* 4 */ jump(libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K, X32_SYSCALL_BIT, 8, 0),
+        /* 4 */
+        jump(
+            libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K,
+            X32_SYSCALL_BIT,
+            8,
+            0,
+        ),
         /* 5 */ jeq(nr(libc::SYS_io_uring_setup), 7, 0),
         /* 6 */ jeq(nr(libc::SYS_socket), 0, 5),
         /* 7 */ stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, OFFSET_ARG0),
