@@ -164,7 +164,7 @@ const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 /// for as `socket(AF_PACKET, ...)` or as the old `socket(AF_INET, SOCK_PACKET, ...)`, which the
 /// kernel turns into a packet socket. They send frames below the IP layer, where no cgroup hook
 /// sees them; they need `CAP_NET_RAW`, which only `--cap-add NET_RAW` gives, and this keeps the
-/// wall whole even then. `io_uring_setup` is refused too: io_uring creates sockets without the
+/// wall whole even then. `io_uring_setup` is refused too: `io_uring` creates sockets without the
 /// `socket` syscall, out of this filter's sight. Syscalls of another ABI (i386 `socketcall`,
 /// x32) are refused the same way, since they would not be checked. Classic BPF, hand-written.
 fn seccomp_filter() -> Vec<libc::sock_filter> {
