@@ -25,10 +25,9 @@ use aya::{
 };
 use ipnet::{Ipv4Net, Ipv6Net};
 use sandbox_common::{
-    Counters, DEFAULT_MAX_PREFIXES, LOOPBACK_V4_MIN_PREFIX, LOOPBACK_V6_MIN_PREFIX, LearnedV4,
-    LearnedV6, LpmDataV4, LpmDataV6, OrigDst, POLICY_ID_BITS, ProxyKey, Reason, RuleValue,
-    SandboxEntry, Verdict, decide, is_loopback_v4, is_loopback_v6, lpm_data_v4, lpm_data_v6,
-    map_names, program_names, v4_mapped,
+    Counters, DEFAULT_MAX_PREFIXES, LearnedV4, LearnedV6, LpmDataV4, LpmDataV6, OrigDst,
+    POLICY_ID_BITS, ProxyKey, Reason, RuleValue, SandboxEntry, Verdict, decide, loopback_min_v4,
+    loopback_min_v6, lpm_data_v4, lpm_data_v6, map_names, program_names, v4_mapped,
 };
 
 use crate::{
@@ -261,6 +260,11 @@ fn open_map(paths: &Paths, name: &'static str) -> Result<Map> {
     Map::from_map_data(data).map_err(map_err(name))
 }
 
+/// A pinned map as its typed handle (`HashMap`, `LpmTrie`, ...).
+fn open_typed<T: TryFrom<Map, Error = MapError>>(paths: &Paths, name: &'static str) -> Result<T> {
+    open_map(paths, name)?.try_into().map_err(map_err(name))
+}
+
 /// Reads META: `Some((object hash, cgroup id))` for a complete install.
 fn read_meta(paths: &Paths) -> Option<(u64, u64)> {
     if !paths.maps_dir().join(map_names::META).exists() {
@@ -319,22 +323,17 @@ impl Enforcement {
 
     fn from_pins(paths: &Paths, parent_cgroup: PathBuf) -> Result<Self> {
         use map_names as n;
-        macro_rules! typed {
-            ($name:expr) => {
-                open_map(paths, $name)?.try_into().map_err(map_err($name))?
-            };
-        }
         Ok(Self {
             parent_cgroup,
-            sandboxes: typed!(n::SANDBOXES),
-            allow_v4: typed!(n::ALLOW_V4),
-            deny_v4: typed!(n::DENY_V4),
-            allow_v6: typed!(n::ALLOW_V6),
-            deny_v6: typed!(n::DENY_V6),
-            counters: typed!(n::COUNTERS),
-            policy_ids: typed!(n::POLICY_IDS),
-            learned_v4: typed!(n::LEARNED_V4),
-            learned_v6: typed!(n::LEARNED_V6),
+            sandboxes: open_typed(paths, n::SANDBOXES)?,
+            allow_v4: open_typed(paths, n::ALLOW_V4)?,
+            deny_v4: open_typed(paths, n::DENY_V4)?,
+            allow_v6: open_typed(paths, n::ALLOW_V6)?,
+            deny_v6: open_typed(paths, n::DENY_V6)?,
+            counters: open_typed(paths, n::COUNTERS)?,
+            policy_ids: open_typed(paths, n::POLICY_IDS)?,
+            learned_v4: open_typed(paths, n::LEARNED_V4)?,
+            learned_v6: open_typed(paths, n::LEARNED_V6)?,
         })
     }
 
@@ -446,8 +445,8 @@ impl Enforcement {
             remove_scanned(&mut self.allow_v6, policy_id);
             remove_scanned(&mut self.deny_v6, policy_id);
         }
-        remove_learned(&mut self.learned_v4, policy_id, |k| k.policy_id);
-        remove_learned(&mut self.learned_v6, policy_id, |k| k.policy_id);
+        remove_learned_where(&mut self.learned_v4, |k, _| k.policy_id == policy_id);
+        remove_learned_where(&mut self.learned_v6, |k, _| k.policy_id == policy_id);
         let _ = self.counters.remove(&cgroup_id);
         let _ = self.policy_ids.remove(&policy_id);
     }
@@ -683,20 +682,32 @@ fn remove_scanned<K: aya::Pod + AsRef<[u8]>>(
     }
 }
 
-/// Removes a policy's learned addresses (a scan: they are few per sandbox).
-fn remove_learned<K: aya::Pod>(
+/// Removes the learned addresses (`LEARNED_*` entries: key → expiry) for which `pred` holds;
+/// a scan, best effort.
+fn remove_learned_where<K: aya::Pod>(
     map: &mut HashMap<MapData, K, u64>,
-    policy_id: u32,
-    policy_of_key: impl Fn(&K) -> u32,
+    pred: impl Fn(&K, u64) -> bool,
 ) {
     let keys: Vec<K> = map
-        .keys()
+        .iter()
         .filter_map(Result::ok)
-        .filter(|k| policy_of_key(k) == policy_id)
+        .filter(|(k, expiry)| pred(k, *expiry))
+        .map(|(k, _)| k)
         .collect();
     for key in keys {
         let _ = map.remove(&key);
     }
+}
+
+/// Records a learned address until `expiry`, keeping a later expiry already there.
+fn learn_until<K: aya::Pod>(
+    map: &mut HashMap<MapData, K, u64>,
+    name: &'static str,
+    key: K,
+    expiry: u64,
+) -> Result<()> {
+    let old = map.get(&key, 0).unwrap_or(0);
+    map.insert(key, old.max(expiry), 0).map_err(map_err(name))
 }
 
 /// The maps the resolver and the proxy of one agent process use, opened from the pins:
@@ -717,20 +728,15 @@ pub struct AgentMaps {
 impl AgentMaps {
     pub fn open(paths: &Paths) -> Result<Self> {
         use map_names as n;
-        macro_rules! typed {
-            ($name:expr) => {
-                open_map(paths, $name)?.try_into().map_err(map_err($name))?
-            };
-        }
         Ok(Self {
-            sandboxes: typed!(n::SANDBOXES),
-            allow_v4: typed!(n::ALLOW_V4),
-            deny_v4: typed!(n::DENY_V4),
-            allow_v6: typed!(n::ALLOW_V6),
-            deny_v6: typed!(n::DENY_V6),
-            proxy_conns: typed!(n::PROXY_CONNS),
-            learned_v4: typed!(n::LEARNED_V4),
-            learned_v6: typed!(n::LEARNED_V6),
+            sandboxes: open_typed(paths, n::SANDBOXES)?,
+            allow_v4: open_typed(paths, n::ALLOW_V4)?,
+            deny_v4: open_typed(paths, n::DENY_V4)?,
+            allow_v6: open_typed(paths, n::ALLOW_V6)?,
+            deny_v6: open_typed(paths, n::DENY_V6)?,
+            proxy_conns: open_typed(paths, n::PROXY_CONNS)?,
+            learned_v4: open_typed(paths, n::LEARNED_V4)?,
+            learned_v6: open_typed(paths, n::LEARNED_V6)?,
         })
     }
 
@@ -751,51 +757,32 @@ impl AgentMaps {
         expiry_boot_ns: u64,
     ) -> Result<()> {
         match canonical(addr) {
-            std::net::IpAddr::V4(a) => {
-                let key = LearnedV4 {
+            std::net::IpAddr::V4(a) => learn_until(
+                &mut self.learned_v4,
+                map_names::LEARNED_V4,
+                LearnedV4 {
                     policy_id,
                     addr: a.octets(),
-                };
-                let old = self.learned_v4.get(&key, 0).unwrap_or(0);
-                self.learned_v4
-                    .insert(key, old.max(expiry_boot_ns), 0)
-                    .map_err(map_err(map_names::LEARNED_V4))
-            }
-            std::net::IpAddr::V6(a) => {
-                let key = LearnedV6 {
+                },
+                expiry_boot_ns,
+            ),
+            std::net::IpAddr::V6(a) => learn_until(
+                &mut self.learned_v6,
+                map_names::LEARNED_V6,
+                LearnedV6 {
                     policy_id,
                     addr: a.octets(),
-                };
-                let old = self.learned_v6.get(&key, 0).unwrap_or(0);
-                self.learned_v6
-                    .insert(key, old.max(expiry_boot_ns), 0)
-                    .map_err(map_err(map_names::LEARNED_V6))
-            }
+                },
+                expiry_boot_ns,
+            ),
         }
     }
 
     /// Removes the policy's learned addresses that expired before `now_boot_ns`.
     pub fn prune_learned(&mut self, policy_id: u32, now_boot_ns: u64) {
-        let v4: Vec<LearnedV4> = self
-            .learned_v4
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(k, exp)| k.policy_id == policy_id && *exp <= now_boot_ns)
-            .map(|(k, _)| k)
-            .collect();
-        for k in v4 {
-            let _ = self.learned_v4.remove(&k);
-        }
-        let v6: Vec<LearnedV6> = self
-            .learned_v6
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(k, exp)| k.policy_id == policy_id && *exp <= now_boot_ns)
-            .map(|(k, _)| k)
-            .collect();
-        for k in v6 {
-            let _ = self.learned_v6.remove(&k);
-        }
+        let expired = |id: u32, expiry: u64| id == policy_id && expiry <= now_boot_ns;
+        remove_learned_where(&mut self.learned_v4, |k, e| expired(k.policy_id, e));
+        remove_learned_where(&mut self.learned_v6, |k, e| expired(k.policy_id, e));
     }
 
     /// The kernel's address verdict for a sandbox: the same lookups and the same
@@ -811,16 +798,11 @@ impl AgentMaps {
                     POLICY_ID_BITS + 32,
                     lpm_data_v4(entry.policy_id, a.octets()),
                 );
-                let min = if entry.guard_loopback != 0 && is_loopback_v4(a.octets()) {
-                    LOOPBACK_V4_MIN_PREFIX
-                } else {
-                    0
-                };
                 decide(
                     &entry,
                     len(self.allow_v4.get(&key, 0)),
                     len(self.deny_v4.get(&key, 0)),
-                    min,
+                    loopback_min_v4(&entry, a.octets()),
                 )
             }
             std::net::IpAddr::V6(a) => {
@@ -828,16 +810,11 @@ impl AgentMaps {
                     POLICY_ID_BITS + 128,
                     lpm_data_v6(entry.policy_id, &a.octets()),
                 );
-                let min = if entry.guard_loopback != 0 && is_loopback_v6(&a.octets()) {
-                    LOOPBACK_V6_MIN_PREFIX
-                } else {
-                    0
-                };
                 decide(
                     &entry,
                     len(self.allow_v6.get(&key, 0)),
                     len(self.deny_v6.get(&key, 0)),
-                    min,
+                    loopback_min_v6(&entry, &a.octets()),
                 )
             }
         }

@@ -308,6 +308,18 @@ pub enum NameReason {
     Tie,
 }
 
+impl fmt::Display for NameReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::AllowRule => "allowed by a domain rule",
+            Self::DenyRule => "denied by a domain rule",
+            Self::DefaultAllow => "no domain rule matches; open mode allows",
+            Self::DefaultDeny => "no domain rule matches",
+            Self::Tie => "allow and deny rules equally specific (most-specific denies)",
+        })
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NameVerdict {
     pub allow: bool,

@@ -292,6 +292,26 @@ pub const LOOPBACK_V4_MIN_PREFIX: u32 = 8;
 /// The same for IPv6: only `::1/128` (or `::/128`) itself names loopback.
 pub const LOOPBACK_V6_MIN_PREFIX: u32 = 128;
 
+/// [`decide`]'s `loopback_min` for an IPv4 destination of a sandbox.
+#[inline(always)]
+pub const fn loopback_min_v4(entry: &SandboxEntry, addr: [u8; 4]) -> u32 {
+    if entry.guard_loopback != 0 && is_loopback_v4(addr) {
+        LOOPBACK_V4_MIN_PREFIX
+    } else {
+        0
+    }
+}
+
+/// [`decide`]'s `loopback_min` for an IPv6 destination of a sandbox.
+#[inline(always)]
+pub const fn loopback_min_v6(entry: &SandboxEntry, addr: &[u8; 16]) -> u32 {
+    if entry.guard_loopback != 0 && is_loopback_v6(addr) {
+        LOOPBACK_V6_MIN_PREFIX
+    } else {
+        0
+    }
+}
+
 /// `127.0.0.0/8` and `0.0.0.0/8`: connecting to 0.0.0.0 reaches the local host on Linux.
 #[inline(always)]
 pub const fn is_loopback_v4(addr: [u8; 4]) -> bool {

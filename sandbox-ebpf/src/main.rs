@@ -38,11 +38,11 @@ use aya_ebpf::{
     programs::{SkBuffContext, SockAddrContext, SockContext, SockOpsContext},
 };
 use sandbox_common::{
-    Counters, DEFAULT_MAX_PREFIXES, FlowKind, FlowMark, LOOPBACK_V4_MIN_PREFIX,
-    LOOPBACK_V6_MIN_PREFIX, LearnedV4, LearnedV6, LpmDataV4, LpmDataV6, MAX_FLOWS, MAX_LEARNED,
-    MAX_PROXY_CONNS, MAX_SANDBOXES, OrigDst, POLICY_ID_BITS, ProxyKey, Reason, RuleValue,
-    SandboxEntry, SockAddrAction, SocketKind, Verdict, decide, is_loopback_v4, is_loopback_v6,
-    lpm_data_v4, lpm_data_v6, sock_addr_action, v4_mapped,
+    Counters, DEFAULT_MAX_PREFIXES, FlowKind, FlowMark, LearnedV4, LearnedV6, LpmDataV4, LpmDataV6,
+    MAX_FLOWS, MAX_LEARNED, MAX_PROXY_CONNS, MAX_SANDBOXES, OrigDst, POLICY_ID_BITS, ProxyKey,
+    Reason, RuleValue, SandboxEntry, SockAddrAction, SocketKind, Verdict, decide, is_loopback_v4,
+    is_loopback_v6, loopback_min_v4, loopback_min_v6, lpm_data_v4, lpm_data_v6, sock_addr_action,
+    v4_mapped,
 };
 
 #[map]
@@ -122,12 +122,7 @@ fn decide_v4_for(entry: &SandboxEntry, addr: [u8; 4]) -> Verdict {
     let key = Key::new(POLICY_ID_BITS + 32, lpm_data_v4(entry.policy_id, addr));
     let allow = ALLOW_V4.get(&key).map(|v| v.prefix_len);
     let deny = DENY_V4.get(&key).map(|v| v.prefix_len);
-    let loopback_min = if entry.guard_loopback != 0 && is_loopback_v4(addr) {
-        LOOPBACK_V4_MIN_PREFIX
-    } else {
-        0
-    };
-    decide(entry, allow, deny, loopback_min)
+    decide(entry, allow, deny, loopback_min_v4(entry, addr))
 }
 
 fn decide_v6(cgroup_id: u64, addr: &[u8; 16]) -> Verdict {
@@ -145,12 +140,7 @@ fn decide_v6_for(entry: &SandboxEntry, addr: &[u8; 16]) -> Verdict {
     let key = Key::new(POLICY_ID_BITS + 128, lpm_data_v6(entry.policy_id, addr));
     let allow = ALLOW_V6.get(&key).map(|v| v.prefix_len);
     let deny = DENY_V6.get(&key).map(|v| v.prefix_len);
-    let loopback_min = if entry.guard_loopback != 0 && is_loopback_v6(addr) {
-        LOOPBACK_V6_MIN_PREFIX
-    } else {
-        0
-    };
-    decide(entry, allow, deny, loopback_min)
+    decide(entry, allow, deny, loopback_min_v6(entry, addr))
 }
 
 fn count_packet(cgroup_id: u64, allowed: bool, bytes: u32) {

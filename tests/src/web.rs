@@ -299,6 +299,16 @@ ip -n {netns} link set {ns_if} up
     /// webclient.py STEP...`, in a mount namespace where /etc/resolv.conf names the rogue
     /// resolver. Panics unless the agent exits 0.
     pub fn run(&self, policy: &[&str], steps: &[&str]) -> Run {
+        let client = helpers().join("webclient.py").display().to_string();
+        let mut command = vec!["/usr/bin/python3", client.as_str()];
+        command.extend_from_slice(steps);
+        let run = self.agent(&self.run_args(policy, &command));
+        assert_eq!(run.code, 0, "sandboxed client failed: {run:#?}");
+        run
+    }
+
+    /// `run --upstream-dns <.2> --flow-log <file> POLICY... -- COMMAND...`.
+    pub fn run_args(&self, policy: &[&str], command: &[&str]) -> Vec<String> {
         let mut args: Vec<String> = vec![
             "run".into(),
             "--upstream-dns".into(),
@@ -308,12 +318,8 @@ ip -n {netns} link set {ns_if} up
         ];
         args.extend(policy.iter().map(|s| (*s).to_owned()));
         args.push("--".into());
-        args.push("/usr/bin/python3".into());
-        args.push(helpers().join("webclient.py").display().to_string());
-        args.extend(steps.iter().map(|s| (*s).to_owned()));
-        let run = self.agent(&args);
-        assert_eq!(run.code, 0, "sandboxed client failed: {run:#?}");
-        run
+        args.extend(command.iter().map(|s| (*s).to_owned()));
+        args
     }
 
     /// `sandbox-agent ARGS...` with this world's resolv.conf.

@@ -329,21 +329,10 @@ fn the_proxy_is_no_open_relay() {
     let port_file = sandbox_tests::helpers().join(format!("proxy-port-{}", w.net));
     std::fs::write(&port_file, "").expect("port file");
     sandbox_tests::sh(&format!("chmod 666 {}", port_file.display()));
-    let mut args: Vec<String> = vec![
-        "run".into(),
-        "--upstream-dns".into(),
-        w.upstream(),
-        "--flow-log".into(),
-        w.flow_log.display().to_string(),
-        "--proxy-env".into(),
-    ];
-    args.extend(POLICY.iter().map(|s| (*s).to_owned()));
-    args.extend([
-        "--".into(),
-        "/bin/sh".into(),
-        "-c".into(),
-        format!("echo \"$HTTP_PROXY\" > {}; sleep 4", port_file.display()),
-    ]);
+    let mut policy = POLICY.to_vec();
+    policy.push("--proxy-env");
+    let script = format!("echo \"$HTTP_PROXY\" > {}; sleep 4", port_file.display());
+    let args = w.run_args(&policy, &["/bin/sh", "-c", &script]);
     let agent = std::thread::scope(|scope| {
         let handle = scope.spawn(|| w.agent(&args));
         let start = std::time::Instant::now();

@@ -724,6 +724,27 @@ impl World<'_> {
         let (host, port) = self
             .target(route)
             .context("the route has no server (nginx is not running)")?;
+        Ok(self.python_client(route, mode, &host, port, route.sni(), args))
+    }
+
+    fn dns_client(&self, route: DnsRoute, mode: &str, args: &[&str]) -> Command {
+        let route = match route {
+            DnsRoute::Direct => Route::Direct,
+            DnsRoute::Agent => Route::Proxy,
+        };
+        self.python_client(route, mode, &self.env.ns_addr, DNS_PORT, NAME, args)
+    }
+
+    /// `sandbox-agent run ... -- python3 -c CLIENT MODE HOST PORT NAME ARGS...` on `route`.
+    fn python_client(
+        &self,
+        route: Route,
+        mode: &str,
+        host: &str,
+        port: u16,
+        name: &str,
+        args: &[&str],
+    ) -> Command {
         let mut cmd = self.sandbox(route, None);
         cmd.args([
             "--",
@@ -731,31 +752,9 @@ impl World<'_> {
             "-c",
             CLIENT,
             mode,
-            &host,
+            host,
             &port.to_string(),
-            route.sni(),
-        ])
-        .args(args);
-        Ok(cmd)
-    }
-
-    fn dns_client(&self, route: DnsRoute, mode: &str, args: &[&str]) -> Command {
-        let mut cmd = self.sandbox(
-            match route {
-                DnsRoute::Direct => Route::Direct,
-                DnsRoute::Agent => Route::Proxy,
-            },
-            None,
-        );
-        cmd.args([
-            "--",
-            PYTHON3,
-            "-c",
-            CLIENT,
-            mode,
-            &self.env.ns_addr,
-            &DNS_PORT.to_string(),
-            NAME,
+            name,
         ])
         .args(args);
         cmd

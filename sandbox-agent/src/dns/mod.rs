@@ -119,7 +119,7 @@ async fn answer(shared: &Shared, bytes: &[u8], transport: Transport) -> Option<V
     if !verdict.allow {
         shared
             .events
-            .emit(&event.denied(format!("name: {}", reason_text(verdict.reason))));
+            .emit(&event.denied(format!("name: {}", verdict.reason)));
         return Some(message::refused(&q));
     }
     let max_size = match transport {
@@ -143,7 +143,7 @@ async fn answer(shared: &Shared, bytes: &[u8], transport: Transport) -> Option<V
             event.resolved = learned;
             shared
                 .events
-                .emit(&event.allowed(format!("name: {}", reason_text(verdict.reason))));
+                .emit(&event.allowed(format!("name: {}", verdict.reason)));
             Some(filtered.bytes)
         }
         Err(e) => {
@@ -170,17 +170,6 @@ fn learn(shared: &Shared, addr: IpAddr, ttl: u32) {
         shared
             .events
             .emit(&event.denied(format!("cannot record learned address: {e}")));
-    }
-}
-
-pub(crate) fn reason_text(reason: crate::policy::NameReason) -> &'static str {
-    use crate::policy::NameReason as R;
-    match reason {
-        R::AllowRule => "allowed by a domain rule",
-        R::DenyRule => "denied by a domain rule",
-        R::DefaultAllow => "no domain rule matches; open mode allows",
-        R::DefaultDeny => "no domain rule matches",
-        R::Tie => "allow and deny rules equally specific (most-specific denies)",
     }
 }
 

@@ -114,9 +114,7 @@ async fn connect_target(
         Target::Name(name) => {
             let verdict = shared.policy.decide_name(name);
             if !verdict.allow {
-                return Err(Refusal::Policy(
-                    crate::dns::reason_text(verdict.reason).into(),
-                ));
+                return Err(Refusal::Policy(verdict.reason.to_string()));
             }
             let any = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
             connect_upstream(name, any, shared, event).await

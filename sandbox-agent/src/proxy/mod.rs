@@ -145,9 +145,7 @@ async fn open_transparent(
     event.name = Some(name.clone());
     let verdict = shared.policy.decide_name(&name);
     if !verdict.allow {
-        return Err(Refusal::Policy(
-            crate::dns::reason_text(verdict.reason).into(),
-        ));
+        return Err(Refusal::Policy(verdict.reason.to_string()));
     }
     let upstream = connect_upstream(&name, orig, shared, event).await?;
     Ok((upstream, head))
