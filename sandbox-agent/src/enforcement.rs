@@ -25,9 +25,10 @@ use aya::{
 };
 use ipnet::{Ipv4Net, Ipv6Net};
 use sandbox_common::{
-    Counters, DEFAULT_MAX_PREFIXES, LearnedV4, LearnedV6, LpmDataV4, LpmDataV6, OrigDst,
-    POLICY_ID_BITS, ProxyKey, Reason, RuleValue, SandboxEntry, Verdict, decide, loopback_min_v4,
-    loopback_min_v6, lpm_data_v4, lpm_data_v6, map_names, program_names, v4_mapped,
+    Counters, DEFAULT_MAX_PREFIXES, FlowKind, FlowMark, Layer, LearnedV4, LearnedV6, LpmDataV4,
+    LpmDataV6, OrigDst, POLICY_ID_BITS, ProxyKey, Reason, RuleValue, SandboxEntry, Verdict,
+    combine, decide, loopback_min_v4, loopback_min_v6, lpm_data_v4, lpm_data_v6, map_names,
+    program_names, v4_mapped,
 };
 
 use crate::{
@@ -87,6 +88,8 @@ pub enum EnforcementError {
     SandboxesLive { live: usize },
     #[error("no free policy id (all {tried} tries taken)")]
     PolicyIdsExhausted { tried: u32 },
+    #[error("cgroup {cgroup_id} has no sandbox entry in the kernel")]
+    NoSandboxEntry { cgroup_id: u64 },
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
 }
@@ -174,6 +177,10 @@ pub struct Enforcement {
     policy_ids: HashMap<MapData, u32, u64>,
     learned_v4: HashMap<MapData, LearnedV4, u64>,
     learned_v6: HashMap<MapData, LearnedV6, u64>,
+    flows: HashMap<MapData, u64, FlowMark>,
+    /// The host floor every sandbox gets as an outer layer (each sandbox owns a copy of its
+    /// rules, so that its lifetime is the sandbox's).
+    floor: Option<CompiledPolicy>,
 }
 
 /// What `open` found or did, for reports and tests.
@@ -334,7 +341,18 @@ impl Enforcement {
             policy_ids: open_typed(paths, n::POLICY_IDS)?,
             learned_v4: open_typed(paths, n::LEARNED_V4)?,
             learned_v6: open_typed(paths, n::LEARNED_V6)?,
+            flows: open_typed(paths, n::FLOWS)?,
+            floor: None,
         })
+    }
+
+    /// Sets the host floor that every sandbox applied from now on gets.
+    pub fn set_floor(&mut self, floor: Option<CompiledPolicy>) {
+        self.floor = floor;
+    }
+
+    pub fn floor(&self) -> Option<&CompiledPolicy> {
+        self.floor.as_ref()
     }
 
     /// Writes a sandbox's policy: a fresh policy id, its prefixes, zeroed counters, and last
@@ -349,12 +367,95 @@ impl Enforcement {
         policy: &CompiledPolicy,
         ports: (u16, u16),
     ) -> Result<u32> {
-        let policy_id = self.allocate_policy_id(cgroup_id)?;
-        let result = self.write_policy(cgroup_id, policy_id, policy, ports);
+        self.apply_layered(cgroup_id, policy, ports, None)
+    }
+
+    /// As [`Enforcement::apply`], with a ceiling: the entry of the sandbox an exec runs in,
+    /// whose own policy and floor become this entry's outer layers (owned by that sandbox).
+    pub fn apply_layered(
+        &mut self,
+        cgroup_id: u64,
+        policy: &CompiledPolicy,
+        ports: (u16, u16),
+        ceiling: Option<&SandboxEntry>,
+    ) -> Result<u32> {
+        let policy_id = self.install_policy(cgroup_id, policy)?;
+        let outer = match ceiling {
+            Some(c) => Ok([c.own(), c.outer[1]]),
+            None => self
+                .install_floor(cgroup_id)
+                .map(|floor| [Layer::default(), floor]),
+        };
+        let result = outer.and_then(|outer| {
+            let mut entry = policy.sandbox_entry(policy_id, ports.0, ports.1);
+            entry.outer = outer;
+            self.zero_counters(cgroup_id)?;
+            self.sandboxes
+                .insert(cgroup_id, entry, 0)
+                .map_err(map_err(map_names::SANDBOXES))
+        });
         if result.is_err() {
             self.remove(cgroup_id, policy_id, Some(policy));
         }
         result.map(|()| policy_id)
+    }
+
+    /// Replaces a live sandbox's policy: the new rules go in under a fresh policy id, then one
+    /// map update switches the sandbox (and every entry that has it as a ceiling, `dependents`)
+    /// to them, then the old rules go. New connections see either policy whole, never a mix.
+    /// Returns the new policy id.
+    pub fn replace_policy(
+        &mut self,
+        cgroup_id: u64,
+        old: (u32, &CompiledPolicy),
+        new: &CompiledPolicy,
+        ports: (u16, u16),
+        dependents: &[u64],
+    ) -> Result<u32> {
+        let current = self
+            .sandbox_entry(cgroup_id)
+            .ok_or(EnforcementError::NoSandboxEntry { cgroup_id })?;
+        let policy_id = self.install_policy(cgroup_id, new)?;
+        let mut entry = new.sandbox_entry(policy_id, ports.0, ports.1);
+        entry.outer = current.outer;
+        if let Err(e) = self
+            .sandboxes
+            .insert(cgroup_id, entry, 0)
+            .map_err(map_err(map_names::SANDBOXES))
+        {
+            self.uninstall_policy(policy_id, Some(new));
+            return Err(e);
+        }
+        for &dependent in dependents {
+            if let Some(mut d) = self.sandbox_entry(dependent) {
+                d.outer[0] = entry.own();
+                let _ = self.sandboxes.insert(dependent, d, 0);
+            }
+        }
+        self.uninstall_policy(old.0, Some(old.1));
+        Ok(policy_id)
+    }
+
+    /// Installs a policy's rules under a fresh id owned by `owner_cgroup`; on error nothing
+    /// stays.
+    fn install_policy(&mut self, owner_cgroup: u64, policy: &CompiledPolicy) -> Result<u32> {
+        let policy_id = self.allocate_policy_id(owner_cgroup)?;
+        let result = self.write_rules(policy_id, policy);
+        if result.is_err() {
+            self.uninstall_policy(policy_id, Some(policy));
+        }
+        result.map(|()| policy_id)
+    }
+
+    /// The floor as an outer layer owned by `cgroup_id` (an unused slot without a floor).
+    fn install_floor(&mut self, cgroup_id: u64) -> Result<Layer> {
+        let Some(floor) = self.floor.take() else {
+            return Ok(Layer::default());
+        };
+        let result = self.install_policy(cgroup_id, &floor);
+        let layer = result.map(|id| floor.sandbox_entry(id, 0, 0).own());
+        self.floor = Some(floor);
+        layer
     }
 
     fn allocate_policy_id(&mut self, cgroup_id: u64) -> Result<u32> {
@@ -363,6 +464,10 @@ impl Enforcement {
             let mut bytes = [0u8; 4];
             getrandom(&mut bytes);
             let id = u32::from_ne_bytes(bytes);
+            // 0 marks an unused outer layer.
+            if id == 0 {
+                continue;
+            }
             match self.policy_ids.insert(id, cgroup_id, BPF_NOEXIST) {
                 Ok(()) => return Ok(id),
                 Err(MapError::SyscallError(e))
@@ -373,13 +478,7 @@ impl Enforcement {
         Err(EnforcementError::PolicyIdsExhausted { tried: TRIES })
     }
 
-    fn write_policy(
-        &mut self,
-        cgroup_id: u64,
-        policy_id: u32,
-        policy: &CompiledPolicy,
-        (dns_port, proxy_port): (u16, u16),
-    ) -> Result<()> {
+    fn write_rules(&mut self, policy_id: u32, policy: &CompiledPolicy) -> Result<()> {
         insert_nets(
             &mut self.allow_v4,
             map_names::ALLOW_V4,
@@ -403,7 +502,10 @@ impl Enforcement {
             map_names::DENY_V6,
             &policy.deny_v6,
             v6_key(policy_id),
-        )?;
+        )
+    }
+
+    fn zero_counters(&mut self, cgroup_id: u64) -> Result<()> {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| EnforcementError::Io {
             action: "count",
             path: "/sys/devices/system/cpu/possible".into(),
@@ -418,22 +520,31 @@ impl Enforcement {
         })?;
         self.counters
             .insert(cgroup_id, zero, 0)
-            .map_err(map_err(map_names::COUNTERS))?;
-        self.sandboxes
-            .insert(
-                cgroup_id,
-                policy.sandbox_entry(policy_id, dns_port, proxy_port),
-                0,
-            )
-            .map_err(map_err(map_names::SANDBOXES))
+            .map_err(map_err(map_names::COUNTERS))
     }
 
     /// Removes a sandbox's entries: first the SANDBOXES entry (from then on the kernel denies
-    /// everything for that cgroup), then its rules and counters. With `policy` unknown (a
-    /// sandbox whose agent died), the tries are scanned for the policy id. Best effort: every
-    /// step runs even if an earlier one failed.
+    /// everything for that cgroup), then its rules, the outer layers it owns (its floor) and
+    /// its counters. With `policy` unknown (a sandbox whose agent died), the tries are scanned
+    /// for the policy id. Best effort: every step runs even if an earlier one failed.
     pub fn remove(&mut self, cgroup_id: u64, policy_id: u32, policy: Option<&CompiledPolicy>) {
+        let entry = self.sandbox_entry(cgroup_id);
         let _ = self.sandboxes.remove(&cgroup_id);
+        self.uninstall_policy(policy_id, policy);
+        for layer in entry.map(|e| e.outer).unwrap_or_default() {
+            if layer.policy_id != 0
+                && self.policy_ids.get(&layer.policy_id, 0).ok() == Some(cgroup_id)
+            {
+                let floor = self.floor.take();
+                self.uninstall_policy(layer.policy_id, floor.as_ref());
+                self.floor = floor;
+            }
+        }
+        let _ = self.counters.remove(&cgroup_id);
+    }
+
+    /// Removes a policy's rules, learned addresses, learned-connection marks and id.
+    fn uninstall_policy(&mut self, policy_id: u32, policy: Option<&CompiledPolicy>) {
         if let Some(p) = policy {
             remove_nets(&mut self.allow_v4, &p.allow_v4, v4_key(policy_id));
             remove_nets(&mut self.deny_v4, &p.deny_v4, v4_key(policy_id));
@@ -447,8 +558,56 @@ impl Enforcement {
         }
         remove_learned_where(&mut self.learned_v4, |k, _| k.policy_id == policy_id);
         remove_learned_where(&mut self.learned_v6, |k, _| k.policy_id == policy_id);
-        let _ = self.counters.remove(&cgroup_id);
         let _ = self.policy_ids.remove(&policy_id);
+    }
+
+    /// Moves learned addresses and learned-connection marks from one policy id to another,
+    /// keeping those `keep` says the new policy still permits and dropping the rest (their
+    /// packets are dropped from then on). Returns the peers whose connections lost their mark.
+    pub fn carry_learned(
+        &mut self,
+        from: u32,
+        to: u32,
+        keep: impl Fn(std::net::IpAddr) -> bool,
+    ) -> Vec<std::net::IpAddr> {
+        let v4: Vec<(LearnedV4, u64)> = self.learned_v4.iter().filter_map(Result::ok).collect();
+        for (k, expiry) in v4.into_iter().filter(|(k, _)| k.policy_id == from) {
+            if keep(std::net::IpAddr::V4(k.addr.into())) {
+                let _ = self
+                    .learned_v4
+                    .insert(LearnedV4 { policy_id: to, ..k }, expiry, 0);
+            }
+        }
+        let v6: Vec<(LearnedV6, u64)> = self.learned_v6.iter().filter_map(Result::ok).collect();
+        for (k, expiry) in v6.into_iter().filter(|(k, _)| k.policy_id == from) {
+            if keep(std::net::IpAddr::V6(k.addr.into())) {
+                let _ = self
+                    .learned_v6
+                    .insert(LearnedV6 { policy_id: to, ..k }, expiry, 0);
+            }
+        }
+        let marks: Vec<(u64, FlowMark)> = self.flows.iter().filter_map(Result::ok).collect();
+        let mut cut = Vec::new();
+        for (cookie, mark) in marks {
+            if mark.kind != FlowKind::Learned as u32 || mark.policy_id != from {
+                continue;
+            }
+            let peer = canonical(std::net::IpAddr::V6(mark.peer.into()));
+            if keep(peer) {
+                let _ = self.flows.insert(
+                    cookie,
+                    FlowMark {
+                        policy_id: to,
+                        ..mark
+                    },
+                    0,
+                );
+            } else {
+                let _ = self.flows.remove(&cookie);
+                cut.push(peer);
+            }
+        }
+        cut
     }
 
     /// Counters of one sandbox, summed over CPUs.
@@ -785,36 +944,44 @@ impl AgentMaps {
         remove_learned_where(&mut self.learned_v6, |k, e| expired(k.policy_id, e));
     }
 
-    /// The kernel's address verdict for a sandbox: the same lookups and the same
+    /// The kernel's address verdict for a sandbox: the same lookups, layers and
     /// `sandbox_common::decide`.
     pub fn address_verdict(&self, cgroup_id: u64, addr: std::net::IpAddr) -> Verdict {
         let Ok(entry) = self.sandboxes.get(&cgroup_id, 0) else {
             return Verdict::deny(Reason::UnknownSandbox);
         };
+        let mut verdict = self.layer_verdict(&entry.own(), addr);
+        for layer in entry.outer.iter().filter(|l| l.policy_id != 0) {
+            verdict = combine(verdict, self.layer_verdict(layer, addr));
+        }
+        verdict
+    }
+
+    fn layer_verdict(&self, layer: &Layer, addr: std::net::IpAddr) -> Verdict {
         let len = |r: std::result::Result<RuleValue, MapError>| r.ok().map(|v| v.prefix_len);
         match canonical(addr) {
             std::net::IpAddr::V4(a) => {
                 let key = Key::new(
                     POLICY_ID_BITS + 32,
-                    lpm_data_v4(entry.policy_id, a.octets()),
+                    lpm_data_v4(layer.policy_id, a.octets()),
                 );
                 decide(
-                    &entry,
+                    layer,
                     len(self.allow_v4.get(&key, 0)),
                     len(self.deny_v4.get(&key, 0)),
-                    loopback_min_v4(&entry, a.octets()),
+                    loopback_min_v4(layer, a.octets()),
                 )
             }
             std::net::IpAddr::V6(a) => {
                 let key = Key::new(
                     POLICY_ID_BITS + 128,
-                    lpm_data_v6(entry.policy_id, &a.octets()),
+                    lpm_data_v6(layer.policy_id, &a.octets()),
                 );
                 decide(
-                    &entry,
+                    layer,
                     len(self.allow_v6.get(&key, 0)),
                     len(self.deny_v6.get(&key, 0)),
-                    loopback_min_v6(&entry, &a.octets()),
+                    loopback_min_v6(layer, &a.octets()),
                 )
             }
         }

@@ -427,6 +427,7 @@ impl CompiledPolicy {
             guard_loopback: u32::from(self.mode != Mode::Open),
             dns_port: u32::from(dns_port),
             proxy_port: u32::from(proxy_port),
+            outer: [sandbox_common::Layer::default(); sandbox_common::MAX_OUTER_LAYERS],
         }
     }
 

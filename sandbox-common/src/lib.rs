@@ -25,8 +25,10 @@ pub mod map_names {
     pub const PROXY_CONNS: &str = "PROXY_CONNS";
     pub const LEARNED_V4: &str = "LEARNED_V4";
     pub const LEARNED_V6: &str = "LEARNED_V6";
+    pub const EVENTS: &str = "EVENTS";
+    pub const EVENT_BUDGET: &str = "EVENT_BUDGET";
     /// All maps but `META`, which is pinned last as the mark of a complete install.
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 14] = [
         SANDBOXES,
         ALLOW_V4,
         DENY_V4,
@@ -39,6 +41,8 @@ pub mod map_names {
         PROXY_CONNS,
         LEARNED_V4,
         LEARNED_V6,
+        EVENTS,
+        EVENT_BUDGET,
     ];
 }
 
@@ -134,6 +138,133 @@ pub struct SandboxEntry {
     /// has no domain rules. Non-zero: TCP to ports 80/443 that no CIDR allow rule covers is
     /// redirected there, and addresses in `LEARNED_*` are reachable on any TCP port.
     pub proxy_port: u32,
+    /// Further policies that must also allow a destination, checked after this one: the
+    /// sandbox's policy when this entry is an exec narrowed below it (its ceiling), and the
+    /// host floor. `policy_id` 0 marks an unused slot (ids are never 0).
+    pub outer: [Layer; MAX_OUTER_LAYERS],
+}
+
+/// Outer policies a sandbox entry can carry: a ceiling and the host floor.
+pub const MAX_OUTER_LAYERS: usize = 2;
+
+/// One policy's part of a decision: where its rules are and how they combine.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Layer {
+    pub policy_id: u32,
+    /// A [`DefaultVerdict`] as `u32`.
+    pub default_verdict: u32,
+    /// A [`Precedence`] as `u32`.
+    pub precedence: u32,
+    /// As [`SandboxEntry::guard_loopback`].
+    pub guard_loopback: u32,
+}
+
+impl Layer {
+    /// Whether the allow trie cannot change what this layer contributes as an outer layer
+    /// (an `open`, deny-wins layer such as the host floor: only its denials count, and
+    /// only deny rules make them): the kernel then skips that lookup.
+    #[inline(always)]
+    pub const fn deny_only(&self) -> bool {
+        self.default_verdict == DefaultVerdict::Allow as u32
+            && self.precedence == Precedence::DenyWins as u32
+            && self.guard_loopback == 0
+    }
+}
+
+impl SandboxEntry {
+    /// The entry's own policy as a layer.
+    #[inline(always)]
+    pub const fn own(&self) -> Layer {
+        Layer {
+            policy_id: self.policy_id,
+            default_verdict: self.default_verdict,
+            precedence: self.precedence,
+            guard_loopback: self.guard_loopback,
+        }
+    }
+}
+
+/// The verdict of a layered entry, given the verdict so far and the next layer's. Every layer
+/// must allow: the first denial stands. A `DefaultDeny` so far (which a learned address may
+/// still turn into a pass) gives way to an outer layer's explicit denial, so that an address
+/// a ceiling or the floor denies by rule is never reachable through a learned name.
+#[inline(always)]
+pub fn combine(so_far: Verdict, outer: Verdict) -> Verdict {
+    if outer.allow {
+        return so_far;
+    }
+    if so_far.allow
+        || (matches!(so_far.reason, Reason::DefaultDeny)
+            && !matches!(outer.reason, Reason::DefaultDeny))
+    {
+        return outer;
+    }
+    so_far
+}
+
+/// A denied verdict the kernel reports on the `EVENTS` ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VerdictEvent {
+    /// `CLOCK_BOOTTIME` nanoseconds.
+    pub boot_ns: u64,
+    pub cgroup_id: u64,
+    /// The peer, IPv6 or IPv4-mapped, network order.
+    pub peer: [u8; 16],
+    /// Destination port (host order) for connects and sends; 0 for packets.
+    pub port: u16,
+    /// An [`EventKind`] as `u16`.
+    pub kind: u16,
+    /// A [`Reason`] as `u32`.
+    pub reason: u32,
+}
+
+/// Where a denial happened.
+#[repr(u16)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// `connect()` refused with EPERM.
+    Connect = 1,
+    /// `sendto()`/`sendmsg()` refused with EPERM.
+    Send = 2,
+    /// An outgoing packet dropped.
+    Egress = 3,
+    /// An incoming packet dropped.
+    Ingress = 4,
+}
+
+/// Per-CPU state of the event rate limit (`EVENT_BUDGET`): events sent in the current
+/// one-second window, and events suppressed since load (a flood costs the host a counter
+/// increment, not a ring-buffer record).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventBudget {
+    pub window_start_ns: u64,
+    pub sent_in_window: u64,
+    pub suppressed: u64,
+}
+
+/// Events each CPU may send per second; past it they are counted in
+/// [`EventBudget::suppressed`] only.
+pub const EVENTS_PER_CPU_PER_SECOND: u64 = 1000;
+/// Size of the `EVENTS` ring buffer (a power of two, a multiple of the page size).
+pub const EVENTS_RING_BYTES: u32 = 256 * 1024;
+
+/// Whether an event may be sent now, updating the budget: a fixed one-second window.
+#[inline(always)]
+pub fn spend_event_budget(budget: &mut EventBudget, now_ns: u64) -> bool {
+    if now_ns.wrapping_sub(budget.window_start_ns) >= 1_000_000_000 {
+        budget.window_start_ns = now_ns;
+        budget.sent_in_window = 0;
+    }
+    if budget.sent_in_window < EVENTS_PER_CPU_PER_SECOND {
+        budget.sent_in_window += 1;
+        true
+    } else {
+        budget.suppressed += 1;
+        false
+    }
 }
 
 /// Why a socket is in `FLOWS`: the packet programs let its traffic through although the
@@ -159,8 +290,9 @@ pub enum FlowKind {
 pub struct FlowMark {
     /// A [`FlowKind`] as `u32`.
     pub kind: u32,
-    /// Explicit padding, always zero.
-    pub pad: u32,
+    /// [`FlowKind::Learned`]: the policy under which the address was learned, so that a
+    /// policy change can find the connections it must cut. Zero otherwise.
+    pub policy_id: u32,
     /// [`FlowKind::Learned`]: the peer, IPv6 or IPv4-mapped, network order. Zero otherwise
     /// (the other kinds pass only with loopback peers, the agent).
     pub peer: [u8; 16],
@@ -294,7 +426,7 @@ pub const LOOPBACK_V6_MIN_PREFIX: u32 = 128;
 
 /// [`decide`]'s `loopback_min` for an IPv4 destination of a sandbox.
 #[inline(always)]
-pub const fn loopback_min_v4(entry: &SandboxEntry, addr: [u8; 4]) -> u32 {
+pub const fn loopback_min_v4(entry: &Layer, addr: [u8; 4]) -> u32 {
     if entry.guard_loopback != 0 && is_loopback_v4(addr) {
         LOOPBACK_V4_MIN_PREFIX
     } else {
@@ -304,7 +436,7 @@ pub const fn loopback_min_v4(entry: &SandboxEntry, addr: [u8; 4]) -> u32 {
 
 /// [`decide`]'s `loopback_min` for an IPv6 destination of a sandbox.
 #[inline(always)]
-pub const fn loopback_min_v6(entry: &SandboxEntry, addr: &[u8; 16]) -> u32 {
+pub const fn loopback_min_v6(entry: &Layer, addr: &[u8; 16]) -> u32 {
     if entry.guard_loopback != 0 && is_loopback_v6(addr) {
         LOOPBACK_V6_MIN_PREFIX
     } else {
@@ -362,7 +494,7 @@ pub const fn v4_mapped(addr: &[u8; 16]) -> Option<[u8; 4]> {
 ///    prefix and denies on a tie.
 #[inline(always)]
 pub fn decide(
-    entry: &SandboxEntry,
+    entry: &Layer,
     allow_len: Option<u32>,
     deny_len: Option<u32>,
     loopback_min: u32,
@@ -518,7 +650,9 @@ pub const fn lpm_data_v6(policy_id: u32, addr: &[u8; 16]) -> LpmDataV6 {
     out
 }
 
-const _: () = assert!(core::mem::size_of::<SandboxEntry>() == 24);
+const _: () = assert!(core::mem::size_of::<SandboxEntry>() == 56);
+const _: () = assert!(core::mem::size_of::<VerdictEvent>() == 40);
+const _: () = assert!(core::mem::size_of::<EventBudget>() == 24);
 const _: () = assert!(core::mem::size_of::<Counters>() == 72);
 const _: () = assert!(core::mem::size_of::<OrigDst>() == 40);
 const _: () = assert!(core::mem::size_of::<ProxyKey>() == 8);
@@ -530,8 +664,14 @@ const _: () = assert!(core::mem::size_of::<RuleValue>() == 4);
 #[cfg(feature = "user")]
 mod user {
     use super::{
-        Counters, FlowMark, LearnedV4, LearnedV6, OrigDst, ProxyKey, RuleValue, SandboxEntry,
+        Counters, EventBudget, FlowMark, LearnedV4, LearnedV6, OrigDst, ProxyKey, RuleValue,
+        SandboxEntry, VerdictEvent,
     };
+
+    // SAFETY: plain `#[repr(C)]` structs of integers without padding.
+    unsafe impl aya::Pod for EventBudget {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for VerdictEvent {}
 
     // SAFETY: plain `#[repr(C)]` structs of integers without padding.
     unsafe impl aya::Pod for SandboxEntry {}
@@ -563,19 +703,76 @@ mod tests {
             guard_loopback: 1,
             dns_port: 0,
             proxy_port: 0,
+            outer: [Layer::default(); MAX_OUTER_LAYERS],
         }
+    }
+
+    #[test]
+    fn layers_combine_to_the_first_denial() {
+        let allow = Verdict::allow(Reason::AllowRule);
+        let default_deny = Verdict::deny(Reason::DefaultDeny);
+        let rule_deny = Verdict::deny(Reason::DenyRule);
+        // Every layer must allow; an allowing outer layer keeps the inner reason (the proxy
+        // redirect depends on whether an allow rule decided).
+        assert_eq!(combine(allow, Verdict::allow(Reason::DefaultAllow)), allow);
+        assert_eq!(combine(allow, default_deny), default_deny);
+        assert_eq!(combine(allow, rule_deny), rule_deny);
+        // A default deny (still open to learned addresses) yields to an explicit outer deny,
+        // which learned addresses cannot pass; other denials stand.
+        assert_eq!(combine(default_deny, rule_deny), rule_deny);
+        assert_eq!(combine(default_deny, default_deny), default_deny);
+        assert_eq!(combine(rule_deny, default_deny), rule_deny);
+        let tie = Verdict::deny(Reason::Tie);
+        assert_eq!(combine(tie, rule_deny), tie);
+    }
+
+    #[test]
+    fn event_budget_limits_each_window() {
+        let mut b = EventBudget::default();
+        let start = 5_000_000_000;
+        let sent = (0..EVENTS_PER_CPU_PER_SECOND + 10)
+            .filter(|_| spend_event_budget(&mut b, start))
+            .count();
+        assert_eq!(sent as u64, EVENTS_PER_CPU_PER_SECOND);
+        assert_eq!(b.suppressed, 10);
+        assert!(spend_event_budget(&mut b, start + 1_000_000_000));
+        assert_eq!(b.sent_in_window, 1);
+    }
+
+    #[test]
+    fn floor_layers_skip_the_allow_lookup() {
+        let floor = Layer {
+            policy_id: 3,
+            default_verdict: DefaultVerdict::Allow as u32,
+            precedence: Precedence::DenyWins as u32,
+            guard_loopback: 0,
+        };
+        assert!(floor.deny_only());
+        // The allow length cannot change what a deny-only outer layer contributes.
+        let so_far = Verdict::allow(Reason::AllowRule);
+        for deny in [None, Some(0), Some(32)] {
+            assert_eq!(
+                combine(so_far, decide(&floor, None, deny, 0)),
+                combine(so_far, decide(&floor, Some(16), deny, 0))
+            );
+        }
+        assert!(
+            !entry(DefaultVerdict::Deny, Precedence::DenyWins)
+                .own()
+                .deny_only()
+        );
     }
 
     #[test]
     fn no_match_takes_the_default() {
         let e = entry(DefaultVerdict::Deny, Precedence::DenyWins);
         assert_eq!(
-            decide(&e, None, None, 0),
+            decide(&e.own(), None, None, 0),
             Verdict::deny(Reason::DefaultDeny)
         );
         let e = entry(DefaultVerdict::Allow, Precedence::DenyWins);
         assert_eq!(
-            decide(&e, None, None, 0),
+            decide(&e.own(), None, None, 0),
             Verdict::allow(Reason::DefaultAllow)
         );
     }
@@ -588,22 +785,22 @@ mod tests {
             Precedence::MostSpecific,
         ] {
             let e = entry(DefaultVerdict::Deny, p);
-            assert!(decide(&e, Some(8), None, 0).allow);
-            assert!(!decide(&e, None, Some(8), 0).allow);
+            assert!(decide(&e.own(), Some(8), None, 0).allow);
+            assert!(!decide(&e.own(), None, Some(8), 0).allow);
         }
     }
 
     #[test]
     fn precedence_settles_conflicts() {
         let deny_wins = entry(DefaultVerdict::Deny, Precedence::DenyWins);
-        assert!(!decide(&deny_wins, Some(32), Some(8), 0).allow);
+        assert!(!decide(&deny_wins.own(), Some(32), Some(8), 0).allow);
         let allow_wins = entry(DefaultVerdict::Deny, Precedence::AllowWins);
-        assert!(decide(&allow_wins, Some(8), Some(32), 0).allow);
+        assert!(decide(&allow_wins.own(), Some(8), Some(32), 0).allow);
         let specific = entry(DefaultVerdict::Deny, Precedence::MostSpecific);
-        assert!(decide(&specific, Some(24), Some(16), 0).allow);
-        assert!(!decide(&specific, Some(16), Some(24), 0).allow);
+        assert!(decide(&specific.own(), Some(24), Some(16), 0).allow);
+        assert!(!decide(&specific.own(), Some(16), Some(24), 0).allow);
         assert_eq!(
-            decide(&specific, Some(16), Some(16), 0),
+            decide(&specific.own(), Some(16), Some(16), 0),
             Verdict::deny(Reason::Tie)
         );
     }
@@ -612,7 +809,7 @@ mod tests {
     fn unknown_precedence_fails_closed() {
         let mut e = entry(DefaultVerdict::Allow, Precedence::AllowWins);
         e.precedence = 99;
-        assert!(!decide(&e, Some(32), Some(0), 0).allow);
+        assert!(!decide(&e.own(), Some(32), Some(0), 0).allow);
     }
 
     #[test]
@@ -620,13 +817,13 @@ mod tests {
         let e = entry(DefaultVerdict::Allow, Precedence::DenyWins);
         // `@all` (a /0 rule) does not open loopback...
         assert_eq!(
-            decide(&e, Some(0), None, LOOPBACK_V4_MIN_PREFIX),
+            decide(&e.own(), Some(0), None, LOOPBACK_V4_MIN_PREFIX),
             Verdict::deny(Reason::LoopbackNotNamed)
         );
         // ...127.0.0.0/8 or a longer rule does.
-        assert!(decide(&e, Some(8), None, LOOPBACK_V4_MIN_PREFIX).allow);
-        assert!(!decide(&e, Some(64), None, LOOPBACK_V6_MIN_PREFIX).allow);
-        assert!(decide(&e, Some(128), None, LOOPBACK_V6_MIN_PREFIX).allow);
+        assert!(decide(&e.own(), Some(8), None, LOOPBACK_V4_MIN_PREFIX).allow);
+        assert!(!decide(&e.own(), Some(64), None, LOOPBACK_V6_MIN_PREFIX).allow);
+        assert!(decide(&e.own(), Some(128), None, LOOPBACK_V6_MIN_PREFIX).allow);
     }
 
     #[test]

@@ -34,15 +34,18 @@ use aya_ebpf::{
         bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_skb_cgroup_id,
     },
     macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, map, sock_ops},
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuHashMap, lpm_trie::Key},
+    maps::{
+        Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key,
+    },
     programs::{SkBuffContext, SockAddrContext, SockContext, SockOpsContext},
 };
 use sandbox_common::{
-    Counters, DEFAULT_MAX_PREFIXES, FlowKind, FlowMark, LearnedV4, LearnedV6, LpmDataV4, LpmDataV6,
-    MAX_FLOWS, MAX_LEARNED, MAX_PROXY_CONNS, MAX_SANDBOXES, OrigDst, POLICY_ID_BITS, ProxyKey,
-    Reason, RuleValue, SandboxEntry, SockAddrAction, SocketKind, Verdict, decide, is_loopback_v4,
+    Counters, DEFAULT_MAX_PREFIXES, EVENTS_RING_BYTES, EventBudget, EventKind, FlowKind, FlowMark,
+    Layer, LearnedV4, LearnedV6, LpmDataV4, LpmDataV6, MAX_FLOWS, MAX_LEARNED, MAX_PROXY_CONNS,
+    MAX_SANDBOXES, OrigDst, POLICY_ID_BITS, ProxyKey, Reason, RuleValue, SandboxEntry,
+    SockAddrAction, SocketKind, Verdict, VerdictEvent, combine, decide, is_loopback_v4,
     is_loopback_v6, loopback_min_v4, loopback_min_v6, lpm_data_v4, lpm_data_v6, sock_addr_action,
-    v4_mapped,
+    spend_event_budget, v4_mapped,
 };
 
 #[map]
@@ -86,7 +89,23 @@ static LEARNED_V4: HashMap<LearnedV4, u64> =
 static LEARNED_V6: HashMap<LearnedV6, u64> =
     HashMap::with_max_entries(MAX_LEARNED, BPF_F_NO_PREALLOC);
 
+/// Denied verdicts for the agent's event stream, rate-limited per CPU (`EVENT_BUDGET`).
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
+#[map]
+static EVENT_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::with_max_entries(1, 0);
+
 const PASS: i32 = 1;
+/// No matching rule (prefix lengths are at most 128).
+const NO_RULE: u32 = u32::MAX;
+
+/// The value through the stack, so that the compiler cannot fold the sentinel back into an
+/// `Option` whose payload register is unset on one path (the verifier refuses to read it).
+#[inline(always)]
+fn defined(v: u32) -> u32 {
+    // SAFETY: reading a valid local.
+    unsafe { core::ptr::read_volatile(&raw const v) }
+}
 const DROP: i32 = 0;
 
 const IPV4_SRC: usize = 12;
@@ -119,10 +138,27 @@ fn decide_v4(cgroup_id: u64, addr: [u8; 4]) -> Verdict {
 }
 
 fn decide_v4_for(entry: &SandboxEntry, addr: [u8; 4]) -> Verdict {
-    let key = Key::new(POLICY_ID_BITS + 32, lpm_data_v4(entry.policy_id, addr));
-    let allow = ALLOW_V4.get(&key).map(|v| v.prefix_len);
+    let mut verdict = layer_v4(&entry.own(), addr, false);
+    // Outer layers (a ceiling, the host floor): every one must allow too.
+    for layer in &entry.outer {
+        if layer.policy_id != 0 {
+            verdict = combine(verdict, layer_v4(layer, addr, layer.deny_only()));
+        }
+    }
+    verdict
+}
+
+fn layer_v4(layer: &Layer, addr: [u8; 4], deny_only: bool) -> Verdict {
+    let key = Key::new(POLICY_ID_BITS + 32, lpm_data_v4(layer.policy_id, addr));
+    let allow = if deny_only {
+        NO_RULE
+    } else {
+        ALLOW_V4.get(&key).map_or(NO_RULE, |v| v.prefix_len)
+    };
+    let allow = defined(allow);
+    let allow = (allow != NO_RULE).then_some(allow);
     let deny = DENY_V4.get(&key).map(|v| v.prefix_len);
-    decide(entry, allow, deny, loopback_min_v4(entry, addr))
+    decide(layer, allow, deny, loopback_min_v4(layer, addr))
 }
 
 fn decide_v6(cgroup_id: u64, addr: &[u8; 16]) -> Verdict {
@@ -137,10 +173,50 @@ fn decide_v6_for(entry: &SandboxEntry, addr: &[u8; 16]) -> Verdict {
     if let Some(v4) = v4_mapped(addr) {
         return decide_v4_for(entry, v4);
     }
-    let key = Key::new(POLICY_ID_BITS + 128, lpm_data_v6(entry.policy_id, addr));
-    let allow = ALLOW_V6.get(&key).map(|v| v.prefix_len);
+    let mut verdict = layer_v6(&entry.own(), addr, false);
+    for layer in &entry.outer {
+        if layer.policy_id != 0 {
+            verdict = combine(verdict, layer_v6(layer, addr, layer.deny_only()));
+        }
+    }
+    verdict
+}
+
+fn layer_v6(layer: &Layer, addr: &[u8; 16], deny_only: bool) -> Verdict {
+    let key = Key::new(POLICY_ID_BITS + 128, lpm_data_v6(layer.policy_id, addr));
+    let allow = if deny_only {
+        NO_RULE
+    } else {
+        ALLOW_V6.get(&key).map_or(NO_RULE, |v| v.prefix_len)
+    };
+    let allow = defined(allow);
+    let allow = (allow != NO_RULE).then_some(allow);
     let deny = DENY_V6.get(&key).map(|v| v.prefix_len);
-    decide(entry, allow, deny, loopback_min_v6(entry, addr))
+    decide(layer, allow, deny, loopback_min_v6(layer, addr))
+}
+
+/// Reports a denial on the ring buffer, within the CPU's budget. Off the allow path, and
+/// without formatting: a flood of denials costs a counter increment each.
+fn report(cgroup_id: u64, kind: EventKind, peer: [u8; 16], port: u16, reason: Reason) {
+    let Some(budget) = EVENT_BUDGET.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: a helper without preconditions.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    // SAFETY: this CPU's value; no other writer while the program runs.
+    if !spend_event_budget(unsafe { &mut *budget }, now) {
+        return;
+    }
+    let event = VerdictEvent {
+        boot_ns: now,
+        cgroup_id,
+        peer,
+        port,
+        kind: kind as u16,
+        reason: reason as u32,
+    };
+    // A full ring drops the event: the agent is slow or gone, and the host comes first.
+    let _ = EVENTS.output::<VerdictEvent>(&event, 0);
 }
 
 fn count_packet(cgroup_id: u64, allowed: bool, bytes: u32) {
@@ -232,6 +308,13 @@ fn try_skb(ctx: &SkBuffContext, direction: Direction) -> Result<Verdict, i64> {
         }
     }
     count_packet(cgroup_id, verdict.allow, ctx.len());
+    if !verdict.allow {
+        let kind = match direction {
+            Direction::Egress => EventKind::Egress,
+            Direction::Ingress => EventKind::Ingress,
+        };
+        report(cgroup_id, kind, peer, 0, verdict.reason);
+    }
     Ok(verdict)
 }
 
@@ -298,10 +381,10 @@ fn learned_v6(policy_id: u32, addr: [u8; 16]) -> bool {
     }
 }
 
-fn mark_flow(cookie: u64, kind: FlowKind, peer: [u8; 16]) -> bool {
+fn mark_flow(cookie: u64, kind: FlowKind, policy_id: u32, peer: [u8; 16]) -> bool {
     let mark = FlowMark {
         kind: kind as u32,
-        pad: 0,
+        policy_id,
         peer,
     };
     FLOWS.insert(cookie, mark, 0).is_ok()
@@ -329,30 +412,36 @@ fn record_redirect(
         pad: 0,
         cgroup_id,
     };
-    ORIG_DST.insert(cookie, dst, 0).is_ok() && mark_flow(cookie, kind, [0; 16])
+    ORIG_DST.insert(cookie, dst, 0).is_ok() && mark_flow(cookie, kind, 0, [0; 16])
 }
 
-fn refuse(cgroup_id: u64, call: Call) -> i32 {
-    count(
-        cgroup_id,
-        match call {
-            Call::Connect => Event::DeniedConnect,
-            Call::Send => Event::DeniedSend,
-        },
-    );
+fn refuse(cgroup_id: u64, call: Call, peer: [u8; 16], port: u16, reason: Reason) -> i32 {
+    let (event, kind) = match call {
+        Call::Connect => (Event::DeniedConnect, EventKind::Connect),
+        Call::Send => (Event::DeniedSend, EventKind::Send),
+    };
+    count(cgroup_id, event);
+    report(cgroup_id, kind, peer, port, reason);
     // 0 makes the syscall fail with EPERM.
     DROP
 }
 
 /// Lets a TCP connect to a learned address through, marking the socket with that one peer.
-fn pass_learned(ctx: &SockAddrContext, cgroup_id: u64, call: Call, peer: [u8; 16]) -> i32 {
+fn pass_learned(
+    ctx: &SockAddrContext,
+    cgroup_id: u64,
+    policy_id: u32,
+    call: Call,
+    peer: [u8; 16],
+    port: u16,
+) -> i32 {
     // SAFETY: as in `record_redirect`.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    if mark_flow(cookie, FlowKind::Learned, peer) {
+    if mark_flow(cookie, FlowKind::Learned, policy_id, peer) {
         count(cgroup_id, Event::LearnedConnect);
         PASS
     } else {
-        refuse(cgroup_id, call)
+        refuse(cgroup_id, call, peer, port, Reason::LearnedAddress)
     }
 }
 
@@ -387,14 +476,14 @@ fn socket_kind(ctx: &SockAddrContext, call: Call) -> SocketKind {
 fn sock_addr_v4(ctx: &SockAddrContext, call: Call) -> i32 {
     // SAFETY: helper without preconditions; sock_addr programs run in the caller's context.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    let Some(entry) = sandbox(cgroup_id) else {
-        return refuse(cgroup_id, call);
-    };
     // SAFETY: the context pointer is valid for the program's run; the field is readable in
     // connect4/sendmsg4. The u32 holds the address in network order, so its in-memory bytes
     // are the address bytes.
     let addr = unsafe { (*ctx.sock_addr).user_ip4 }.to_ne_bytes();
     let port = user_port(ctx);
+    let Some(entry) = sandbox(cgroup_id) else {
+        return refuse(cgroup_id, call, mapped(addr), port, Reason::UnknownSandbox);
+    };
     let verdict = decide_v4_for(&entry, addr);
     let action = sock_addr_action(
         &entry,
@@ -406,11 +495,13 @@ fn sock_addr_v4(ctx: &SockAddrContext, call: Call) -> i32 {
     );
     match action {
         SockAddrAction::Pass => PASS,
-        SockAddrAction::Deny => refuse(cgroup_id, call),
-        SockAddrAction::PassLearned => pass_learned(ctx, cgroup_id, call, mapped(addr)),
+        SockAddrAction::Deny => refuse(cgroup_id, call, mapped(addr), port, verdict.reason),
+        SockAddrAction::PassLearned => {
+            pass_learned(ctx, cgroup_id, entry.policy_id, call, mapped(addr), port)
+        }
         SockAddrAction::Redirect { port: to, kind } => {
             if !record_redirect(ctx, cgroup_id, mapped(addr), port, to, kind, 4) {
-                return refuse(cgroup_id, call);
+                return refuse(cgroup_id, call, mapped(addr), port, Reason::AgentFlow);
             }
             // SAFETY: writable fields of connect4/sendmsg4, each written whole.
             unsafe {
@@ -463,11 +554,11 @@ fn write_ip6(ctx: &SockAddrContext, addr: &[u8; 16]) {
 fn sock_addr_v6(ctx: &SockAddrContext, call: Call) -> i32 {
     // SAFETY: as in `sock_addr_v4`.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    let Some(entry) = sandbox(cgroup_id) else {
-        return refuse(cgroup_id, call);
-    };
     let addr = read_ip6(ctx);
     let port = user_port(ctx);
+    let Some(entry) = sandbox(cgroup_id) else {
+        return refuse(cgroup_id, call, addr, port, Reason::UnknownSandbox);
+    };
     let v4 = v4_mapped(&addr);
     let loopback = match v4 {
         Some(a) => is_loopback_v4(a),
@@ -487,8 +578,10 @@ fn sock_addr_v6(ctx: &SockAddrContext, call: Call) -> i32 {
     );
     match action {
         SockAddrAction::Pass => PASS,
-        SockAddrAction::Deny => refuse(cgroup_id, call),
-        SockAddrAction::PassLearned => pass_learned(ctx, cgroup_id, call, addr),
+        SockAddrAction::Deny => refuse(cgroup_id, call, addr, port, verdict.reason),
+        SockAddrAction::PassLearned => {
+            pass_learned(ctx, cgroup_id, entry.policy_id, call, addr, port)
+        }
         SockAddrAction::Redirect { port: to, kind } => {
             // A mapped destination is IPv4 on the wire: redirect to ::ffff:127.0.0.1.
             let (target, family) = match v4 {
@@ -496,7 +589,7 @@ fn sock_addr_v6(ctx: &SockAddrContext, call: Call) -> i32 {
                 None => (LOCALHOST_V6, 6),
             };
             if !record_redirect(ctx, cgroup_id, addr, port, to, kind, family) {
-                return refuse(cgroup_id, call);
+                return refuse(cgroup_id, call, addr, port, Reason::AgentFlow);
             }
             write_ip6(ctx, &target);
             // SAFETY: as in `sock_addr_v4`.

@@ -255,7 +255,8 @@ fn nix_kill(pid: u32, sig: i32) {
 
 /// Every program is loaded and verified, and its verifier cost is printed so that growth
 /// shows in review (cilium's complexity tests do the same). The bound is far below the
-/// kernel's 1M limit, to catch an accidental loop over rules.
+/// kernel's 1M limit, to catch an accidental loop over rules. The outer layers (a ceiling and
+/// the host floor, each a fixed number of lookups) took the packet programs from ~10k to ~40k.
 #[test]
 fn verifier_budget() {
     let st = state();
@@ -272,7 +273,7 @@ fn verifier_budget() {
             p["name"], p["translated_bytes"]
         );
         assert!(
-            insns < 20_000,
+            insns < 100_000,
             "{} needs {insns} verified instructions",
             p["name"]
         );
