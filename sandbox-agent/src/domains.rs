@@ -9,7 +9,7 @@ use std::{
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, OnceLock},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -73,12 +73,21 @@ pub struct Bound {
 /// What the resolver and the proxy of one sandbox share.
 pub struct Shared {
     pub sandbox_id: String,
-    pub policy: CompiledPolicy,
+    /// The policies a name must pass, innermost first: the sandbox's (or an exec's) own,
+    /// then its ceiling and the host floor. Replaced whole on a live policy change.
+    layers: std::sync::RwLock<Vec<Arc<CompiledPolicy>>>,
+    /// Bumped on every policy change: open proxied connections re-check themselves.
+    pub policy_epoch: tokio::sync::watch::Sender<u64>,
+    /// Proxied connections open now (the sandbox is not idle while one is).
+    pub open_connections: std::sync::atomic::AtomicUsize,
+    /// The names each learned address was handed out for, so that a policy change keeps
+    /// exactly the addresses of names it still allows.
+    learned_names: Mutex<HashMap<IpAddr, std::collections::BTreeSet<String>>>,
     pub upstream: SocketAddr,
     pub upstream_proxy: Option<crate::proxy::upstream::UpstreamProxy>,
     pub events: Arc<Events>,
     pub maps: Mutex<AgentMaps>,
-    bound: OnceLock<Bound>,
+    bound: Mutex<Option<Bound>>,
     /// The proxy's own resolutions (the addresses it may connect to), kept for their TTL (within [`MIN_CACHED_TTL`] and
     /// [`MAX_CACHED_TTL`]), so that
     /// a connection does not wait for the upstream resolver every time.
@@ -115,7 +124,67 @@ pub enum AddressRefusal {
 
 impl Shared {
     pub fn bound(&self) -> Option<Bound> {
-        self.bound.get().copied()
+        self.bound.lock().ok().and_then(|b| *b)
+    }
+
+    /// The name verdict of every layer: the first denial, else the innermost allow.
+    pub fn decide_name(&self, name: &str) -> crate::policy::NameVerdict {
+        let layers = self
+            .layers
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut verdict = layers
+            .first()
+            .map(|p| p.decide_name(name))
+            .expect("a sandbox has its own policy");
+        for outer in layers.iter().skip(1) {
+            let v = outer.decide_name(name);
+            if verdict.allow && !v.allow {
+                verdict = v;
+            }
+        }
+        verdict
+    }
+
+    /// Records that the resolver handed `addr` out for `name`.
+    pub fn note_learned(&self, addr: IpAddr, name: &str) {
+        if let Ok(mut learned) = self.learned_names.lock() {
+            if learned.len() >= MAX_CACHED_NAMES * 4 {
+                learned.clear();
+            }
+            learned
+                .entry(crate::enforcement::canonical(addr))
+                .or_default()
+                .insert(name.to_owned());
+        }
+    }
+
+    /// Whether some name `addr` was handed out for is still allowed.
+    pub fn learned_still_allowed(&self, addr: IpAddr) -> bool {
+        let names: Vec<String> = self
+            .learned_names
+            .lock()
+            .ok()
+            .and_then(|l| l.get(&crate::enforcement::canonical(addr)).cloned())
+            .map(|n| n.into_iter().collect())
+            .unwrap_or_default();
+        names.iter().any(|n| self.decide_name(n).allow)
+    }
+
+    /// Switches to new layers and a new policy id (after the kernel switched), forgets the
+    /// proxy's resolutions, and tells open connections to re-check themselves.
+    pub fn replace_layers(&self, layers: Vec<Arc<CompiledPolicy>>, bound: Bound) {
+        *self
+            .layers
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = layers;
+        if let Ok(mut b) = self.bound.lock() {
+            *b = Some(bound);
+        }
+        if let Ok(mut cache) = self.resolved.lock() {
+            cache.clear();
+        }
+        self.policy_epoch.send_modify(|e| *e += 1);
     }
 
     /// The permitted addresses of `name` from a resolution by the proxy still within its TTL.
@@ -176,15 +245,18 @@ impl Shared {
 
 /// The running resolver and proxy of one sandbox. Dropping it stops them.
 pub struct DomainServices {
+    /// Its own runtime in embedded `run`; `None` in the daemon, which shares one.
     runtime: Option<Runtime>,
+    tasks: Vec<tokio::task::AbortHandle>,
     pub dns_port: u16,
     pub proxy_port: u16,
     pub shared: Arc<Shared>,
 }
 
 impl DomainServices {
-    /// Binds the loopback ports and starts serving. The services refuse everything until
-    /// [`DomainServices::bind`] tells them the sandbox's cgroup and policy id.
+    /// Binds the loopback ports and starts serving on a runtime of its own. The services
+    /// refuse everything until [`DomainServices::bind`] tells them the sandbox's cgroup and
+    /// policy id.
     pub fn start(
         paths: &Paths,
         sandbox_id: &str,
@@ -197,35 +269,60 @@ impl DomainServices {
             .enable_all()
             .build()
             .map_err(DomainError::Runtime)?;
+        let mut services = Self::start_on(
+            runtime.handle(),
+            paths,
+            sandbox_id,
+            vec![Arc::new(policy)],
+            options,
+        )?;
+        services.runtime = Some(runtime);
+        Ok(services)
+    }
+
+    /// As [`DomainServices::start`], on the caller's runtime, with the name policies as
+    /// layers (own, then outer).
+    pub fn start_on(
+        handle: &tokio::runtime::Handle,
+        paths: &Paths,
+        sandbox_id: &str,
+        layers: Vec<Arc<CompiledPolicy>>,
+        options: DomainOptions,
+    ) -> Result<Self, DomainError> {
         let maps = AgentMaps::open(paths)?;
         let shared = Arc::new(Shared {
             sandbox_id: sandbox_id.to_owned(),
-            policy,
+            layers: std::sync::RwLock::new(layers),
+            policy_epoch: tokio::sync::watch::Sender::new(0),
+            open_connections: std::sync::atomic::AtomicUsize::new(0),
+            learned_names: Mutex::new(HashMap::new()),
             upstream: options.upstream_dns,
             upstream_proxy: options.upstream_proxy,
             events: options.events,
             maps: Mutex::new(maps),
-            bound: OnceLock::new(),
+            bound: Mutex::new(None),
             resolved: Mutex::new(HashMap::new()),
             host_addresses: host_addresses(),
         });
         let sockets = {
-            let _context = runtime.enter();
+            let _context = handle.enter();
             bind_ports()?
         };
         let (dns_port, proxy_port) = (sockets.dns_port, sockets.proxy_port);
+        let mut tasks = Vec::new();
         for udp in sockets.dns_udp {
-            runtime.spawn(crate::dns::serve_udp(Arc::new(udp), shared.clone()));
+            tasks.push(handle.spawn(crate::dns::serve_udp(Arc::new(udp), shared.clone())));
         }
         for tcp in sockets.dns_tcp {
-            runtime.spawn(crate::dns::serve_tcp(tcp, shared.clone()));
+            tasks.push(handle.spawn(crate::dns::serve_tcp(tcp, shared.clone())));
         }
         for tcp in sockets.proxy {
-            runtime.spawn(crate::proxy::serve(tcp, shared.clone()));
+            tasks.push(handle.spawn(crate::proxy::serve(tcp, shared.clone())));
         }
-        runtime.spawn(prune_learned(shared.clone()));
+        tasks.push(handle.spawn(prune_learned(shared.clone())));
         Ok(Self {
-            runtime: Some(runtime),
+            runtime: None,
+            tasks: tasks.iter().map(tokio::task::JoinHandle::abort_handle).collect(),
             dns_port,
             proxy_port,
             shared,
@@ -233,12 +330,19 @@ impl DomainServices {
     }
 
     pub fn bind(&self, bound: Bound) {
-        let _ = self.shared.bound.set(bound);
+        if let Ok(mut b) = self.shared.bound.lock() {
+            *b = Some(bound);
+        }
     }
 }
 
 impl Drop for DomainServices {
     fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        // Open connections end with their sandbox.
+        self.shared.policy_epoch.send_modify(|e| *e = u64::MAX);
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_background();
         }

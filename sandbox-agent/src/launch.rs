@@ -27,6 +27,11 @@ pub struct LaunchSpec {
     pub groups: Vec<u32>,
     /// Capabilities kept (bounding, permitted, effective, inheritable, ambient); empty by default.
     pub keep_caps: Vec<u32>,
+    /// Descriptors to become the child's stdin, stdout and stderr; `None` inherits the agent's.
+    pub stdio: Option<[RawFd; 3]>,
+    /// Start a new session (the daemon's workloads must not share its process group or
+    /// controlling terminal).
+    pub new_session: bool,
 }
 
 /// A started workload.
@@ -52,6 +57,8 @@ pub enum Step {
     Exec = 11,
     CloseFds = 12,
     Seccomp = 13,
+    Stdio = 14,
+    Session = 15,
 }
 
 impl Step {
@@ -70,6 +77,8 @@ impl Step {
             Step::Exec,
             Step::CloseFds,
             Step::Seccomp,
+            Step::Stdio,
+            Step::Session,
         ]
         .into_iter()
         .find(|s| *s as u32 == v)
@@ -90,6 +99,8 @@ impl Step {
             Self::Exec => "execute",
             Self::CloseFds => "mark inherited descriptors close-on-exec",
             Self::Seccomp => "install the seccomp filter",
+            Self::Stdio => "set up standard input and output",
+            Self::Session => "start a new session",
         }
     }
 }
@@ -471,6 +482,17 @@ unsafe fn child_main(
             fail(Step::SignalMask);
         }
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        if spec.new_session && libc::setsid() < 0 {
+            fail(Step::Session);
+        }
+        if let Some(stdio) = spec.stdio {
+            // dup2 clears close-on-exec on the copies, so they survive the exec below.
+            for (target, &fd) in stdio.iter().enumerate() {
+                if libc::dup2(fd, target as libc::c_int) < 0 {
+                    fail(Step::Stdio);
+                }
+            }
+        }
         // Descriptors the agent inherited without close-on-exec must not reach the workload.
         if libc::syscall(
             libc::SYS_close_range,

@@ -11,6 +11,7 @@ pub mod policy;
 pub mod proxy;
 pub mod sandbox;
 pub mod user;
+pub mod workload;
 
 /// An error and its causes on one line, each cause once: the agent's error format.
 pub fn error_line(err: &dyn std::error::Error) -> String {

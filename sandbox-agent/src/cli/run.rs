@@ -1,7 +1,6 @@
 //! `sandbox-agent run [OPTIONS] -- CMD [ARGS...]`
 use std::{
-    ffi::{CString, OsStr, OsString},
-    os::unix::ffi::{OsStrExt as _, OsStringExt as _},
+    ffi::OsString,
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
@@ -11,14 +10,12 @@ use clap::Args;
 use sandbox_agent::{
     domains::{self, DomainOptions},
     events::Events,
-    launch::{self, LaunchSpec},
     paths::Paths,
     policy::{self, Mode, PolicyFile, PolicySpec, Precedence, RawEntry},
     sandbox::{self, RunOptions},
-    user,
+    workload::{self, Workload},
 };
 
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Capabilities a sandbox may be given: none of them can open a way around the kernel wall
 /// (raw IP is filtered by `cgroup_skb`, `AF_PACKET` is refused at socket creation).
@@ -172,53 +169,29 @@ fn prepare(args: RunArgs) -> Result<(RunOptions, String), Failure> {
                 })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let user = user::resolve(args.user.as_deref())?;
-    let env = workload_env(&user, &args.env)?;
-    let path_var = env
-        .iter()
-        .find(|(k, _)| k == "PATH")
-        .map(|(_, v)| v.clone());
-    let command = &args.command[0];
-    let name = command.to_string_lossy().into_owned();
-    let Some(program) = launch::resolve_program(command, path_var.as_deref()) else {
-        return Err(Failure {
-            message: format!("{name}: command not found"),
-            code: 127,
-        });
-    };
-    let cwd = match args.cwd {
-        Some(d) => d,
+    let cwd = match &args.cwd {
+        Some(d) => d.clone(),
         None => std::env::current_dir()
             .map_err(|e| format!("cannot read the current directory: {e}"))?,
     };
-    let cstr = |b: &[u8], what: &str| {
-        CString::new(b).map_err(|_| Failure {
-            message: format!("{what} contains a NUL byte"),
-            code: 125,
-        })
-    };
-    let launch = LaunchSpec {
-        program: cstr(program.as_os_str().as_bytes(), "the command")?,
-        argv: args
-            .command
-            .iter()
-            .map(|a| cstr(a.as_bytes(), "an argument"))
-            .collect::<Result<_, _>>()?,
-        envp: env
-            .iter()
-            .map(|(k, v)| {
-                let mut kv = k.clone().into_vec();
-                kv.push(b'=');
-                kv.extend_from_slice(v.as_bytes());
-                cstr(&kv, "an environment variable")
-            })
-            .collect::<Result<_, _>>()?,
-        cwd: cstr(cwd.as_os_str().as_bytes(), "--cwd")?,
-        uid: user.uid,
-        gid: user.gid,
-        groups: user.groups,
+    let env = args
+        .env
+        .iter()
+        .map(|item| workload::parse_env_item(item))
+        .filter_map(Result::transpose)
+        .collect::<Result<Vec<_>, _>>()?;
+    let name = args.command[0].to_string_lossy().into_owned();
+    let launch = workload::prepare(Workload {
+        command: &args.command,
+        env,
+        cwd,
+        user: args.user.as_deref(),
         keep_caps,
-    };
+    })
+    .map_err(|e| Failure {
+        message: e.message,
+        code: e.code,
+    })?;
     Ok((
         RunOptions {
             policy: compiled,
@@ -308,43 +281,3 @@ fn policy_spec(args: &RunArgs) -> Result<PolicySpec, Failure> {
     })
 }
 
-/// The workload's environment: a clean base (no agent secrets leak in), then `--env`.
-fn workload_env(
-    user: &user::User,
-    extra: &[OsString],
-) -> Result<Vec<(OsString, OsString)>, Failure> {
-    let mut env: Vec<(OsString, OsString)> = vec![
-        ("PATH".into(), DEFAULT_PATH.into()),
-        ("HOME".into(), user.home.clone().into_os_string()),
-        ("USER".into(), user.name.clone().into()),
-        ("LOGNAME".into(), user.name.clone().into()),
-    ];
-    for key in ["TERM", "LANG"] {
-        if let Some(v) = std::env::var_os(key) {
-            env.push((key.into(), v));
-        }
-    }
-    for item in extra {
-        let bytes = item.as_bytes();
-        let (k, v) = match bytes.iter().position(|&b| b == b'=') {
-            Some(i) => (
-                OsStr::from_bytes(&bytes[..i]).to_owned(),
-                OsStr::from_bytes(&bytes[i + 1..]).to_owned(),
-            ),
-            None => match std::env::var_os(item) {
-                Some(v) => (item.clone(), v),
-                None => continue,
-            },
-        };
-        if k.is_empty() {
-            return Err(format!(
-                "invalid --env \"{}\": empty variable name",
-                item.to_string_lossy()
-            )
-            .into());
-        }
-        env.retain(|(old, _)| *old != k);
-        env.push((k, v));
-    }
-    Ok(env)
-}

@@ -115,7 +115,7 @@ async fn answer(shared: &Shared, bytes: &[u8], transport: Transport) -> Option<V
     let mut event = event;
     event.name = Some(q.name.clone());
     event.qtype = Some(q.qtype.to_string());
-    let verdict = shared.policy.decide_name(&q.name);
+    let verdict = shared.decide_name(&q.name);
     if !verdict.allow {
         shared
             .events
@@ -133,6 +133,7 @@ async fn answer(shared: &Shared, bytes: &[u8], transport: Transport) -> Option<V
                 match shared.address_permitted(*addr) {
                     Ok(()) => {
                         learn(shared, *addr, *ttl);
+                        shared.note_learned(*addr, &q.name);
                         learned.push(addr.to_string());
                     }
                     Err(refusal) => {

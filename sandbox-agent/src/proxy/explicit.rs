@@ -112,7 +112,7 @@ async fn connect_target(
 ) -> Result<TcpStream, Refusal> {
     match target {
         Target::Name(name) => {
-            let verdict = shared.policy.decide_name(name);
+            let verdict = shared.decide_name(name);
             if !verdict.allow {
                 return Err(Refusal::Policy(verdict.reason.to_string()));
             }

@@ -111,12 +111,57 @@ async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
     shared
         .events
         .emit(&event.clone().allowed("name allowed by the policy"));
-    let (out, back) = forward(client, upstream, &head).await;
+    let upstream_peer = upstream.peer_addr().ok();
+    let name = event.name.clone();
+    let _open = OpenConnection::new(shared);
+    // A live policy change cuts the connection if the new policy denies its name or address.
+    let mut epoch = shared.policy_epoch.subscribe();
+    let still_allowed = |shared: &Shared| {
+        name.as_deref().is_none_or(|n| shared.decide_name(n).allow)
+            && upstream_peer.is_none_or(|p| shared.address_permitted(p.ip()).is_ok())
+    };
+    let cut = async {
+        loop {
+            if epoch.changed().await.is_err() || *epoch.borrow() == u64::MAX {
+                return "the sandbox ended";
+            }
+            if !still_allowed(shared) {
+                return "cut: the new policy denies it";
+            }
+        }
+    };
+    let (out, back, ended) = tokio::select! {
+        (out, back) = forward(client, upstream, &head) => (out, back, None),
+        why = cut => (0, 0, Some(why)),
+    };
     event.bytes_out = Some(out);
     event.bytes_in = Some(back);
     // The decision was reported when the upstream connection opened; this closes it.
-    event.reason = "connection closed".into();
+    match ended {
+        None => event.reason = "connection closed".into(),
+        Some(why) => event = event.denied(why),
+    }
     shared.events.emit(&event);
+}
+
+/// Counts a proxied connection as open while it lives (idle timeouts look at the count).
+struct OpenConnection<'a>(&'a Shared);
+
+impl<'a> OpenConnection<'a> {
+    fn new(shared: &'a Shared) -> Self {
+        shared
+            .open_connections
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(shared)
+    }
+}
+
+impl Drop for OpenConnection<'_> {
+    fn drop(&mut self) {
+        self.0
+            .open_connections
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// The redirect record of this connection, if it came through the kernel's redirect for
@@ -143,7 +188,7 @@ async fn open_transparent(
 ) -> Result<(TcpStream, Vec<u8>), Refusal> {
     let (name, head) = detect_name(client, orig.port()).await?;
     event.name = Some(name.clone());
-    let verdict = shared.policy.decide_name(&name);
+    let verdict = shared.decide_name(&name);
     if !verdict.allow {
         return Err(Refusal::Policy(verdict.reason.to_string()));
     }

@@ -1,0 +1,134 @@
+//! What a workload is started with: program, arguments, environment, directory and user,
+//! turned into a [`LaunchSpec`]. Shared by embedded `run` and the daemon.
+use std::{
+    ffi::{CString, OsStr, OsString},
+    os::unix::ffi::{OsStrExt as _, OsStringExt as _},
+    path::PathBuf,
+};
+
+use crate::{
+    launch::{self, LaunchSpec},
+    user,
+};
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// A workload as asked for.
+pub struct Workload<'a> {
+    pub command: &'a [OsString],
+    /// Variables set on top of the defaults (`PATH`, `HOME`, `USER`, `LOGNAME`, and the
+    /// agent's `TERM`/`LANG`), in order; a later one replaces an earlier one.
+    pub env: Vec<(OsString, OsString)>,
+    pub cwd: PathBuf,
+    /// A user name or uid; `None`: the unprivileged default.
+    pub user: Option<&'a str>,
+    pub keep_caps: Vec<u32>,
+}
+
+/// Why a workload cannot start, with the exit status `docker run` would give.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct WorkloadError {
+    pub message: String,
+    /// 127: command not found; 125: anything else.
+    pub code: i32,
+}
+
+impl WorkloadError {
+    fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            code: 125,
+        }
+    }
+}
+
+/// Resolves the user and the program and prepares everything the child needs.
+pub fn prepare(w: Workload<'_>) -> Result<LaunchSpec, WorkloadError> {
+    let Some(command) = w.command.first() else {
+        return Err(WorkloadError::new("no command given"));
+    };
+    let user = user::resolve(w.user).map_err(|e| WorkloadError::new(e.to_string()))?;
+    let mut env: Vec<(OsString, OsString)> = vec![
+        ("PATH".into(), DEFAULT_PATH.into()),
+        ("HOME".into(), user.home.clone().into_os_string()),
+        ("USER".into(), user.name.clone().into()),
+        ("LOGNAME".into(), user.name.clone().into()),
+    ];
+    for key in ["TERM", "LANG"] {
+        if let Some(v) = std::env::var_os(key) {
+            env.push((key.into(), v));
+        }
+    }
+    for (k, v) in w.env {
+        if k.is_empty() || k.as_bytes().contains(&b'=') {
+            return Err(WorkloadError::new(format!(
+                "invalid environment variable name \"{}\"",
+                k.to_string_lossy()
+            )));
+        }
+        env.retain(|(old, _)| *old != k);
+        env.push((k, v));
+    }
+    let path_var = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone());
+    let name = command.to_string_lossy().into_owned();
+    let Some(program) = launch::resolve_program(command, path_var.as_deref()) else {
+        return Err(WorkloadError {
+            message: format!("{name}: command not found"),
+            code: 127,
+        });
+    };
+    Ok(LaunchSpec {
+        program: cstr(program.as_os_str().as_bytes(), "the command")?,
+        argv: w
+            .command
+            .iter()
+            .map(|a| cstr(a.as_bytes(), "an argument"))
+            .collect::<Result<_, _>>()?,
+        envp: env
+            .iter()
+            .map(|(k, v)| {
+                let mut kv = k.clone().into_vec();
+                kv.push(b'=');
+                kv.extend_from_slice(v.as_bytes());
+                cstr(&kv, "an environment variable")
+            })
+            .collect::<Result<_, _>>()?,
+        cwd: cstr(w.cwd.as_os_str().as_bytes(), "the working directory")?,
+        uid: user.uid,
+        gid: user.gid,
+        groups: user.groups,
+        keep_caps: w.keep_caps,
+        stdio: None,
+        new_session: false,
+    })
+}
+
+fn cstr(b: &[u8], what: &str) -> Result<CString, WorkloadError> {
+    CString::new(b).map_err(|_| WorkloadError::new(format!("{what} contains a NUL byte")))
+}
+
+/// `K=V` as a pair; `K` alone takes the agent's own value, or nothing if it has none.
+pub fn parse_env_item(item: &OsStr) -> Result<Option<(OsString, OsString)>, WorkloadError> {
+    let bytes = item.as_bytes();
+    let (k, v) = match bytes.iter().position(|&b| b == b'=') {
+        Some(i) => (
+            OsStr::from_bytes(&bytes[..i]).to_owned(),
+            OsStr::from_bytes(&bytes[i + 1..]).to_owned(),
+        ),
+        None => match std::env::var_os(item) {
+            Some(v) => (item.to_owned(), v),
+            None => return Ok(None),
+        },
+    };
+    if k.is_empty() {
+        return Err(WorkloadError::new(format!(
+            "invalid --env \"{}\": empty variable name",
+            item.to_string_lossy()
+        )));
+    }
+    Ok(Some((k, v)))
+}
