@@ -120,7 +120,7 @@ pub fn ensure_parent(mount: &Path) -> Result<PathBuf, CgroupError> {
 }
 
 /// One sandbox's cgroup.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct SandboxCgroup {
     pub path: PathBuf,
     pub id: u64,

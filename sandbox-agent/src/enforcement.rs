@@ -436,6 +436,18 @@ impl Enforcement {
         Ok(policy_id)
     }
 
+    /// Points a sandbox's redirects at new resolver and proxy ports (a restarted daemon's).
+    pub fn set_ports(&mut self, cgroup_id: u64, (dns_port, proxy_port): (u16, u16)) -> Result<()> {
+        let mut entry = self
+            .sandbox_entry(cgroup_id)
+            .ok_or(EnforcementError::NoSandboxEntry { cgroup_id })?;
+        entry.dns_port = u32::from(dns_port);
+        entry.proxy_port = u32::from(proxy_port);
+        self.sandboxes
+            .insert(cgroup_id, entry, 0)
+            .map_err(map_err(map_names::SANDBOXES))
+    }
+
     /// Installs a policy's rules under a fresh id owned by `owner_cgroup`; on error nothing
     /// stays.
     fn install_policy(&mut self, owner_cgroup: u64, policy: &CompiledPolicy) -> Result<u32> {

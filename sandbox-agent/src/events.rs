@@ -79,17 +79,31 @@ impl FlowEvent {
 /// Where events go. Writes are whole lines under a lock, so lines never interleave.
 pub struct Events {
     sink: Option<Mutex<Box<dyn io::Write + Send>>>,
+    /// The daemon's event stream and metrics.
+    hook: Option<Box<dyn Fn(&FlowEvent) + Send + Sync>>,
 }
 
 impl Events {
     /// Events are dropped.
     pub fn none() -> Self {
-        Self { sink: None }
+        Self {
+            sink: None,
+            hook: None,
+        }
     }
 
     pub fn stderr() -> Self {
         Self {
             sink: Some(Mutex::new(Box::new(io::stderr()))),
+            hook: None,
+        }
+    }
+
+    /// Events go to `f`.
+    pub fn hook(f: impl Fn(&FlowEvent) + Send + Sync + 'static) -> Self {
+        Self {
+            sink: None,
+            hook: Some(Box::new(f)),
         }
     }
 
@@ -103,10 +117,14 @@ impl Events {
             .open(path)?;
         Ok(Self {
             sink: Some(Mutex::new(Box::new(file))),
+            hook: None,
         })
     }
 
     pub fn emit(&self, event: &FlowEvent) {
+        if let Some(hook) = &self.hook {
+            hook(event);
+        }
         let Some(sink) = &self.sink else {
             return;
         };

@@ -1,6 +1,9 @@
 //! sandbox-agent: runs untrusted workloads in cgroups whose network egress is decided in the
 //! kernel by eBPF programs. The CLI (`main.rs`, `cli/`) is a thin adapter over this library.
+pub mod api;
 pub mod cgroup;
+pub mod config;
+pub mod daemon;
 pub mod dns;
 pub mod domains;
 pub mod enforcement;

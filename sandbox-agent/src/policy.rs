@@ -13,10 +13,10 @@ use std::{
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use sandbox_common::{DefaultVerdict, Precedence as KernelPrecedence, SandboxEntry};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// What a sandbox may reach when no rule matches.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {
     /// Nothing leaves the sandbox.
@@ -28,7 +28,7 @@ pub enum Mode {
 }
 
 /// How conflicts between a matching allow and deny entry are settled.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Precedence {
     DenyWins,
@@ -46,8 +46,8 @@ impl From<Precedence> for KernelPrecedence {
     }
 }
 
-/// A policy as written in a TOML file (every key optional; flags add to it).
-#[derive(Clone, Debug, Default, Deserialize)]
+/// A policy as written in a TOML file or an API request (every key optional; flags add to it).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyFile {
     pub network: Option<Mode>,
@@ -74,6 +74,27 @@ pub enum PolicyFileError {
 }
 
 impl PolicyFile {
+    /// The policy this describes, with entries named after `origin` in errors; `network`
+    /// defaults to `default_mode`.
+    pub fn spec(&self, origin: &str, default_mode: Mode) -> PolicySpec {
+        let entries = |list: &[String], key: &str| {
+            let origin: Arc<str> = format!("{origin}{key}").into();
+            list.iter()
+                .map(|text| RawEntry {
+                    text: text.clone(),
+                    origin: origin.clone(),
+                    file: None,
+                })
+                .collect()
+        };
+        PolicySpec {
+            mode: self.network.unwrap_or(default_mode),
+            precedence: self.precedence.unwrap_or(Precedence::DenyWins),
+            allow_out: entries(&self.allow_out, "allow_out"),
+            deny_out: entries(&self.deny_out, "deny_out"),
+        }
+    }
+
     /// Reads and parses a TOML policy file; unknown keys are errors.
     pub fn load(path: &std::path::Path) -> Result<Self, PolicyFileError> {
         let text = std::fs::read_to_string(path).map_err(|source| PolicyFileError::Read {

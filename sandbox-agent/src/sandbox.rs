@@ -283,7 +283,7 @@ fn start_domain_services(
 
 /// Points the usual proxy variables at the sandbox's explicit proxy, replacing any the caller
 /// set (they could not work: the kernel lets the sandbox reach no other proxy).
-fn set_proxy_env(launch: &mut LaunchSpec, port: u16) {
+pub fn set_proxy_env(launch: &mut LaunchSpec, port: u16) {
     let http = format!("http://127.0.0.1:{port}");
     let socks = format!("socks5h://127.0.0.1:{port}");
     let vars = [

@@ -1,0 +1,198 @@
+//! The daemon's HTTP/JSON API on a Unix socket: request and response bodies (`serde`), the
+//! server routes (`server`), the CLI's client (`client`) and the OpenAPI document.
+pub mod client;
+pub mod openapi;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::policy::PolicyFile;
+
+/// API version prefix of every route.
+pub const PREFIX: &str = "/v1";
+/// Largest request body accepted (stdin writes included).
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// `POST /v1/sandboxes`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRequest {
+    /// Arguments after the entrypoint; the whole command when there is no entrypoint.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// Program and leading arguments, run before `command`.
+    #[serde(default)]
+    pub entrypoint: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory (default `/`).
+    pub cwd: Option<String>,
+    /// User name or uid (default `nobody`).
+    pub user: Option<String>,
+    /// Unique among live sandboxes: `[A-Za-z0-9._-]{1,63}`.
+    pub name: Option<String>,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    #[serde(default)]
+    pub policy: PolicyFile,
+    /// Maximum lifetime, e.g. `"30s"`, `"5m"` (default 5 min, at most 24 h).
+    pub timeout: Option<String>,
+    /// End the sandbox after this long without a running exec, a stdin write or an open
+    /// proxied connection.
+    pub idle_timeout: Option<String>,
+    pub probe: Option<ProbeSpec>,
+    /// Keep stdin open for `POST .../stdin` (otherwise it reads `/dev/null`).
+    #[serde(default)]
+    pub stdin: bool,
+    /// Point `HTTP_PROXY`/`HTTPS_PROXY`/`ALL_PROXY` at the sandbox's explicit proxy.
+    #[serde(default)]
+    pub proxy_env: bool,
+}
+
+/// A readiness probe: a TCP port on loopback that accepts, or a command that exits 0.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeSpec {
+    pub tcp_port: Option<u16>,
+    pub exec: Option<Vec<String>>,
+    /// Between attempts (default `"100ms"`).
+    pub interval: Option<String>,
+    /// Give up after (default `"5m"`).
+    pub timeout: Option<String>,
+}
+
+/// `POST /v1/sandboxes/{id}/execs`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecRequest {
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    pub cwd: Option<String>,
+    pub user: Option<String>,
+    /// A narrower policy for this command: the kernel applies it and the sandbox's policy
+    /// (and the host floor); `network` defaults to `open`, i.e. the sandbox's policy alone.
+    pub policy: Option<PolicyFile>,
+}
+
+/// `PUT /v1/sandboxes/{id}/policy`: the whole new policy.
+pub type PolicyRequest = PolicyFile;
+
+/// A sandbox as the API shows it (and as the daemon keeps it on disk).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct SandboxView {
+    pub id: String,
+    pub name: Option<String>,
+    pub tags: BTreeMap<String, String>,
+    /// `running` or `exited`.
+    pub state: String,
+    pub ready: bool,
+    pub command: Vec<String>,
+    pub cwd: String,
+    pub user: String,
+    pub policy: PolicyFile,
+    pub timeout_ms: u64,
+    pub idle_timeout_ms: Option<u64>,
+    pub probe: Option<ProbeSpec>,
+    pub stdin: bool,
+    /// RFC 3339.
+    pub created_at: String,
+    pub ended_at: Option<String>,
+    /// 128 + signal when killed (137 for SIGKILL); `null` while running, or when the
+    /// workload ended while no daemon was watching.
+    pub exit_code: Option<i32>,
+    /// `exited`, `killed`, `timeout`, `idle-timeout`, `status-unknown`.
+    pub end_reason: Option<String>,
+    pub pid: i32,
+    pub cgroup_id: u64,
+    pub policy_id: u32,
+    pub execs: Vec<ExecView>,
+    /// Per-sandbox kernel counters at the time of the request (absent once it ended).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub counters: Option<CountersView>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct ExecView {
+    pub id: u32,
+    pub command: Vec<String>,
+    pub state: String,
+    pub exit_code: Option<i32>,
+    pub policy: Option<PolicyFile>,
+    pub cgroup_id: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize)]
+pub struct CountersView {
+    pub allowed_packets: u64,
+    pub allowed_bytes: u64,
+    pub denied_packets: u64,
+    pub denied_bytes: u64,
+    pub denied_connects: u64,
+    pub denied_sends: u64,
+    pub dns_redirects: u64,
+    pub proxy_redirects: u64,
+    pub learned_connects: u64,
+}
+
+impl From<sandbox_common::Counters> for CountersView {
+    fn from(c: sandbox_common::Counters) -> Self {
+        Self {
+            allowed_packets: c.allowed_packets,
+            allowed_bytes: c.allowed_bytes,
+            denied_packets: c.denied_packets,
+            denied_bytes: c.denied_bytes,
+            denied_connects: c.denied_connects,
+            denied_sends: c.denied_sends,
+            dns_redirects: c.dns_redirects,
+            proxy_redirects: c.proxy_redirects,
+            learned_connects: c.learned_connects,
+        }
+    }
+}
+
+/// `GET .../wait`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct WaitView {
+    pub exit_code: Option<i32>,
+    pub end_reason: Option<String>,
+}
+
+/// Every error: a status code and this body.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+/// Whether `name` is a valid sandbox name.
+pub fn valid_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(valid_name("web-1.prod_a"));
+        assert!(!valid_name(""));
+        assert!(!valid_name("a b"));
+        assert!(!valid_name(&"x".repeat(64)));
+        assert!(valid_name(&"x".repeat(63)));
+        assert!(!valid_name("é"));
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        assert!(serde_json::from_str::<CreateRequest>(r#"{"command":["true"],"comand":1}"#).is_err());
+        assert!(serde_json::from_str::<CreateRequest>(r#"{"policy":{"netwrk":"open"}}"#).is_err());
+        let ok: CreateRequest =
+            serde_json::from_str(r#"{"command":["true"],"policy":{"network":"open"}}"#).unwrap();
+        assert_eq!(ok.command, vec!["true"]);
+    }
+}

@@ -1,0 +1,165 @@
+//! The daemon's configuration file (`/etc/sandbox-agent/config.toml`). Every key is optional;
+//! unknown keys are errors, so that a typo is not silently ignored.
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use serde::Deserialize;
+
+use crate::policy::{self, CompiledPolicy, Mode, PolicySpec, Precedence, RawEntry};
+
+pub const DEFAULT_CONFIG: &str = "/etc/sandbox-agent/config.toml";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/sandbox-agent";
+pub const DEFAULT_SOCKET: &str = "/run/sandbox-agent/api.sock";
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Sandbox records and their output.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// The API's Unix socket (mode 0600: root only).
+    #[serde(default = "default_socket")]
+    pub socket: PathBuf,
+    /// Where Prometheus scrapes `/metrics` (TCP); none by default.
+    pub metrics_address: Option<SocketAddr>,
+    /// Denied for every sandbox whatever its policy says: addresses, CIDRs, names, presets.
+    #[serde(default = "default_floor")]
+    pub floor_deny: Vec<String>,
+    /// The resolver allowed names are looked up at; `/etc/resolv.conf`'s first by default.
+    pub upstream_dns: Option<String>,
+    /// An operator proxy the agent's own connections go through.
+    pub upstream_proxy: Option<String>,
+    /// Bytes of each output stream a sandbox keeps (older output is dropped).
+    #[serde(default = "default_log_limit")]
+    pub log_limit_bytes: u64,
+    /// `text` or `json`.
+    #[serde(default = "default_log_format")]
+    pub log_format: String,
+}
+
+fn default_state_dir() -> PathBuf {
+    DEFAULT_STATE_DIR.into()
+}
+fn default_socket() -> PathBuf {
+    DEFAULT_SOCKET.into()
+}
+fn default_floor() -> Vec<String> {
+    vec!["@cloud-metadata".into()]
+}
+fn default_log_limit() -> u64 {
+    16 * 1024 * 1024
+}
+fn default_log_format() -> String {
+    "text".into()
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        toml::from_str("").expect("the empty config is valid")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid config {path}: floor_deny: {source}")]
+    Floor {
+        path: PathBuf,
+        source: policy::PolicyError,
+    },
+}
+
+impl Config {
+    /// Reads `path`; a missing file at the default location means the defaults.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let (path, required) = match path {
+            Some(p) => (p, true),
+            None => (Path::new(DEFAULT_CONFIG), false),
+        };
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.into(),
+                    source,
+                });
+            }
+        };
+        let config: Self = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: e.message().trim().replace('\n', " "),
+        })?;
+        if !matches!(config.log_format.as_str(), "text" | "json") {
+            return Err(ConfigError::Parse {
+                path: path.into(),
+                message: format!(
+                    "log_format must be \"text\" or \"json\", not \"{}\"",
+                    config.log_format
+                ),
+            });
+        }
+        config.floor().map_err(|source| ConfigError::Floor {
+            path: path.into(),
+            source,
+        })?;
+        Ok(config)
+    }
+
+    /// The host floor as a policy (`open` minus `floor_deny`), `None` when it is empty.
+    pub fn floor(&self) -> Result<Option<Arc<CompiledPolicy>>, policy::PolicyError> {
+        floor_policy(&self.floor_deny)
+    }
+}
+
+/// The host floor for these entries: a policy that allows everything but them.
+pub fn floor_policy(deny: &[String]) -> Result<Option<Arc<CompiledPolicy>>, policy::PolicyError> {
+    if deny.is_empty() {
+        return Ok(None);
+    }
+    let origin: Arc<str> = "floor_deny".into();
+    let spec = PolicySpec {
+        mode: Mode::Open,
+        precedence: Precedence::DenyWins,
+        allow_out: Vec::new(),
+        deny_out: deny
+            .iter()
+            .map(|text| RawEntry {
+                text: text.clone(),
+                origin: origin.clone(),
+                file: None,
+            })
+            .collect(),
+    };
+    policy::compile(&spec).map(|p| Some(Arc::new(p)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_deny_cloud_metadata() {
+        let c = Config::default();
+        assert_eq!(c.floor_deny, vec!["@cloud-metadata".to_string()]);
+        let floor = c.floor().unwrap().unwrap();
+        assert!(!floor.decide_name("metadata.google.internal").allow);
+        assert!(floor.decide_name("example.com").allow);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_floors_are_refused() {
+        assert!(toml::from_str::<Config>("sockets = \"/x\"").is_err());
+        assert!(floor_policy(&["10.0.0.0/33".into()]).is_err());
+        assert!(floor_policy(&[]).unwrap().is_none());
+    }
+}

@@ -1,0 +1,1432 @@
+//! `sandbox-agent daemon`: one long-lived agent that owns the pinned programs, keeps sandbox
+//! records in the state directory, and serves the API (`server`). Sandboxes are supervised
+//! by one task each (`supervise`): exit, timeout, idle timeout, kill, output trimming.
+//!
+//! Crash safety comes from the kernel side: programs, links and maps are pinned, so a dead
+//! daemon leaves every sandbox confined (no redirect target answers: fail closed). A
+//! restarted daemon re-adopts the records whose cgroups still have processes.
+pub mod logs;
+pub mod observe;
+pub mod server;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    ffi::OsString,
+    fs,
+    io::Write as _,
+    net::SocketAddr,
+    os::fd::{AsRawFd as _, OwnedFd},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant, SystemTime},
+};
+
+use tokio::sync::{Notify, watch};
+
+use crate::{
+    api::{CountersView, CreateRequest, ExecRequest, ExecView, ProbeSpec, SandboxView, WaitView},
+    cgroup::SandboxCgroup,
+    config::Config,
+    domains::{self, Bound, DomainOptions, DomainServices},
+    enforcement::{Enforcement, FileLock, random_id},
+    events::Events,
+    launch::{self, Child},
+    paths::Paths,
+    policy::{self, CompiledPolicy, Mode, PolicyFile},
+    workload::{self, Workload},
+};
+
+/// Default and largest lifetime of a sandbox.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_mins(5);
+pub const MAX_TIMEOUT: Duration = Duration::from_hours(24);
+/// How long killing a sandbox may take.
+const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the supervisor looks at idleness and output size.
+const TICK: Duration = Duration::from_millis(250);
+
+/// An API error: an HTTP status and a one-line message.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    pub status: u16,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self {
+            status: 400,
+            message: message.into(),
+        }
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self {
+            status: 404,
+            message: message.into(),
+        }
+    }
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self {
+            status: 409,
+            message: message.into(),
+        }
+    }
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self {
+            status: 500,
+            message: message.into(),
+        }
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Readiness of a sandbox's probe.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Readiness {
+    NoProbe,
+    Pending,
+    Ready,
+    Failed(String),
+}
+
+/// One exec'd command that is still running.
+struct ExecLive {
+    /// Its own cgroup when it has a narrower policy (else it runs in the sandbox's).
+    cgroup: Option<SandboxCgroup>,
+    policy_id: u32,
+    policy: Option<Arc<CompiledPolicy>>,
+    services: Option<DomainServices>,
+    exit: watch::Sender<Option<Option<i32>>>,
+}
+
+/// What only the running daemon holds for a sandbox.
+struct Inner {
+    policy: Arc<CompiledPolicy>,
+    services: Option<DomainServices>,
+    stdin: Option<fs::File>,
+    execs: HashMap<u32, ExecLive>,
+    next_exec: u32,
+    last_activity: Instant,
+}
+
+pub struct Sandbox {
+    pub id: String,
+    dir: PathBuf,
+    cgroup: SandboxCgroup,
+    view: Mutex<SandboxView>,
+    inner: Mutex<Inner>,
+    ended: watch::Sender<bool>,
+    ready: watch::Sender<Readiness>,
+    kill: Notify,
+    kill_reason: Mutex<Option<&'static str>>,
+    _lock: FileLock,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Sandbox {
+    pub fn view(&self) -> SandboxView {
+        lock(&self.view).clone()
+    }
+
+    pub fn running(&self) -> bool {
+        !*self.ended.borrow()
+    }
+
+    fn save(&self) {
+        let view = self.view();
+        if let Err(e) = write_atomic(&self.dir.join("record.json"), &view) {
+            tracing::warn!(sandbox = %self.id, "cannot save record: {e}");
+        }
+    }
+
+    fn update(&self, f: impl FnOnce(&mut SandboxView)) {
+        f(&mut lock(&self.view));
+        self.save();
+    }
+
+    fn touch(&self) {
+        lock(&self.inner).last_activity = Instant::now();
+    }
+
+    pub fn log_path(&self, stream: &str) -> PathBuf {
+        self.dir.join(format!("{stream}.log"))
+    }
+
+    pub fn exec_log_path(&self, exec: u32, stream: &str) -> PathBuf {
+        self.dir.join(format!("exec-{exec}.{stream}.log"))
+    }
+
+    pub fn ended_rx(&self) -> watch::Receiver<bool> {
+        self.ended.subscribe()
+    }
+
+    pub fn exec_exit_rx(&self, exec: u32) -> Option<watch::Receiver<Option<Option<i32>>>> {
+        lock(&self.inner).execs.get(&exec).map(|e| e.exit.subscribe())
+    }
+}
+
+pub struct Daemon {
+    pub config: Config,
+    paths: Paths,
+    enforcement: Mutex<Enforcement>,
+    sandboxes: Mutex<BTreeMap<String, Arc<Sandbox>>>,
+    floor: Option<Arc<CompiledPolicy>>,
+    upstream_dns: Option<SocketAddr>,
+    upstream_proxy: Option<crate::proxy::upstream::UpstreamProxy>,
+    pub observe: Arc<observe::Observe>,
+    handle: tokio::runtime::Handle,
+    _daemon_lock: FileLock,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("another sandbox-agent daemon is running (it holds {0})")]
+    AlreadyRunning(PathBuf),
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Enforcement(#[from] crate::enforcement::EnforcementError),
+    #[error("invalid config: {0}")]
+    Config(String),
+}
+
+fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> DaemonError {
+    let path = path.to_owned();
+    move |source| DaemonError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+impl Daemon {
+    /// Takes the daemon lock, opens (or installs) the pinned programs, and re-adopts the
+    /// sandboxes recorded in the state directory.
+    pub fn start(config: Config, paths: Paths) -> Result<Arc<Self>, DaemonError> {
+        let sandboxes_dir = config.state_dir.join("sandboxes");
+        fs::create_dir_all(&sandboxes_dir).map_err(io_err("create", &sandboxes_dir))?;
+        let lock_path = config.state_dir.join("daemon.lock");
+        let daemon_lock = FileLock::try_acquire(&lock_path)
+            .map_err(io_err("lock", &lock_path))?
+            .ok_or_else(|| DaemonError::AlreadyRunning(lock_path.clone()))?;
+        let floor = config
+            .floor()
+            .map_err(|e| DaemonError::Config(format!("floor_deny: {e}")))?;
+        let upstream_dns = config
+            .upstream_dns
+            .as_deref()
+            .map(domains::parse_upstream)
+            .transpose()
+            .map_err(|e| DaemonError::Config(format!("upstream_dns: {e}")))?;
+        let upstream_proxy = config
+            .upstream_proxy
+            .as_deref()
+            .map(crate::proxy::upstream::parse)
+            .transpose()
+            .map_err(|e| DaemonError::Config(format!("upstream_proxy: {e}")))?;
+        let (mut enforcement, state) = Enforcement::open(&paths)?;
+        enforcement.set_floor(floor.as_deref().cloned());
+        tracing::info!(?state, "eBPF programs ready");
+        let observe = Arc::new(observe::Observe::new(&paths)?);
+        let daemon = Arc::new(Self {
+            config,
+            paths,
+            enforcement: Mutex::new(enforcement),
+            sandboxes: Mutex::new(BTreeMap::new()),
+            floor,
+            upstream_dns,
+            upstream_proxy,
+            observe,
+            handle: tokio::runtime::Handle::current(),
+            _daemon_lock: daemon_lock,
+        });
+        daemon.adopt_all(&sandboxes_dir);
+        Ok(daemon)
+    }
+
+    fn enforcement(&self) -> MutexGuard<'_, Enforcement> {
+        lock(&self.enforcement)
+    }
+
+    /// Sandbox id by cgroup id (exec cgroups count as their sandbox), for kernel events.
+    pub fn sandbox_of_cgroup(&self, cgroup_id: u64) -> Option<String> {
+        lock(&self.sandboxes).values().find_map(|s| {
+            let v = lock(&s.view);
+            (v.cgroup_id == cgroup_id || v.execs.iter().any(|e| e.cgroup_id == cgroup_id))
+                .then(|| s.id.clone())
+        })
+    }
+
+    pub fn all(&self) -> Vec<Arc<Sandbox>> {
+        lock(&self.sandboxes).values().cloned().collect()
+    }
+
+    /// Looks a sandbox up by id or name (a live one first, else the latest of that name).
+    pub fn find(&self, reference: &str) -> ApiResult<Arc<Sandbox>> {
+        let all = lock(&self.sandboxes);
+        if let Some(s) = all.get(reference) {
+            return Ok(s.clone());
+        }
+        let mut named: Vec<&Arc<Sandbox>> = all
+            .values()
+            .filter(|s| lock(&s.view).name.as_deref() == Some(reference))
+            .collect();
+        named.sort_by_key(|s| (s.running(), lock(&s.view).created_at.clone()));
+        named
+            .last()
+            .map(|s| (*s).clone())
+            .ok_or_else(|| ApiError::not_found(format!("no sandbox with id or name \"{reference}\"")))
+    }
+
+    /// The view with live counters.
+    pub fn view(&self, sandbox: &Sandbox) -> SandboxView {
+        let mut view = sandbox.view();
+        if sandbox.running() {
+            view.counters = self
+                .enforcement()
+                .counters(view.cgroup_id)
+                .map(CountersView::from);
+        }
+        view
+    }
+
+    fn domain_options(&self, sandbox_id: &str) -> ApiResult<DomainOptions> {
+        let upstream_dns = match self.upstream_dns {
+            Some(a) => a,
+            None => domains::upstream_from_resolv_conf(Path::new("/etc/resolv.conf"))
+                .map_err(|e| ApiError::internal(format!("upstream DNS: {e}")))?,
+        };
+        let observe = self.observe.clone();
+        let id = sandbox_id.to_owned();
+        Ok(DomainOptions {
+            upstream_dns,
+            upstream_proxy: self.upstream_proxy.clone(),
+            events: Arc::new(Events::hook(move |e| observe.flow_event(&id, e))),
+        })
+    }
+
+    /// The name layers of a sandbox's own policy: own, then the floor.
+    fn layers(&self, own: &Arc<CompiledPolicy>) -> Vec<Arc<CompiledPolicy>> {
+        std::iter::once(own.clone())
+            .chain(self.floor.iter().cloned())
+            .collect()
+    }
+
+    pub fn create(self: &Arc<Self>, req: CreateRequest) -> ApiResult<SandboxView> {
+        if let Some(name) = &req.name
+            && !crate::api::valid_name(name)
+        {
+            return Err(ApiError::bad_request(format!(
+                "invalid name \"{name}\": use 1 to 63 of A-Z a-z 0-9 . _ -"
+            )));
+        }
+        let timeout = match &req.timeout {
+            Some(t) => parse_duration("timeout", t)?,
+            None => DEFAULT_TIMEOUT,
+        };
+        if timeout > MAX_TIMEOUT || timeout.is_zero() {
+            return Err(ApiError::bad_request(format!(
+                "invalid timeout \"{}\": must be more than 0 and at most 24h",
+                req.timeout.as_deref().unwrap_or_default()
+            )));
+        }
+        let idle_timeout = req
+            .idle_timeout
+            .as_deref()
+            .map(|t| parse_duration("idle_timeout", t))
+            .transpose()?;
+        if let Some(p) = &req.probe {
+            validate_probe(p)?;
+        }
+        let compiled = Arc::new(
+            policy::compile(&req.policy.spec("policy.", Mode::Blocked))
+                .map_err(|e| ApiError::bad_request(e.to_string()))?,
+        );
+        let command: Vec<String> = req
+            .entrypoint
+            .iter()
+            .chain(req.command.iter())
+            .cloned()
+            .collect();
+        if command.is_empty() {
+            return Err(ApiError::bad_request("no command: give command or entrypoint"));
+        }
+        let cwd = req.cwd.clone().unwrap_or_else(|| "/".into());
+        let mut spec = prepare_workload(&command, &req.env, &cwd, req.user.as_deref())?;
+        let user = req.user.clone().unwrap_or_else(|| crate::user::DEFAULT_USER.into());
+
+        // The name check and the insertion happen under one lock: no two live sandboxes
+        // can take one name.
+        let mut all = lock(&self.sandboxes);
+        if let Some(name) = &req.name
+            && all
+                .values()
+                .any(|s| s.running() && lock(&s.view).name.as_deref() == Some(name))
+        {
+            return Err(ApiError::conflict(format!(
+                "name \"{name}\" is taken by a live sandbox"
+            )));
+        }
+        let id = random_id();
+        let dir = self.config.state_dir.join("sandboxes").join(&id);
+        fs::create_dir_all(&dir)
+            .map_err(|e| ApiError::internal(format!("create {}: {e}", dir.display())))?;
+        let built = self.build_sandbox(&id, &dir, &compiled, &req, &mut spec);
+        let (sandbox, child) = match built {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
+        let view = SandboxView {
+            id: id.clone(),
+            name: req.name.clone(),
+            tags: req.tags.clone(),
+            state: "running".into(),
+            ready: req.probe.is_none(),
+            command,
+            cwd,
+            user,
+            policy: req.policy.clone(),
+            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+            idle_timeout_ms: idle_timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+            probe: req.probe.clone(),
+            stdin: req.stdin,
+            created_at: now_rfc3339(),
+            ended_at: None,
+            exit_code: None,
+            end_reason: None,
+            pid: child.pid,
+            cgroup_id: sandbox.cgroup.id,
+            policy_id: lock(&sandbox.view).policy_id,
+            execs: Vec::new(),
+            counters: None,
+        };
+        *lock(&sandbox.view) = view.clone();
+        sandbox.save();
+        all.insert(id.clone(), sandbox.clone());
+        drop(all);
+        self.observe.sandbox_started();
+        self.handle
+            .spawn(supervise(self.clone(), sandbox.clone(), Some(child), timeout, idle_timeout));
+        if let Some(probe) = req.probe {
+            self.handle.spawn(probe_task(self.clone(), sandbox, probe));
+        }
+        tracing::info!(sandbox = %id, "created");
+        Ok(view)
+    }
+
+    /// Cgroup, kernel entries, domain services, output files and the workload; on error
+    /// everything made so far is undone.
+    fn build_sandbox(
+        self: &Arc<Self>,
+        id: &str,
+        dir: &Path,
+        compiled: &Arc<CompiledPolicy>,
+        req: &CreateRequest,
+        spec: &mut launch::LaunchSpec,
+    ) -> ApiResult<(Arc<Sandbox>, Child)> {
+        let locks = self.paths.sandbox_locks();
+        fs::create_dir_all(&locks).map_err(|e| ApiError::internal(e.to_string()))?;
+        let lock_path = locks.join(format!("{id}.lock"));
+        let file_lock =
+            FileLock::acquire(&lock_path).map_err(|e| ApiError::internal(e.to_string()))?;
+        let parent = self.enforcement().parent_cgroup.clone();
+        let cgroup =
+            SandboxCgroup::create(&parent, id).map_err(|e| ApiError::internal(e.to_string()))?;
+        let services = if compiled.has_names() || req.proxy_env {
+            Some(self.start_services(id, self.layers(compiled))?)
+        } else {
+            None
+        };
+        let ports = services
+            .as_ref()
+            .map_or((0, 0), |s| (s.dns_port, s.proxy_port));
+        let applied = self.enforcement().apply(cgroup.id, compiled, ports);
+        let policy_id = match applied {
+            Ok(p) => p,
+            Err(e) => {
+                drop(services);
+                let _ = cgroup.remove();
+                return Err(ApiError::internal(crate::error_line(&e)));
+            }
+        };
+        if let Some(s) = &services {
+            s.bind(Bound {
+                cgroup_id: cgroup.id,
+                policy_id,
+            });
+            if req.proxy_env {
+                crate::sandbox::set_proxy_env(spec, s.proxy_port);
+            }
+        }
+        let undo = |cgroup: &SandboxCgroup| {
+            self.enforcement().remove(cgroup.id, policy_id, Some(compiled));
+            let _ = cgroup.kill_all(KILL_TIMEOUT);
+            let _ = cgroup.remove();
+        };
+        let (stdin_read, stdin_write) = if req.stdin {
+            match pipe() {
+                Ok((r, w)) => (r, Some(fs::File::from(w))),
+                Err(e) => {
+                    undo(&cgroup);
+                    return Err(ApiError::internal(format!("stdin pipe: {e}")));
+                }
+            }
+        } else {
+            match fs::File::open("/dev/null") {
+                Ok(f) => (OwnedFd::from(f), None),
+                Err(e) => {
+                    undo(&cgroup);
+                    return Err(ApiError::internal(format!("/dev/null: {e}")));
+                }
+            }
+        };
+        let outputs = (
+            logs::create(&dir.join("stdout.log")),
+            logs::create(&dir.join("stderr.log")),
+        );
+        let (Ok(stdout), Ok(stderr)) = outputs else {
+            undo(&cgroup);
+            return Err(ApiError::internal("cannot create the output files"));
+        };
+        spec.stdio = Some([stdin_read.as_raw_fd(), stdout.as_raw_fd(), stderr.as_raw_fd()]);
+        spec.new_session = true;
+        let child = {
+            let cgroup_fd = cgroup
+                .open_fd()
+                .map_err(|e| ApiError::internal(e.to_string()));
+            match cgroup_fd.and_then(|fd| {
+                launch::spawn(spec, &fd).map_err(|e| ApiError {
+                    status: if e.exit_code() == 125 { 500 } else { 400 },
+                    message: crate::error_line(&e),
+                })
+            }) {
+                Ok(c) => c,
+                Err(e) => {
+                    undo(&cgroup);
+                    return Err(e);
+                }
+            }
+        };
+        let (ended, _) = watch::channel(false);
+        let (ready, _) = watch::channel(if req.probe.is_some() {
+            Readiness::Pending
+        } else {
+            Readiness::NoProbe
+        });
+        let sandbox = Arc::new(Sandbox {
+            id: id.to_owned(),
+            dir: dir.to_owned(),
+            cgroup,
+            view: Mutex::new(placeholder_view(id, policy_id)),
+            inner: Mutex::new(Inner {
+                policy: compiled.clone(),
+                services,
+                stdin: stdin_write,
+                execs: HashMap::new(),
+                next_exec: 1,
+                last_activity: Instant::now(),
+            }),
+            ended,
+            ready,
+            kill: Notify::new(),
+            kill_reason: Mutex::new(None),
+            _lock: file_lock,
+        });
+        Ok((sandbox, child))
+    }
+
+    fn start_services(
+        &self,
+        id: &str,
+        layers: Vec<Arc<CompiledPolicy>>,
+    ) -> ApiResult<DomainServices> {
+        DomainServices::start_on(
+            &self.handle,
+            &self.paths,
+            id,
+            layers,
+            self.domain_options(id)?,
+        )
+        .map_err(|e| ApiError::internal(crate::error_line(&e)))
+    }
+
+    /// Asks the supervisor to kill the sandbox; returns at once.
+    pub fn kill(&self, sandbox: &Sandbox, reason: &'static str) {
+        lock(&sandbox.kill_reason).get_or_insert(reason);
+        sandbox.kill.notify_one();
+    }
+
+    /// Removes an ended sandbox's record and output (`force` kills a live one first).
+    pub async fn remove(&self, sandbox: Arc<Sandbox>, force: bool) -> ApiResult<()> {
+        if sandbox.running() {
+            if !force {
+                return Err(ApiError::conflict(format!(
+                    "sandbox {} is running: kill it first, or remove with force",
+                    sandbox.id
+                )));
+            }
+            self.kill(&sandbox, "killed");
+            let mut ended = sandbox.ended_rx();
+            let _ = ended.wait_for(|e| *e).await;
+        }
+        lock(&self.sandboxes).remove(&sandbox.id);
+        fs::remove_dir_all(&sandbox.dir)
+            .map_err(|e| ApiError::internal(format!("remove {}: {e}", sandbox.dir.display())))?;
+        Ok(())
+    }
+
+    pub fn write_stdin(&self, sandbox: &Sandbox, data: &[u8]) -> ApiResult<()> {
+        let mut inner = lock(&sandbox.inner);
+        inner.last_activity = Instant::now();
+        let Some(stdin) = inner.stdin.as_mut() else {
+            return Err(ApiError::conflict(format!(
+                "sandbox {} has no open stdin (create it with \"stdin\": true; a closed stdin stays closed)",
+                sandbox.id
+            )));
+        };
+        stdin
+            .write_all(data)
+            .map_err(|e| ApiError::conflict(format!("stdin of sandbox {}: {e}", sandbox.id)))
+    }
+
+    pub fn close_stdin(&self, sandbox: &Sandbox) -> ApiResult<()> {
+        let mut inner = lock(&sandbox.inner);
+        inner.last_activity = Instant::now();
+        match inner.stdin.take() {
+            Some(_) => Ok(()),
+            None => Err(ApiError::conflict(format!(
+                "sandbox {} has no open stdin",
+                sandbox.id
+            ))),
+        }
+    }
+
+    /// Runs a command in a live sandbox, under a narrower policy if one is given.
+    pub fn exec(self: &Arc<Self>, sandbox: &Arc<Sandbox>, req: ExecRequest) -> ApiResult<ExecView> {
+        if !sandbox.running() {
+            return Err(ApiError::conflict(format!("sandbox {} has ended", sandbox.id)));
+        }
+        let view = sandbox.view();
+        let cwd = req.cwd.clone().unwrap_or_else(|| view.cwd.clone());
+        let user = req.user.clone().or(Some(view.user.clone()));
+        let mut spec = prepare_workload(&req.command, &req.env, &cwd, user.as_deref())?;
+        let narrowed = req
+            .policy
+            .as_ref()
+            .map(|p| {
+                policy::compile(&p.spec("policy.", Mode::Open))
+                    .map(Arc::new)
+                    .map_err(|e| ApiError::bad_request(e.to_string()))
+            })
+            .transpose()?;
+        let mut inner = lock(&sandbox.inner);
+        let exec_id = inner.next_exec;
+        inner.next_exec += 1;
+        inner.last_activity = Instant::now();
+        // A narrowed exec runs in a cgroup of its own below the sandbox's, whose kernel entry
+        // has the sandbox's policy and the floor as outer layers.
+        let (cgroup, policy_id, services) = match &narrowed {
+            None => (None, view.policy_id, None),
+            Some(p) => {
+                let cg = SandboxCgroup::create(&sandbox.cgroup.path, &format!("exec-{exec_id}"))
+                    .map_err(|e| ApiError::internal(e.to_string()))?;
+                let names = p.has_names() || inner.policy.has_names();
+                let services = if names {
+                    let layers = std::iter::once(p.clone())
+                        .chain(std::iter::once(inner.policy.clone()))
+                        .chain(self.floor.iter().cloned())
+                        .collect();
+                    match self.start_services(&sandbox.id, layers) {
+                        Ok(s) => Some(s),
+                        Err(e) => {
+                            let _ = cg.remove();
+                            return Err(e);
+                        }
+                    }
+                } else {
+                    None
+                };
+                let ports = services
+                    .as_ref()
+                    .map_or((0, 0), |s| (s.dns_port, s.proxy_port));
+                let mut enforcement = self.enforcement();
+                let ceiling = enforcement.sandbox_entry(sandbox.cgroup.id);
+                let applied = ceiling
+                    .ok_or_else(|| ApiError::internal("the sandbox has no kernel entry"))
+                    .and_then(|c| {
+                        enforcement
+                            .apply_layered(cg.id, p, ports, Some(&c))
+                            .map_err(|e| ApiError::internal(crate::error_line(&e)))
+                    });
+                drop(enforcement);
+                match applied {
+                    Ok(id) => {
+                        if let Some(s) = &services {
+                            s.bind(Bound {
+                                cgroup_id: cg.id,
+                                policy_id: id,
+                            });
+                        }
+                        (Some(cg), id, services)
+                    }
+                    Err(e) => {
+                        let _ = cg.remove();
+                        return Err(e);
+                    }
+                }
+            }
+        };
+        let target = cgroup.as_ref().unwrap_or(&sandbox.cgroup);
+        let spawned = (|| {
+            let stdout = logs::create(&sandbox.exec_log_path(exec_id, "stdout"))?;
+            let stderr = logs::create(&sandbox.exec_log_path(exec_id, "stderr"))?;
+            let null = fs::File::open("/dev/null")?;
+            spec.stdio = Some([null.as_raw_fd(), stdout.as_raw_fd(), stderr.as_raw_fd()]);
+            spec.new_session = true;
+            let fd = target
+                .open_fd()
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            launch::spawn(&spec, &fd).map_err(|e| std::io::Error::other(crate::error_line(&e)))
+        })();
+        let child = match spawned {
+            Ok(c) => c,
+            Err(e) => {
+                if let Some(cg) = &cgroup {
+                    self.enforcement()
+                        .remove(cg.id, policy_id, narrowed.as_deref());
+                    let _ = cg.remove();
+                }
+                return Err(ApiError::bad_request(format!("exec: {e}")));
+            }
+        };
+        let exec_view = ExecView {
+            id: exec_id,
+            command: req.command.clone(),
+            state: "running".into(),
+            exit_code: None,
+            policy: req.policy.clone(),
+            cgroup_id: cgroup.as_ref().map_or(sandbox.cgroup.id, |c| c.id),
+        };
+        let (exit, _) = watch::channel(None);
+        inner.execs.insert(
+            exec_id,
+            ExecLive {
+                cgroup,
+                policy_id,
+                policy: narrowed,
+                services,
+                exit,
+            },
+        );
+        drop(inner);
+        sandbox.update(|v| v.execs.push(exec_view.clone()));
+        self.handle
+            .spawn(supervise_exec(self.clone(), sandbox.clone(), exec_id, child));
+        Ok(exec_view)
+    }
+
+    /// Replaces a live sandbox's policy: new connections see the new policy whole at once;
+    /// established connections it denies are cut (proxied ones by the proxy, direct ones by
+    /// the kernel dropping their packets and a socket destroy).
+    pub fn set_policy(&self, sandbox: &Arc<Sandbox>, body: PolicyFile) -> ApiResult<SandboxView> {
+        if !sandbox.running() {
+            return Err(ApiError::conflict(format!("sandbox {} has ended", sandbox.id)));
+        }
+        let new = Arc::new(
+            policy::compile(&body.spec("policy.", Mode::Blocked))
+                .map_err(|e| ApiError::bad_request(e.to_string()))?,
+        );
+        let mut inner = lock(&sandbox.inner);
+        let proxy_env = sandbox.view().policy != body && inner.services.is_some();
+        // Domain services are needed from now on if the new policy has names.
+        if inner.services.is_none() && new.has_names() {
+            inner.services = Some(self.start_services(&sandbox.id, self.layers(&new))?);
+        }
+        let ports = inner
+            .services
+            .as_ref()
+            .filter(|_| new.has_names() || proxy_env)
+            .map_or((0, 0), |s| (s.dns_port, s.proxy_port));
+        let dependents: Vec<u64> = inner
+            .execs
+            .values()
+            .filter_map(|e| e.cgroup.as_ref().map(|c| c.id))
+            .collect();
+        let old_id = sandbox.view().policy_id;
+        let mut enforcement = self.enforcement();
+        let new_id = enforcement
+            .replace_policy(
+                sandbox.cgroup.id,
+                (old_id, &inner.policy),
+                &new,
+                ports,
+                &dependents,
+            )
+            .map_err(|e| ApiError::internal(crate::error_line(&e)))?;
+        inner.policy = new.clone();
+        let bound = Bound {
+            cgroup_id: sandbox.cgroup.id,
+            policy_id: new_id,
+        };
+        let cut = if let Some(s) = &inner.services {
+            s.shared.replace_layers(self.layers(&new), bound);
+            let shared = s.shared.clone();
+            enforcement.carry_learned(old_id, new_id, |a| shared.learned_still_allowed(a))
+        } else {
+            enforcement.carry_learned(old_id, new_id, |_| false)
+        };
+        // Execs with their own services: their ceiling changed.
+        for exec in inner.execs.values() {
+            if let (Some(s), Some(p), Some(cg)) = (&exec.services, &exec.policy, &exec.cgroup) {
+                let layers = std::iter::once(p.clone())
+                    .chain(std::iter::once(new.clone()))
+                    .chain(self.floor.iter().cloned())
+                    .collect();
+                s.shared.replace_layers(
+                    layers,
+                    Bound {
+                        cgroup_id: cg.id,
+                        policy_id: exec.policy_id,
+                    },
+                );
+            }
+        }
+        let cgroups: Vec<(PathBuf, u64)> = std::iter::once((sandbox.cgroup.path.clone(), sandbox.cgroup.id))
+            .chain(
+                inner
+                    .execs
+                    .values()
+                    .filter_map(|e| e.cgroup.as_ref().map(|c| (c.path.clone(), c.id))),
+            )
+            .collect();
+        let shared = inner.services.as_ref().map(|s| s.shared.clone());
+        drop(inner);
+        drop(enforcement);
+        // Direct connections the new policy denies: their packets are dropped from now on;
+        // destroying the sockets tells the workload at once instead of after TCP timeouts.
+        let maps = crate::enforcement::AgentMaps::open(&self.paths).ok();
+        for (path, cgroup_id) in cgroups {
+            destroy_denied_sockets(&path, |peer| {
+                cut.contains(&peer)
+                    || (maps
+                        .as_ref()
+                        .is_some_and(|m| !m.address_verdict(cgroup_id, peer).allow)
+                        && !shared.as_ref().is_some_and(|s| s.learned_still_allowed(peer)))
+            });
+        }
+        sandbox.update(|v| {
+            v.policy = body;
+            v.policy_id = new_id;
+        });
+        tracing::info!(sandbox = %sandbox.id, "policy replaced");
+        Ok(self.view(sandbox))
+    }
+
+    /// Re-adopts every recorded sandbox: live ones are supervised again, ended ones are
+    /// recorded as such and their kernel state is cleaned.
+    fn adopt_all(self: &Arc<Self>, dir: &Path) {
+        let Ok(entries) = fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let record = path.join("record.json");
+            let Some(view) = fs::read(&record)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<SandboxView>(&b).ok())
+            else {
+                tracing::warn!("skipping unreadable record {}", record.display());
+                continue;
+            };
+            if let Err(e) = self.adopt(&path, view) {
+                tracing::warn!("cannot adopt {}: {}", path.display(), e.message);
+            }
+        }
+    }
+
+    fn adopt(self: &Arc<Self>, dir: &Path, mut view: SandboxView) -> ApiResult<()> {
+        let id = view.id.clone();
+        let lock_path = self.paths.sandbox_locks().join(format!("{id}.lock"));
+        let _ = fs::create_dir_all(self.paths.sandbox_locks());
+        let file_lock =
+            FileLock::acquire(&lock_path).map_err(|e| ApiError::internal(e.to_string()))?;
+        let parent = self.enforcement().parent_cgroup.clone();
+        let cgroup_path = parent.join(&id);
+        let cgroup = SandboxCgroup::open(cgroup_path.clone()).ok();
+        let populated = cgroup
+            .as_ref()
+            .is_some_and(|c| c.is_populated().unwrap_or(false));
+        let compiled = policy::compile(&view.policy.spec("policy.", Mode::Blocked))
+            .map(Arc::new)
+            .map_err(|e| ApiError::internal(e.to_string()));
+        let (ended, _) = watch::channel(true);
+        let (ready, _) = watch::channel(if view.ready {
+            Readiness::Ready
+        } else {
+            Readiness::NoProbe
+        });
+        let live = view.state == "running" && populated && compiled.is_ok();
+        let cgroup = cgroup.unwrap_or(SandboxCgroup {
+            path: cgroup_path,
+            id: view.cgroup_id,
+        });
+        let mut services = None;
+        if live {
+            let compiled = compiled.as_ref().ok().cloned().expect("checked");
+            if compiled.has_names() {
+                let s = self.start_services(&id, self.layers(&compiled))?;
+                let set = self
+                    .enforcement()
+                    .set_ports(cgroup.id, (s.dns_port, s.proxy_port));
+                if let Err(e) = set {
+                    return Err(ApiError::internal(crate::error_line(&e)));
+                }
+                s.bind(Bound {
+                    cgroup_id: cgroup.id,
+                    policy_id: view.policy_id,
+                });
+                services = Some(s);
+            }
+            ended.send_replace(false);
+        } else if view.state == "running" {
+            // It ended while no daemon watched: its status is lost.
+            self.cleanup_kernel(&cgroup, view.policy_id, None, &view.execs);
+            view.state = "exited".into();
+            view.end_reason = Some("status-unknown".into());
+            view.ended_at = Some(now_rfc3339());
+        }
+        for exec in &mut view.execs {
+            if exec.state == "running" {
+                // Its process is no longer ours to wait for.
+                exec.state = "unknown".into();
+            }
+        }
+        let sandbox = Arc::new(Sandbox {
+            id: id.clone(),
+            dir: dir.to_owned(),
+            cgroup,
+            view: Mutex::new(view.clone()),
+            inner: Mutex::new(Inner {
+                policy: compiled.unwrap_or_else(|_| Arc::new(policy::compile(&PolicyFile::default().spec("", Mode::Blocked)).expect("blocked compiles"))),
+                services,
+                stdin: None,
+                execs: HashMap::new(),
+                next_exec: u32::try_from(view.execs.len()).unwrap_or(u32::MAX - 1) + 1,
+                last_activity: Instant::now(),
+            }),
+            ended,
+            ready,
+            kill: Notify::new(),
+            kill_reason: Mutex::new(None),
+            _lock: file_lock,
+        });
+        sandbox.save();
+        lock(&self.sandboxes).insert(id.clone(), sandbox.clone());
+        if live {
+            self.observe.sandbox_started();
+            let created = humantime::parse_rfc3339(&view.created_at).unwrap_or(SystemTime::now());
+            let age = SystemTime::now().duration_since(created).unwrap_or_default();
+            let timeout = Duration::from_millis(view.timeout_ms).saturating_sub(age);
+            let idle = view.idle_timeout_ms.map(Duration::from_millis);
+            self.handle
+                .spawn(supervise(self.clone(), sandbox, None, timeout, idle));
+            tracing::info!(sandbox = %id, "re-adopted");
+        }
+        Ok(())
+    }
+
+    /// Removes a sandbox's kernel entries (its own, its execs') and cgroups.
+    fn cleanup_kernel(
+        &self,
+        cgroup: &SandboxCgroup,
+        policy_id: u32,
+        policy: Option<&CompiledPolicy>,
+        execs: &[ExecView],
+    ) {
+        let mut enforcement = self.enforcement();
+        for exec in execs.iter().filter(|e| e.cgroup_id != cgroup.id) {
+            if let Some(entry) = enforcement.sandbox_entry(exec.cgroup_id) {
+                enforcement.remove(exec.cgroup_id, entry.policy_id, None);
+            }
+        }
+        enforcement.remove(cgroup.id, policy_id, policy);
+        drop(enforcement);
+        if let Ok(children) = fs::read_dir(&cgroup.path) {
+            for child in children.flatten() {
+                if child.path().is_dir() {
+                    let _ = fs::remove_dir(child.path());
+                }
+            }
+        }
+        let _ = cgroup.remove();
+    }
+}
+
+/// The supervisor of one sandbox: waits for its end (exit, kill, timeout, idle timeout),
+/// trims its output, and tears down what it had in the kernel.
+async fn supervise(
+    daemon: Arc<Daemon>,
+    sandbox: Arc<Sandbox>,
+    child: Option<Child>,
+    timeout: Duration,
+    idle_timeout: Option<Duration>,
+) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let cgroup = sandbox.cgroup.clone();
+    let mut exited = Box::pin(async move {
+        match child {
+            Some(c) => wait_child(c).await,
+            // A re-adopted sandbox: not our child, so only its end can be seen.
+            None => {
+                while cgroup.is_populated().unwrap_or(false) {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                None
+            }
+        }
+    });
+    let mut tick = tokio::time::interval(TICK);
+    let mut reason: Option<&'static str> = None;
+    let code = loop {
+        tokio::select! {
+            code = &mut exited => break code,
+            () = tokio::time::sleep_until(deadline), if reason.is_none() => {
+                reason = Some("timeout");
+                kill_cgroup(&sandbox).await;
+            }
+            () = sandbox.kill.notified(), if reason.is_none() => {
+                reason = Some(lock(&sandbox.kill_reason).unwrap_or("killed"));
+                kill_cgroup(&sandbox).await;
+            }
+            _ = tick.tick() => {
+                logs::trim_all(&sandbox.dir, daemon.config.log_limit_bytes);
+                if reason.is_none() && let Some(idle) = idle_timeout && idle_for(&sandbox) >= idle {
+                    reason = Some("idle-timeout");
+                    kill_cgroup(&sandbox).await;
+                }
+            }
+        }
+    };
+    // The main process is gone: whatever it left behind goes with it.
+    kill_cgroup(&sandbox).await;
+    let (policy, services, execs) = {
+        let mut inner = lock(&sandbox.inner);
+        inner.stdin = None;
+        (
+            inner.policy.clone(),
+            inner.services.take(),
+            std::mem::take(&mut inner.execs),
+        )
+    };
+    drop(services);
+    for (_, exec) in execs {
+        drop(exec.services);
+        if let Some(cg) = &exec.cgroup {
+            daemon
+                .enforcement()
+                .remove(cg.id, exec.policy_id, exec.policy.as_deref());
+        }
+        exec.exit.send_replace(Some(Some(137)));
+    }
+    let view = sandbox.view();
+    daemon.cleanup_kernel(&sandbox.cgroup, view.policy_id, Some(&policy), &[]);
+    let end_reason = match (reason, code) {
+        (Some(r), _) => r,
+        (None, Some(_)) => "exited",
+        (None, None) => "status-unknown",
+    };
+    sandbox.update(|v| {
+        v.state = "exited".into();
+        v.exit_code = code;
+        v.end_reason = Some(end_reason.into());
+        v.ended_at = Some(now_rfc3339());
+        for e in &mut v.execs {
+            if e.state == "running" {
+                e.state = "exited".into();
+                e.exit_code = Some(137);
+            }
+        }
+    });
+    sandbox.ready.send_if_modified(|r| {
+        if *r == Readiness::Pending {
+            *r = Readiness::Failed("the sandbox ended before it was ready".into());
+            true
+        } else {
+            false
+        }
+    });
+    sandbox.ended.send_replace(true);
+    daemon.observe.sandbox_ended();
+    tracing::info!(sandbox = %sandbox.id, reason = end_reason, code, "ended");
+}
+
+async fn supervise_exec(daemon: Arc<Daemon>, sandbox: Arc<Sandbox>, exec_id: u32, child: Child) {
+    let code = wait_child(child).await;
+    let live = lock(&sandbox.inner).execs.remove(&exec_id);
+    sandbox.touch();
+    let Some(exec) = live else {
+        // The sandbox ended first and cleaned up.
+        return;
+    };
+    drop(exec.services);
+    if let Some(cg) = &exec.cgroup {
+        let _ = cg.kill_all(KILL_TIMEOUT);
+        daemon
+            .enforcement()
+            .remove(cg.id, exec.policy_id, exec.policy.as_deref());
+        let _ = cg.remove();
+    }
+    sandbox.update(|v| {
+        if let Some(e) = v.execs.iter_mut().find(|e| e.id == exec_id) {
+            e.state = "exited".into();
+            e.exit_code = code;
+        }
+    });
+    exec.exit.send_replace(Some(code));
+}
+
+/// Waits for a child of ours through its pidfd; its status as the shell shows it.
+async fn wait_child(child: Child) -> Option<i32> {
+    // SAFETY: the AsyncFd owns the descriptor, which stays open until it is dropped.
+    if let Ok(fd) = unsafe { tokio::io::unix::AsyncFd::register(child.pidfd.try_clone().ok()?) } {
+        let _ = fd.readable().await;
+    }
+    let reaped = tokio::task::spawn_blocking(move || launch::reap(&child)).await;
+    reaped.ok().and_then(Result::ok).map(launch::ExitStatus::code)
+}
+
+async fn kill_cgroup(sandbox: &Arc<Sandbox>) {
+    let cgroup = sandbox.cgroup.clone();
+    let killed = tokio::task::spawn_blocking(move || cgroup.kill_all(KILL_TIMEOUT)).await;
+    if let Ok(Err(e)) = killed {
+        tracing::warn!(sandbox = %sandbox.id, "{e}");
+    }
+}
+
+/// How long the sandbox has been idle: no running exec, no stdin write, no open proxied
+/// connection.
+fn idle_for(sandbox: &Sandbox) -> Duration {
+    let mut inner = lock(&sandbox.inner);
+    let busy = !inner.execs.is_empty()
+        || inner.services.as_ref().is_some_and(|s| {
+            s.shared
+                .open_connections
+                .load(std::sync::atomic::Ordering::Relaxed)
+                > 0
+        });
+    if busy {
+        inner.last_activity = Instant::now();
+    }
+    inner.last_activity.elapsed()
+}
+
+/// Runs the readiness probe until it passes, the sandbox ends or the probe's time is up.
+async fn probe_task(daemon: Arc<Daemon>, sandbox: Arc<Sandbox>, probe: ProbeSpec) {
+    let interval = probe
+        .interval
+        .as_deref()
+        .and_then(|t| humantime::parse_duration(t).ok())
+        .unwrap_or(Duration::from_millis(100));
+    let give_up = probe
+        .timeout
+        .as_deref()
+        .and_then(|t| humantime::parse_duration(t).ok())
+        .unwrap_or(Duration::from_mins(5));
+    let start = Instant::now();
+    while sandbox.running() {
+        let ok = match (&probe.tcp_port, &probe.exec) {
+            (Some(port), _) => tokio::time::timeout(
+                interval.max(Duration::from_millis(100)),
+                tokio::net::TcpStream::connect(("127.0.0.1", *port)),
+            )
+            .await
+            .is_ok_and(|r| r.is_ok()),
+            (None, Some(cmd)) => {
+                let req = ExecRequest {
+                    command: cmd.clone(),
+                    ..ExecRequest::default()
+                };
+                match daemon.exec(&sandbox, req) {
+                    Ok(view) => match sandbox.exec_exit_rx(view.id) {
+                        Some(mut rx) => rx
+                            .wait_for(Option::is_some)
+                            .await
+                            .is_ok_and(|c| *c == Some(Some(0))),
+                        None => lock(&sandbox.view)
+                            .execs
+                            .iter()
+                            .any(|e| e.id == view.id && e.exit_code == Some(0)),
+                    },
+                    Err(_) => false,
+                }
+            }
+            (None, None) => false,
+        };
+        if ok {
+            sandbox.ready.send_replace(Readiness::Ready);
+            sandbox.update(|v| v.ready = true);
+            return;
+        }
+        if start.elapsed() >= give_up {
+            sandbox.ready.send_replace(Readiness::Failed(format!(
+                "not ready after {}",
+                humantime::format_duration(give_up)
+            )));
+            return;
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+impl Daemon {
+    /// Waits until the sandbox is ready; errors if it has no probe, the probe gave up, or the
+    /// sandbox ended first.
+    pub async fn wait_ready(&self, sandbox: &Sandbox) -> ApiResult<()> {
+        let mut rx = sandbox.ready.subscribe();
+        let state = rx
+            .wait_for(|r| *r != Readiness::Pending)
+            .await
+            .map_err(|_| ApiError::internal("probe state lost"))?
+            .clone();
+        match state {
+            Readiness::Ready => Ok(()),
+            Readiness::NoProbe => Err(ApiError::conflict(format!(
+                "sandbox {} has no readiness probe",
+                sandbox.id
+            ))),
+            Readiness::Failed(why) => Err(ApiError::conflict(format!(
+                "sandbox {} is not ready: {why}",
+                sandbox.id
+            ))),
+            Readiness::Pending => unreachable!("waited for a change"),
+        }
+    }
+
+    pub async fn wait(&self, sandbox: &Sandbox) -> WaitView {
+        let mut rx = sandbox.ended_rx();
+        let _ = rx.wait_for(|e| *e).await;
+        let v = sandbox.view();
+        WaitView {
+            exit_code: v.exit_code,
+            end_reason: v.end_reason,
+        }
+    }
+}
+
+fn validate_probe(p: &ProbeSpec) -> ApiResult<()> {
+    match (&p.tcp_port, &p.exec) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "probe: give tcp_port or exec, not both",
+            ));
+        }
+        (None, None) => return Err(ApiError::bad_request("probe: give tcp_port or exec")),
+        (None, Some(cmd)) if cmd.is_empty() => {
+            return Err(ApiError::bad_request("probe: exec needs a command"));
+        }
+        _ => {}
+    }
+    for (key, value) in [("interval", &p.interval), ("timeout", &p.timeout)] {
+        if let Some(v) = value {
+            parse_duration(&format!("probe.{key}"), v)?;
+        }
+    }
+    Ok(())
+}
+
+fn parse_duration(key: &str, text: &str) -> ApiResult<Duration> {
+    humantime::parse_duration(text)
+        .map_err(|e| ApiError::bad_request(format!("invalid {key} \"{text}\": {e}")))
+}
+
+fn prepare_workload(
+    command: &[String],
+    env: &BTreeMap<String, String>,
+    cwd: &str,
+    user: Option<&str>,
+) -> ApiResult<launch::LaunchSpec> {
+    let command: Vec<OsString> = command.iter().map(OsString::from).collect();
+    workload::prepare(Workload {
+        command: &command,
+        env: env
+            .iter()
+            .map(|(k, v)| (OsString::from(k), OsString::from(v)))
+            .collect(),
+        cwd: PathBuf::from(cwd),
+        user,
+        keep_caps: Vec::new(),
+    })
+    .map_err(|e| ApiError::bad_request(e.message))
+}
+
+fn placeholder_view(id: &str, policy_id: u32) -> SandboxView {
+    SandboxView {
+        id: id.to_owned(),
+        name: None,
+        tags: BTreeMap::new(),
+        state: "running".into(),
+        ready: false,
+        command: Vec::new(),
+        cwd: String::new(),
+        user: String::new(),
+        policy: PolicyFile::default(),
+        timeout_ms: 0,
+        idle_timeout_ms: None,
+        probe: None,
+        stdin: false,
+        created_at: now_rfc3339(),
+        ended_at: None,
+        exit_code: None,
+        end_reason: None,
+        pid: 0,
+        cgroup_id: 0,
+        policy_id,
+        execs: Vec::new(),
+        counters: None,
+    }
+}
+
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from)?;
+    Ok((r, w))
+}
+
+fn write_atomic(path: &Path, view: &SandboxView) -> std::io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let bytes = serde_json::to_vec_pretty(view).map_err(std::io::Error::other)?;
+    fs::write(&tmp, bytes)?;
+    fs::rename(&tmp, path)
+}
+
+/// Destroys (`SOCK_DESTROY` through `ss -K`) the TCP connections in `cgroup` whose peer
+/// `denied` says the policy no longer allows. Best effort: the kernel already drops their
+/// packets, this only makes the workload see the end at once.
+fn destroy_denied_sockets(cgroup: &Path, denied: impl Fn(std::net::IpAddr) -> bool) {
+    let listed = std::process::Command::new("ss")
+        .args(["-Htn", "state", "established", "cgroup"])
+        .arg(cgroup)
+        .output();
+    let Ok(out) = listed else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(peer) = line.split_whitespace().nth(3) else {
+            continue;
+        };
+        let Ok(peer) = peer
+            .replace(['[', ']'], "")
+            .rsplit_once(':')
+            .map(|(a, p)| format!("{a}|{p}"))
+            .unwrap_or_default()
+            .split_once('|')
+            .map(|(a, p)| (a.parse::<std::net::IpAddr>(), p.parse::<u16>()))
+            .ok_or(())
+        else {
+            continue;
+        };
+        let (Ok(addr), Ok(port)) = peer else {
+            continue;
+        };
+        if addr.is_loopback() || !denied(addr) {
+            continue;
+        }
+        let _ = std::process::Command::new("ss")
+            .args(["-HtnK", "state", "established", "cgroup"])
+            .arg(cgroup)
+            .args(["dst", &addr.to_string(), "dport", "=", &port.to_string()])
+            .output();
+    }
+}
+
+impl Daemon {
+    /// Kernel counters of every live sandbox, by id, for metrics.
+    pub fn live_counters(&self) -> Vec<(String, sandbox_common::Counters)> {
+        let all = self.all();
+        let enforcement = self.enforcement();
+        all.iter()
+            .filter(|s| s.running())
+            .filter_map(|s| {
+                enforcement
+                    .counters(s.cgroup.id)
+                    .map(|c| (s.id.clone(), c))
+            })
+            .collect()
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT. Sandboxes outlive it: a restarted daemon
+/// re-adopts them.
+pub async fn serve(config: Config) -> Result<(), DaemonError> {
+    let socket = config.socket.clone();
+    let metrics_address = config.metrics_address;
+    let daemon = Daemon::start(config, Paths::default())?;
+    if let Some(dir) = socket.parent() {
+        fs::create_dir_all(dir).map_err(io_err("create", dir))?;
+    }
+    // The daemon lock is ours, so a socket file left here belongs to a dead daemon.
+    match fs::remove_file(&socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err("remove stale socket", &socket)(e)),
+    }
+    let listener = tokio::net::UnixListener::bind(&socket).map_err(io_err("listen on", &socket))?;
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        fs::set_permissions(&socket, fs::Permissions::from_mode(0o600))
+            .map_err(io_err("chmod", &socket))?;
+    }
+    let reader = daemon.clone();
+    tokio::spawn(
+        daemon
+            .observe
+            .clone()
+            .read_kernel_events(move |cgroup| reader.sandbox_of_cgroup(cgroup)),
+    );
+    if let Some(addr) = metrics_address {
+        let tcp = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(io_err("listen for metrics on", Path::new(&addr.to_string())))?;
+        let app = server::metrics_router(daemon.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(tcp, app).await;
+        });
+        tracing::info!(%addr, "metrics");
+    }
+    tracing::info!(socket = %socket.display(), "listening");
+    let app = server::router(daemon.clone());
+    let shutdown = async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("stopping; sandboxes keep running and are re-adopted on restart");
+    };
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(io_err("serve on", &socket))?;
+    let _ = fs::remove_file(&socket);
+    Ok(())
+}
