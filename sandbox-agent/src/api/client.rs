@@ -17,7 +17,11 @@ pub enum ClientError {
     Http(String),
     /// The daemon answered with an error status; its message.
     #[error("{message}")]
-    Status { status: u16, message: String },
+    Status {
+        status: u16,
+        message: String,
+        exit_code: Option<i32>,
+    },
 }
 
 pub struct Client {
@@ -110,10 +114,14 @@ impl Client {
                     .await
                     .map_err(|e| ClientError::Http(e.to_string()))?
                     .to_bytes();
-                let message = serde_json::from_slice::<super::ErrorBody>(&bytes)
-                    .map(|e| e.error)
-                    .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
-                return Err(ClientError::Status { status, message });
+                let (message, exit_code) = serde_json::from_slice::<super::ErrorBody>(&bytes)
+                    .map(|e| (e.error, e.exit_code))
+                    .unwrap_or_else(|_| (String::from_utf8_lossy(&bytes).into_owned(), None));
+                return Err(ClientError::Status {
+                    status,
+                    message,
+                    exit_code,
+                });
             }
             while let Some(frame) = body.frame().await {
                 let frame = frame.map_err(|e| ClientError::Http(e.to_string()))?;

@@ -163,6 +163,10 @@ pub struct WaitView {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct ErrorBody {
     pub error: String,
+    /// When the workload could not start: the status `run` exits with (127: not found,
+    /// 126: cannot execute).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub exit_code: Option<i32>,
 }
 
 /// Whether `name` is a valid sandbox name.

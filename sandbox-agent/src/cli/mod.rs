@@ -1,5 +1,7 @@
 //! One file per subcommand. Each returns the process exit code; agent errors are one line on
 //! stderr and exit 125.
+pub mod api;
+pub mod daemon;
 pub mod run;
 pub mod state;
 pub mod teardown;

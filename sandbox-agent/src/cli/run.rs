@@ -6,8 +6,12 @@ use std::{
     time::Duration,
 };
 
+use std::io::Write as _;
+
 use clap::Args;
+use hyper::Method;
 use sandbox_agent::{
+    api::{CreateRequest, SandboxView, WaitView, client::Client},
     domains::{self, DomainOptions},
     events::Events,
     paths::Paths,
@@ -84,11 +88,20 @@ pub struct RunArgs {
     #[arg(long = "flow-log", value_name = "FILE")]
     flow_log: Option<PathBuf>,
     /// The command and its arguments.
+    /// Run in this process even when a daemon is running.
+    #[arg(long)]
+    embedded: bool,
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<OsString>,
 }
 
-pub fn main(args: RunArgs) -> i32 {
+pub fn main(args: RunArgs, socket: &Path) -> i32 {
+    if !args.embedded && socket.exists() {
+        let client = Client::new(socket);
+        if client.available() {
+            return via_daemon(&client, &args);
+        }
+    }
     let stats = args.stats;
     let (opts, name) = match prepare(args) {
         Ok(v) => v,
@@ -281,3 +294,180 @@ fn policy_spec(args: &RunArgs) -> Result<PolicySpec, Failure> {
     })
 }
 
+
+/// `run` through the daemon: create with this command's stdin forwarded, stream the output,
+/// wait; SIGINT/SIGTERM/SIGHUP kill the sandbox. The exit status is the workload's (124 on
+/// timeout, as embedded).
+fn via_daemon(client: &Client, args: &RunArgs) -> i32 {
+    let embedded_only = [
+        (args.flow_log.is_some(), "--flow-log"),
+        (args.upstream_dns.is_some(), "--upstream-dns"),
+        (args.upstream_proxy.is_some(), "--upstream-proxy"),
+        (!args.cap_add.is_empty(), "--cap-add"),
+        (args.stats, "--stats"),
+    ];
+    if let Some((_, flag)) = embedded_only.iter().find(|(set, _)| *set) {
+        eprintln!(
+            "sandbox-agent: {flag} is not available through the daemon (it is configured there); \
+             add --embedded to run without it"
+        );
+        return 125;
+    }
+    let command: Vec<String> = match args
+        .command
+        .iter()
+        .map(|a| a.to_str().map(str::to_owned))
+        .collect::<Option<_>>()
+    {
+        Some(c) => c,
+        None => {
+            eprintln!("sandbox-agent: the command is not valid UTF-8 (use --embedded)");
+            return 125;
+        }
+    };
+    let mut env = std::collections::BTreeMap::new();
+    for item in &args.env {
+        match workload::parse_env_item(item) {
+            Ok(Some((k, v))) => match (k.into_string(), v.into_string()) {
+                (Ok(k), Ok(v)) => {
+                    env.insert(k, v);
+                }
+                _ => {
+                    eprintln!("sandbox-agent: --env is not valid UTF-8 (use --embedded)");
+                    return 125;
+                }
+            },
+            Ok(None) => {}
+            Err(e) => {
+                eprintln!("sandbox-agent: {e}");
+                return 125;
+            }
+        }
+    }
+    let policy = match policy_spec_file(args) {
+        Ok(p) => p,
+        Err(Failure { message, code }) => {
+            eprintln!("sandbox-agent: {message}");
+            return code;
+        }
+    };
+    let cwd = args
+        .cwd
+        .clone()
+        .or_else(|| std::env::current_dir().ok())
+        .map(|p| p.to_string_lossy().into_owned());
+    let req = CreateRequest {
+        command,
+        env,
+        cwd,
+        user: args.user.clone(),
+        policy,
+        timeout: args
+            .timeout
+            .map(|t| humantime::format_duration(t).to_string()),
+        stdin: true,
+        proxy_env: args.proxy_env,
+        ..CreateRequest::default()
+    };
+    // Signals are taken by a thread of ours (blocked everywhere else) and kill the sandbox.
+    let mut mask = nix::sys::signal::SigSet::empty();
+    for s in [
+        nix::sys::signal::Signal::SIGINT,
+        nix::sys::signal::Signal::SIGTERM,
+        nix::sys::signal::Signal::SIGHUP,
+    ] {
+        mask.add(s);
+    }
+    let _ = mask.thread_block();
+    let view: SandboxView = match client.json(Method::POST, "/v1/sandboxes", Some(&req)) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("sandbox-agent: {e}");
+            return match e {
+                sandbox_agent::api::client::ClientError::Status {
+                    exit_code: Some(code),
+                    ..
+                } => code,
+                _ => 125,
+            };
+        }
+    };
+    let base = format!("/v1/sandboxes/{}", view.id);
+    let socket = super::api::socket_for_threads();
+    {
+        let (socket, base) = (socket.clone(), base.clone());
+        std::thread::spawn(move || {
+            if mask.wait().is_ok() {
+                let _ = Client::new(&socket).request(Method::POST, &format!("{base}/kill"), None);
+            }
+        });
+    }
+    {
+        let (socket, base) = (socket.clone(), base.clone());
+        std::thread::spawn(move || forward_stdin(&socket, &base));
+    }
+    let socket_err = socket.clone();
+    let err_path = format!("{base}/logs?stream=stderr&follow=true");
+    let stderr = std::thread::spawn(move || {
+        Client::new(&socket_err).stream(Method::GET, &err_path, None, |b| {
+            let mut e = std::io::stderr().lock();
+            e.write_all(b)?;
+            e.flush()
+        })
+    });
+    let _ = client.stream(
+        Method::GET,
+        &format!("{base}/logs?stream=stdout&follow=true"),
+        None,
+        |b| {
+            let mut o = std::io::stdout().lock();
+            o.write_all(b)?;
+            o.flush()
+        },
+    );
+    let _ = stderr.join();
+    match client.json::<WaitView>(Method::GET, &format!("{base}/wait"), None::<&()>) {
+        Ok(w) if w.end_reason.as_deref() == Some("timeout") => {
+            eprintln!("sandbox-agent: timed out; sandbox {} was killed", view.id);
+            124
+        }
+        Ok(w) => w.exit_code.unwrap_or(125),
+        Err(e) => {
+            eprintln!("sandbox-agent: {e}");
+            125
+        }
+    }
+}
+
+/// Copies our stdin to the sandbox's, then closes it.
+fn forward_stdin(socket: &Path, base: &str) {
+    let client = Client::new(socket);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match std::io::Read::read(&mut std::io::stdin(), &mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if client
+                    .request(Method::POST, &format!("{base}/stdin"), Some(buf[..n].to_vec()))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+    }
+    let _ = client.request(Method::POST, &format!("{base}/stdin/close"), None);
+}
+
+/// The policy of `--policy` and the flags, as the API takes it.
+fn policy_spec_file(args: &RunArgs) -> Result<PolicyFile, Failure> {
+    let mut file = match &args.policy {
+        Some(path) => PolicyFile::load(path)?,
+        None => PolicyFile::default(),
+    };
+    file.network = args.network.or(file.network);
+    file.precedence = args.precedence.or(file.precedence);
+    file.allow_out.extend(args.allow_out.iter().cloned());
+    file.deny_out.extend(args.deny_out.iter().cloned());
+    Ok(file)
+}

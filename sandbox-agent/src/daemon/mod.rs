@@ -50,6 +50,8 @@ const TICK: Duration = Duration::from_millis(250);
 pub struct ApiError {
     pub status: u16,
     pub message: String,
+    /// For a workload that could not start: 127 not found, 126 cannot execute.
+    pub exit_code: Option<i32>,
 }
 
 impl ApiError {
@@ -57,24 +59,28 @@ impl ApiError {
         Self {
             status: 400,
             message: message.into(),
+            exit_code: None,
         }
     }
     pub fn not_found(message: impl Into<String>) -> Self {
         Self {
             status: 404,
             message: message.into(),
+            exit_code: None,
         }
     }
     pub fn conflict(message: impl Into<String>) -> Self {
         Self {
             status: 409,
             message: message.into(),
+            exit_code: None,
         }
     }
     pub fn internal(message: impl Into<String>) -> Self {
         Self {
             status: 500,
             message: message.into(),
+            exit_code: None,
         }
     }
 }
@@ -509,6 +515,7 @@ impl Daemon {
                 launch::spawn(spec, &fd).map_err(|e| ApiError {
                     status: if e.exit_code() == 125 { 500 } else { 400 },
                     message: crate::error_line(&e),
+                    exit_code: Some(e.exit_code()),
                 })
             }) {
                 Ok(c) => c,
@@ -1267,7 +1274,10 @@ fn prepare_workload(
         user,
         keep_caps: Vec::new(),
     })
-    .map_err(|e| ApiError::bad_request(e.message))
+    .map_err(|e| ApiError {
+        exit_code: Some(e.code),
+        ..ApiError::bad_request(e.message)
+    })
 }
 
 fn placeholder_view(id: &str, policy_id: u32) -> SandboxView {

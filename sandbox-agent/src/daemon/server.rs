@@ -19,7 +19,14 @@ type AppState = Arc<Daemon>;
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, Json(ErrorBody { error: self.message })).into_response()
+        (
+            status,
+            Json(ErrorBody {
+                error: self.message,
+                exit_code: self.exit_code,
+            }),
+        )
+            .into_response()
     }
 }
 
@@ -28,6 +35,7 @@ fn body<T>(parsed: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     parsed.map(|Json(v)| v).map_err(|r| ApiError {
         status: r.status().as_u16(),
         message: r.body_text(),
+        exit_code: None,
     })
 }
 

@@ -1,0 +1,554 @@
+//! The commands that talk to the daemon: `create`, `exec`, `ls`, `inspect`, `logs`, `wait`,
+//! `wait-ready`, `kill`, `rm`, `policy set`, `events`.
+use std::{
+    collections::BTreeMap,
+    io::Write as _,
+    path::{Path, PathBuf},
+};
+
+use clap::{Args, Subcommand};
+use hyper::Method;
+use sandbox_agent::{
+    api::{
+        CreateRequest, ExecRequest, ExecView, ProbeSpec, SandboxView, WaitView,
+        client::{Client, ClientError},
+    },
+    policy::{Mode, PolicyFile, Precedence},
+};
+
+/// Where the daemon listens; `--socket` or `SANDBOX_AGENT_SOCKET` overrides it.
+pub fn socket_path(flag: Option<&Path>) -> PathBuf {
+    flag.map(Path::to_owned)
+        .or_else(|| std::env::var_os("SANDBOX_AGENT_SOCKET").map(PathBuf::from))
+        .unwrap_or_else(|| sandbox_agent::config::DEFAULT_SOCKET.into())
+}
+
+/// Policy flags shared by `create`, `exec` and `policy set`.
+#[derive(Args, Clone, Default)]
+pub struct PolicyArgs {
+    /// blocked, open or allowlist.
+    #[arg(long, value_enum, value_name = "MODE")]
+    network: Option<Mode>,
+    /// Allow an address, CIDR, domain, *.wildcard or @preset (repeatable).
+    #[arg(long = "allow-out", value_name = "ENTRY")]
+    allow_out: Vec<String>,
+    /// Deny an address, CIDR, domain, *.wildcard or @preset (repeatable).
+    #[arg(long = "deny-out", value_name = "ENTRY")]
+    deny_out: Vec<String>,
+    #[arg(long, value_enum)]
+    precedence: Option<Precedence>,
+    /// A TOML policy file; flags add to it.
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
+}
+
+impl PolicyArgs {
+    fn is_empty(&self) -> bool {
+        self.network.is_none()
+            && self.allow_out.is_empty()
+            && self.deny_out.is_empty()
+            && self.precedence.is_none()
+            && self.policy.is_none()
+    }
+
+    fn body(&self) -> Result<PolicyFile, String> {
+        let mut file = match &self.policy {
+            Some(p) => PolicyFile::load(p).map_err(|e| e.to_string())?,
+            None => PolicyFile::default(),
+        };
+        file.network = self.network.or(file.network);
+        file.precedence = self.precedence.or(file.precedence);
+        file.allow_out.extend(self.allow_out.iter().cloned());
+        file.deny_out.extend(self.deny_out.iter().cloned());
+        Ok(file)
+    }
+}
+
+#[derive(Args)]
+pub struct CreateArgs {
+    #[command(flatten)]
+    policy: PolicyArgs,
+    /// Unique among live sandboxes: 1-63 of A-Z a-z 0-9 . _ -
+    #[arg(long)]
+    name: Option<String>,
+    /// KEY=VALUE (repeatable).
+    #[arg(long = "tag", value_name = "KEY=VALUE")]
+    tags: Vec<String>,
+    #[arg(long = "env", short = 'e', value_name = "K=V")]
+    env: Vec<String>,
+    #[arg(long, value_name = "DIR")]
+    cwd: Option<String>,
+    #[arg(long)]
+    user: Option<String>,
+    /// Program run before CMD (CMD becomes its arguments).
+    #[arg(long, value_name = "PROGRAM")]
+    entrypoint: Option<String>,
+    /// Maximum lifetime (default 5m, at most 24h).
+    #[arg(long, value_name = "DURATION")]
+    timeout: Option<String>,
+    /// End the sandbox after this long idle.
+    #[arg(long = "idle-timeout", value_name = "DURATION")]
+    idle_timeout: Option<String>,
+    /// Ready when this loopback TCP port accepts.
+    #[arg(long = "probe-tcp", value_name = "PORT")]
+    probe_tcp: Option<u16>,
+    /// Ready when this shell command (run in the sandbox with /bin/sh -c) exits 0.
+    #[arg(long = "probe-exec", value_name = "COMMAND")]
+    probe_exec: Option<String>,
+    #[arg(long = "probe-interval", value_name = "DURATION")]
+    probe_interval: Option<String>,
+    #[arg(long = "probe-timeout", value_name = "DURATION")]
+    probe_timeout: Option<String>,
+    /// Keep stdin open for `sandbox-agent stdin`.
+    #[arg(long)]
+    stdin: bool,
+    #[arg(long = "proxy-env")]
+    proxy_env: bool,
+    #[arg(last = true, value_name = "CMD")]
+    command: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct ExecArgs {
+    /// Sandbox id or name.
+    sandbox: String,
+    #[command(flatten)]
+    policy: PolicyArgs,
+    #[arg(long = "env", short = 'e', value_name = "K=V")]
+    env: Vec<String>,
+    #[arg(long, value_name = "DIR")]
+    cwd: Option<String>,
+    #[arg(long)]
+    user: Option<String>,
+    /// Start it and print its id instead of waiting for it.
+    #[arg(long, short = 'd')]
+    detach: bool,
+    #[arg(last = true, required = true, value_name = "CMD")]
+    command: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct LsArgs {
+    #[arg(long)]
+    name: Option<String>,
+    /// running or exited.
+    #[arg(long)]
+    state: Option<String>,
+    /// KEY=VALUE (repeatable; all must match).
+    #[arg(long = "tag", value_name = "KEY=VALUE")]
+    tags: Vec<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct RefArgs {
+    /// Sandbox id or name.
+    sandbox: String,
+}
+
+#[derive(Args)]
+pub struct LogsArgs {
+    sandbox: String,
+    #[arg(long, short = 'f')]
+    follow: bool,
+    /// Only this stream (stdout or stderr); both by default.
+    #[arg(long)]
+    stream: Option<String>,
+    /// An exec's output instead of the sandbox's.
+    #[arg(long)]
+    exec: Option<u32>,
+}
+
+#[derive(Args)]
+pub struct RmArgs {
+    sandbox: String,
+    /// Kill it first if it is running.
+    #[arg(long, short = 'f')]
+    force: bool,
+}
+
+#[derive(Args)]
+pub struct StdinArgs {
+    sandbox: String,
+    /// Close stdin after writing.
+    #[arg(long)]
+    close: bool,
+}
+
+#[derive(Subcommand)]
+pub enum PolicyCommand {
+    /// Replace a live sandbox's policy (new connections see it at once; established
+    /// connections it denies are cut).
+    Set {
+        sandbox: String,
+        #[command(flatten)]
+        policy: PolicyArgs,
+    },
+}
+
+#[derive(Args)]
+pub struct EventsArgs {
+    #[arg(long, short = 'f')]
+    follow: bool,
+    /// Only this sandbox (id or name).
+    #[arg(long)]
+    sandbox: Option<String>,
+    /// allowed or denied.
+    #[arg(long)]
+    verdict: Option<String>,
+}
+
+fn fail(e: &dyn std::fmt::Display) -> i32 {
+    eprintln!("sandbox-agent: {e}");
+    125
+}
+
+fn env_map(items: &[String]) -> Result<BTreeMap<String, String>, String> {
+    items
+        .iter()
+        .map(|i| match i.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+            Some(_) => Err(format!("invalid --env \"{i}\": empty variable name")),
+            None => std::env::var(i)
+                .map(|v| (i.clone(), v))
+                .map_err(|_| format!("invalid --env \"{i}\": not K=V and not set here")),
+        })
+        .collect()
+}
+
+fn tag_map(items: &[String]) -> Result<BTreeMap<String, String>, String> {
+    items
+        .iter()
+        .map(|i| match i.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+            _ => Err(format!("invalid --tag \"{i}\": use KEY=VALUE")),
+        })
+        .collect()
+}
+
+/// Percent-encodes a query value.
+fn enc(v: &str) -> String {
+    v.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn path_of(sandbox: &str) -> String {
+    format!("/v1/sandboxes/{}", enc(sandbox))
+}
+
+pub fn create_request(args: &CreateArgs) -> Result<CreateRequest, String> {
+    let probe = match (&args.probe_tcp, &args.probe_exec) {
+        (None, None) => None,
+        (tcp, exec) => Some(ProbeSpec {
+            tcp_port: *tcp,
+            exec: exec
+                .as_ref()
+                .map(|c| vec!["/bin/sh".into(), "-c".into(), c.clone()]),
+            interval: args.probe_interval.clone(),
+            timeout: args.probe_timeout.clone(),
+        }),
+    };
+    Ok(CreateRequest {
+        command: args.command.clone(),
+        entrypoint: args.entrypoint.iter().cloned().collect(),
+        env: env_map(&args.env)?,
+        cwd: args.cwd.clone(),
+        user: args.user.clone(),
+        name: args.name.clone(),
+        tags: tag_map(&args.tags)?,
+        policy: args.policy.body()?,
+        timeout: args.timeout.clone(),
+        idle_timeout: args.idle_timeout.clone(),
+        probe,
+        stdin: args.stdin,
+        proxy_env: args.proxy_env,
+    })
+}
+
+pub fn create(client: &Client, args: &CreateArgs) -> i32 {
+    let req = match create_request(args) {
+        Ok(r) => r,
+        Err(e) => return fail(&e),
+    };
+    match client.json::<SandboxView>(Method::POST, "/v1/sandboxes", Some(&req)) {
+        Ok(view) => {
+            println!("{}", view.id);
+            0
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+pub fn exec(client: &Client, args: &ExecArgs) -> i32 {
+    let env = match env_map(&args.env) {
+        Ok(e) => e,
+        Err(e) => return fail(&e),
+    };
+    let policy = if args.policy.is_empty() {
+        None
+    } else {
+        match args.policy.body() {
+            Ok(p) => Some(p),
+            Err(e) => return fail(&e),
+        }
+    };
+    let req = ExecRequest {
+        command: args.command.clone(),
+        env,
+        cwd: args.cwd.clone(),
+        user: args.user.clone(),
+        policy,
+    };
+    let base = path_of(&args.sandbox);
+    let view: ExecView = match client.json(Method::POST, &format!("{base}/execs"), Some(&req)) {
+        Ok(v) => v,
+        Err(e) => return fail(&e),
+    };
+    if args.detach {
+        println!("{}", view.id);
+        return 0;
+    }
+    let logs = format!("{base}/execs/{}/logs", view.id);
+    if let Err(e) = follow_both(client, &logs, true) {
+        return fail(&e);
+    }
+    match client.json::<serde_json::Value>(
+        Method::GET,
+        &format!("{base}/execs/{}/wait", view.id),
+        None::<&()>,
+    ) {
+        Ok(v) => v["exit_code"]
+            .as_i64()
+            .and_then(|c| i32::try_from(c).ok())
+            .unwrap_or(125),
+        Err(e) => fail(&e),
+    }
+}
+
+/// Streams stdout and stderr of `logs` (a logs path) to ours, both at once.
+fn follow_both(client: &Client, logs: &str, follow: bool) -> Result<(), ClientError> {
+    let socket = client_socket();
+    let err_path = format!("{logs}?stream=stderr&follow={follow}");
+    let stderr = std::thread::spawn(move || {
+        Client::new(&socket).stream(Method::GET, &err_path, None, |b| {
+            let mut e = std::io::stderr().lock();
+            e.write_all(b)?;
+            e.flush()
+        })
+    });
+    let out = client.stream(
+        Method::GET,
+        &format!("{logs}?stream=stdout&follow={follow}"),
+        None,
+        |b| {
+            let mut o = std::io::stdout().lock();
+            o.write_all(b)?;
+            o.flush()
+        },
+    );
+    let err = stderr
+        .join()
+        .unwrap_or_else(|_| Err(ClientError::Http("stderr reader panicked".into())));
+    out.and(err)
+}
+
+/// The socket the current command uses (set once by `main`).
+static SOCKET: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+pub fn set_socket(path: PathBuf) {
+    let _ = SOCKET.set(path);
+}
+
+pub fn socket_for_threads() -> PathBuf {
+    client_socket()
+}
+
+fn client_socket() -> PathBuf {
+    SOCKET.get().cloned().unwrap_or_else(|| socket_path(None))
+}
+
+pub fn ls(client: &Client, args: &LsArgs) -> i32 {
+    let mut query = Vec::new();
+    if let Some(n) = &args.name {
+        query.push(format!("name={}", enc(n)));
+    }
+    if let Some(s) = &args.state {
+        query.push(format!("state={}", enc(s)));
+    }
+    for t in &args.tags {
+        query.push(format!("tag={}", enc(t)));
+    }
+    let path = format!("/v1/sandboxes?{}", query.join("&"));
+    let views: Vec<SandboxView> = match client.json(Method::GET, &path, None::<&()>) {
+        Ok(v) => v,
+        Err(e) => return fail(&e),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&views).unwrap_or_default());
+        return 0;
+    }
+    println!(
+        "{:<16} {:<20} {:<8} {:<6} {:<24} COMMAND",
+        "ID", "NAME", "STATE", "EXIT", "TAGS"
+    );
+    for v in views {
+        let tags: Vec<String> = v.tags.iter().map(|(k, val)| format!("{k}={val}")).collect();
+        println!(
+            "{:<16} {:<20} {:<8} {:<6} {:<24} {}",
+            v.id,
+            v.name.unwrap_or_else(|| "-".into()),
+            v.state,
+            v.exit_code.map_or("-".into(), |c| c.to_string()),
+            if tags.is_empty() { "-".into() } else { tags.join(",") },
+            v.command.join(" ")
+        );
+    }
+    0
+}
+
+pub fn inspect(client: &Client, args: &RefArgs) -> i32 {
+    match client.json::<serde_json::Value>(Method::GET, &path_of(&args.sandbox), None::<&()>) {
+        Ok(v) => {
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            0
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+pub fn logs(client: &Client, args: &LogsArgs) -> i32 {
+    let base = match args.exec {
+        Some(n) => format!("{}/execs/{n}/logs", path_of(&args.sandbox)),
+        None => format!("{}/logs", path_of(&args.sandbox)),
+    };
+    let result = match args.stream.as_deref() {
+        None => follow_both(client, &base, args.follow),
+        Some(stream) => client.stream(
+            Method::GET,
+            &format!("{base}?stream={}&follow={}", enc(stream), args.follow),
+            None,
+            |b| {
+                let mut o = std::io::stdout().lock();
+                o.write_all(b)?;
+                o.flush()
+            },
+        ),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => fail(&e),
+    }
+}
+
+/// Prints the end and returns the sandbox's exit code (125 when unknown).
+pub fn wait(client: &Client, args: &RefArgs, path: &str, method: Method) -> i32 {
+    match client.json::<WaitView>(method, &format!("{}{path}", path_of(&args.sandbox)), None::<&()>) {
+        Ok(v) => {
+            println!(
+                "{} {}",
+                v.end_reason.unwrap_or_default(),
+                v.exit_code.map_or("unknown".into(), |c| c.to_string())
+            );
+            v.exit_code.unwrap_or(125)
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+pub fn wait_ready(client: &Client, args: &RefArgs) -> i32 {
+    match client.request(
+        Method::GET,
+        &format!("{}/wait-ready", path_of(&args.sandbox)),
+        None,
+    ) {
+        Ok(_) => {
+            println!("ready");
+            0
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+pub fn rm(client: &Client, args: &RmArgs) -> i32 {
+    match client.request(
+        Method::DELETE,
+        &format!("{}?force={}", path_of(&args.sandbox), args.force),
+        None,
+    ) {
+        Ok(_) => 0,
+        Err(e) => fail(&e),
+    }
+}
+
+pub fn stdin(client: &Client, args: &StdinArgs) -> i32 {
+    let base = path_of(&args.sandbox);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match std::io::Read::read(&mut std::io::stdin(), &mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => return fail(&e),
+        };
+        if let Err(e) = client.request(Method::POST, &format!("{base}/stdin"), Some(buf[..n].to_vec())) {
+            return fail(&e);
+        }
+    }
+    if args.close
+        && let Err(e) = client.request(Method::POST, &format!("{base}/stdin/close"), None)
+    {
+        return fail(&e);
+    }
+    0
+}
+
+pub fn policy(client: &Client, cmd: &PolicyCommand) -> i32 {
+    let PolicyCommand::Set { sandbox, policy } = cmd;
+    let body = match policy.body() {
+        Ok(b) => b,
+        Err(e) => return fail(&e),
+    };
+    match client.json::<SandboxView>(
+        Method::PUT,
+        &format!("{}/policy", path_of(sandbox)),
+        Some(&body),
+    ) {
+        Ok(v) => {
+            println!("{} policy {}", v.id, v.policy_id);
+            0
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+pub fn events(client: &Client, args: &EventsArgs) -> i32 {
+    let mut query = vec![format!("follow={}", args.follow)];
+    if let Some(s) = &args.sandbox {
+        query.push(format!("sandbox={}", enc(s)));
+    }
+    if let Some(v) = &args.verdict {
+        query.push(format!("verdict={}", enc(v)));
+    }
+    let result = client.stream(
+        Method::GET,
+        &format!("/v1/events?{}", query.join("&")),
+        None,
+        |b| {
+            let mut o = std::io::stdout().lock();
+            o.write_all(b)?;
+            o.flush()
+        },
+    );
+    match result {
+        Ok(()) => 0,
+        Err(e) => fail(&e),
+    }
+}
