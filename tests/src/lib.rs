@@ -20,6 +20,8 @@ use std::{
 };
 
 pub const PORT: u16 = 8080;
+/// Port of the test server's long-lived connections (`hold`/`data` log lines).
+pub const HOLD_PORT: u16 = 8081;
 /// Upper bound for one sandboxed command in a test.
 pub const RUN_LIMIT: Duration = Duration::from_mins(1);
 
@@ -92,6 +94,7 @@ pub fn sh_quiet(cmd: &str) {
         .status();
 }
 
+pub mod daemon;
 pub mod web;
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -172,6 +175,7 @@ ip -n {netns} addr add {ll}/32 dev {ns_if}
             .args(["--log"])
             .arg(&log)
             .args(["--port", &PORT.to_string(), "--lifetime", "600"])
+            .args(["--hold-port", &HOLD_PORT.to_string()])
             .args(&addrs)
             .stdout(Stdio::null())
             .spawn()

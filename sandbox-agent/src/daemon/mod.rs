@@ -1048,6 +1048,8 @@ async fn supervise(
     }
     let view = sandbox.view();
     daemon.cleanup_kernel(&sandbox.cgroup, view.policy_id, Some(&policy), &[]);
+    // A re-adopted sandbox that we killed: not our child, but we know how it died.
+    let code = code.or(reason.map(|_| 128 + libc::SIGKILL));
     let end_reason = match (reason, code) {
         (Some(r), _) => r,
         (None, Some(_)) => "exited",
@@ -1153,12 +1155,13 @@ async fn probe_task(daemon: Arc<Daemon>, sandbox: Arc<Sandbox>, probe: ProbeSpec
     let start = Instant::now();
     while sandbox.running() {
         let ok = match (&probe.tcp_port, &probe.exec) {
-            (Some(port), _) => tokio::time::timeout(
-                interval.max(Duration::from_millis(100)),
-                tokio::net::TcpStream::connect(("127.0.0.1", *port)),
-            )
-            .await
-            .is_ok_and(|r| r.is_ok()),
+            (Some(port), _) => {
+                let path = sandbox.cgroup.path.clone();
+                let port = *port;
+                tokio::task::spawn_blocking(move || listening_in(&path, port))
+                    .await
+                    .unwrap_or(false)
+            }
             (None, Some(cmd)) => {
                 let req = ExecRequest {
                     command: cmd.clone(),
@@ -1321,6 +1324,19 @@ fn write_atomic(path: &Path, view: &SandboxView) -> std::io::Result<()> {
     let bytes = serde_json::to_vec_pretty(view).map_err(std::io::Error::other)?;
     fs::write(&tmp, bytes)?;
     fs::rename(&tmp, path)
+}
+
+/// Whether a process in the sandbox's own cgroup listens on TCP `port`. Asked
+/// of the kernel (`sock_diag`, through `ss`) rather than by connecting: the sandbox's own
+/// policy may refuse loopback peers, and another process of the host may hold the same port
+/// on another address.
+fn listening_in(cgroup: &Path, port: u16) -> bool {
+    std::process::Command::new("ss")
+        .args(["-Htln", "cgroup"])
+        .arg(cgroup)
+        .args(["sport", "=", &format!(":{port}")])
+        .output()
+        .is_ok_and(|o| o.status.success() && !o.stdout.trim_ascii().is_empty())
 }
 
 /// Destroys (`SOCK_DESTROY` through `ss -K`) the TCP connections in `cgroup` whose peer
