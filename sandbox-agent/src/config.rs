@@ -157,6 +157,13 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_parses() {
+        let c: Config = toml::from_str(include_str!("../../dist/config.toml")).unwrap();
+        assert_eq!(c.socket, PathBuf::from(DEFAULT_SOCKET));
+        assert_eq!(c.log_limit_bytes, 16 * 1024 * 1024);
+    }
+
+    #[test]
     fn unknown_keys_and_bad_floors_are_refused() {
         assert!(toml::from_str::<Config>("sockets = \"/x\"").is_err());
         assert!(floor_policy(&["10.0.0.0/33".into()]).is_err());

@@ -261,6 +261,7 @@ impl DomainServices {
         paths: &Paths,
         sandbox_id: &str,
         policy: CompiledPolicy,
+        floor: Option<Arc<CompiledPolicy>>,
         options: DomainOptions,
     ) -> Result<Self, DomainError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -273,7 +274,7 @@ impl DomainServices {
             runtime.handle(),
             paths,
             sandbox_id,
-            vec![Arc::new(policy)],
+            std::iter::once(Arc::new(policy)).chain(floor).collect(),
             options,
         )?;
         services.runtime = Some(runtime);

@@ -70,6 +70,8 @@ pub struct RunOptions {
     /// Give the workload `HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY` (and lower-case forms)
     /// naming the sandbox's explicit proxy.
     pub proxy_env: bool,
+    /// The host floor (from the config): denied whatever the policy says.
+    pub floor: Option<std::sync::Arc<CompiledPolicy>>,
 }
 
 /// What a run ended with.
@@ -127,6 +129,7 @@ pub fn run(paths: &Paths, mut opts: RunOptions) -> Result<RunReport, RunError> {
 
     let mut timing = Timing::from_env();
     let (mut enforcement, _) = Enforcement::open(paths)?;
+    enforcement.set_floor(opts.floor.as_deref().cloned());
     timing.mark("open enforcement");
     collect_orphans(paths, &mut enforcement);
     timing.mark("collect orphans");
@@ -158,6 +161,7 @@ pub fn run(paths: &Paths, mut opts: RunOptions) -> Result<RunReport, RunError> {
         paths,
         &id,
         &opts.policy,
+        opts.floor.clone(),
         opts.proxy_env,
         opts.domains.take(),
         &mut opts.launch,
@@ -266,6 +270,7 @@ fn start_domain_services(
     paths: &Paths,
     id: &str,
     policy: &CompiledPolicy,
+    floor: Option<std::sync::Arc<CompiledPolicy>>,
     proxy_env: bool,
     options: Option<DomainOptions>,
     launch: &mut LaunchSpec,
@@ -274,7 +279,7 @@ fn start_domain_services(
         return Ok(None);
     }
     let options = options.ok_or(DomainError::NotConfigured)?;
-    let services = DomainServices::start(paths, id, policy.clone(), options)?;
+    let services = DomainServices::start(paths, id, policy.clone(), floor, options)?;
     if proxy_env {
         set_proxy_env(launch, services.proxy_port);
     }

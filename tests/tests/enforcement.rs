@@ -372,14 +372,30 @@ fn presets() {
         ),
         ["ok", "EPERM"]
     );
-    // @private includes link-local, not 198.18.0.0/15.
+    // @private includes link-local, not 198.18.0.0/15 (under a config without the default
+    // host floor, which denies link-local whatever the policy says).
+    let no_floor = std::env::temp_dir().join(format!("sa-no-floor-{}.toml", std::process::id()));
+    std::fs::write(&no_floor, "floor_deny = []\n").expect("config");
     assert_eq!(
         tcp_outcomes(
-            &["--network", "allowlist", "--allow-out", "@private"],
+            &[
+                "--config",
+                no_floor.to_str().expect("utf-8"),
+                "--network",
+                "allowlist",
+                "--allow-out",
+                "@private"
+            ],
             &[a, ll]
         ),
         ["EPERM", "ok"]
     );
+    // With the default floor, the same policy cannot reach link-local (cloud metadata).
+    assert_eq!(
+        tcp_outcomes(&["--network", "allowlist", "--allow-out", "@private"], &[a, ll]),
+        ["EPERM", "EPERM"]
+    );
+    let _ = std::fs::remove_file(&no_floor);
     // @all opens everything but loopback...
     assert_eq!(
         tcp_outcomes(

@@ -94,8 +94,8 @@ while time.monotonic() < deadline:
     c.close()
 "#;
 
-/// `SANDBOX_AGENT_BENCH_ONLY=domains` runs only the domain-rule section (`bench_domains`),
-/// for repeating it without the ~2 minutes of the others.
+/// `SANDBOX_AGENT_BENCH_ONLY=domains` (or `daemon`) runs only the domain-rule section
+/// (`bench_domains`) or the daemon's (`bench_daemon`), for repeating one without the others.
 const ONLY_VAR: &str = "SANDBOX_AGENT_BENCH_ONLY";
 
 /// Runs every measurement against the agent binary at `agent` and prints the results.
@@ -130,9 +130,11 @@ pub fn run(agent: &Path) -> Result<()> {
             run_core(&mut env, agent)?;
             println!();
             crate::bench_domains::run(&mut env, agent)?;
+            crate::bench_daemon::run(&mut env, agent)?;
         }
         "domains" => crate::bench_domains::run(&mut env, agent)?,
-        other => bail!("{ONLY_VAR}={other:?}: the only value understood is \"domains\""),
+        "daemon" => crate::bench_daemon::run(&mut env, agent)?,
+        other => bail!("{ONLY_VAR}={other:?}: \"domains\" or \"daemon\""),
     }
     println!("\nbench took {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
@@ -273,7 +275,7 @@ fn machine_description() -> String {
     )
 }
 
-fn meminfo_kib(key: &str) -> Option<u64> {
+pub(crate) fn meminfo_kib(key: &str) -> Option<u64> {
     let text = fs::read_to_string("/proc/meminfo").ok()?;
     text.lines().find_map(|l| {
         let rest = l.strip_prefix(key)?.strip_prefix(':')?;

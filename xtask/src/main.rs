@@ -12,6 +12,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bench_daemon;
 mod bench_domains;
 mod demo;
 mod fuzz;

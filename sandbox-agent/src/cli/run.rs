@@ -91,6 +91,10 @@ pub struct RunArgs {
     /// Run in this process even when a daemon is running.
     #[arg(long)]
     embedded: bool,
+    /// The agent's configuration, for its host floor (default /etc/sandbox-agent/config.toml
+    /// if it exists; the daemon uses its own).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<OsString>,
 }
@@ -161,6 +165,9 @@ impl<E: std::fmt::Display> From<E> for Failure {
 }
 
 fn prepare(args: RunArgs) -> Result<(RunOptions, String), Failure> {
+    let floor = sandbox_agent::config::Config::load(args.config.as_deref())?
+        .floor()
+        .map_err(|e| format!("floor_deny: {e}"))?;
     let spec = policy_spec(&args)?;
     let compiled = policy::compile(&spec)?;
     let domains = domain_options(&args, &compiled)?;
@@ -213,6 +220,7 @@ fn prepare(args: RunArgs) -> Result<(RunOptions, String), Failure> {
             stop_grace: args.stop_timeout,
             domains,
             proxy_env: args.proxy_env,
+            floor,
         },
         name,
     ))
@@ -305,6 +313,7 @@ fn via_daemon(client: &Client, args: &RunArgs) -> i32 {
         (args.upstream_proxy.is_some(), "--upstream-proxy"),
         (!args.cap_add.is_empty(), "--cap-add"),
         (args.stats, "--stats"),
+        (args.config.is_some(), "--config"),
     ];
     if let Some((_, flag)) = embedded_only.iter().find(|(set, _)| *set) {
         eprintln!(

@@ -41,8 +41,10 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_mins(5);
 pub const MAX_TIMEOUT: Duration = Duration::from_hours(24);
 /// How long killing a sandbox may take.
 const KILL_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often the supervisor looks at idleness and output size.
+/// How often a supervisor looks at idleness (only sandboxes with an idle timeout).
 const TICK: Duration = Duration::from_millis(250);
+/// How often output files are checked against `log_limit_bytes` (one task for all).
+const TRIM_EVERY: Duration = Duration::from_secs(2);
 
 /// An API error: an HTTP status and a one-line message.
 #[derive(Debug, thiserror::Error)]
@@ -1016,8 +1018,7 @@ async fn supervise(
                 reason = Some(lock(&sandbox.kill_reason).unwrap_or("killed"));
                 kill_cgroup(&sandbox).await;
             }
-            _ = tick.tick() => {
-                logs::trim_all(&sandbox.dir, daemon.config.log_limit_bytes);
+            _ = tick.tick(), if idle_timeout.is_some() => {
                 if reason.is_none() && let Some(idle) = idle_timeout && idle_for(&sandbox) >= idle {
                     reason = Some("idle-timeout");
                     kill_cgroup(&sandbox).await;
@@ -1339,35 +1340,12 @@ fn listening_in(cgroup: &Path, port: u16) -> bool {
         .is_ok_and(|o| o.status.success() && !o.stdout.trim_ascii().is_empty())
 }
 
-/// Destroys (`SOCK_DESTROY` through `ss -K`) the TCP connections in `cgroup` whose peer
-/// `denied` says the policy no longer allows. Best effort: the kernel already drops their
-/// packets, this only makes the workload see the end at once.
+/// Destroys (`SOCK_DESTROY` through `ss -K`) the TCP connections of the processes in
+/// `cgroup` whose peer `denied` says the policy no longer allows. Best effort: the kernel
+/// already drops their packets, this only makes the workload see the end at once. The
+/// connections are found in `/proc` (no process started when there is nothing to cut).
 fn destroy_denied_sockets(cgroup: &Path, denied: impl Fn(std::net::IpAddr) -> bool) {
-    let listed = std::process::Command::new("ss")
-        .args(["-Htn", "state", "established", "cgroup"])
-        .arg(cgroup)
-        .output();
-    let Ok(out) = listed else {
-        return;
-    };
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Some(peer) = line.split_whitespace().nth(3) else {
-            continue;
-        };
-        let Ok(peer) = peer
-            .replace(['[', ']'], "")
-            .rsplit_once(':')
-            .map(|(a, p)| format!("{a}|{p}"))
-            .unwrap_or_default()
-            .split_once('|')
-            .map(|(a, p)| (a.parse::<std::net::IpAddr>(), p.parse::<u16>()))
-            .ok_or(())
-        else {
-            continue;
-        };
-        let (Ok(addr), Ok(port)) = peer else {
-            continue;
-        };
+    for (addr, port) in established_peers(cgroup) {
         if addr.is_loopback() || !denied(addr) {
             continue;
         }
@@ -1377,6 +1355,74 @@ fn destroy_denied_sockets(cgroup: &Path, denied: impl Fn(std::net::IpAddr) -> bo
             .args(["dst", &addr.to_string(), "dport", "=", &port.to_string()])
             .output();
     }
+}
+
+/// Peers of the established TCP connections held by the processes of `cgroup`: their
+/// socket inodes (`/proc/PID/fd`) looked up in `/proc/net/tcp{,6}` (sandboxes share the
+/// host's network namespace).
+fn established_peers(cgroup: &Path) -> Vec<(std::net::IpAddr, u16)> {
+    let Ok(procs) = fs::read_to_string(cgroup.join("cgroup.procs")) else {
+        return Vec::new();
+    };
+    let mut inodes = std::collections::HashSet::new();
+    for pid in procs.lines() {
+        let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if let Ok(target) = fs::read_link(fd.path())
+                && let Some(inode) = target
+                    .to_str()
+                    .and_then(|t| t.strip_prefix("socket:["))
+                    .and_then(|t| t.strip_suffix(']'))
+                    .and_then(|t| t.parse::<u64>().ok())
+            {
+                inodes.insert(inode);
+            }
+        }
+    }
+    if inodes.is_empty() {
+        return Vec::new();
+    }
+    let mut peers = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // sl local rem st tx:rx tr:when retrnsmt uid timeout inode
+            let (Some(rem), Some(st), Some(inode)) = (f.get(2), f.get(3), f.get(9)) else {
+                continue;
+            };
+            if *st != "01" || !inode.parse::<u64>().is_ok_and(|i| inodes.contains(&i)) {
+                continue;
+            }
+            if let Some(peer) = parse_proc_addr(rem) {
+                peers.push(peer);
+            }
+        }
+    }
+    peers
+}
+
+/// `0100007F:1F90` (IPv4) or 32 hex digits `:PORT` (IPv6), each 32-bit word in host order.
+fn parse_proc_addr(text: &str) -> Option<(std::net::IpAddr, u16)> {
+    let (addr, port) = text.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let words: Vec<u32> = (0..addr.len() / 8)
+        .map(|i| u32::from_str_radix(&addr[i * 8..i * 8 + 8], 16))
+        .collect::<Result<_, _>>()
+        .ok()?;
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let ip = match bytes.len() {
+        4 => std::net::IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?),
+        16 => crate::enforcement::canonical(std::net::IpAddr::from(
+            <[u8; 16]>::try_from(bytes).ok()?,
+        )),
+        _ => return None,
+    };
+    Some((ip, port))
 }
 
 impl Daemon {
@@ -1416,6 +1462,26 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         fs::set_permissions(&socket, fs::Permissions::from_mode(0o600))
             .map_err(io_err("chmod", &socket))?;
     }
+    let trimmer = daemon.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(TRIM_EVERY);
+        loop {
+            tick.tick().await;
+            let dirs: Vec<PathBuf> = trimmer
+                .all()
+                .iter()
+                .filter(|s| s.running())
+                .map(|s| s.dir.clone())
+                .collect();
+            let limit = trimmer.config.log_limit_bytes;
+            let _ = tokio::task::spawn_blocking(move || {
+                for dir in dirs {
+                    logs::trim_all(&dir, limit);
+                }
+            })
+            .await;
+        }
+    });
     let reader = daemon.clone();
     tokio::spawn(
         daemon
@@ -1455,4 +1521,26 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         .map_err(io_err("serve on", &socket))?;
     let _ = fs::remove_file(&socket);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_net_addresses() {
+        assert_eq!(
+            parse_proc_addr("0100007F:1F90"),
+            Some(("127.0.0.1".parse().unwrap(), 8080))
+        );
+        assert_eq!(
+            parse_proc_addr("0000000000000000FFFF00000201A8C0:0050"),
+            Some(("192.168.1.2".parse().unwrap(), 80))
+        );
+        assert_eq!(
+            parse_proc_addr("00000000000000000000000001000000:01BB"),
+            Some(("::1".parse().unwrap(), 443))
+        );
+        assert_eq!(parse_proc_addr("zz:1"), None);
+    }
 }
