@@ -752,11 +752,13 @@ impl Daemon {
         if !sandbox.running() {
             return Err(ApiError::conflict(format!("sandbox {} has ended", sandbox.id)));
         }
+        let t0 = Instant::now();
         let new = Arc::new(
             policy::compile(&body.spec("policy.", Mode::Blocked))
                 .map_err(|e| ApiError::bad_request(e.to_string()))?,
         );
         let mut inner = lock(&sandbox.inner);
+        tracing::debug!(us = t0.elapsed().as_micros(), "policy compiled");
         let proxy_env = sandbox.view().policy != body && inner.services.is_some();
         // Domain services are needed from now on if the new policy has names.
         if inner.services.is_none() && new.has_names() {
@@ -783,6 +785,7 @@ impl Daemon {
                 &dependents,
             )
             .map_err(|e| ApiError::internal(crate::error_line(&e)))?;
+        tracing::debug!(us = t0.elapsed().as_micros(), "policy switched");
         inner.policy = new.clone();
         let bound = Bound {
             cgroup_id: sandbox.cgroup.id,
@@ -824,6 +827,7 @@ impl Daemon {
         drop(enforcement);
         // Direct connections the new policy denies: their packets are dropped from now on;
         // destroying the sockets tells the workload at once instead of after TCP timeouts.
+        tracing::debug!(us = t0.elapsed().as_micros(), "learned carried");
         let maps = crate::enforcement::AgentMaps::open(&self.paths).ok();
         for (path, cgroup_id) in cgroups {
             destroy_denied_sockets(&path, |peer| {
@@ -834,10 +838,12 @@ impl Daemon {
                         && !shared.as_ref().is_some_and(|s| s.learned_still_allowed(peer)))
             });
         }
+        tracing::debug!(us = t0.elapsed().as_micros(), "sockets checked");
         sandbox.update(|v| {
             v.policy = body;
             v.policy_id = new_id;
         });
+        tracing::debug!(us = t0.elapsed().as_micros(), "record saved");
         tracing::info!(sandbox = %sandbox.id, "policy replaced");
         Ok(self.view(sandbox))
     }
