@@ -74,7 +74,7 @@ pub enum ConfigError {
     #[error("invalid config {path}: floor_deny: {source}")]
     Floor {
         path: PathBuf,
-        source: policy::PolicyError,
+        source: Box<policy::PolicyError>,
     },
 }
 
@@ -110,7 +110,7 @@ impl Config {
         }
         config.floor().map_err(|source| ConfigError::Floor {
             path: path.into(),
-            source,
+            source: Box::new(source),
         })?;
         Ok(config)
     }

@@ -276,19 +276,21 @@ impl DomainServices {
             sandbox_id,
             std::iter::once(Arc::new(policy)).chain(floor).collect(),
             options,
+            None,
         )?;
         services.runtime = Some(runtime);
         Ok(services)
     }
 
     /// As [`DomainServices::start`], on the caller's runtime, with the name policies as
-    /// layers (own, then outer).
+    /// layers (own, then outer), on `preferred_ports` (resolver, proxy) if they are free.
     pub fn start_on(
         handle: &tokio::runtime::Handle,
         paths: &Paths,
         sandbox_id: &str,
         layers: Vec<Arc<CompiledPolicy>>,
         options: DomainOptions,
+        preferred_ports: Option<(u16, u16)>,
     ) -> Result<Self, DomainError> {
         let maps = AgentMaps::open(paths)?;
         let shared = Arc::new(Shared {
@@ -307,7 +309,7 @@ impl DomainServices {
         });
         let sockets = {
             let _context = handle.enter();
-            bind_ports()?
+            bind_ports(preferred_ports)?
         };
         let (dns_port, proxy_port) = (sockets.dns_port, sockets.proxy_port);
         let mut tasks = Vec::new();
@@ -323,7 +325,10 @@ impl DomainServices {
         tasks.push(handle.spawn(prune_learned(shared.clone())));
         Ok(Self {
             runtime: None,
-            tasks: tasks.iter().map(tokio::task::JoinHandle::abort_handle).collect(),
+            tasks: tasks
+                .iter()
+                .map(tokio::task::JoinHandle::abort_handle)
+                .collect(),
             dns_port,
             proxy_port,
             shared,
@@ -428,13 +433,16 @@ const LOCALHOST_V6: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
 /// One port for the resolver (UDP and TCP) and one for the proxy, each on 127.0.0.1 and, if
 /// the host has IPv6 loopback, on `::1` (IPv6-only sockets, so the two do not clash). Must run
 /// inside the runtime's context: the sockets are registered with its reactor.
-fn bind_ports() -> Result<Sockets, DomainError> {
+fn bind_ports(preferred: Option<(u16, u16)>) -> Result<Sockets, DomainError> {
     const TRIES: usize = 32;
     let ipv6 = std::net::UdpSocket::bind((Ipv6Addr::LOCALHOST, 0)).is_ok();
     let mut last = None;
-    for _ in 0..TRIES {
-        let dns = bind_same_port(&[Kind::Udp, Kind::Tcp], ipv6);
-        let proxy = bind_same_port(&[Kind::Tcp], ipv6);
+    for attempt in 0..TRIES {
+        // The preferred ports first (a restarted daemon takes its sandboxes' ports back, so
+        // that proxy variables set at their start still work), then any.
+        let (dns_port, proxy_port) = preferred.filter(|_| attempt == 0).unwrap_or((0, 0));
+        let dns = bind_same_port(&[Kind::Udp, Kind::Tcp], ipv6, dns_port);
+        let proxy = bind_same_port(&[Kind::Tcp], ipv6, proxy_port);
         match (dns, proxy) {
             (Ok(dns), Ok(proxy)) => {
                 let mut sockets = Sockets {
@@ -482,9 +490,10 @@ struct SamePort {
     sockets: Vec<Bound2>,
 }
 
-/// Binds every kind on 127.0.0.1 and `::1` to one port: the first socket picks it.
-fn bind_same_port(kinds: &[Kind], ipv6: bool) -> io::Result<SamePort> {
-    let mut port = 0u16;
+/// Binds every kind on 127.0.0.1 and `::1` to one port: `port`, or (0) the one the first
+/// socket picks.
+fn bind_same_port(kinds: &[Kind], ipv6: bool, port: u16) -> io::Result<SamePort> {
+    let mut port = port;
     let mut sockets = Vec::new();
     let hosts: &[IpAddr] = if ipv6 {
         &[LOCALHOST_V4, LOCALHOST_V6]

@@ -76,11 +76,13 @@ impl FlowEvent {
     }
 }
 
+type Hook = Box<dyn Fn(&FlowEvent) + Send + Sync>;
+
 /// Where events go. Writes are whole lines under a lock, so lines never interleave.
 pub struct Events {
     sink: Option<Mutex<Box<dyn io::Write + Send>>>,
     /// The daemon's event stream and metrics.
-    hook: Option<Box<dyn Fn(&FlowEvent) + Send + Sync>>,
+    hook: Option<Hook>,
 }
 
 impl Events {

@@ -487,8 +487,8 @@ unsafe fn child_main(
         }
         if let Some(stdio) = spec.stdio {
             // dup2 clears close-on-exec on the copies, so they survive the exec below.
-            for (target, &fd) in stdio.iter().enumerate() {
-                if libc::dup2(fd, target as libc::c_int) < 0 {
+            for (target, fd) in [0, 1, 2].into_iter().zip(stdio) {
+                if libc::dup2(fd, target) < 0 {
                     fail(Step::Stdio);
                 }
             }

@@ -12,6 +12,10 @@ mod cli;
     about = "Run untrusted workloads with kernel-enforced network egress policy"
 )]
 struct Cli {
+    #[expect(
+        clippy::doc_markdown,
+        reason = "clap shows this text as help, where backticks would be noise"
+    )]
     /// The daemon's API socket (default /run/sandbox-agent/api.sock, or $SANDBOX_AGENT_SOCKET).
     #[arg(long, global = true, value_name = "PATH")]
     socket: Option<std::path::PathBuf>,
@@ -76,7 +80,7 @@ fn main() -> ExitCode {
     cli::api::set_socket(socket.clone());
     let client = || sandbox_agent::api::client::Client::new(&socket);
     let code = match cli.command {
-        Command::Run(args) => cli::run::main(*args, &socket),
+        Command::Run(args) => cli::run::main(&args, &socket),
         Command::Daemon(args) => cli::daemon::main(args),
         Command::Create(args) => cli::api::create(&client(), &args),
         Command::Exec(args) => cli::api::exec(&client(), &args),

@@ -39,7 +39,15 @@ fn lifecycle_through_the_cli() {
     // Output, stdin, exit status.
     let id = create(
         &d,
-        &["--name", "life-1", "--tag", "team=blue", "--tag", "tier=web", "--stdin"],
+        &[
+            "--name",
+            "life-1",
+            "--tag",
+            "team=blue",
+            "--tag",
+            "tier=web",
+            "--stdin",
+        ],
         &[
             "/bin/sh".into(),
             "-c".into(),
@@ -65,11 +73,17 @@ fn lifecycle_through_the_cli() {
     assert_eq!(v["end_reason"], "exited");
 
     // Names: unique among live sandboxes, reusable after; lookup by name.
-    let a = create(&d, &["--name", "life-2", "--tag", "team=blue"], &["sleep".into(), "60".into()]);
+    let a = create(
+        &d,
+        &["--name", "life-2", "--tag", "team=blue"],
+        &["sleep".into(), "60".into()],
+    );
     let clash = d.cli(&["create", "--name", "life-2", "--", "true"]);
     assert_eq!(clash.code, 125);
     assert!(
-        clash.stderr.contains("name \"life-2\" is taken by a live sandbox"),
+        clash
+            .stderr
+            .contains("name \"life-2\" is taken by a live sandbox"),
         "{clash:#?}"
     );
     let bad = d.cli(&["create", "--name", "bad name", "--", "true"]);
@@ -93,7 +107,10 @@ fn lifecycle_through_the_cli() {
     let mut blue = vec![id.clone(), a.clone()];
     blue.sort();
     assert_eq!(ids(&["--tag", "team=blue"]), blue);
-    assert_eq!(ids(&["--tag", "team=blue", "--tag", "tier=web"]), vec![id.clone()]);
+    assert_eq!(
+        ids(&["--tag", "team=blue", "--tag", "tier=web"]),
+        vec![id.clone()]
+    );
     assert_eq!(ids(&["--tag", "team=red"]), vec![b.clone()]);
     assert_eq!(ids(&["--name", "life-2"]), vec![a.clone()]);
     let mut running = vec![a.clone(), b.clone()];
@@ -111,7 +128,10 @@ fn lifecycle_through_the_cli() {
     d.ok(&["rm", "--force", &b]);
     d.ok(&["rm", &id]);
     let gone = d.cli(&["inspect", &id]);
-    assert!(gone.stderr.contains("no sandbox with id or name"), "{gone:#?}");
+    assert!(
+        gone.stderr.contains("no sandbox with id or name"),
+        "{gone:#?}"
+    );
     // The name is free again once its sandbox has ended.
     let again = create(&d, &["--name", "life-2"], &["true".into()]);
     assert_ne!(again, a);
@@ -137,10 +157,16 @@ fn raw_http_api_and_bad_input() {
     assert_eq!(d.stdout("raw-1"), "via http\n");
 
     for (body, expect) in [
-        ("{not json", "syntax"),
-        (r#"{"command":["true"],"comand":["x"]}"#, "unknown field `comand`"),
+        ("{not json", "Failed to parse the request body as JSON"),
+        (
+            r#"{"command":["true"],"comand":["x"]}"#,
+            "unknown field `comand`",
+        ),
         (r#"{"command":"true"}"#, "invalid type"),
-        (r#"{"command":["true"],"policy":{"network":"sideways"}}"#, "unknown variant"),
+        (
+            r#"{"command":["true"],"policy":{"network":"sideways"}}"#,
+            "unknown variant",
+        ),
     ] {
         let (status, v) = d.json("POST", "/v1/sandboxes", Some(body));
         assert!((400..500).contains(&status), "{body}: {status} {v}");
@@ -150,13 +176,28 @@ fn raw_http_api_and_bad_input() {
     let (status, v) = d.json(
         "POST",
         "/v1/sandboxes",
-        Some(r#"{"command":["true"],"policy":{"network":"allowlist","allow_out":["10.0.0.0/33"]}}"#),
+        Some(
+            r#"{"command":["true"],"policy":{"network":"allowlist","allow_out":["10.0.0.0/33"]}}"#,
+        ),
     );
     assert_eq!(status, 400);
-    assert!(v["error"].as_str().unwrap_or_default().contains("10.0.0.0/33"), "{v}");
-    let (status, v) = d.json("POST", "/v1/sandboxes", Some(r#"{"command":["true"],"timeout":"25h"}"#));
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("10.0.0.0/33"),
+        "{v}"
+    );
+    let (status, v) = d.json(
+        "POST",
+        "/v1/sandboxes",
+        Some(r#"{"command":["true"],"timeout":"25h"}"#),
+    );
     assert_eq!(status, 400, "{v}");
-    let big = format!(r#"{{"command":["true"],"env":{{"X":"{}"}}}}"#, "a".repeat(2 << 20));
+    let big = format!(
+        r#"{{"command":["true"],"env":{{"X":"{}"}}}}"#,
+        "a".repeat(2 << 20)
+    );
     let (status, _) = d.http("POST", "/v1/sandboxes", Some(big.as_bytes()));
     assert_eq!(status, 413);
     let (status, v) = d.json("GET", "/v1/nothing", None);
@@ -175,12 +216,24 @@ fn raw_http_api_and_bad_input() {
 fn timeout_and_idle_timeout_fire_and_are_recorded() {
     let d = TestDaemon::start();
     let t = create(&d, &["--timeout", "1s"], &["sleep".into(), "60".into()]);
-    let idle = create(&d, &["--idle-timeout", "1s"], &["sleep".into(), "60".into()]);
+    let idle = create(
+        &d,
+        &["--idle-timeout", "1s"],
+        &["sleep".into(), "60".into()],
+    );
     // Busy with an exec for longer than the idle timeout: not idle.
-    let busy = create(&d, &["--idle-timeout", "1500ms"], &["sleep".into(), "60".into()]);
+    let busy = create(
+        &d,
+        &["--idle-timeout", "1500ms"],
+        &["sleep".into(), "60".into()],
+    );
     let exec = d.cli(&["exec", &busy, "--", "sleep", "3"]);
     assert_eq!(exec.code, 0, "{exec:#?}");
-    assert_eq!(d.inspect(&busy)["state"], "running", "idle while an exec ran");
+    assert_eq!(
+        d.inspect(&busy)["state"],
+        "running",
+        "idle while an exec ran"
+    );
     d.wait_for(&t, "timeout", |v| v["state"] == "exited");
     let v = d.inspect(&t);
     assert_eq!(v["end_reason"], "timeout");
@@ -263,16 +316,38 @@ fn exec_can_narrow_but_never_broaden_the_sandbox_policy() {
     // Without narrowing, the sandbox's policy.
     assert_eq!(probe(&[], b), "ok");
     // Narrowed to a: b is refused in the kernel.
-    assert_eq!(probe(&["--network", "allowlist", "--allow-out", a], b), "EPERM");
-    assert_eq!(probe(&["--network", "allowlist", "--allow-out", a], a), "ok");
+    assert_eq!(
+        probe(&["--network", "allowlist", "--allow-out", a], b),
+        "EPERM"
+    );
+    assert_eq!(
+        probe(&["--network", "allowlist", "--allow-out", a], a),
+        "ok"
+    );
     assert_eq!(probe(&["--deny-out", a], a), "EPERM");
     // Asking for more than the ceiling gets nothing more.
     assert_eq!(probe(&["--network", "open"], c), "EPERM");
-    assert_eq!(probe(&["--network", "allowlist", "--allow-out", c], c), "EPERM");
+    assert_eq!(
+        probe(&["--network", "allowlist", "--allow-out", c], c),
+        "EPERM"
+    );
     assert!(host.saw_tcp(a) && host.saw_tcp(b), "{:?}", host.seen());
-    assert!(!host.saw_tcp(c), "a connection beyond the ceiling arrived: {:?}", host.seen());
-    let seen_b = host.seen().iter().filter(|l| **l == format!("tcp {b}")).count();
-    assert_eq!(seen_b, 1, "only the unnarrowed exec reached b: {:?}", host.seen());
+    assert!(
+        !host.saw_tcp(c),
+        "a connection beyond the ceiling arrived: {:?}",
+        host.seen()
+    );
+    let seen_b = host
+        .seen()
+        .iter()
+        .filter(|l| **l == format!("tcp {b}"))
+        .count();
+    assert_eq!(
+        seen_b,
+        1,
+        "only the unnarrowed exec reached b: {:?}",
+        host.seen()
+    );
 }
 
 #[test]
@@ -303,7 +378,11 @@ for _ in range(100):
     time.sleep(0.1)
 "
     );
-    let sb = create(&d, &["--network", "allowlist", "--allow-out", a], &py(&code));
+    let sb = create(
+        &d,
+        &["--network", "allowlist", "--allow-out", a],
+        &py(&code),
+    );
     d.wait_output(&sb, "connected");
     let lines = || {
         host.seen()
@@ -313,18 +392,38 @@ for _ in range(100):
     };
     let start = std::time::Instant::now();
     while lines() < 5 {
-        assert!(start.elapsed() < Duration::from_secs(10), "no data: {:?}", host.seen());
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no data: {:?}",
+            host.seen()
+        );
         thread::sleep(Duration::from_millis(20));
     }
     // Before the change, b is refused.
     let out = d.stdout(&sb);
     assert!(!out.contains("b "), "{out}");
-    d.ok(&["policy", "set", &sb, "--network", "allowlist", "--allow-out", b]);
+    d.ok(&[
+        "policy",
+        "set",
+        &sb,
+        "--network",
+        "allowlist",
+        "--allow-out",
+        b,
+    ]);
     let out = d.wait_output(&sb, "b ok");
-    assert!(out.contains("cut "), "the held connection was not cut: {out}");
+    assert!(
+        out.contains("cut "),
+        "the held connection was not cut: {out}"
+    );
     let after = lines();
     thread::sleep(Duration::from_millis(500));
-    assert_eq!(lines(), after, "data still arrived after the cut: {:?}", host.seen());
+    assert_eq!(
+        lines(),
+        after,
+        "data still arrived after the cut: {:?}",
+        host.seen()
+    );
     assert!(host.saw_tcp(b), "{:?}", host.seen());
     let v = d.inspect(&sb);
     assert_eq!(v["policy"]["allow_out"][0], b.as_str());
@@ -339,7 +438,14 @@ fn host_floor_beats_a_policy_that_allows_metadata() {
     let code = format!("{CONNECT}\nprint(connect('{ll}', {PORT}), connect('{a}', {PORT}))");
     for flags in [
         vec!["--network", "open"],
-        vec!["--network", "allowlist", "--allow-out", &ll, "--allow-out", &a],
+        vec![
+            "--network",
+            "allowlist",
+            "--allow-out",
+            &ll,
+            "--allow-out",
+            &a,
+        ],
         vec![
             "--network",
             "allowlist",
@@ -355,14 +461,26 @@ fn host_floor_beats_a_policy_that_allows_metadata() {
         d.ok(&["wait", &sb]);
         assert_eq!(d.stdout(&sb).trim(), "EPERM ok", "{flags:?}");
     }
-    assert!(!host.saw_tcp(&ll), "metadata was reached: {:?}", host.seen());
+    assert!(
+        !host.saw_tcp(&ll),
+        "metadata was reached: {:?}",
+        host.seen()
+    );
     assert!(host.saw_tcp(&a));
 
     // An operator can set another floor; an empty one lets the sandbox's policy decide.
     let open_floor = TestDaemon::start_with("floor_deny = []");
-    let sb = create(&open_floor, &["--network", "allowlist", "--allow-out", &ll], &py(&code));
+    let sb = create(
+        &open_floor,
+        &["--network", "allowlist", "--allow-out", &ll],
+        &py(&code),
+    );
     open_floor.ok(&["wait", &sb]);
-    assert!(open_floor.stdout(&sb).starts_with("ok"), "{}", open_floor.stdout(&sb));
+    assert!(
+        open_floor.stdout(&sb).starts_with("ok"),
+        "{}",
+        open_floor.stdout(&sb)
+    );
 }
 
 #[test]
@@ -391,21 +509,32 @@ fn events_and_metrics_show_a_denied_connect() {
             && e["reason"] == "no rule allows it"),
         "{events}"
     );
-    assert!(denied.iter().all(|e| e["verdict"] == "denied" && e["sandbox"] == sb.as_str()));
+    assert!(
+        denied
+            .iter()
+            .all(|e| e["verdict"] == "denied" && e["sandbox"] == sb.as_str())
+    );
 
     // A live sandbox's counters are in the metrics.
     let live = create(
         &d,
         &["--network", "allowlist", "--allow-out", a],
-        &py(&format!("{CONNECT}\nimport time\nprint(connect('{b}', {PORT}), flush=True)\ntime.sleep(60)")),
+        &py(&format!(
+            "{CONNECT}\nimport time\nprint(connect('{b}', {PORT}), flush=True)\ntime.sleep(60)"
+        )),
     );
     d.wait_output(&live, "EPERM");
     let metrics = d.metrics();
     assert!(
-        metrics.contains(&format!("sandbox_agent_connects_refused{{sandbox=\"{live}\"}} 1")),
+        metrics.contains(&format!(
+            "sandbox_agent_connects_refused{{sandbox=\"{live}\"}} 1"
+        )),
         "{metrics}"
     );
-    assert!(metrics.contains("sandbox_agent_sandboxes{state=\"running\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("sandbox_agent_sandboxes{state=\"running\"} 1"),
+        "{metrics}"
+    );
     assert!(metrics.contains("sandbox_agent_packets{"), "{metrics}");
     // Followers get new events as they happen.
     let follower = {
@@ -423,13 +552,21 @@ fn events_and_metrics_show_a_denied_connect() {
         .expect("spawn")
     };
     thread::sleep(Duration::from_millis(300));
-    d.cli(&["exec", &live, "--", "/usr/bin/python3", "-c", &format!("{CONNECT}\nconnect('{b}', 1)")]);
+    d.cli(&[
+        "exec",
+        &live,
+        "--",
+        "/usr/bin/python3",
+        "-c",
+        &format!("{CONNECT}\nconnect('{b}', 1)"),
+    ]);
     thread::sleep(Duration::from_millis(300));
     sandbox_tests::sh_quiet(&format!("kill {}", follower.id()));
     let out = follower.wait_with_output().expect("follower");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.lines().any(|l| l.contains("\"port\":1,") && l.contains(b.as_str())),
+        text.lines()
+            .any(|l| l.contains("\"port\":1,") && l.contains(b.as_str())),
         "{text}"
     );
     assert!(helpers().exists());
@@ -438,7 +575,7 @@ fn events_and_metrics_show_a_denied_connect() {
 #[test]
 fn daemon_kill9_under_load_fails_closed_and_restart_readopts() {
     let host = RemoteHost::new();
-    let (a, b) = (&host.v4[0], &host.v4[1]);
+    let (allowed, denied) = (&host.v4[0], &host.v4[1]);
     let mut d = TestDaemon::start();
     // Hammers b over TCP and UDP (denied) and prints a heartbeat, for 60 s at most.
     let code = format!(
@@ -447,9 +584,9 @@ import time
 end = time.time() + 60
 n = 0
 while time.time() < end:
-    connect('{b}', {PORT})
+    connect('{denied}', {PORT})
     try:
-        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.sendto(b'leak', ('{b}', {PORT})); u.close()
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.sendto(b'leak', ('{denied}', {PORT})); u.close()
     except OSError:
         pass
     n += 1
@@ -460,20 +597,29 @@ while time.time() < end:
     );
     let sb = create(
         &d,
-        &["--name", "hammer", "--network", "allowlist", "--allow-out", a],
+        &[
+            "--name",
+            "hammer",
+            "--network",
+            "allowlist",
+            "--allow-out",
+            allowed,
+        ],
         &py(&code),
     );
     d.wait_output(&sb, "beat");
     d.kill9();
-    let before = d.stdout(&sb).len();
-    let _ = before;
     thread::sleep(Duration::from_secs(2));
     // The sandbox kept running while no daemon was there, and nothing reached b.
     let out = std::fs::read_to_string(d.dir.join(format!("state/sandboxes/{sb}/stdout.log")))
         .expect("stdout file");
     let beats = out.lines().filter(|l| l.starts_with("beat")).count();
     assert!(beats >= 2, "{out}");
-    assert!(!host.saw_tcp(b) && !host.saw_udp(b, "leak"), "{:?}", host.seen());
+    assert!(
+        !host.saw_tcp(denied) && !host.saw_udp(denied, "leak"),
+        "{:?}",
+        host.seen()
+    );
 
     d.spawn();
     let v = d.inspect("hammer");
@@ -482,13 +628,17 @@ while time.time() < end:
     let list = d.ok(&["ls", "--state", "running"]);
     assert!(list.contains(&sb), "{list}");
     // Supervised again: output continues, kill works, and the end is recorded.
-    let n = d.stdout(&sb).len();
+    let printed = d.stdout(&sb).len();
     let start = std::time::Instant::now();
-    while d.stdout(&sb).len() == n {
+    while d.stdout(&sb).len() == printed {
         assert!(start.elapsed() < Duration::from_secs(10), "no more output");
         thread::sleep(Duration::from_millis(50));
     }
     let kill = d.cli(&["kill", &sb]);
     assert_eq!(kill.code, 137, "{kill:#?}");
-    assert!(!host.saw_tcp(b) && !host.saw_udp(b, "leak"), "{:?}", host.seen());
+    assert!(
+        !host.saw_tcp(denied) && !host.saw_udp(denied, "leak"),
+        "{:?}",
+        host.seen()
+    );
 }

@@ -392,7 +392,10 @@ fn presets() {
     );
     // With the default floor, the same policy cannot reach link-local (cloud metadata).
     assert_eq!(
-        tcp_outcomes(&["--network", "allowlist", "--allow-out", "@private"], &[a, ll]),
+        tcp_outcomes(
+            &["--network", "allowlist", "--allow-out", "@private"],
+            &[a, ll]
+        ),
         ["EPERM", "EPERM"]
     );
     let _ = std::fs::remove_file(&no_floor);

@@ -63,7 +63,7 @@ impl Daemon {
     /// One request on a fresh connection, as a client would make it: `(status, body)`.
     fn request(&self, method: &str, path: &str, body: &str) -> Result<(u16, String)> {
         let mut s = UnixStream::connect(&self.socket)?;
-        s.set_read_timeout(Some(Duration::from_secs(60)))?;
+        s.set_read_timeout(Some(Duration::from_mins(1)))?;
         write!(
             s,
             "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -76,7 +76,10 @@ impl Daemon {
             .nth(1)
             .and_then(|c| c.parse().ok())
             .unwrap_or(0);
-        let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        let body = out
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
         Ok((status, body))
     }
 
@@ -91,7 +94,8 @@ impl Daemon {
     }
 
     fn remove(&self, id: &str) -> Result<()> {
-        let (status, body) = self.request("DELETE", &format!("/v1/sandboxes/{id}?force=true"), "")?;
+        let (status, body) =
+            self.request("DELETE", &format!("/v1/sandboxes/{id}?force=true"), "")?;
         ensure!(status == 204, "remove {id}: {status} {body}");
         Ok(())
     }
@@ -135,7 +139,7 @@ fn monotonic_ns() -> u64 {
     u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
 }
 
-/// Connects to 127.0.0.1:PORT every ~100 µs until it works, then prints the CLOCK_MONOTONIC
+/// Connects to `127.0.0.1:PORT` every ~100 µs until it works, then prints the `CLOCK_MONOTONIC`
 /// time of that first success (bounded: 20 s). Paced rather than spinning: on two CPUs a
 /// spinning client would take a CPU from the daemon it is measuring.
 const SPIN: &str = r"
@@ -161,10 +165,30 @@ while time.monotonic() < end:
 pub fn run(env: &mut BenchEnv, agent: &Path) -> Result<()> {
     progress("daemon: start")?;
     let daemon = Daemon::start(env, agent)?;
-    let sleeper = r#"{"command":["/bin/sleep","600"],"cwd":"/"}"#;
+    let create = bench_create(env, agent, &daemon)?;
+    let many = bench_many(&daemon)?;
+    // With the 1 000 still alive.
+    let update = bench_update(env, &daemon)?;
+    progress("daemon: removing the sandboxes")?;
+    let t = Instant::now();
+    for id in &many.ids {
+        daemon.remove(id)?;
+    }
+    let remove_total = t.elapsed().as_secs_f64();
+    drop(daemon);
+    print_results(&create, &many, &update, remove_total);
+    Ok(())
+}
 
-    // 1. create → running through the API, against a whole embedded run.
+struct Create {
+    api_ms: Vec<f64>,
+    embedded_ms: Vec<f64>,
+}
+
+/// create → running through the API, against a whole embedded run.
+fn bench_create(env: &BenchEnv, agent: &Path, daemon: &Daemon) -> Result<Create> {
     progress(&format!("daemon: {CREATE_RUNS} creates through the API"))?;
+    let sleeper = r#"{"command":["/bin/sleep","600"],"cwd":"/"}"#;
     let mut api_ms = Vec::new();
     for _ in 0..CREATE_RUNS {
         interrupted()?;
@@ -184,13 +208,28 @@ pub fn run(env: &mut BenchEnv, agent: &Path) -> Result<()> {
         embedded_ms.push(t.elapsed().as_secs_f64() * 1e3);
         check(&out, "sandbox-agent run --embedded -- /bin/true")?;
     }
+    Ok(Create {
+        api_ms,
+        embedded_ms,
+    })
+}
 
-    // 2. 1 000 sandboxes, each with its own policy, alive at once.
+struct Many {
+    ids: Vec<String>,
+    create_ms: Vec<f64>,
+    total_s: f64,
+    list_ms: f64,
+    rss_kib: (u64, u64),
+    slab_kib: (u64, u64),
+}
+
+/// 1 000 sandboxes, each with its own policy, alive at once.
+fn bench_many(daemon: &Daemon) -> Result<Many> {
     progress(&format!("daemon: {MANY} sandboxes with distinct policies"))?;
     let rss_before = daemon.rss_kib();
     let slab_before = crate::bench::meminfo_kib("Slab:").unwrap_or(0);
     let started = Instant::now();
-    let mut many_ms = Vec::new();
+    let mut create_ms = Vec::new();
     let mut ids = Vec::new();
     for i in 0..MANY {
         interrupted()?;
@@ -200,10 +239,10 @@ pub fn run(env: &mut BenchEnv, agent: &Path) -> Result<()> {
             i % 256
         );
         let (id, ms) = daemon.create(&body)?;
-        many_ms.push(ms);
+        create_ms.push(ms);
         ids.push(id);
     }
-    let many_total = started.elapsed().as_secs_f64();
+    let total_s = started.elapsed().as_secs_f64();
     let rss_after = daemon.rss_kib();
     let slab_after = crate::bench::meminfo_kib("Slab:").unwrap_or(0);
     let t = Instant::now();
@@ -214,8 +253,23 @@ pub fn run(env: &mut BenchEnv, agent: &Path) -> Result<()> {
         .as_array()
         .map_or(0, Vec::len);
     ensure!(listed >= MANY, "only {listed} sandboxes listed as running");
+    Ok(Many {
+        ids,
+        create_ms,
+        total_s,
+        list_ms,
+        rss_kib: (rss_before, rss_after),
+        slab_kib: (slab_before, slab_after),
+    })
+}
 
-    // 3. Policy update until a new connect sees it (with the 1 000 still alive).
+struct Update {
+    seen_us: Vec<f64>,
+    put_us: Vec<f64>,
+}
+
+/// Policy update until a new connect in the sandbox sees it.
+fn bench_update(env: &BenchEnv, daemon: &Daemon) -> Result<Update> {
     progress(&format!("daemon: {UPDATE_RUNS} policy updates"))?;
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let port = listener.local_addr()?.port();
@@ -254,53 +308,51 @@ pub fn run(env: &mut BenchEnv, agent: &Path) -> Result<()> {
         seen_us.push(seen.saturating_sub(t0) as f64 / 1e3);
         daemon.remove(&id)?;
     }
-    progress("daemon: removing the sandboxes")?;
-    let t = Instant::now();
-    for id in &ids {
-        daemon.remove(id)?;
-    }
-    let remove_total = t.elapsed().as_secs_f64();
-    drop(daemon);
+    Ok(Update { seen_us, put_us })
+}
 
-    let first = &many_ms[..100];
-    let last = &many_ms[MANY - 100..];
+fn print_results(create: &Create, many: &Many, update: &Update, remove_total: f64) {
+    let (api_ms, embedded_ms) = (&create.api_ms, &create.embedded_ms);
+    let first = &many.create_ms[..100];
+    let last = &many.create_ms[MANY - 100..];
     println!("\n## Daemon\n");
     let f = |v: f64| format!("{v:.2}");
+    let us = |v: f64| format!("{v:.0}");
     print_grid(
         &["measure", "p50", "p99", "baseline p50", "ratio"],
         &[
             vec![
                 "create→running, API (ms)".into(),
-                f(median(&api_ms)),
-                f(percentile(&api_ms, 99.0)),
-                f(median(&embedded_ms)),
-                format!("{:.2}", median(&api_ms) / median(&embedded_ms)),
+                f(median(api_ms)),
+                f(percentile(api_ms, 99.0)),
+                f(median(embedded_ms)),
+                f(median(api_ms) / median(embedded_ms)),
             ],
             vec![
                 "embedded run /bin/true, whole (ms)".into(),
-                f(median(&embedded_ms)),
-                f(percentile(&embedded_ms, 99.0)),
+                f(median(embedded_ms)),
+                f(percentile(embedded_ms, 99.0)),
                 "-".into(),
                 "-".into(),
             ],
             vec![
-                format!("create, sandboxes 901-1000 (ms)"),
+                "create, sandboxes 901-1000 (ms)".into(),
                 f(median(last)),
                 f(percentile(last, 99.0)),
                 f(median(first)),
-                format!("{:.2}", median(last) / median(first)),
+                f(median(last) / median(first)),
             ],
             vec![
                 "policy update until a connect sees it (µs)".into(),
-                format!("{:.0}", median(&seen_us)),
-                format!("{:.0}", percentile(&seen_us, 99.0)),
+                us(median(&update.seen_us)),
+                us(percentile(&update.seen_us, 99.0)),
                 "-".into(),
                 "-".into(),
             ],
             vec![
                 "policy update request round trip (µs)".into(),
-                format!("{:.0}", median(&put_us)),
-                format!("{:.0}", percentile(&put_us, 99.0)),
+                us(median(&update.put_us)),
+                us(percentile(&update.put_us, 99.0)),
                 "-".into(),
                 "-".into(),
             ],
@@ -308,11 +360,13 @@ pub fn run(env: &mut BenchEnv, agent: &Path) -> Result<()> {
         &[0],
     );
     println!(
-        "\n{MANY} sandboxes with distinct policies: created in {many_total:.1} s, listed in {list_ms:.0} ms, \
+        "\n{MANY} sandboxes with distinct policies: created in {:.1} s, listed in {:.0} ms, \
          removed in {remove_total:.1} s; daemon RSS {} → {} MiB; kernel slab +{} MiB",
-        rss_before / 1024,
-        rss_after / 1024,
-        slab_after.saturating_sub(slab_before) / 1024
+        many.total_s,
+        many.list_ms,
+        many.rss_kib.0 / 1024,
+        many.rss_kib.1 / 1024,
+        many.slab_kib.1.saturating_sub(many.slab_kib.0) / 1024
     );
     println!(
         "The baseline of the first row is a whole embedded run (agent exec, open pins, cgroup, policy, \
@@ -321,7 +375,6 @@ pub fn run(env: &mut BenchEnv, agent: &Path) -> Result<()> {
          connect that passed (connects paced every ~100 µs, so up to that much is the \
          probe's), with {MANY} other sandboxes alive."
     );
-    Ok(())
 }
 
 /// Waits (bounded) for a line starting with `prefix` in a sandbox's output file.

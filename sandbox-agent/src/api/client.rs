@@ -115,8 +115,10 @@ impl Client {
                     .map_err(|e| ClientError::Http(e.to_string()))?
                     .to_bytes();
                 let (message, exit_code) = serde_json::from_slice::<super::ErrorBody>(&bytes)
-                    .map(|e| (e.error, e.exit_code))
-                    .unwrap_or_else(|_| (String::from_utf8_lossy(&bytes).into_owned(), None));
+                    .map_or_else(
+                        |_| (String::from_utf8_lossy(&bytes).into_owned(), None),
+                        |e| (e.error, e.exit_code),
+                    );
                 return Err(ClientError::Status {
                     status,
                     message,

@@ -1,5 +1,5 @@
 //! The daemon's HTTP/JSON API on a Unix socket: request and response bodies (`serde`), the
-//! server routes (`server`), the CLI's client (`client`) and the OpenAPI document.
+//! server routes (`server`), the CLI's client (`client`) and the `OpenAPI` document.
 pub mod client;
 pub mod openapi;
 
@@ -96,6 +96,9 @@ pub struct SandboxView {
     pub idle_timeout_ms: Option<u64>,
     pub probe: Option<ProbeSpec>,
     pub stdin: bool,
+    /// The workload's proxy variables name the sandbox's explicit proxy.
+    #[serde(default)]
+    pub proxy_env: bool,
     /// RFC 3339.
     pub created_at: String,
     pub ended_at: Option<String>,
@@ -107,6 +110,11 @@ pub struct SandboxView {
     pub pid: i32,
     pub cgroup_id: u64,
     pub policy_id: u32,
+    /// Loopback ports of the sandbox's resolver and proxy (0: none).
+    #[serde(default)]
+    pub dns_port: u16,
+    #[serde(default)]
+    pub proxy_port: u16,
     pub execs: Vec<ExecView>,
     /// Per-sandbox kernel counters at the time of the request (absent once it ended).
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -193,7 +201,9 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_refused() {
-        assert!(serde_json::from_str::<CreateRequest>(r#"{"command":["true"],"comand":1}"#).is_err());
+        assert!(
+            serde_json::from_str::<CreateRequest>(r#"{"command":["true"],"comand":1}"#).is_err()
+        );
         assert!(serde_json::from_str::<CreateRequest>(r#"{"policy":{"netwrk":"open"}}"#).is_err());
         let ok: CreateRequest =
             serde_json::from_str(r#"{"command":["true"],"policy":{"network":"open"}}"#).unwrap();

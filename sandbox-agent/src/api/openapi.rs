@@ -1,6 +1,6 @@
-//! The OpenAPI document served at `/openapi.json`.
+//! The `OpenAPI` document served at `/openapi.json`.
 
-/// OpenAPI 3.0 description of the API.
+/// `OpenAPI` 3.0 description of the API.
 pub const DOCUMENT: &str = r##"{
   "openapi": "3.0.3",
   "info": {

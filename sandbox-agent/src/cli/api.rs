@@ -393,7 +393,10 @@ pub fn ls(client: &Client, args: &LsArgs) -> i32 {
         Err(e) => return fail(&e),
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&views).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&views).unwrap_or_default()
+        );
         return 0;
     }
     println!(
@@ -408,7 +411,11 @@ pub fn ls(client: &Client, args: &LsArgs) -> i32 {
             v.name.unwrap_or_else(|| "-".into()),
             v.state,
             v.exit_code.map_or("-".into(), |c| c.to_string()),
-            if tags.is_empty() { "-".into() } else { tags.join(",") },
+            if tags.is_empty() {
+                "-".into()
+            } else {
+                tags.join(",")
+            },
             v.command.join(" ")
         );
     }
@@ -451,7 +458,11 @@ pub fn logs(client: &Client, args: &LogsArgs) -> i32 {
 
 /// Prints the end and returns the sandbox's exit code (125 when unknown).
 pub fn wait(client: &Client, args: &RefArgs, path: &str, method: Method) -> i32 {
-    match client.json::<WaitView>(method, &format!("{}{path}", path_of(&args.sandbox)), None::<&()>) {
+    match client.json::<WaitView>(
+        method,
+        &format!("{}{path}", path_of(&args.sandbox)),
+        None::<&()>,
+    ) {
         Ok(v) => {
             println!(
                 "{} {}",
@@ -498,7 +509,11 @@ pub fn stdin(client: &Client, args: &StdinArgs) -> i32 {
             Ok(n) => n,
             Err(e) => return fail(&e),
         };
-        if let Err(e) = client.request(Method::POST, &format!("{base}/stdin"), Some(buf[..n].to_vec())) {
+        if let Err(e) = client.request(
+            Method::POST,
+            &format!("{base}/stdin"),
+            Some(buf[..n].to_vec()),
+        ) {
             return fail(&e);
         }
     }

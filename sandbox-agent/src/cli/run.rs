@@ -20,7 +20,6 @@ use sandbox_agent::{
     workload::{self, Workload},
 };
 
-
 /// Capabilities a sandbox may be given: none of them can open a way around the kernel wall
 /// (raw IP is filtered by `cgroup_skb`, `AF_PACKET` is refused at socket creation).
 const GRANTABLE_CAPS: [(&str, u32); 2] = [("NET_BIND_SERVICE", 10), ("NET_RAW", 13)];
@@ -99,11 +98,11 @@ pub struct RunArgs {
     command: Vec<OsString>,
 }
 
-pub fn main(args: RunArgs, socket: &Path) -> i32 {
+pub fn main(args: &RunArgs, socket: &Path) -> i32 {
     if !args.embedded && socket.exists() {
         let client = Client::new(socket);
         if client.available() {
-            return via_daemon(&client, &args);
+            return via_daemon(&client, args);
         }
     }
     let stats = args.stats;
@@ -164,13 +163,13 @@ impl<E: std::fmt::Display> From<E> for Failure {
     }
 }
 
-fn prepare(args: RunArgs) -> Result<(RunOptions, String), Failure> {
+fn prepare(args: &RunArgs) -> Result<(RunOptions, String), Failure> {
     let floor = sandbox_agent::config::Config::load(args.config.as_deref())?
         .floor()
         .map_err(|e| format!("floor_deny: {e}"))?;
-    let spec = policy_spec(&args)?;
+    let spec = policy_spec(args)?;
     let compiled = policy::compile(&spec)?;
-    let domains = domain_options(&args, &compiled)?;
+    let domains = domain_options(args, &compiled)?;
     let keep_caps = args
         .cap_add
         .iter()
@@ -302,81 +301,16 @@ fn policy_spec(args: &RunArgs) -> Result<PolicySpec, Failure> {
     })
 }
 
-
 /// `run` through the daemon: create with this command's stdin forwarded, stream the output,
 /// wait; SIGINT/SIGTERM/SIGHUP kill the sandbox. The exit status is the workload's (124 on
 /// timeout, as embedded).
 fn via_daemon(client: &Client, args: &RunArgs) -> i32 {
-    let embedded_only = [
-        (args.flow_log.is_some(), "--flow-log"),
-        (args.upstream_dns.is_some(), "--upstream-dns"),
-        (args.upstream_proxy.is_some(), "--upstream-proxy"),
-        (!args.cap_add.is_empty(), "--cap-add"),
-        (args.stats, "--stats"),
-        (args.config.is_some(), "--config"),
-    ];
-    if let Some((_, flag)) = embedded_only.iter().find(|(set, _)| *set) {
-        eprintln!(
-            "sandbox-agent: {flag} is not available through the daemon (it is configured there); \
-             add --embedded to run without it"
-        );
-        return 125;
-    }
-    let command: Vec<String> = match args
-        .command
-        .iter()
-        .map(|a| a.to_str().map(str::to_owned))
-        .collect::<Option<_>>()
-    {
-        Some(c) => c,
-        None => {
-            eprintln!("sandbox-agent: the command is not valid UTF-8 (use --embedded)");
-            return 125;
-        }
-    };
-    let mut env = std::collections::BTreeMap::new();
-    for item in &args.env {
-        match workload::parse_env_item(item) {
-            Ok(Some((k, v))) => match (k.into_string(), v.into_string()) {
-                (Ok(k), Ok(v)) => {
-                    env.insert(k, v);
-                }
-                _ => {
-                    eprintln!("sandbox-agent: --env is not valid UTF-8 (use --embedded)");
-                    return 125;
-                }
-            },
-            Ok(None) => {}
-            Err(e) => {
-                eprintln!("sandbox-agent: {e}");
-                return 125;
-            }
-        }
-    }
-    let policy = match policy_spec_file(args) {
-        Ok(p) => p,
+    let req = match daemon_request(args) {
+        Ok(r) => r,
         Err(Failure { message, code }) => {
             eprintln!("sandbox-agent: {message}");
             return code;
         }
-    };
-    let cwd = args
-        .cwd
-        .clone()
-        .or_else(|| std::env::current_dir().ok())
-        .map(|p| p.to_string_lossy().into_owned());
-    let req = CreateRequest {
-        command,
-        env,
-        cwd,
-        user: args.user.clone(),
-        policy,
-        timeout: args
-            .timeout
-            .map(|t| humantime::format_duration(t).to_string()),
-        stdin: true,
-        proxy_env: args.proxy_env,
-        ..CreateRequest::default()
     };
     // Signals are taken by a thread of ours (blocked everywhere else) and kill the sandbox.
     let mut mask = nix::sys::signal::SigSet::empty();
@@ -448,6 +382,60 @@ fn via_daemon(client: &Client, args: &RunArgs) -> i32 {
     }
 }
 
+/// The create request for `run`'s arguments; refuses what only embedded mode can do.
+fn daemon_request(args: &RunArgs) -> Result<CreateRequest, Failure> {
+    let embedded_only = [
+        (args.flow_log.is_some(), "--flow-log"),
+        (args.upstream_dns.is_some(), "--upstream-dns"),
+        (args.upstream_proxy.is_some(), "--upstream-proxy"),
+        (!args.cap_add.is_empty(), "--cap-add"),
+        (args.stats, "--stats"),
+        (args.config.is_some(), "--config"),
+    ];
+    if let Some((_, flag)) = embedded_only.iter().find(|(set, _)| *set) {
+        return Err(format!(
+            "{flag} is not available through the daemon (it is configured there); \
+             add --embedded to run without it"
+        )
+        .into());
+    }
+    let not_utf8 =
+        |what: &str| Failure::from(format!("{what} is not valid UTF-8 (use --embedded)"));
+    let command: Vec<String> = args
+        .command
+        .iter()
+        .map(|a| a.to_str().map(str::to_owned))
+        .collect::<Option<_>>()
+        .ok_or_else(|| not_utf8("the command"))?;
+    let mut env = std::collections::BTreeMap::new();
+    for item in &args.env {
+        if let Some((k, v)) = workload::parse_env_item(item)? {
+            let (Ok(k), Ok(v)) = (k.into_string(), v.into_string()) else {
+                return Err(not_utf8("--env"));
+            };
+            env.insert(k, v);
+        }
+    }
+    let cwd = args
+        .cwd
+        .clone()
+        .or_else(|| std::env::current_dir().ok())
+        .map(|p| p.to_string_lossy().into_owned());
+    Ok(CreateRequest {
+        command,
+        env,
+        cwd,
+        user: args.user.clone(),
+        policy: policy_spec_file(args)?,
+        timeout: args
+            .timeout
+            .map(|t| humantime::format_duration(t).to_string()),
+        stdin: true,
+        proxy_env: args.proxy_env,
+        ..CreateRequest::default()
+    })
+}
+
 /// Copies our stdin to the sandbox's, then closes it.
 fn forward_stdin(socket: &Path, base: &str) {
     let client = Client::new(socket);
@@ -457,7 +445,11 @@ fn forward_stdin(socket: &Path, base: &str) {
             Ok(0) | Err(_) => break,
             Ok(n) => {
                 if client
-                    .request(Method::POST, &format!("{base}/stdin"), Some(buf[..n].to_vec()))
+                    .request(
+                        Method::POST,
+                        &format!("{base}/stdin"),
+                        Some(buf[..n].to_vec()),
+                    )
                     .is_err()
                 {
                     return;

@@ -106,7 +106,7 @@ mod tests {
         f.write_all(&data).unwrap();
         trim(&path, 20_000).unwrap();
         let start = start_of(&path);
-        assert!(start > 0 && start % BLOCK == 0, "start {start}");
+        assert!(start > 0 && start.is_multiple_of(BLOCK), "start {start}");
         let (tail, next) = read_from(&path, 0, usize::MAX).unwrap();
         assert_eq!(next, 100_000);
         assert_eq!(tail, data[usize::try_from(start).unwrap()..]);

@@ -105,8 +105,12 @@ struct ExecLive {
     policy_id: u32,
     policy: Option<Arc<CompiledPolicy>>,
     services: Option<DomainServices>,
-    exit: watch::Sender<Option<Option<i32>>>,
+    exit: watch::Sender<Option<ExecEnd>>,
 }
+
+/// How an exec ended: its status, `None` when unknown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExecEnd(pub Option<i32>);
 
 /// What only the running daemon holds for a sandbox.
 struct Inner {
@@ -172,8 +176,11 @@ impl Sandbox {
         self.ended.subscribe()
     }
 
-    pub fn exec_exit_rx(&self, exec: u32) -> Option<watch::Receiver<Option<Option<i32>>>> {
-        lock(&self.inner).execs.get(&exec).map(|e| e.exit.subscribe())
+    pub fn exec_exit_rx(&self, exec: u32) -> Option<watch::Receiver<Option<ExecEnd>>> {
+        lock(&self.inner)
+            .execs
+            .get(&exec)
+            .map(|e| e.exit.subscribe())
     }
 }
 
@@ -288,10 +295,9 @@ impl Daemon {
             .filter(|s| lock(&s.view).name.as_deref() == Some(reference))
             .collect();
         named.sort_by_key(|s| (s.running(), lock(&s.view).created_at.clone()));
-        named
-            .last()
-            .map(|s| (*s).clone())
-            .ok_or_else(|| ApiError::not_found(format!("no sandbox with id or name \"{reference}\"")))
+        named.last().map(|s| (*s).clone()).ok_or_else(|| {
+            ApiError::not_found(format!("no sandbox with id or name \"{reference}\""))
+        })
     }
 
     /// The view with live counters.
@@ -329,47 +335,18 @@ impl Daemon {
     }
 
     pub fn create(self: &Arc<Self>, req: CreateRequest) -> ApiResult<SandboxView> {
-        if let Some(name) = &req.name
-            && !crate::api::valid_name(name)
-        {
-            return Err(ApiError::bad_request(format!(
-                "invalid name \"{name}\": use 1 to 63 of A-Z a-z 0-9 . _ -"
-            )));
-        }
-        let timeout = match &req.timeout {
-            Some(t) => parse_duration("timeout", t)?,
-            None => DEFAULT_TIMEOUT,
-        };
-        if timeout > MAX_TIMEOUT || timeout.is_zero() {
-            return Err(ApiError::bad_request(format!(
-                "invalid timeout \"{}\": must be more than 0 and at most 24h",
-                req.timeout.as_deref().unwrap_or_default()
-            )));
-        }
-        let idle_timeout = req
-            .idle_timeout
-            .as_deref()
-            .map(|t| parse_duration("idle_timeout", t))
-            .transpose()?;
-        if let Some(p) = &req.probe {
-            validate_probe(p)?;
-        }
-        let compiled = Arc::new(
-            policy::compile(&req.policy.spec("policy.", Mode::Blocked))
-                .map_err(|e| ApiError::bad_request(e.to_string()))?,
-        );
-        let command: Vec<String> = req
-            .entrypoint
-            .iter()
-            .chain(req.command.iter())
-            .cloned()
-            .collect();
-        if command.is_empty() {
-            return Err(ApiError::bad_request("no command: give command or entrypoint"));
-        }
-        let cwd = req.cwd.clone().unwrap_or_else(|| "/".into());
-        let mut spec = prepare_workload(&command, &req.env, &cwd, req.user.as_deref())?;
-        let user = req.user.clone().unwrap_or_else(|| crate::user::DEFAULT_USER.into());
+        let Checked {
+            timeout,
+            idle_timeout,
+            policy: compiled,
+            command,
+            cwd,
+            mut spec,
+        } = check_create(&req)?;
+        let user = req
+            .user
+            .clone()
+            .unwrap_or_else(|| crate::user::DEFAULT_USER.into());
 
         // The name check and the insertion happen under one lock: no two live sandboxes
         // can take one name.
@@ -409,6 +386,7 @@ impl Daemon {
             idle_timeout_ms: idle_timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
             probe: req.probe.clone(),
             stdin: req.stdin,
+            proxy_env: req.proxy_env,
             created_at: now_rfc3339(),
             ended_at: None,
             exit_code: None,
@@ -416,6 +394,14 @@ impl Daemon {
             pid: child.pid,
             cgroup_id: sandbox.cgroup.id,
             policy_id: lock(&sandbox.view).policy_id,
+            dns_port: lock(&sandbox.inner)
+                .services
+                .as_ref()
+                .map_or(0, |s| s.dns_port),
+            proxy_port: lock(&sandbox.inner)
+                .services
+                .as_ref()
+                .map_or(0, |s| s.proxy_port),
             execs: Vec::new(),
             counters: None,
         };
@@ -424,8 +410,13 @@ impl Daemon {
         all.insert(id.clone(), sandbox.clone());
         drop(all);
         self.observe.sandbox_started();
-        self.handle
-            .spawn(supervise(self.clone(), sandbox.clone(), Some(child), timeout, idle_timeout));
+        self.handle.spawn(supervise(
+            self.clone(),
+            sandbox.clone(),
+            Some(child),
+            timeout,
+            idle_timeout,
+        ));
         if let Some(probe) = req.probe {
             self.handle.spawn(probe_task(self.clone(), sandbox, probe));
         }
@@ -452,7 +443,7 @@ impl Daemon {
         let cgroup =
             SandboxCgroup::create(&parent, id).map_err(|e| ApiError::internal(e.to_string()))?;
         let services = if compiled.has_names() || req.proxy_env {
-            Some(self.start_services(id, self.layers(compiled))?)
+            Some(self.start_services(id, self.layers(compiled), None)?)
         } else {
             None
         };
@@ -478,53 +469,16 @@ impl Daemon {
             }
         }
         let undo = |cgroup: &SandboxCgroup| {
-            self.enforcement().remove(cgroup.id, policy_id, Some(compiled));
+            self.enforcement()
+                .remove(cgroup.id, policy_id, Some(compiled));
             let _ = cgroup.kill_all(KILL_TIMEOUT);
             let _ = cgroup.remove();
         };
-        let (stdin_read, stdin_write) = if req.stdin {
-            match pipe() {
-                Ok((r, w)) => (r, Some(fs::File::from(w))),
-                Err(e) => {
-                    undo(&cgroup);
-                    return Err(ApiError::internal(format!("stdin pipe: {e}")));
-                }
-            }
-        } else {
-            match fs::File::open("/dev/null") {
-                Ok(f) => (OwnedFd::from(f), None),
-                Err(e) => {
-                    undo(&cgroup);
-                    return Err(ApiError::internal(format!("/dev/null: {e}")));
-                }
-            }
-        };
-        let outputs = (
-            logs::create(&dir.join("stdout.log")),
-            logs::create(&dir.join("stderr.log")),
-        );
-        let (Ok(stdout), Ok(stderr)) = outputs else {
-            undo(&cgroup);
-            return Err(ApiError::internal("cannot create the output files"));
-        };
-        spec.stdio = Some([stdin_read.as_raw_fd(), stdout.as_raw_fd(), stderr.as_raw_fd()]);
-        spec.new_session = true;
-        let child = {
-            let cgroup_fd = cgroup
-                .open_fd()
-                .map_err(|e| ApiError::internal(e.to_string()));
-            match cgroup_fd.and_then(|fd| {
-                launch::spawn(spec, &fd).map_err(|e| ApiError {
-                    status: if e.exit_code() == 125 { 500 } else { 400 },
-                    message: crate::error_line(&e),
-                    exit_code: Some(e.exit_code()),
-                })
-            }) {
-                Ok(c) => c,
-                Err(e) => {
-                    undo(&cgroup);
-                    return Err(e);
-                }
+        let (child, stdin_write) = match spawn_workload(&cgroup, spec, dir, req.stdin) {
+            Ok(v) => v,
+            Err(e) => {
+                undo(&cgroup);
+                return Err(e);
             }
         };
         let (ended, _) = watch::channel(false);
@@ -559,6 +513,7 @@ impl Daemon {
         &self,
         id: &str,
         layers: Vec<Arc<CompiledPolicy>>,
+        preferred_ports: Option<(u16, u16)>,
     ) -> ApiResult<DomainServices> {
         DomainServices::start_on(
             &self.handle,
@@ -566,6 +521,7 @@ impl Daemon {
             id,
             layers,
             self.domain_options(id)?,
+            preferred_ports,
         )
         .map_err(|e| ApiError::internal(crate::error_line(&e)))
     }
@@ -622,9 +578,16 @@ impl Daemon {
     }
 
     /// Runs a command in a live sandbox, under a narrower policy if one is given.
-    pub fn exec(self: &Arc<Self>, sandbox: &Arc<Sandbox>, req: ExecRequest) -> ApiResult<ExecView> {
+    pub fn exec(
+        self: &Arc<Self>,
+        sandbox: &Arc<Sandbox>,
+        req: &ExecRequest,
+    ) -> ApiResult<ExecView> {
         if !sandbox.running() {
-            return Err(ApiError::conflict(format!("sandbox {} has ended", sandbox.id)));
+            return Err(ApiError::conflict(format!(
+                "sandbox {} has ended",
+                sandbox.id
+            )));
         }
         let view = sandbox.view();
         let cwd = req.cwd.clone().unwrap_or_else(|| view.cwd.clone());
@@ -648,52 +611,9 @@ impl Daemon {
         let (cgroup, policy_id, services) = match &narrowed {
             None => (None, view.policy_id, None),
             Some(p) => {
-                let cg = SandboxCgroup::create(&sandbox.cgroup.path, &format!("exec-{exec_id}"))
-                    .map_err(|e| ApiError::internal(e.to_string()))?;
-                let names = p.has_names() || inner.policy.has_names();
-                let services = if names {
-                    let layers = std::iter::once(p.clone())
-                        .chain(std::iter::once(inner.policy.clone()))
-                        .chain(self.floor.iter().cloned())
-                        .collect();
-                    match self.start_services(&sandbox.id, layers) {
-                        Ok(s) => Some(s),
-                        Err(e) => {
-                            let _ = cg.remove();
-                            return Err(e);
-                        }
-                    }
-                } else {
-                    None
-                };
-                let ports = services
-                    .as_ref()
-                    .map_or((0, 0), |s| (s.dns_port, s.proxy_port));
-                let mut enforcement = self.enforcement();
-                let ceiling = enforcement.sandbox_entry(sandbox.cgroup.id);
-                let applied = ceiling
-                    .ok_or_else(|| ApiError::internal("the sandbox has no kernel entry"))
-                    .and_then(|c| {
-                        enforcement
-                            .apply_layered(cg.id, p, ports, Some(&c))
-                            .map_err(|e| ApiError::internal(crate::error_line(&e)))
-                    });
-                drop(enforcement);
-                match applied {
-                    Ok(id) => {
-                        if let Some(s) = &services {
-                            s.bind(Bound {
-                                cgroup_id: cg.id,
-                                policy_id: id,
-                            });
-                        }
-                        (Some(cg), id, services)
-                    }
-                    Err(e) => {
-                        let _ = cg.remove();
-                        return Err(e);
-                    }
-                }
+                let (cg, id, services) =
+                    self.narrowed_cgroup(sandbox, &inner.policy, exec_id, p)?;
+                (Some(cg), id, services)
             }
         };
         let target = cgroup.as_ref().unwrap_or(&sandbox.cgroup);
@@ -740,17 +660,81 @@ impl Daemon {
         );
         drop(inner);
         sandbox.update(|v| v.execs.push(exec_view.clone()));
-        self.handle
-            .spawn(supervise_exec(self.clone(), sandbox.clone(), exec_id, child));
+        self.handle.spawn(supervise_exec(
+            self.clone(),
+            sandbox.clone(),
+            exec_id,
+            child,
+        ));
         Ok(exec_view)
+    }
+
+    /// The cgroup of an exec narrowed below its sandbox: its own kernel entry with the
+    /// sandbox's policy and the floor as outer layers, and its own resolver and proxy when
+    /// names are involved (they check all three layers).
+    fn narrowed_cgroup(
+        &self,
+        sandbox: &Sandbox,
+        ceiling_policy: &Arc<CompiledPolicy>,
+        exec_id: u32,
+        policy: &Arc<CompiledPolicy>,
+    ) -> ApiResult<(SandboxCgroup, u32, Option<DomainServices>)> {
+        let cg = SandboxCgroup::create(&sandbox.cgroup.path, &format!("exec-{exec_id}"))
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let services = if policy.has_names() || ceiling_policy.has_names() {
+            let layers = std::iter::once(policy.clone())
+                .chain(std::iter::once(ceiling_policy.clone()))
+                .chain(self.floor.iter().cloned())
+                .collect();
+            match self.start_services(&sandbox.id, layers, None) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    let _ = cg.remove();
+                    return Err(e);
+                }
+            }
+        } else {
+            None
+        };
+        let ports = services
+            .as_ref()
+            .map_or((0, 0), |s| (s.dns_port, s.proxy_port));
+        let mut enforcement = self.enforcement();
+        let applied = enforcement
+            .sandbox_entry(sandbox.cgroup.id)
+            .ok_or_else(|| ApiError::internal("the sandbox has no kernel entry"))
+            .and_then(|ceiling| {
+                enforcement
+                    .apply_layered(cg.id, policy, ports, Some(&ceiling))
+                    .map_err(|e| ApiError::internal(crate::error_line(&e)))
+            });
+        drop(enforcement);
+        match applied {
+            Ok(id) => {
+                if let Some(s) = &services {
+                    s.bind(Bound {
+                        cgroup_id: cg.id,
+                        policy_id: id,
+                    });
+                }
+                Ok((cg, id, services))
+            }
+            Err(e) => {
+                let _ = cg.remove();
+                Err(e)
+            }
+        }
     }
 
     /// Replaces a live sandbox's policy: new connections see the new policy whole at once;
     /// established connections it denies are cut (proxied ones by the proxy, direct ones by
     /// the kernel dropping their packets and a socket destroy).
-    pub fn set_policy(&self, sandbox: &Arc<Sandbox>, body: PolicyFile) -> ApiResult<SandboxView> {
+    pub fn set_policy(&self, sandbox: &Arc<Sandbox>, body: &PolicyFile) -> ApiResult<SandboxView> {
         if !sandbox.running() {
-            return Err(ApiError::conflict(format!("sandbox {} has ended", sandbox.id)));
+            return Err(ApiError::conflict(format!(
+                "sandbox {} has ended",
+                sandbox.id
+            )));
         }
         let t0 = Instant::now();
         let new = Arc::new(
@@ -759,10 +743,11 @@ impl Daemon {
         );
         let mut inner = lock(&sandbox.inner);
         tracing::debug!(us = t0.elapsed().as_micros(), "policy compiled");
-        let proxy_env = sandbox.view().policy != body && inner.services.is_some();
+        // The explicit proxy of a `proxy_env` sandbox stays reachable whatever the policy.
+        let proxy_env = sandbox.view().proxy_env;
         // Domain services are needed from now on if the new policy has names.
         if inner.services.is_none() && new.has_names() {
-            inner.services = Some(self.start_services(&sandbox.id, self.layers(&new))?);
+            inner.services = Some(self.start_services(&sandbox.id, self.layers(&new), None)?);
         }
         let ports = inner
             .services
@@ -798,7 +783,38 @@ impl Daemon {
         } else {
             enforcement.carry_learned(old_id, new_id, |_| false)
         };
-        // Execs with their own services: their ceiling changed.
+        self.update_exec_layers(&inner, &new);
+        let cgroups: Vec<(PathBuf, u64)> =
+            std::iter::once((sandbox.cgroup.path.clone(), sandbox.cgroup.id))
+                .chain(
+                    inner
+                        .execs
+                        .values()
+                        .filter_map(|e| e.cgroup.as_ref().map(|c| (c.path.clone(), c.id))),
+                )
+                .collect();
+        let shared = inner.services.as_ref().map(|s| s.shared.clone());
+        let service_ports = inner
+            .services
+            .as_ref()
+            .map_or((0, 0), |s| (s.dns_port, s.proxy_port));
+        drop(inner);
+        drop(enforcement);
+        tracing::debug!(us = t0.elapsed().as_micros(), "learned carried");
+        self.cut_denied(&cgroups, &cut, shared.as_deref());
+        tracing::debug!(us = t0.elapsed().as_micros(), "sockets checked");
+        sandbox.update(|v| {
+            v.policy = body.clone();
+            v.policy_id = new_id;
+            (v.dns_port, v.proxy_port) = service_ports;
+        });
+        tracing::debug!(us = t0.elapsed().as_micros(), "record saved");
+        tracing::info!(sandbox = %sandbox.id, "policy replaced");
+        Ok(self.view(sandbox))
+    }
+
+    /// Execs with their own resolver and proxy: the sandbox's new policy is their ceiling.
+    fn update_exec_layers(&self, inner: &Inner, new: &Arc<CompiledPolicy>) {
         for exec in inner.execs.values() {
             if let (Some(s), Some(p), Some(cg)) = (&exec.services, &exec.policy, &exec.cgroup) {
                 let layers = std::iter::once(p.clone())
@@ -814,38 +830,27 @@ impl Daemon {
                 );
             }
         }
-        let cgroups: Vec<(PathBuf, u64)> = std::iter::once((sandbox.cgroup.path.clone(), sandbox.cgroup.id))
-            .chain(
-                inner
-                    .execs
-                    .values()
-                    .filter_map(|e| e.cgroup.as_ref().map(|c| (c.path.clone(), c.id))),
-            )
-            .collect();
-        let shared = inner.services.as_ref().map(|s| s.shared.clone());
-        drop(inner);
-        drop(enforcement);
-        // Direct connections the new policy denies: their packets are dropped from now on;
-        // destroying the sockets tells the workload at once instead of after TCP timeouts.
-        tracing::debug!(us = t0.elapsed().as_micros(), "learned carried");
+    }
+
+    /// Direct connections a new policy denies: their packets are dropped from the switch on;
+    /// destroying the sockets tells the workload at once instead of after TCP timeouts.
+    /// `cut` are the peers of learned connections that lost their mark.
+    fn cut_denied(
+        &self,
+        cgroups: &[(PathBuf, u64)],
+        cut: &[std::net::IpAddr],
+        shared: Option<&domains::Shared>,
+    ) {
         let maps = crate::enforcement::AgentMaps::open(&self.paths).ok();
         for (path, cgroup_id) in cgroups {
-            destroy_denied_sockets(&path, |peer| {
+            destroy_denied_sockets(path, |peer| {
                 cut.contains(&peer)
                     || (maps
                         .as_ref()
-                        .is_some_and(|m| !m.address_verdict(cgroup_id, peer).allow)
-                        && !shared.as_ref().is_some_and(|s| s.learned_still_allowed(peer)))
+                        .is_some_and(|m| !m.address_verdict(*cgroup_id, peer).allow)
+                        && !shared.is_some_and(|s| s.learned_still_allowed(peer)))
             });
         }
-        tracing::debug!(us = t0.elapsed().as_micros(), "sockets checked");
-        sandbox.update(|v| {
-            v.policy = body;
-            v.policy_id = new_id;
-        });
-        tracing::debug!(us = t0.elapsed().as_micros(), "record saved");
-        tracing::info!(sandbox = %sandbox.id, "policy replaced");
-        Ok(self.view(sandbox))
     }
 
     /// Re-adopts every recorded sandbox: live ones are supervised again, ended ones are
@@ -899,8 +904,14 @@ impl Daemon {
         let mut services = None;
         if live {
             let compiled = compiled.as_ref().ok().cloned().expect("checked");
-            if compiled.has_names() {
-                let s = self.start_services(&id, self.layers(&compiled))?;
+            if compiled.has_names() || view.proxy_env {
+                let s = self.start_services(
+                    &id,
+                    self.layers(&compiled),
+                    Some((view.dns_port, view.proxy_port)).filter(|p| p.0 != 0),
+                )?;
+                view.dns_port = s.dns_port;
+                view.proxy_port = s.proxy_port;
                 let set = self
                     .enforcement()
                     .set_ports(cgroup.id, (s.dns_port, s.proxy_port));
@@ -933,7 +944,12 @@ impl Daemon {
             cgroup,
             view: Mutex::new(view.clone()),
             inner: Mutex::new(Inner {
-                policy: compiled.unwrap_or_else(|_| Arc::new(policy::compile(&PolicyFile::default().spec("", Mode::Blocked)).expect("blocked compiles"))),
+                policy: compiled.unwrap_or_else(|_| {
+                    Arc::new(
+                        policy::compile(&PolicyFile::default().spec("", Mode::Blocked))
+                            .expect("blocked compiles"),
+                    )
+                }),
                 services,
                 stdin: None,
                 execs: HashMap::new(),
@@ -951,7 +967,9 @@ impl Daemon {
         if live {
             self.observe.sandbox_started();
             let created = humantime::parse_rfc3339(&view.created_at).unwrap_or(SystemTime::now());
-            let age = SystemTime::now().duration_since(created).unwrap_or_default();
+            let age = SystemTime::now()
+                .duration_since(created)
+                .unwrap_or_default();
             let timeout = Duration::from_millis(view.timeout_ms).saturating_sub(age);
             let idle = view.idle_timeout_ms.map(Duration::from_millis);
             self.handle
@@ -1000,15 +1018,14 @@ async fn supervise(
     let deadline = tokio::time::Instant::now() + timeout;
     let cgroup = sandbox.cgroup.clone();
     let mut exited = Box::pin(async move {
-        match child {
-            Some(c) => wait_child(c).await,
+        if let Some(c) = child {
+            wait_child(c).await
+        } else {
             // A re-adopted sandbox: not our child, so only its end can be seen.
-            None => {
-                while cgroup.is_populated().unwrap_or(false) {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                None
+            while cgroup.is_populated().unwrap_or(false) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
+            None
         }
     });
     let mut tick = tokio::time::interval(TICK);
@@ -1051,7 +1068,7 @@ async fn supervise(
                 .enforcement()
                 .remove(cg.id, exec.policy_id, exec.policy.as_deref());
         }
-        exec.exit.send_replace(Some(Some(137)));
+        exec.exit.send_replace(Some(ExecEnd(Some(137))));
     }
     let view = sandbox.view();
     daemon.cleanup_kernel(&sandbox.cgroup, view.policy_id, Some(&policy), &[]);
@@ -1109,7 +1126,7 @@ async fn supervise_exec(daemon: Arc<Daemon>, sandbox: Arc<Sandbox>, exec_id: u32
             e.exit_code = code;
         }
     });
-    exec.exit.send_replace(Some(code));
+    exec.exit.send_replace(Some(ExecEnd(code)));
 }
 
 /// Waits for a child of ours through its pidfd; its status as the shell shows it.
@@ -1119,7 +1136,10 @@ async fn wait_child(child: Child) -> Option<i32> {
         let _ = fd.readable().await;
     }
     let reaped = tokio::task::spawn_blocking(move || launch::reap(&child)).await;
-    reaped.ok().and_then(Result::ok).map(launch::ExitStatus::code)
+    reaped
+        .ok()
+        .and_then(Result::ok)
+        .map(launch::ExitStatus::code)
 }
 
 async fn kill_cgroup(sandbox: &Arc<Sandbox>) {
@@ -1174,12 +1194,12 @@ async fn probe_task(daemon: Arc<Daemon>, sandbox: Arc<Sandbox>, probe: ProbeSpec
                     command: cmd.clone(),
                     ..ExecRequest::default()
                 };
-                match daemon.exec(&sandbox, req) {
+                match daemon.exec(&sandbox, &req) {
                     Ok(view) => match sandbox.exec_exit_rx(view.id) {
                         Some(mut rx) => rx
                             .wait_for(Option::is_some)
                             .await
-                            .is_ok_and(|c| *c == Some(Some(0))),
+                            .is_ok_and(|c| *c == Some(ExecEnd(Some(0)))),
                         None => lock(&sandbox.view)
                             .execs
                             .iter()
@@ -1239,6 +1259,108 @@ impl Daemon {
             end_reason: v.end_reason,
         }
     }
+}
+
+/// Output files, stdin (a pipe kept by the daemon, or `/dev/null`) and the workload.
+fn spawn_workload(
+    cgroup: &SandboxCgroup,
+    spec: &mut launch::LaunchSpec,
+    dir: &Path,
+    stdin: bool,
+) -> ApiResult<(Child, Option<fs::File>)> {
+    let (stdin_read, stdin_write) = if stdin {
+        let (r, w) = pipe().map_err(|e| ApiError::internal(format!("stdin pipe: {e}")))?;
+        (r, Some(fs::File::from(w)))
+    } else {
+        let null = fs::File::open("/dev/null")
+            .map_err(|e| ApiError::internal(format!("/dev/null: {e}")))?;
+        (OwnedFd::from(null), None)
+    };
+    let output = |name: &str| {
+        let path = dir.join(name);
+        logs::create(&path)
+            .map_err(|e| ApiError::internal(format!("create {}: {e}", path.display())))
+    };
+    let (stdout, stderr) = (output("stdout.log")?, output("stderr.log")?);
+    spec.stdio = Some([
+        stdin_read.as_raw_fd(),
+        stdout.as_raw_fd(),
+        stderr.as_raw_fd(),
+    ]);
+    spec.new_session = true;
+    let fd = cgroup
+        .open_fd()
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let child = launch::spawn(spec, &fd).map_err(|e| ApiError {
+        status: if e.exit_code() == 125 { 500 } else { 400 },
+        message: crate::error_line(&e),
+        exit_code: Some(e.exit_code()),
+    })?;
+    Ok((child, stdin_write))
+}
+
+/// A create request, checked and compiled.
+struct Checked {
+    timeout: Duration,
+    idle_timeout: Option<Duration>,
+    policy: Arc<CompiledPolicy>,
+    command: Vec<String>,
+    cwd: String,
+    spec: launch::LaunchSpec,
+}
+
+/// Everything about a create request that can be refused before anything exists.
+fn check_create(req: &CreateRequest) -> ApiResult<Checked> {
+    if let Some(name) = &req.name
+        && !crate::api::valid_name(name)
+    {
+        return Err(ApiError::bad_request(format!(
+            "invalid name \"{name}\": use 1 to 63 of A-Z a-z 0-9 . _ -"
+        )));
+    }
+    let timeout = match &req.timeout {
+        Some(t) => parse_duration("timeout", t)?,
+        None => DEFAULT_TIMEOUT,
+    };
+    if timeout > MAX_TIMEOUT || timeout.is_zero() {
+        return Err(ApiError::bad_request(format!(
+            "invalid timeout \"{}\": must be more than 0 and at most 24h",
+            req.timeout.as_deref().unwrap_or_default()
+        )));
+    }
+    let idle_timeout = req
+        .idle_timeout
+        .as_deref()
+        .map(|t| parse_duration("idle_timeout", t))
+        .transpose()?;
+    if let Some(p) = &req.probe {
+        validate_probe(p)?;
+    }
+    let policy = Arc::new(
+        policy::compile(&req.policy.spec("policy.", Mode::Blocked))
+            .map_err(|e| ApiError::bad_request(e.to_string()))?,
+    );
+    let command: Vec<String> = req
+        .entrypoint
+        .iter()
+        .chain(req.command.iter())
+        .cloned()
+        .collect();
+    if command.is_empty() {
+        return Err(ApiError::bad_request(
+            "no command: give command or entrypoint",
+        ));
+    }
+    let cwd = req.cwd.clone().unwrap_or_else(|| "/".into());
+    let spec = prepare_workload(&command, &req.env, &cwd, req.user.as_deref())?;
+    Ok(Checked {
+        timeout,
+        idle_timeout,
+        policy,
+        command,
+        cwd,
+        spec,
+    })
 }
 
 fn validate_probe(p: &ProbeSpec) -> ApiResult<()> {
@@ -1305,6 +1427,7 @@ fn placeholder_view(id: &str, policy_id: u32) -> SandboxView {
         idle_timeout_ms: None,
         probe: None,
         stdin: false,
+        proxy_env: false,
         created_at: now_rfc3339(),
         ended_at: None,
         exit_code: None,
@@ -1312,6 +1435,8 @@ fn placeholder_view(id: &str, policy_id: u32) -> SandboxView {
         pid: 0,
         cgroup_id: 0,
         policy_id,
+        dns_port: 0,
+        proxy_port: 0,
         execs: Vec::new(),
         counters: None,
     }
@@ -1423,9 +1548,9 @@ fn parse_proc_addr(text: &str) -> Option<(std::net::IpAddr, u16)> {
     let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
     let ip = match bytes.len() {
         4 => std::net::IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?),
-        16 => crate::enforcement::canonical(std::net::IpAddr::from(
-            <[u8; 16]>::try_from(bytes).ok()?,
-        )),
+        16 => {
+            crate::enforcement::canonical(std::net::IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?))
+        }
         _ => return None,
     };
     Some((ip, port))
@@ -1438,11 +1563,7 @@ impl Daemon {
         let enforcement = self.enforcement();
         all.iter()
             .filter(|s| s.running())
-            .filter_map(|s| {
-                enforcement
-                    .counters(s.cgroup.id)
-                    .map(|c| (s.id.clone(), c))
-            })
+            .filter_map(|s| enforcement.counters(s.cgroup.id).map(|c| (s.id.clone(), c)))
             .collect()
     }
 }
@@ -1496,9 +1617,10 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
             .read_kernel_events(move |cgroup| reader.sandbox_of_cgroup(cgroup)),
     );
     if let Some(addr) = metrics_address {
-        let tcp = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(io_err("listen for metrics on", Path::new(&addr.to_string())))?;
+        let tcp = tokio::net::TcpListener::bind(addr).await.map_err(io_err(
+            "listen for metrics on",
+            Path::new(&addr.to_string()),
+        ))?;
         let app = server::metrics_router(daemon.clone());
         tokio::spawn(async move {
             let _ = axum::serve(tcp, app).await;

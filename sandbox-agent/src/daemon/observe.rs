@@ -156,21 +156,21 @@ impl Observe {
                 source: std::io::Error::other(e.to_string()),
             })
         };
-        let budget = PerCpuArray::try_from(aya::maps::Map::PerCpuArray(open(
-            map_names::EVENT_BUDGET,
-        )?))
-        .map_err(|e| crate::enforcement::EnforcementError::Io {
-            action: "open",
-            path: map_names::EVENT_BUDGET.into(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
-        let ring = RingBuf::try_from(aya::maps::Map::RingBuf(open(map_names::EVENTS)?)).map_err(
-            |e| crate::enforcement::EnforcementError::Io {
-                action: "open",
-                path: map_names::EVENTS.into(),
-                source: std::io::Error::other(e.to_string()),
-            },
-        )?;
+        let budget =
+            PerCpuArray::try_from(aya::maps::Map::PerCpuArray(open(map_names::EVENT_BUDGET)?))
+                .map_err(|e| crate::enforcement::EnforcementError::Io {
+                    action: "open",
+                    path: map_names::EVENT_BUDGET.into(),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+        let ring =
+            RingBuf::try_from(aya::maps::Map::RingBuf(open(map_names::EVENTS)?)).map_err(|e| {
+                crate::enforcement::EnforcementError::Io {
+                    action: "open",
+                    path: map_names::EVENTS.into(),
+                    source: std::io::Error::other(e.to_string()),
+                }
+            })?;
         Ok(Self {
             history: Mutex::new(VecDeque::new()),
             live: broadcast::channel(4096).0,
@@ -272,8 +272,7 @@ impl Observe {
                     continue;
                 }
                 // SAFETY: the kernel wrote a whole VerdictEvent (size checked); read unaligned.
-                let event: VerdictEvent =
-                    unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+                let event: VerdictEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
                 drop(item);
                 let sandbox = sandbox_of(event.cgroup_id);
                 self.publish(kernel_line(&event, sandbox));
@@ -294,7 +293,9 @@ impl Observe {
                 sandbox: sandbox.clone(),
                 verdict: verdict.into(),
             };
-            m.packets.get_or_create(&v("allowed")).set(c.allowed_packets);
+            m.packets
+                .get_or_create(&v("allowed"))
+                .set(c.allowed_packets);
             m.packets.get_or_create(&v("denied")).set(c.denied_packets);
             m.bytes.get_or_create(&v("allowed")).set(c.allowed_bytes);
             m.bytes.get_or_create(&v("denied")).set(c.denied_bytes);

@@ -9,6 +9,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
+use futures_util::StreamExt as _;
 use serde::Deserialize;
 
 use super::{ApiError, Daemon, logs};
@@ -207,7 +208,9 @@ async fn sandbox_logs(
     let s = d.find(&id)?;
     check_stream(&q.stream)?;
     let ended = s.ended_rx();
-    Ok(stream_log(s.log_path(&q.stream), q.follow, move || *ended.borrow()))
+    Ok(stream_log(s.log_path(&q.stream), q.follow, move || {
+        *ended.borrow()
+    }))
 }
 
 async fn exec_logs(
@@ -218,7 +221,10 @@ async fn exec_logs(
     let s = d.find(&id)?;
     check_stream(&q.stream)?;
     if !s.view().execs.iter().any(|e| e.id == exec) {
-        return Err(ApiError::not_found(format!("sandbox {} has no exec {exec}", s.id)));
+        return Err(ApiError::not_found(format!(
+            "sandbox {} has no exec {exec}",
+            s.id
+        )));
     }
     let rx = s.exec_exit_rx(exec);
     let done = move || rx.as_ref().is_none_or(|r| r.borrow().is_some());
@@ -236,30 +242,30 @@ fn check_stream(stream: &str) -> Result<(), ApiError> {
 }
 
 /// The output file as a body; with `follow`, until `done()` and the file has no more.
-fn stream_log(
-    path: PathBuf,
-    follow: bool,
-    done: impl Fn() -> bool + Send + 'static,
-) -> Response {
+fn stream_log(path: PathBuf, follow: bool, done: impl Fn() -> bool + Send + 'static) -> Response {
     const CHUNK: usize = 64 * 1024;
     let state = (path, 0u64, done, false);
-    let stream = futures_util::stream::unfold(state, move |(path, offset, done, finished)| async move {
-        if finished {
-            return None;
-        }
-        loop {
-            // Whether the writer had ended before this read: then an empty read is the end.
-            let was_done = done();
-            match logs::read_from(&path, offset, CHUNK) {
-                Ok((bytes, next)) if !bytes.is_empty() => {
-                    return Some((Ok::<_, std::io::Error>(Bytes::from(bytes)), (path, next, done, false)));
-                }
-                Ok(_) if !follow || was_done => return None,
-                Ok(_) => tokio::time::sleep(logs::FOLLOW_POLL).await,
-                Err(e) => return Some((Err(e), (path, offset, done, true))),
+    let stream =
+        futures_util::stream::unfold(state, move |(path, offset, done, finished)| async move {
+            if finished {
+                return None;
             }
-        }
-    });
+            loop {
+                // Whether the writer had ended before this read: then an empty read is the end.
+                let was_done = done();
+                match logs::read_from(&path, offset, CHUNK) {
+                    Ok((bytes, next)) if !bytes.is_empty() => {
+                        return Some((
+                            Ok::<_, std::io::Error>(Bytes::from(bytes)),
+                            (path, next, done, false),
+                        ));
+                    }
+                    Ok(_) if !follow || was_done => return None,
+                    Ok(_) => tokio::time::sleep(logs::FOLLOW_POLL).await,
+                    Err(e) => return Some((Err(e), (path, offset, done, true))),
+                }
+            }
+        });
     (
         [(header::CONTENT_TYPE, "application/octet-stream")],
         Body::from_stream(stream),
@@ -295,7 +301,7 @@ async fn set_policy(
 ) -> Result<impl IntoResponse, ApiError> {
     let policy = body(req)?;
     let s = d.find(&id)?;
-    let view = tokio::task::spawn_blocking(move || d.set_policy(&s, policy))
+    let view = tokio::task::spawn_blocking(move || d.set_policy(&s, &policy))
         .await
         .map_err(|e| ApiError::internal(e.to_string()))??;
     Ok(Json(view))
@@ -308,7 +314,7 @@ async fn exec(
 ) -> Result<impl IntoResponse, ApiError> {
     let req = body(req)?;
     let s = d.find(&id)?;
-    let view = tokio::task::spawn_blocking(move || d.exec(&s, req))
+    let view = tokio::task::spawn_blocking(move || d.exec(&s, &req))
         .await
         .map_err(|e| ApiError::internal(e.to_string()))??;
     Ok((StatusCode::CREATED, Json(view)))
@@ -328,7 +334,9 @@ async fn exec_wait(
         .iter()
         .find(|e| e.id == exec)
         .ok_or_else(|| ApiError::not_found(format!("sandbox {} has no exec {exec}", s.id)))?;
-    Ok(Json(serde_json::json!({ "exit_code": e.exit_code, "state": e.state })))
+    Ok(Json(
+        serde_json::json!({ "exit_code": e.exit_code, "state": e.state }),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -360,7 +368,9 @@ async fn events(
         None => None,
     };
     let keep = move |l: &super::observe::Line| {
-        sandbox.as_ref().is_none_or(|s| l.sandbox.as_ref() == Some(s))
+        sandbox
+            .as_ref()
+            .is_none_or(|s| l.sandbox.as_ref() == Some(s))
             && denied_only.is_none_or(|d| l.denied == d)
     };
     let (history, rx) = d.observe.subscribe();
@@ -372,7 +382,8 @@ async fn events(
     if !q.follow {
         return Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], text).into_response());
     }
-    let first = futures_util::stream::once(async move { Ok::<_, std::io::Error>(Bytes::from(text)) });
+    let first =
+        futures_util::stream::once(async move { Ok::<_, std::io::Error>(Bytes::from(text)) });
     let rest = futures_util::stream::unfold((rx, keep), |(mut rx, keep)| async move {
         loop {
             match rx.recv().await {
@@ -386,7 +397,6 @@ async fn events(
             }
         }
     });
-    use futures_util::StreamExt as _;
     Ok((
         [(header::CONTENT_TYPE, "application/x-ndjson")],
         Body::from_stream(first.chain(rest)),
