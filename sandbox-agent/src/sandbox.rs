@@ -313,8 +313,10 @@ pub fn set_proxy_env(launch: &mut LaunchSpec, port: u16) {
 }
 
 /// Removes what agents that died left behind: sandbox cgroups whose lock nobody holds and
-/// that have no processes. A cgroup that still has processes stays (and stays confined).
+/// that have no processes, and kernel entries whose cgroup is gone. A cgroup that still has
+/// processes stays (and stays confined).
 pub fn collect_orphans(paths: &Paths, enforcement: &mut Enforcement) {
+    remove_stale_entries(enforcement);
     for path in crate::cgroup::child_cgroups(&enforcement.parent_cgroup) {
         let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
             continue;
@@ -329,11 +331,41 @@ pub fn collect_orphans(paths: &Paths, enforcement: &mut Enforcement) {
         if cgroup.is_populated().unwrap_or(true) {
             continue;
         }
+        // Cgroups of execs narrowed below it (a daemon's sandbox) go first.
+        for child in crate::cgroup::child_cgroups(&cgroup.path) {
+            if let Ok(child) = SandboxCgroup::open(child) {
+                if let Some(entry) = enforcement.sandbox_entry(child.id) {
+                    enforcement.remove(child.id, entry.policy_id, None);
+                }
+                let _ = child.remove();
+            }
+        }
         if let Some(entry) = enforcement.sandbox_entry(cgroup.id) {
             enforcement.remove(cgroup.id, entry.policy_id, None);
         }
         let _ = cgroup.remove();
         let _ = fs::remove_file(&lock_path);
+    }
+}
+
+/// Kernel entries of cgroups that no longer exist (removed by hand, or by an agent that
+/// died between the two steps): their policy goes too.
+fn remove_stale_entries(enforcement: &mut Enforcement) {
+    let mut existing = std::collections::HashSet::new();
+    for path in crate::cgroup::child_cgroups(&enforcement.parent_cgroup) {
+        for sub in crate::cgroup::child_cgroups(&path) {
+            if let Ok(id) = crate::cgroup::cgroup_id(&sub) {
+                existing.insert(id);
+            }
+        }
+        if let Ok(id) = crate::cgroup::cgroup_id(&path) {
+            existing.insert(id);
+        }
+    }
+    for (cgroup_id, entry) in enforcement.sandboxes() {
+        if !existing.contains(&cgroup_id) {
+            enforcement.remove(cgroup_id, entry.policy_id, None);
+        }
     }
 }
 

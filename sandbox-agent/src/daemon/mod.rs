@@ -43,6 +43,8 @@ pub const MAX_TIMEOUT: Duration = Duration::from_hours(24);
 const KILL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a supervisor looks at idleness (only sandboxes with an idle timeout).
 const TICK: Duration = Duration::from_millis(250);
+/// How long requests in flight may take to finish when the daemon stops.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// How often output files are checked against `log_limit_bytes` (one task for all).
 const TRIM_EVERY: Duration = Duration::from_secs(2);
 
@@ -372,6 +374,12 @@ impl Daemon {
                 return Err(e);
             }
         };
+        // Read before the literal: two guards of one mutex in one statement would deadlock.
+        let policy_id = lock(&sandbox.view).policy_id;
+        let (dns_port, proxy_port) = lock(&sandbox.inner)
+            .services
+            .as_ref()
+            .map_or((0, 0), |s| (s.dns_port, s.proxy_port));
         let view = SandboxView {
             id: id.clone(),
             name: req.name.clone(),
@@ -393,15 +401,9 @@ impl Daemon {
             end_reason: None,
             pid: child.pid,
             cgroup_id: sandbox.cgroup.id,
-            policy_id: lock(&sandbox.view).policy_id,
-            dns_port: lock(&sandbox.inner)
-                .services
-                .as_ref()
-                .map_or(0, |s| s.dns_port),
-            proxy_port: lock(&sandbox.inner)
-                .services
-                .as_ref()
-                .map_or(0, |s| s.proxy_port),
+            policy_id,
+            dns_port,
+            proxy_port,
             execs: Vec::new(),
             counters: None,
         };
@@ -928,6 +930,7 @@ impl Daemon {
         } else if view.state == "running" {
             // It ended while no daemon watched: its status is lost.
             self.cleanup_kernel(&cgroup, view.policy_id, None, &view.execs);
+            let _ = fs::remove_file(&lock_path);
             view.state = "exited".into();
             view.end_reason = Some("status-unknown".into());
             view.ended_at = Some(now_rfc3339());
@@ -1072,6 +1075,8 @@ async fn supervise(
     }
     let view = sandbox.view();
     daemon.cleanup_kernel(&sandbox.cgroup, view.policy_id, Some(&policy), &[]);
+    // Nothing of it is left in the kernel or the cgroup tree for the lock to guard.
+    let _ = fs::remove_file(daemon.paths.sandbox_locks().join(format!("{}.lock", sandbox.id)));
     // A re-adopted sandbox that we killed: not our child, but we know how it died.
     let code = code.or(reason.map(|_| 128 + libc::SIGKILL));
     let end_reason = match (reason, code) {
@@ -1643,10 +1648,30 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         }
         tracing::info!("stopping; sandboxes keep running and are re-adopted on restart");
     };
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(io_err("serve on", &socket))?;
+    // Requests that follow (logs, events, wait) would hold a graceful shutdown forever: the
+    // ones in flight get a moment, then the daemon goes (sandboxes stay, see above).
+    let stopping = Arc::new(Notify::new());
+    let stopped = stopping.clone();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown.await;
+        stopped.notify_one();
+    });
+    let mut serving = tokio::spawn(async move { server.await });
+    tokio::select! {
+        () = stopping.notified() => {}
+        ended = &mut serving => {
+            let _ = fs::remove_file(&socket);
+            return match ended {
+                Ok(Err(e)) => Err(io_err("serve on", &socket)(e)),
+                _ => Ok(()),
+            };
+        }
+    }
+    match tokio::time::timeout(SHUTDOWN_GRACE, serving).await {
+        Ok(Ok(Err(e))) => return Err(io_err("serve on", &socket)(e)),
+        Ok(_) => {}
+        Err(_) => tracing::info!("requests still open after {SHUTDOWN_GRACE:?}: closing them"),
+    }
     let _ = fs::remove_file(&socket);
     Ok(())
 }
