@@ -13,11 +13,15 @@ use std::{
 
 use crate::{Run, agent, sh_quiet, wait_bounded};
 
+/// One daemon per host (the agent refuses a second): daemon tests take turns.
+static ONE_DAEMON: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 pub struct TestDaemon {
     pub dir: PathBuf,
     pub socket: PathBuf,
     pub metrics_port: u16,
     child: Option<Child>,
+    _turn: std::sync::MutexGuard<'static, ()>,
 }
 
 fn free_port() -> u16 {
@@ -35,6 +39,9 @@ impl TestDaemon {
 
     /// A daemon whose config file holds `extra` TOML on top of the test settings.
     pub fn start_with(extra: &str) -> Self {
+        let turn = ONE_DAEMON
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let dir = std::env::temp_dir().join(format!("sa-daemon-{}-{n}", std::process::id()));
@@ -56,6 +63,7 @@ impl TestDaemon {
             dir,
             metrics_port,
             child: None,
+            _turn: turn,
         };
         d.spawn();
         d

@@ -57,7 +57,8 @@ fn lifecycle_through_the_cli() {
     d.wait_output(&id, "started");
     let stdin = d.cli(&["stdin", "life-1"]);
     assert_eq!(stdin.code, 0, "{stdin:#?}");
-    let (status, _) = d.http("POST", "/v1/sandboxes/life-1/stdin", Some(b"hello\n"));
+    // No newline: `read` waits for the close, so the sandbox is still there to close it.
+    let (status, _) = d.http("POST", "/v1/sandboxes/life-1/stdin", Some(b"hello"));
     assert_eq!(status, 204);
     let (status, _) = d.http("POST", "/v1/sandboxes/life-1/stdin/close", None);
     assert_eq!(status, 204);
@@ -207,6 +208,20 @@ fn raw_http_api_and_bad_input() {
     assert!(v["error"].as_str().unwrap_or_default().contains("no-such"));
     let (status, _) = d.json("GET", "/v1/sandboxes?colour=red", None);
     assert_eq!(status, 400);
+    // One daemon per host.
+    let second = d.cli(&[
+        "daemon",
+        "--socket",
+        "/tmp/sa-second.sock",
+        "--state-dir",
+        "/tmp/sa-second",
+    ]);
+    assert_eq!(second.code, 125);
+    assert!(
+        second.stderr.contains("another sandbox-agent daemon is running"),
+        "{second:#?}"
+    );
+    let _ = std::fs::remove_dir_all("/tmp/sa-second");
     // Still serving after all that.
     let (status, _) = d.json("GET", "/v1/health", None);
     assert_eq!(status, 200);
@@ -467,6 +482,7 @@ fn host_floor_beats_a_policy_that_allows_metadata() {
         host.seen()
     );
     assert!(host.saw_tcp(&a));
+    drop(d);
 
     // An operator can set another floor; an empty one lets the sandbox's policy decide.
     let open_floor = TestDaemon::start_with("floor_deny = []");

@@ -230,7 +230,9 @@ impl Daemon {
     pub fn start(config: Config, paths: Paths) -> Result<Arc<Self>, DaemonError> {
         let sandboxes_dir = config.state_dir.join("sandboxes");
         fs::create_dir_all(&sandboxes_dir).map_err(io_err("create", &sandboxes_dir))?;
-        let lock_path = config.state_dir.join("daemon.lock");
+        // One daemon per host: the kernel's event ring and the parent cgroup are the host's.
+        fs::create_dir_all(&paths.run_dir).map_err(io_err("create", &paths.run_dir))?;
+        let lock_path = paths.run_dir.join("daemon.lock");
         let daemon_lock = FileLock::try_acquire(&lock_path)
             .map_err(io_err("lock", &lock_path))?
             .ok_or_else(|| DaemonError::AlreadyRunning(lock_path.clone()))?;
