@@ -200,6 +200,15 @@ impl TestDaemon {
         .1
     }
 
+    /// A sandbox's stdout read from its file (works while the daemon is down).
+    pub fn stdout_file(&self, sandbox: &str) -> String {
+        fs::read_to_string(
+            self.dir
+                .join(format!("state/sandboxes/{sandbox}/stdout.log")),
+        )
+        .unwrap_or_default()
+    }
+
     /// Polls the sandbox's stdout until it contains `needle` (bounded).
     pub fn wait_output(&self, sandbox: &str, needle: &str) -> String {
         let start = Instant::now();

@@ -218,7 +218,9 @@ fn raw_http_api_and_bad_input() {
     ]);
     assert_eq!(second.code, 125);
     assert!(
-        second.stderr.contains("another sandbox-agent daemon is running"),
+        second
+            .stderr
+            .contains("another sandbox-agent daemon is running"),
         "{second:#?}"
     );
     let _ = std::fs::remove_dir_all("/tmp/sa-second");
@@ -657,4 +659,109 @@ while time.time() < end:
         "{:?}",
         host.seen()
     );
+}
+
+#[test]
+fn domain_rules_through_the_daemon_fail_closed_while_it_is_down() {
+    use sandbox_tests::web::WebWorld;
+    let w = WebWorld::new();
+    let mut d = TestDaemon::start_with(&format!("upstream_dns = \"{}\"", w.upstream()));
+    let client = helpers().join("webclient.py").display().to_string();
+    let ca = w.ca().display().to_string();
+    // Every 300 ms: a fresh resolution and an HTTPS request to an allowed name, and one to a
+    // denied name, each line tagged with its round (bounded: 400 rounds).
+    let script = format!(
+        "for i in $(seq 400); do /usr/bin/python3 {client} \
+         \"resolve r$i allowed.test\" \
+         \"curl a$i --cacert {ca} -4 --max-time 3 https://allowed.test/\" \
+         \"curl d$i --cacert {ca} -4 --max-time 3 https://denied.test/\"; sleep 0.3; done"
+    );
+    let sb = create(
+        &d,
+        &["--network", "allowlist", "--allow-out", "allowed.test"],
+        &["/bin/sh".into(), "-c".into(), script],
+    );
+    let a3 = w.v4(3);
+    let out = d.wait_output(&sb, "d2 ");
+    let round = |out: &str, label: &str| -> String {
+        out.lines()
+            .find_map(|l| l.strip_prefix(&format!("{label} ")).map(str::to_owned))
+            .unwrap_or_default()
+    };
+    assert!(round(&out, "r1").starts_with("ok "), "{out}");
+    assert!(
+        round(&out, "a1").starts_with(&format!("exit=0 hello from {a3} sni=allowed.test")),
+        "{out}"
+    );
+    assert!(!round(&out, "d1").starts_with("exit=0"), "{out}");
+    // The resolver's and the proxy's decisions are events of the sandbox.
+    let events = d.ok(&["events", "--sandbox", &sb]);
+    assert!(
+        events
+            .lines()
+            .any(|l| l.contains("\"source\":\"proxy\"") && l.contains("\"name\":\"allowed.test\"")),
+        "{events}"
+    );
+    assert!(
+        events.lines().any(|l| l.contains("\"name\":\"denied.test\"")
+            && l.contains("\"verdict\":\"denied\"")),
+        "{events}"
+    );
+
+    // Daemon gone: no new name is resolved and no connection goes out for a name.
+    d.kill9();
+    let dead_from = d.stdout_file(&sb).lines().count();
+    thread::sleep(Duration::from_secs(2));
+    let queries_then = w.upstream_queries().len();
+    let tls_then = w.seen().iter().filter(|l| l.starts_with("tls ")).count();
+    thread::sleep(Duration::from_secs(2));
+    let down: Vec<String> = d
+        .stdout_file(&sb)
+        .lines()
+        .skip(dead_from)
+        .map(str::to_owned)
+        .collect();
+    let rounds_down: Vec<&String> = down.iter().filter(|l| l.starts_with('a')).collect();
+    assert!(rounds_down.len() >= 2, "the workload stopped: {down:?}");
+    assert!(
+        rounds_down.iter().all(|l| !l.contains("exit=0")),
+        "a request for a name succeeded with no daemon: {down:?}"
+    );
+    assert!(
+        down.iter()
+            .filter(|l| l.starts_with('r'))
+            .all(|l| !l.split_once(' ').is_some_and(|(_, o)| o.starts_with("ok"))),
+        "a name resolved with no daemon: {down:?}"
+    );
+    assert_eq!(
+        w.upstream_queries().len(),
+        queries_then,
+        "the resolver was asked"
+    );
+    assert_eq!(
+        w.seen().iter().filter(|l| l.starts_with("tls ")).count(),
+        tls_then,
+        "a TLS connection arrived"
+    );
+
+    // Back: the sandbox is re-adopted with its resolver and proxy, and names work again.
+    d.spawn();
+    let back_from = d.stdout(&sb).lines().count();
+    let start = std::time::Instant::now();
+    loop {
+        let out = d.stdout(&sb);
+        let back: Vec<&str> = out.lines().skip(back_from).collect();
+        if back.iter().any(|l| {
+            l.starts_with('a') && l.contains(&format!("exit=0 hello from {a3} sni=allowed.test"))
+        }) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "names did not work again after the restart: {back:?}\n{}",
+            d.log()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(d.inspect(&sb)["state"], "running");
 }

@@ -1078,7 +1078,12 @@ async fn supervise(
     let view = sandbox.view();
     daemon.cleanup_kernel(&sandbox.cgroup, view.policy_id, Some(&policy), &[]);
     // Nothing of it is left in the kernel or the cgroup tree for the lock to guard.
-    let _ = fs::remove_file(daemon.paths.sandbox_locks().join(format!("{}.lock", sandbox.id)));
+    let _ = fs::remove_file(
+        daemon
+            .paths
+            .sandbox_locks()
+            .join(format!("{}.lock", sandbox.id)),
+    );
     // A re-adopted sandbox that we killed: not our child, but we know how it died.
     let code = code.or(reason.map(|_| 128 + libc::SIGKILL));
     let end_reason = match (reason, code) {
