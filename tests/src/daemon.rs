@@ -39,10 +39,10 @@ impl TestDaemon {
 
     /// A daemon whose config file holds `extra` TOML on top of the test settings.
     pub fn start_with(extra: &str) -> Self {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let turn = ONE_DAEMON
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let dir = std::env::temp_dir().join(format!("sa-daemon-{}-{n}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);

@@ -23,23 +23,24 @@ pub fn socket_path(flag: Option<&Path>) -> PathBuf {
         .unwrap_or_else(|| sandbox_agent::config::DEFAULT_SOCKET.into())
 }
 
-/// Policy flags shared by `create`, `exec` and `policy set`.
+/// Policy flags shared by `run`, `create`, `exec` and `policy set`.
 #[derive(Args, Clone, Default)]
 pub struct PolicyArgs {
-    /// blocked, open or allowlist.
+    /// Network mode: blocked (nothing leaves), open (all but --deny-out), allowlist (only --allow-out).
     #[arg(long, value_enum, value_name = "MODE")]
-    network: Option<Mode>,
-    /// Allow an address, CIDR, domain, *.wildcard or @preset (repeatable).
+    pub network: Option<Mode>,
+    /// Allow traffic to an address, CIDR, domain, *.domain or @preset (repeatable).
     #[arg(long = "allow-out", value_name = "ENTRY")]
-    allow_out: Vec<String>,
-    /// Deny an address, CIDR, domain, *.wildcard or @preset (repeatable).
+    pub allow_out: Vec<String>,
+    /// Deny traffic to an address, CIDR, domain, *.domain or @preset (repeatable).
     #[arg(long = "deny-out", value_name = "ENTRY")]
-    deny_out: Vec<String>,
+    pub deny_out: Vec<String>,
+    /// How an allow and a deny entry that both match are settled [default: deny-wins].
     #[arg(long, value_enum)]
-    precedence: Option<Precedence>,
-    /// A TOML policy file; flags add to it.
+    pub precedence: Option<Precedence>,
+    /// Policy file (TOML); flags add entries to it and override its scalars.
     #[arg(long, value_name = "FILE")]
-    policy: Option<PathBuf>,
+    pub policy: Option<PathBuf>,
 }
 
 impl PolicyArgs {
@@ -51,7 +52,7 @@ impl PolicyArgs {
             && self.policy.is_none()
     }
 
-    fn body(&self) -> Result<PolicyFile, String> {
+    pub fn body(&self) -> Result<PolicyFile, String> {
         let mut file = match &self.policy {
             Some(p) => PolicyFile::load(p).map_err(|e| e.to_string())?,
             None => PolicyFile::default(),
@@ -335,30 +336,35 @@ pub fn exec(client: &Client, args: &ExecArgs) -> i32 {
 }
 
 /// Streams stdout and stderr of `logs` (a logs path) to ours, both at once.
-fn follow_both(client: &Client, logs: &str, follow: bool) -> Result<(), ClientError> {
+pub fn follow_both(client: &Client, logs: &str, follow: bool) -> Result<(), ClientError> {
     let socket = client_socket();
     let err_path = format!("{logs}?stream=stderr&follow={follow}");
     let stderr = std::thread::spawn(move || {
-        Client::new(&socket).stream(Method::GET, &err_path, None, |b| {
-            let mut e = std::io::stderr().lock();
-            e.write_all(b)?;
-            e.flush()
-        })
+        Client::new(&socket).stream(Method::GET, &err_path, None, to_stderr)
     });
     let out = client.stream(
         Method::GET,
         &format!("{logs}?stream=stdout&follow={follow}"),
         None,
-        |b| {
-            let mut o = std::io::stdout().lock();
-            o.write_all(b)?;
-            o.flush()
-        },
+        to_stdout,
     );
     let err = stderr
         .join()
         .unwrap_or_else(|_| Err(ClientError::Http("stderr reader panicked".into())));
     out.and(err)
+}
+
+/// Passes a chunk of the answer on to our stdout at once.
+fn to_stdout(b: &[u8]) -> std::io::Result<()> {
+    let mut o = std::io::stdout().lock();
+    o.write_all(b)?;
+    o.flush()
+}
+
+fn to_stderr(b: &[u8]) -> std::io::Result<()> {
+    let mut e = std::io::stderr().lock();
+    e.write_all(b)?;
+    e.flush()
 }
 
 /// The socket the current command uses (set once by `main`).
@@ -443,11 +449,7 @@ pub fn logs(client: &Client, args: &LogsArgs) -> i32 {
             Method::GET,
             &format!("{base}?stream={}&follow={}", enc(stream), args.follow),
             None,
-            |b| {
-                let mut o = std::io::stdout().lock();
-                o.write_all(b)?;
-                o.flush()
-            },
+            to_stdout,
         ),
     };
     match result {
@@ -556,11 +558,7 @@ pub fn events(client: &Client, args: &EventsArgs) -> i32 {
         Method::GET,
         &format!("/v1/events?{}", query.join("&")),
         None,
-        |b| {
-            let mut o = std::io::stdout().lock();
-            o.write_all(b)?;
-            o.flush()
-        },
+        to_stdout,
     );
     match result {
         Ok(()) => 0,

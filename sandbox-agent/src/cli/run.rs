@@ -6,8 +6,6 @@ use std::{
     time::Duration,
 };
 
-use std::io::Write as _;
-
 use clap::Args;
 use hyper::Method;
 use sandbox_agent::{
@@ -26,21 +24,8 @@ const GRANTABLE_CAPS: [(&str, u32); 2] = [("NET_BIND_SERVICE", 10), ("NET_RAW", 
 
 #[derive(Args)]
 pub struct RunArgs {
-    /// Network mode: blocked (nothing leaves), open (all but --deny-out), allowlist (only --allow-out).
-    #[arg(long, value_enum, value_name = "MODE")]
-    network: Option<Mode>,
-    /// Allow traffic to an address, CIDR, domain, *.domain or @preset (repeatable).
-    #[arg(long = "allow-out", value_name = "ENTRY")]
-    allow_out: Vec<String>,
-    /// Deny traffic to an address, CIDR, domain, *.domain or @preset (repeatable).
-    #[arg(long = "deny-out", value_name = "ENTRY")]
-    deny_out: Vec<String>,
-    /// How an allow and a deny entry that both match are settled [default: deny-wins].
-    #[arg(long, value_enum)]
-    precedence: Option<Precedence>,
-    /// Policy file (TOML); flags add entries to it and override its scalars.
-    #[arg(long, value_name = "FILE")]
-    policy: Option<PathBuf>,
+    #[command(flatten)]
+    policy: super::api::PolicyArgs,
     /// Environment variable for the workload, K=V; a bare K copies the agent's value (repeatable).
     #[arg(long = "env", short = 'e', value_name = "K=V")]
     env: Vec<OsString>,
@@ -265,7 +250,7 @@ fn domain_options(
 }
 
 fn policy_spec(args: &RunArgs) -> Result<PolicySpec, Failure> {
-    let (mut file, file_origin) = match &args.policy {
+    let (mut file, file_origin) = match &args.policy.policy {
         Some(path) => (
             PolicyFile::load(path)?,
             Some(Arc::<str>::from(path.display().to_string())),
@@ -286,13 +271,18 @@ fn policy_spec(args: &RunArgs) -> Result<PolicySpec, Failure> {
         file_origin.clone(),
     )
     .collect();
-    allow_out.extend(entries(args.allow_out.clone(), "--allow-out", None));
+    allow_out.extend(entries(args.policy.allow_out.clone(), "--allow-out", None));
     let mut deny_out: Vec<RawEntry> =
         entries(std::mem::take(&mut file.deny_out), "deny_out", file_origin).collect();
-    deny_out.extend(entries(args.deny_out.clone(), "--deny-out", None));
+    deny_out.extend(entries(args.policy.deny_out.clone(), "--deny-out", None));
     Ok(PolicySpec {
-        mode: args.network.or(file.network).unwrap_or(Mode::Blocked),
+        mode: args
+            .policy
+            .network
+            .or(file.network)
+            .unwrap_or(Mode::Blocked),
         precedence: args
+            .policy
             .precedence
             .or(file.precedence)
             .unwrap_or(Precedence::DenyWins),
@@ -349,26 +339,7 @@ fn via_daemon(client: &Client, args: &RunArgs) -> i32 {
         let (socket, base) = (socket.clone(), base.clone());
         std::thread::spawn(move || forward_stdin(&socket, &base));
     }
-    let socket_err = socket.clone();
-    let err_path = format!("{base}/logs?stream=stderr&follow=true");
-    let stderr = std::thread::spawn(move || {
-        Client::new(&socket_err).stream(Method::GET, &err_path, None, |b| {
-            let mut e = std::io::stderr().lock();
-            e.write_all(b)?;
-            e.flush()
-        })
-    });
-    let _ = client.stream(
-        Method::GET,
-        &format!("{base}/logs?stream=stdout&follow=true"),
-        None,
-        |b| {
-            let mut o = std::io::stdout().lock();
-            o.write_all(b)?;
-            o.flush()
-        },
-    );
-    let _ = stderr.join();
+    let _ = super::api::follow_both(client, &format!("{base}/logs"), true);
     match client.json::<WaitView>(Method::GET, &format!("{base}/wait"), None::<&()>) {
         Ok(w) if w.end_reason.as_deref() == Some("timeout") => {
             eprintln!("sandbox-agent: timed out; sandbox {} was killed", view.id);
@@ -426,7 +397,7 @@ fn daemon_request(args: &RunArgs) -> Result<CreateRequest, Failure> {
         env,
         cwd,
         user: args.user.clone(),
-        policy: policy_spec_file(args)?,
+        policy: args.policy.body()?,
         timeout: args
             .timeout
             .map(|t| humantime::format_duration(t).to_string()),
@@ -458,17 +429,4 @@ fn forward_stdin(socket: &Path, base: &str) {
         }
     }
     let _ = client.request(Method::POST, &format!("{base}/stdin/close"), None);
-}
-
-/// The policy of `--policy` and the flags, as the API takes it.
-fn policy_spec_file(args: &RunArgs) -> Result<PolicyFile, Failure> {
-    let mut file = match &args.policy {
-        Some(path) => PolicyFile::load(path)?,
-        None => PolicyFile::default(),
-    };
-    file.network = args.network.or(file.network);
-    file.precedence = args.precedence.or(file.precedence);
-    file.allow_out.extend(args.allow_out.iter().cloned());
-    file.deny_out.extend(args.deny_out.iter().cloned());
-    Ok(file)
 }

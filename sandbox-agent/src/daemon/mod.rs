@@ -142,6 +142,29 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Sandbox {
+    /// `state`: whether it runs, and its readiness.
+    fn new(
+        view: SandboxView,
+        dir: &Path,
+        cgroup: SandboxCgroup,
+        inner: Inner,
+        (running, readiness): (bool, Readiness),
+        lock: FileLock,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            id: view.id.clone(),
+            dir: dir.to_owned(),
+            cgroup,
+            view: Mutex::new(view),
+            inner: Mutex::new(inner),
+            ended: watch::channel(!running).0,
+            ready: watch::channel(readiness).0,
+            kill: Notify::new(),
+            kill_reason: Mutex::new(None),
+            _lock: lock,
+        })
+    }
+
     pub fn view(&self) -> SandboxView {
         lock(&self.view).clone()
     }
@@ -485,31 +508,27 @@ impl Daemon {
                 return Err(e);
             }
         };
-        let (ended, _) = watch::channel(false);
-        let (ready, _) = watch::channel(if req.probe.is_some() {
+        let readiness = if req.probe.is_some() {
             Readiness::Pending
         } else {
             Readiness::NoProbe
-        });
-        let sandbox = Arc::new(Sandbox {
-            id: id.to_owned(),
-            dir: dir.to_owned(),
+        };
+        let inner = Inner {
+            policy: compiled.clone(),
+            services,
+            stdin: stdin_write,
+            execs: HashMap::new(),
+            next_exec: 1,
+            last_activity: Instant::now(),
+        };
+        let sandbox = Sandbox::new(
+            placeholder_view(id, policy_id),
+            dir,
             cgroup,
-            view: Mutex::new(placeholder_view(id, policy_id)),
-            inner: Mutex::new(Inner {
-                policy: compiled.clone(),
-                services,
-                stdin: stdin_write,
-                execs: HashMap::new(),
-                next_exec: 1,
-                last_activity: Instant::now(),
-            }),
-            ended,
-            ready,
-            kill: Notify::new(),
-            kill_reason: Mutex::new(None),
-            _lock: file_lock,
-        });
+            inner,
+            (true, readiness),
+            file_lock,
+        );
         Ok((sandbox, child))
     }
 
@@ -894,12 +913,6 @@ impl Daemon {
         let compiled = policy::compile(&view.policy.spec("policy.", Mode::Blocked))
             .map(Arc::new)
             .map_err(|e| ApiError::internal(e.to_string()));
-        let (ended, _) = watch::channel(true);
-        let (ready, _) = watch::channel(if view.ready {
-            Readiness::Ready
-        } else {
-            Readiness::NoProbe
-        });
         let live = view.state == "running" && populated && compiled.is_ok();
         let cgroup = cgroup.unwrap_or(SandboxCgroup {
             path: cgroup_path,
@@ -928,7 +941,6 @@ impl Daemon {
                 });
                 services = Some(s);
             }
-            ended.send_replace(false);
         } else if view.state == "running" {
             // It ended while no daemon watched: its status is lost.
             self.cleanup_kernel(&cgroup, view.policy_id, None, &view.execs);
@@ -943,30 +955,33 @@ impl Daemon {
                 exec.state = "unknown".into();
             }
         }
-        let sandbox = Arc::new(Sandbox {
-            id: id.clone(),
-            dir: dir.to_owned(),
-            cgroup,
-            view: Mutex::new(view.clone()),
-            inner: Mutex::new(Inner {
-                policy: compiled.unwrap_or_else(|_| {
-                    Arc::new(
-                        policy::compile(&PolicyFile::default().spec("", Mode::Blocked))
-                            .expect("blocked compiles"),
-                    )
-                }),
-                services,
-                stdin: None,
-                execs: HashMap::new(),
-                next_exec: u32::try_from(view.execs.len()).unwrap_or(u32::MAX - 1) + 1,
-                last_activity: Instant::now(),
+        let readiness = if view.ready {
+            Readiness::Ready
+        } else {
+            Readiness::NoProbe
+        };
+        let next_exec = u32::try_from(view.execs.len()).unwrap_or(u32::MAX - 1) + 1;
+        let inner = Inner {
+            policy: compiled.unwrap_or_else(|_| {
+                Arc::new(
+                    policy::compile(&PolicyFile::default().spec("", Mode::Blocked))
+                        .expect("blocked compiles"),
+                )
             }),
-            ended,
-            ready,
-            kill: Notify::new(),
-            kill_reason: Mutex::new(None),
-            _lock: file_lock,
-        });
+            services,
+            stdin: None,
+            execs: HashMap::new(),
+            next_exec,
+            last_activity: Instant::now(),
+        };
+        let sandbox = Sandbox::new(
+            view.clone(),
+            dir,
+            cgroup,
+            inner,
+            (live, readiness),
+            file_lock,
+        );
         sandbox.save();
         lock(&self.sandboxes).insert(id.clone(), sandbox.clone());
         if live {
