@@ -291,6 +291,8 @@ impl Daemon {
             _daemon_lock: daemon_lock,
         });
         daemon.adopt_all(&sandboxes_dir);
+        // What is left of sandboxes nobody owns (no record, or an embedded run that died).
+        crate::sandbox::collect_orphans(&daemon.paths, &mut daemon.enforcement());
         Ok(daemon)
     }
 
@@ -1091,7 +1093,8 @@ async fn supervise(
         exec.exit.send_replace(Some(ExecEnd(Some(137))));
     }
     let view = sandbox.view();
-    daemon.cleanup_kernel(&sandbox.cgroup, view.policy_id, Some(&policy), &[]);
+    // Execs it had before a restart (no longer ours to supervise) may have left entries.
+    daemon.cleanup_kernel(&sandbox.cgroup, view.policy_id, Some(&policy), &view.execs);
     // Nothing of it is left in the kernel or the cgroup tree for the lock to guard.
     let _ = fs::remove_file(
         daemon
