@@ -119,6 +119,22 @@ impl Config {
     pub fn floor(&self) -> Result<Option<Arc<CompiledPolicy>>, policy::PolicyError> {
         floor_policy(&self.floor_deny)
     }
+
+    /// Whether the floor denies names that only the resolver and proxy can enforce, so that
+    /// every sandbox needs them. `@cloud-metadata`'s name resolves only to the preset's own
+    /// addresses, which the floor denies in the kernel anyway: the default floor needs none.
+    pub fn floor_needs_domain_services(&self) -> bool {
+        self.floor_deny
+            .iter()
+            .filter_map(|e| policy::parse_entry(e).ok())
+            .any(|e| match e {
+                policy::Entry::Domain(_) | policy::Entry::Wildcard(_) => true,
+                policy::Entry::Preset(p) => {
+                    p != policy::Preset::CloudMetadata && !p.names().is_empty()
+                }
+                policy::Entry::Net(_) => false,
+            })
+    }
 }
 
 /// The host floor for these entries: a policy that allows everything but them.
@@ -154,6 +170,12 @@ mod tests {
         let floor = c.floor().unwrap().unwrap();
         assert!(!floor.decide_name("metadata.google.internal").allow);
         assert!(floor.decide_name("example.com").allow);
+        assert!(!c.floor_needs_domain_services());
+        let named = Config {
+            floor_deny: vec!["@cloud-metadata".into(), "*.evil.example".into()],
+            ..c.clone()
+        };
+        assert!(named.floor_needs_domain_services());
     }
 
     #[test]

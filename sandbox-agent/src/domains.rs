@@ -133,17 +133,7 @@ impl Shared {
             .layers
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut verdict = layers
-            .first()
-            .map(|p| p.decide_name(name))
-            .expect("a sandbox has its own policy");
-        for outer in layers.iter().skip(1) {
-            let v = outer.decide_name(name);
-            if verdict.allow && !v.allow {
-                verdict = v;
-            }
-        }
-        verdict
+        decide_in_layers(&layers, name)
     }
 
     /// Records that the resolver handed `addr` out for `name`.
@@ -161,14 +151,25 @@ impl Shared {
 
     /// Whether some name `addr` was handed out for is still allowed.
     pub fn learned_still_allowed(&self, addr: IpAddr) -> bool {
-        let names: Vec<String> = self
-            .learned_names
+        self.learned_names_of(addr)
+            .iter()
+            .any(|n| self.decide_name(n).allow)
+    }
+
+    /// Whether some name `addr` was handed out for is allowed by `layers` (before a switch).
+    pub fn learned_allowed_by(&self, addr: IpAddr, layers: &[Arc<CompiledPolicy>]) -> bool {
+        self.learned_names_of(addr)
+            .iter()
+            .any(|n| decide_in_layers(layers, n).allow)
+    }
+
+    fn learned_names_of(&self, addr: IpAddr) -> Vec<String> {
+        self.learned_names
             .lock()
             .ok()
             .and_then(|l| l.get(&crate::enforcement::canonical(addr)).cloned())
             .map(|n| n.into_iter().collect())
-            .unwrap_or_default();
-        names.iter().any(|n| self.decide_name(n).allow)
+            .unwrap_or_default()
     }
 
     /// Switches to new layers and a new policy id (after the kernel switched), forgets the
@@ -562,6 +563,22 @@ pub fn upstream_from_resolv_conf(path: &Path) -> Result<SocketAddr, DomainError>
         .map(|ip| SocketAddr::new(ip, 53))
         .next()
         .ok_or_else(|| DomainError::NoUpstream { path: path.into() })
+}
+
+/// A name's verdict under layered policies (own first, then ceilings and the floor): every
+/// layer must allow, and the first denial stands.
+fn decide_in_layers(layers: &[Arc<CompiledPolicy>], name: &str) -> crate::policy::NameVerdict {
+    let mut verdict = layers
+        .first()
+        .map(|p| p.decide_name(name))
+        .expect("a sandbox has its own policy");
+    for outer in layers.iter().skip(1) {
+        let v = outer.decide_name(name);
+        if verdict.allow && !v.allow {
+            verdict = v;
+        }
+    }
+    verdict
 }
 
 #[cfg(test)]

@@ -403,7 +403,9 @@ impl Enforcement {
     /// Replaces a live sandbox's policy: the new rules go in under a fresh policy id, then one
     /// map update switches the sandbox (and every entry that has it as a ceiling, `dependents`)
     /// to them, then the old rules go. New connections see either policy whole, never a mix.
-    /// Returns the new policy id.
+    /// Learned addresses and learned-connection marks move to the new id where
+    /// `keep_learned` says so. Returns the new policy id and the peers of learned connections
+    /// that lost their mark.
     pub fn replace_policy(
         &mut self,
         cgroup_id: u64,
@@ -411,11 +413,15 @@ impl Enforcement {
         new: &CompiledPolicy,
         ports: (u16, u16),
         dependents: &[u64],
-    ) -> Result<u32> {
+        keep_learned: impl Fn(std::net::IpAddr) -> bool,
+    ) -> Result<(u32, Vec<std::net::IpAddr>)> {
         let current = self
             .sandbox_entry(cgroup_id)
             .ok_or(EnforcementError::NoSandboxEntry { cgroup_id })?;
         let policy_id = self.install_policy(cgroup_id, new)?;
+        // Learned addresses the new policy still permits move over before the switch, so
+        // that no connect in between misses them.
+        let cut = self.carry_learned(old.0, policy_id, keep_learned);
         let mut entry = new.sandbox_entry(policy_id, ports.0, ports.1);
         entry.outer = current.outer;
         if let Err(e) = self
@@ -426,14 +432,18 @@ impl Enforcement {
             self.uninstall_policy(policy_id, Some(new));
             return Err(e);
         }
+        // Narrowed execs below it: the new policy is their ceiling. Only entries whose
+        // ceiling is the old policy are touched.
         for &dependent in dependents {
-            if let Some(mut d) = self.sandbox_entry(dependent) {
+            if let Some(mut d) = self.sandbox_entry(dependent)
+                && d.outer[0].policy_id == old.0
+            {
                 d.outer[0] = entry.own();
                 let _ = self.sandboxes.insert(dependent, d, 0);
             }
         }
         self.uninstall_policy(old.0, Some(old.1));
-        Ok(policy_id)
+        Ok((policy_id, cut))
     }
 
     /// Points a sandbox's redirects at new resolver and proxy ports (a restarted daemon's).
@@ -582,12 +592,15 @@ impl Enforcement {
         to: u32,
         keep: impl Fn(std::net::IpAddr) -> bool,
     ) -> Vec<std::net::IpAddr> {
+        // With `from == to` this prunes in place: what `keep` refuses goes.
         let v4: Vec<(LearnedV4, u64)> = self.learned_v4.iter().filter_map(Result::ok).collect();
         for (k, expiry) in v4.into_iter().filter(|(k, _)| k.policy_id == from) {
             if keep(std::net::IpAddr::V4(k.addr.into())) {
                 let _ = self
                     .learned_v4
                     .insert(LearnedV4 { policy_id: to, ..k }, expiry, 0);
+            } else if from == to {
+                let _ = self.learned_v4.remove(&k);
             }
         }
         let v6: Vec<(LearnedV6, u64)> = self.learned_v6.iter().filter_map(Result::ok).collect();
@@ -596,6 +609,8 @@ impl Enforcement {
                 let _ = self
                     .learned_v6
                     .insert(LearnedV6 { policy_id: to, ..k }, expiry, 0);
+            } else if from == to {
+                let _ = self.learned_v6.remove(&k);
             }
         }
         let marks: Vec<(u64, FlowMark)> = self.flows.iter().filter_map(Result::ok).collect();

@@ -765,3 +765,83 @@ fn domain_rules_through_the_daemon_fail_closed_while_it_is_down() {
     }
     assert_eq!(d.inspect(&sb)["state"], "running");
 }
+
+#[test]
+fn policy_change_after_a_restart_reaches_execs_narrowed_before_it() {
+    let host = RemoteHost::new();
+    let (a, b) = (&host.v4[0], &host.v4[1]);
+    let mut d = TestDaemon::start();
+    let sb = create(&d, &["--network", "open"], &["sleep".into(), "120".into()]);
+    // A narrowed exec (its own kernel entry, the sandbox's policy as its ceiling) that keeps
+    // connecting to b, for 60 s at most.
+    let code = format!(
+        r"{CONNECT}
+import time
+end = time.time() + 60
+while time.time() < end:
+    print('b', connect('{b}', {PORT}), flush=True)
+    time.sleep(0.1)
+"
+    );
+    let exec = d.ok(&[
+        "exec",
+        "-d",
+        &sb,
+        "--deny-out",
+        a,
+        "--",
+        "/usr/bin/python3",
+        "-c",
+        &code,
+    ]);
+    let exec_output = |d: &TestDaemon| {
+        d.http(
+            "GET",
+            &format!(
+                "/v1/sandboxes/{sb}/execs/{}/logs?stream=stdout",
+                exec.trim()
+            ),
+            None,
+        )
+        .1
+    };
+    let wait_exec_output = |d: &TestDaemon, needle: &str| {
+        let start = std::time::Instant::now();
+        loop {
+            let out = exec_output(d);
+            if out.contains(needle) {
+                return out;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "the exec never printed {needle:?}: {out}"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_exec_output(&d, "b ok");
+    // The exec outlives the daemon; the restarted one knows it only from the record.
+    d.kill9();
+    d.spawn();
+    d.ok(&["policy", "set", &sb, "--network", "open", "--deny-out", b]);
+    let printed = exec_output(&d).len();
+    let start = std::time::Instant::now();
+    while !exec_output(&d)[printed..].contains("b EPERM") {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the exec still reaches b under the new ceiling: {}",
+            &exec_output(&d)[printed..]
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    let arrived = host.seen().len();
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        host.seen().len(),
+        arrived,
+        "connections still arrive: {:?}",
+        host.seen()
+    );
+    let kill = d.cli(&["kill", &sb]);
+    assert_eq!(kill.code, 137, "{kill:#?}");
+}

@@ -398,9 +398,12 @@ fn daemon_request(args: &RunArgs) -> Result<CreateRequest, Failure> {
         cwd,
         user: args.user.clone(),
         policy: args.policy.body()?,
-        timeout: args
-            .timeout
-            .map(|t| humantime::format_duration(t).to_string()),
+        // Embedded `run` has no timeout unless asked; through the daemon the longest one
+        // it allows stands in for that (not the daemon's 5-minute default for `create`).
+        timeout: Some(args.timeout.map_or_else(
+            || "24h".into(),
+            |t| humantime::format_duration(t).to_string(),
+        )),
         stdin: true,
         proxy_env: args.proxy_env,
         ..CreateRequest::default()

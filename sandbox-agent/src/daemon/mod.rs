@@ -117,6 +117,10 @@ pub struct ExecEnd(pub Option<i32>);
 /// What only the running daemon holds for a sandbox.
 struct Inner {
     policy: Arc<CompiledPolicy>,
+    /// The kernel id of `policy`; changes only under this lock.
+    policy_id: u32,
+    /// Set when the supervisor tears the sandbox down: no exec or policy change after that.
+    closing: bool,
     services: Option<DomainServices>,
     stdin: Option<fs::File>,
     execs: HashMap<u32, ExecLive>,
@@ -134,7 +138,8 @@ pub struct Sandbox {
     ready: watch::Sender<Readiness>,
     kill: Notify,
     kill_reason: Mutex<Option<&'static str>>,
-    _lock: FileLock,
+    /// Held while the sandbox may have kernel state (not for a record of an ended one).
+    _lock: Option<FileLock>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -149,7 +154,7 @@ impl Sandbox {
         cgroup: SandboxCgroup,
         inner: Inner,
         (running, readiness): (bool, Readiness),
-        lock: FileLock,
+        lock: Option<FileLock>,
     ) -> Arc<Self> {
         Arc::new(Self {
             id: view.id.clone(),
@@ -356,6 +361,11 @@ impl Daemon {
         })
     }
 
+    /// Whether a sandbox with this policy needs its own resolver and proxy.
+    fn needs_services(&self, policy: &CompiledPolicy, proxy_env: bool) -> bool {
+        policy.has_names() || proxy_env || self.config.floor_needs_domain_services()
+    }
+
     /// The name layers of a sandbox's own policy: own, then the floor.
     fn layers(&self, own: &Arc<CompiledPolicy>) -> Vec<Arc<CompiledPolicy>> {
         std::iter::once(own.clone())
@@ -471,8 +481,16 @@ impl Daemon {
         let parent = self.enforcement().parent_cgroup.clone();
         let cgroup =
             SandboxCgroup::create(&parent, id).map_err(|e| ApiError::internal(e.to_string()))?;
-        let services = if compiled.has_names() || req.proxy_env {
-            Some(self.start_services(id, self.layers(compiled), None)?)
+        let services = if self.needs_services(compiled, req.proxy_env) {
+            match self.start_services(id, self.layers(compiled), None) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    let _ = cgroup.remove();
+                    drop(file_lock);
+                    let _ = fs::remove_file(&lock_path);
+                    return Err(e);
+                }
+            }
         } else {
             None
         };
@@ -485,6 +503,8 @@ impl Daemon {
             Err(e) => {
                 drop(services);
                 let _ = cgroup.remove();
+                drop(file_lock);
+                let _ = fs::remove_file(&lock_path);
                 return Err(ApiError::internal(crate::error_line(&e)));
             }
         };
@@ -497,16 +517,15 @@ impl Daemon {
                 crate::sandbox::set_proxy_env(spec, s.proxy_port);
             }
         }
-        let undo = |cgroup: &SandboxCgroup| {
-            self.enforcement()
-                .remove(cgroup.id, policy_id, Some(compiled));
-            let _ = cgroup.kill_all(KILL_TIMEOUT);
-            let _ = cgroup.remove();
-        };
         let (child, stdin_write) = match spawn_workload(&cgroup, spec, dir, req.stdin) {
             Ok(v) => v,
             Err(e) => {
-                undo(&cgroup);
+                self.enforcement()
+                    .remove(cgroup.id, policy_id, Some(compiled));
+                let _ = cgroup.kill_all(KILL_TIMEOUT);
+                let _ = cgroup.remove();
+                drop(file_lock);
+                let _ = fs::remove_file(&lock_path);
                 return Err(e);
             }
         };
@@ -517,6 +536,8 @@ impl Daemon {
         };
         let inner = Inner {
             policy: compiled.clone(),
+            policy_id,
+            closing: false,
             services,
             stdin: stdin_write,
             execs: HashMap::new(),
@@ -529,7 +550,7 @@ impl Daemon {
             cgroup,
             inner,
             (true, readiness),
-            file_lock,
+            Some(file_lock),
         );
         Ok((sandbox, child))
     }
@@ -576,18 +597,23 @@ impl Daemon {
         Ok(())
     }
 
+    /// Writes to the workload's stdin; blocks while the pipe is full (call it off the
+    /// runtime), without holding the sandbox's lock meanwhile.
     pub fn write_stdin(&self, sandbox: &Sandbox, data: &[u8]) -> ApiResult<()> {
-        let mut inner = lock(&sandbox.inner);
-        inner.last_activity = Instant::now();
-        let Some(stdin) = inner.stdin.as_mut() else {
+        let stdin = {
+            let mut inner = lock(&sandbox.inner);
+            inner.last_activity = Instant::now();
+            inner.stdin.as_ref().map(fs::File::try_clone)
+        };
+        let Some(stdin) = stdin else {
             return Err(ApiError::conflict(format!(
                 "sandbox {} has no open stdin (create it with \"stdin\": true; a closed stdin stays closed)",
                 sandbox.id
             )));
         };
-        stdin
-            .write_all(data)
-            .map_err(|e| ApiError::conflict(format!("stdin of sandbox {}: {e}", sandbox.id)))
+        let result = stdin.and_then(|mut f| f.write_all(data));
+        sandbox.touch();
+        result.map_err(|e| ApiError::conflict(format!("stdin of sandbox {}: {e}", sandbox.id)))
     }
 
     pub fn close_stdin(&self, sandbox: &Sandbox) -> ApiResult<()> {
@@ -628,13 +654,19 @@ impl Daemon {
             })
             .transpose()?;
         let mut inner = lock(&sandbox.inner);
+        if inner.closing {
+            return Err(ApiError::conflict(format!(
+                "sandbox {} is ending",
+                sandbox.id
+            )));
+        }
         let exec_id = inner.next_exec;
         inner.next_exec += 1;
         inner.last_activity = Instant::now();
         // A narrowed exec runs in a cgroup of its own below the sandbox's, whose kernel entry
         // has the sandbox's policy and the floor as outer layers.
         let (cgroup, policy_id, services) = match &narrowed {
-            None => (None, view.policy_id, None),
+            None => (None, inner.policy_id, None),
             Some(p) => {
                 let (cg, id, services) =
                     self.narrowed_cgroup(sandbox, &inner.policy, exec_id, p)?;
@@ -706,7 +738,10 @@ impl Daemon {
     ) -> ApiResult<(SandboxCgroup, u32, Option<DomainServices>)> {
         let cg = SandboxCgroup::create(&sandbox.cgroup.path, &format!("exec-{exec_id}"))
             .map_err(|e| ApiError::internal(e.to_string()))?;
-        let services = if policy.has_names() || ceiling_policy.has_names() {
+        let services = if policy.has_names()
+            || ceiling_policy.has_names()
+            || self.config.floor_needs_domain_services()
+        {
             let layers = std::iter::once(policy.clone())
                 .chain(std::iter::once(ceiling_policy.clone()))
                 .chain(self.floor.iter().cloned())
@@ -767,48 +802,69 @@ impl Daemon {
                 .map_err(|e| ApiError::bad_request(e.to_string()))?,
         );
         let mut inner = lock(&sandbox.inner);
+        if inner.closing {
+            return Err(ApiError::conflict(format!(
+                "sandbox {} is ending",
+                sandbox.id
+            )));
+        }
         tracing::debug!(us = t0.elapsed().as_micros(), "policy compiled");
         // The explicit proxy of a `proxy_env` sandbox stays reachable whatever the policy.
         let proxy_env = sandbox.view().proxy_env;
-        // Domain services are needed from now on if the new policy has names.
-        if inner.services.is_none() && new.has_names() {
+        let needs_services = self.needs_services(&new, proxy_env);
+        if inner.services.is_none() && needs_services {
             inner.services = Some(self.start_services(&sandbox.id, self.layers(&new), None)?);
         }
         let ports = inner
             .services
             .as_ref()
-            .filter(|_| new.has_names() || proxy_env)
+            .filter(|_| needs_services)
             .map_or((0, 0), |s| (s.dns_port, s.proxy_port));
+        // Narrowed execs: those of this daemon and those it re-adopted with the sandbox
+        // (recorded; their entries may outlive a restart).
+        let view = sandbox.view();
         let dependents: Vec<u64> = inner
             .execs
             .values()
             .filter_map(|e| e.cgroup.as_ref().map(|c| c.id))
+            .chain(
+                view.execs
+                    .iter()
+                    .filter(|e| e.cgroup_id != sandbox.cgroup.id)
+                    .map(|e| e.cgroup_id),
+            )
             .collect();
-        let old_id = sandbox.view().policy_id;
+        let old_id = inner.policy_id;
+        let new_layers = self.layers(&new);
+        let shared = inner.services.as_ref().map(|s| s.shared.clone());
         let mut enforcement = self.enforcement();
-        let new_id = enforcement
+        let (new_id, mut cut) = enforcement
             .replace_policy(
                 sandbox.cgroup.id,
                 (old_id, &inner.policy),
                 &new,
                 ports,
                 &dependents,
+                |a| {
+                    shared
+                        .as_ref()
+                        .is_some_and(|s| s.learned_allowed_by(a, &new_layers))
+                },
             )
             .map_err(|e| ApiError::internal(crate::error_line(&e)))?;
         tracing::debug!(us = t0.elapsed().as_micros(), "policy switched");
         inner.policy = new.clone();
-        let bound = Bound {
-            cgroup_id: sandbox.cgroup.id,
-            policy_id: new_id,
-        };
-        let cut = if let Some(s) = &inner.services {
-            s.shared.replace_layers(self.layers(&new), bound);
-            let shared = s.shared.clone();
-            enforcement.carry_learned(old_id, new_id, |a| shared.learned_still_allowed(a))
-        } else {
-            enforcement.carry_learned(old_id, new_id, |_| false)
-        };
-        self.update_exec_layers(&inner, &new);
+        inner.policy_id = new_id;
+        if let Some(s) = &shared {
+            s.replace_layers(
+                new_layers,
+                Bound {
+                    cgroup_id: sandbox.cgroup.id,
+                    policy_id: new_id,
+                },
+            );
+        }
+        cut.extend(self.follow_new_ceiling(&inner, &new, &mut enforcement));
         let cgroups: Vec<(PathBuf, u64)> =
             std::iter::once((sandbox.cgroup.path.clone(), sandbox.cgroup.id))
                 .chain(
@@ -818,28 +874,34 @@ impl Daemon {
                         .filter_map(|e| e.cgroup.as_ref().map(|c| (c.path.clone(), c.id))),
                 )
                 .collect();
-        let shared = inner.services.as_ref().map(|s| s.shared.clone());
         let service_ports = inner
             .services
             .as_ref()
             .map_or((0, 0), |s| (s.dns_port, s.proxy_port));
-        drop(inner);
         drop(enforcement);
-        tracing::debug!(us = t0.elapsed().as_micros(), "learned carried");
-        self.cut_denied(&cgroups, &cut, shared.as_deref());
-        tracing::debug!(us = t0.elapsed().as_micros(), "sockets checked");
+        // The record changes before the lock goes: the next policy change starts from it.
         sandbox.update(|v| {
             v.policy = body.clone();
             v.policy_id = new_id;
             (v.dns_port, v.proxy_port) = service_ports;
         });
-        tracing::debug!(us = t0.elapsed().as_micros(), "record saved");
+        drop(inner);
+        tracing::debug!(us = t0.elapsed().as_micros(), "learned carried");
+        self.cut_denied(&cgroups, &cut, shared.as_deref());
+        tracing::debug!(us = t0.elapsed().as_micros(), "sockets checked");
         tracing::info!(sandbox = %sandbox.id, "policy replaced");
         Ok(self.view(sandbox))
     }
 
-    /// Execs with their own resolver and proxy: the sandbox's new policy is their ceiling.
-    fn update_exec_layers(&self, inner: &Inner, new: &Arc<CompiledPolicy>) {
+    /// Execs with their own resolver: a sandbox's new policy is their ceiling for names, and
+    /// their learned addresses it denies go. Returns the peers whose connections lost a mark.
+    fn follow_new_ceiling(
+        &self,
+        inner: &Inner,
+        new: &Arc<CompiledPolicy>,
+        enforcement: &mut Enforcement,
+    ) -> Vec<std::net::IpAddr> {
+        let mut cut = Vec::new();
         for exec in inner.execs.values() {
             if let (Some(s), Some(p), Some(cg)) = (&exec.services, &exec.policy, &exec.cgroup) {
                 let layers = std::iter::once(p.clone())
@@ -853,8 +915,15 @@ impl Daemon {
                         policy_id: exec.policy_id,
                     },
                 );
+                let exec_shared = s.shared.clone();
+                cut.extend(
+                    enforcement.carry_learned(exec.policy_id, exec.policy_id, |a| {
+                        exec_shared.learned_still_allowed(a)
+                    }),
+                );
             }
         }
+        cut
     }
 
     /// Direct connections a new policy denies: their packets are dropped from the switch on;
@@ -904,8 +973,12 @@ impl Daemon {
         let id = view.id.clone();
         let lock_path = self.paths.sandbox_locks().join(format!("{id}.lock"));
         let _ = fs::create_dir_all(self.paths.sandbox_locks());
-        let file_lock =
-            FileLock::acquire(&lock_path).map_err(|e| ApiError::internal(e.to_string()))?;
+        // Only a sandbox that may still have kernel state needs its lock.
+        let file_lock = if view.state == "running" {
+            Some(FileLock::acquire(&lock_path).map_err(|e| ApiError::internal(e.to_string()))?)
+        } else {
+            None
+        };
         let parent = self.enforcement().parent_cgroup.clone();
         let cgroup_path = parent.join(&id);
         let cgroup = SandboxCgroup::open(cgroup_path.clone()).ok();
@@ -921,31 +994,40 @@ impl Daemon {
             id: view.cgroup_id,
         });
         let mut services = None;
+        // The kernel's entry is the truth about the policy id (the record may lag it by a
+        // policy change if the daemon died in between).
+        let kernel_policy_id = self
+            .enforcement()
+            .sandbox_entry(cgroup.id)
+            .map(|e| e.policy_id);
         if live {
             let compiled = compiled.as_ref().ok().cloned().expect("checked");
-            if compiled.has_names() || view.proxy_env {
-                let s = self.start_services(
-                    &id,
-                    self.layers(&compiled),
-                    Some((view.dns_port, view.proxy_port)).filter(|p| p.0 != 0),
-                )?;
-                view.dns_port = s.dns_port;
-                view.proxy_port = s.proxy_port;
-                let set = self
-                    .enforcement()
-                    .set_ports(cgroup.id, (s.dns_port, s.proxy_port));
-                if let Err(e) = set {
-                    return Err(ApiError::internal(crate::error_line(&e)));
+            if let Some(id) = kernel_policy_id
+                && id != view.policy_id
+            {
+                tracing::warn!(sandbox = %view.id, "the record's policy id lags the kernel's");
+                view.policy_id = id;
+            }
+            if self.needs_services(&compiled, view.proxy_env) {
+                // Without its services the sandbox stays confined: its redirects point at
+                // ports nobody serves, so names fail closed.
+                match self.readopt_services(&view, &cgroup, &compiled) {
+                    Ok(s) => {
+                        view.dns_port = s.dns_port;
+                        view.proxy_port = s.proxy_port;
+                        services = Some(s);
+                    }
+                    Err(e) => tracing::error!(
+                        sandbox = %view.id,
+                        "no resolver or proxy after re-adoption, its names fail: {}",
+                        e.message
+                    ),
                 }
-                s.bind(Bound {
-                    cgroup_id: cgroup.id,
-                    policy_id: view.policy_id,
-                });
-                services = Some(s);
             }
         } else if view.state == "running" {
             // It ended while no daemon watched: its status is lost.
-            self.cleanup_kernel(&cgroup, view.policy_id, None, &view.execs);
+            let policy_id = kernel_policy_id.unwrap_or(view.policy_id);
+            self.cleanup_kernel(&cgroup, policy_id, None, &view.execs);
             let _ = fs::remove_file(&lock_path);
             view.state = "exited".into();
             view.end_reason = Some("status-unknown".into());
@@ -957,13 +1039,17 @@ impl Daemon {
                 exec.state = "unknown".into();
             }
         }
-        let readiness = if view.ready {
-            Readiness::Ready
-        } else {
-            Readiness::NoProbe
+        // A probe that had not passed yet starts over (its time limit too).
+        let readiness = match (&view.probe, view.ready) {
+            (_, true) => Readiness::Ready,
+            (Some(_), false) if live => Readiness::Pending,
+            (Some(_), false) => Readiness::Failed("the sandbox ended before it was ready".into()),
+            (None, false) => Readiness::NoProbe,
         };
-        let next_exec = u32::try_from(view.execs.len()).unwrap_or(u32::MAX - 1) + 1;
+        let next_exec = view.execs.iter().map(|e| e.id).max().unwrap_or(0) + 1;
         let inner = Inner {
+            policy_id: view.policy_id,
+            closing: !live,
             policy: compiled.unwrap_or_else(|_| {
                 Arc::new(
                     policy::compile(&PolicyFile::default().spec("", Mode::Blocked))
@@ -982,23 +1068,56 @@ impl Daemon {
             cgroup,
             inner,
             (live, readiness),
-            file_lock,
+            file_lock.filter(|_| live),
         );
         sandbox.save();
         lock(&self.sandboxes).insert(id.clone(), sandbox.clone());
         if live {
-            self.observe.sandbox_started();
-            let created = humantime::parse_rfc3339(&view.created_at).unwrap_or(SystemTime::now());
-            let age = SystemTime::now()
-                .duration_since(created)
-                .unwrap_or_default();
-            let timeout = Duration::from_millis(view.timeout_ms).saturating_sub(age);
-            let idle = view.idle_timeout_ms.map(Duration::from_millis);
-            self.handle
-                .spawn(supervise(self.clone(), sandbox, None, timeout, idle));
-            tracing::info!(sandbox = %id, "re-adopted");
+            self.supervise_adopted(sandbox, &view);
         }
         Ok(())
+    }
+
+    /// Supervises a re-adopted live sandbox for what is left of its timeout.
+    fn supervise_adopted(self: &Arc<Self>, sandbox: Arc<Sandbox>, view: &SandboxView) {
+        self.observe.sandbox_started();
+        if let (Some(probe), false) = (view.probe.clone(), view.ready) {
+            self.handle
+                .spawn(probe_task(self.clone(), sandbox.clone(), probe));
+        }
+        let created = humantime::parse_rfc3339(&view.created_at).unwrap_or(SystemTime::now());
+        let age = SystemTime::now()
+            .duration_since(created)
+            .unwrap_or_default();
+        let timeout = Duration::from_millis(view.timeout_ms).saturating_sub(age);
+        let idle = view.idle_timeout_ms.map(Duration::from_millis);
+        let id = sandbox.id.clone();
+        self.handle
+            .spawn(supervise(self.clone(), sandbox, None, timeout, idle));
+        tracing::info!(sandbox = %id, "re-adopted");
+    }
+
+    /// A re-adopted sandbox's resolver and proxy, on its old ports when they are free, and its
+    /// redirects pointed at them.
+    fn readopt_services(
+        &self,
+        view: &SandboxView,
+        cgroup: &SandboxCgroup,
+        compiled: &Arc<CompiledPolicy>,
+    ) -> ApiResult<DomainServices> {
+        let s = self.start_services(
+            &view.id,
+            self.layers(compiled),
+            Some((view.dns_port, view.proxy_port)).filter(|p| p.0 != 0),
+        )?;
+        self.enforcement()
+            .set_ports(cgroup.id, (s.dns_port, s.proxy_port))
+            .map_err(|e| ApiError::internal(crate::error_line(&e)))?;
+        s.bind(Bound {
+            cgroup_id: cgroup.id,
+            policy_id: view.policy_id,
+        });
+        Ok(s)
     }
 
     /// Removes a sandbox's kernel entries (its own, its execs') and cgroups.
@@ -1054,6 +1173,8 @@ async fn supervise(
     let mut reason: Option<&'static str> = None;
     let code = loop {
         tokio::select! {
+            // An exit seen together with a kill or timeout is an exit.
+            biased;
             code = &mut exited => break code,
             () = tokio::time::sleep_until(deadline), if reason.is_none() => {
                 reason = Some("timeout");
@@ -1073,11 +1194,13 @@ async fn supervise(
     };
     // The main process is gone: whatever it left behind goes with it.
     kill_cgroup(&sandbox).await;
-    let (policy, services, execs) = {
+    let (policy, policy_id, services, execs) = {
         let mut inner = lock(&sandbox.inner);
+        inner.closing = true;
         inner.stdin = None;
         (
             inner.policy.clone(),
+            inner.policy_id,
             inner.services.take(),
             std::mem::take(&mut inner.execs),
         )
@@ -1094,7 +1217,7 @@ async fn supervise(
     }
     let view = sandbox.view();
     // Execs it had before a restart (no longer ours to supervise) may have left entries.
-    daemon.cleanup_kernel(&sandbox.cgroup, view.policy_id, Some(&policy), &view.execs);
+    daemon.cleanup_kernel(&sandbox.cgroup, policy_id, Some(&policy), &view.execs);
     // Nothing of it is left in the kernel or the cgroup tree for the lock to guard.
     let _ = fs::remove_file(
         daemon
@@ -1613,7 +1736,12 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io_err("remove stale socket", &socket)(e)),
     }
-    let listener = tokio::net::UnixListener::bind(&socket).map_err(io_err("listen on", &socket))?;
+    // Root-only from its first instant: created under a umask that leaves no bits for others
+    // (the umask is the process's: whatever else is created meanwhile is only more private).
+    let old_umask = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    let listener = tokio::net::UnixListener::bind(&socket);
+    nix::sys::stat::umask(old_umask);
+    let listener = listener.map_err(io_err("listen on", &socket))?;
     {
         use std::os::unix::fs::PermissionsExt as _;
         fs::set_permissions(&socket, fs::Permissions::from_mode(0o600))

@@ -73,6 +73,9 @@ impl Refusal {
 
 async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
     let mut event = FlowEvent::new(&shared.sandbox_id, Source::Proxy);
+    // Subscribed before the decision: a policy change while it is made is seen afterwards.
+    let mut epoch = shared.policy_epoch.subscribe();
+    let _open = OpenConnection::new(shared);
     let Some(orig) = original_destination(&client, peer, shared) else {
         reset(&client);
         shared
@@ -113,9 +116,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
         .emit(&event.clone().allowed("name allowed by the policy"));
     let upstream_peer = upstream.peer_addr().ok();
     let name = event.name.clone();
-    let _open = OpenConnection::new(shared);
     // A live policy change cuts the connection if the new policy denies its name or address.
-    let mut epoch = shared.policy_epoch.subscribe();
     let still_allowed = |shared: &Shared| {
         name.as_deref().is_none_or(|n| shared.decide_name(n).allow)
             && upstream_peer.is_none_or(|p| shared.address_permitted(p.ip()).is_ok())
