@@ -38,6 +38,19 @@ pub struct Config {
     /// `text` or `json`.
     #[serde(default = "default_log_format")]
     pub log_format: String,
+    /// The ingress gateway (HTTP and HTTPS on one port); `""` turns it off.
+    #[serde(default = "default_ingress_address")]
+    pub ingress_address: String,
+    /// Host names `{port}-{sandbox}.{ingress_domain}` route to sandboxes' exposed ports.
+    #[serde(default = "default_ingress_domain")]
+    pub ingress_domain: String,
+    /// The gateway's certificate chain and key (PEM); a self-signed pair for
+    /// `*.{ingress_domain}` is made at first start when unset.
+    pub ingress_tls_cert: Option<PathBuf>,
+    pub ingress_tls_key: Option<PathBuf>,
+    /// Where tunnels of raw TCP and TLS ports listen (each on a port the kernel picks).
+    #[serde(default = "default_tunnel_host")]
+    pub tunnel_host: std::net::IpAddr,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -54,6 +67,15 @@ fn default_log_limit() -> u64 {
 }
 fn default_log_format() -> String {
     "text".into()
+}
+fn default_ingress_address() -> String {
+    "127.0.0.1:7480".into()
+}
+fn default_ingress_domain() -> String {
+    "sandbox.localhost".into()
+}
+fn default_tunnel_host() -> std::net::IpAddr {
+    std::net::Ipv4Addr::LOCALHOST.into()
 }
 
 impl Default for Config {
@@ -108,11 +130,43 @@ impl Config {
                 ),
             });
         }
+        if !config.ingress_address.is_empty() && config.ingress_address().is_none() {
+            return Err(ConfigError::Parse {
+                path: path.into(),
+                message: format!(
+                    "ingress_address must be ADDRESS:PORT or \"\", not \"{}\"",
+                    config.ingress_address
+                ),
+            });
+        }
+        if !matches!(
+            crate::policy::parse_entry(&config.ingress_domain),
+            Ok(crate::policy::Entry::Domain(_))
+        ) {
+            return Err(ConfigError::Parse {
+                path: path.into(),
+                message: format!(
+                    "ingress_domain must be a domain name, not \"{}\"",
+                    config.ingress_domain
+                ),
+            });
+        }
+        if config.ingress_tls_cert.is_some() != config.ingress_tls_key.is_some() {
+            return Err(ConfigError::Parse {
+                path: path.into(),
+                message: "ingress_tls_cert and ingress_tls_key go together".into(),
+            });
+        }
         config.floor().map_err(|source| ConfigError::Floor {
             path: path.into(),
             source: Box::new(source),
         })?;
         Ok(config)
+    }
+
+    /// The gateway's address, `None` when it is off.
+    pub fn ingress_address(&self) -> Option<SocketAddr> {
+        self.ingress_address.parse().ok()
     }
 
     /// The host floor as a policy (`open` minus `floor_deny`), `None` when it is empty.

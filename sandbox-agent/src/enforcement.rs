@@ -26,7 +26,7 @@ use aya::{
 use ipnet::{Ipv4Net, Ipv6Net};
 use sandbox_common::{
     Counters, DEFAULT_MAX_PREFIXES, FlowKind, FlowMark, Layer, LearnedV4, LearnedV6, LpmDataV4,
-    LpmDataV6, OrigDst, POLICY_ID_BITS, ProxyKey, Reason, RuleValue, SandboxEntry, Verdict,
+    LpmDataV6, ListenKey, OrigDst, ServerPort, POLICY_ID_BITS, ProxyKey, Reason, RuleValue, SandboxEntry, Verdict,
     combine, decide, loopback_min_v4, loopback_min_v6, lpm_data_v4, lpm_data_v6, map_names,
     program_names, v4_mapped,
 };
@@ -133,13 +133,13 @@ enum Attach {
     Skb(CgroupSkbAttachType),
     /// The attach type comes from the program's section (`cgroup/connect4`, ...).
     SockAddr,
-    /// `cgroup/sock_release`; the attach type comes from the section.
+    /// `cgroup/sock_release`, `cgroup/post_bind4|6`; the attach type comes from the section.
     Sock,
     SockOps,
 }
 
 /// Every program, each attached through a pinned link named after it.
-const PROGRAMS: [(&str, Attach); 10] = [
+const PROGRAMS: [(&str, Attach); 14] = [
     (
         program_names::EGRESS,
         Attach::Skb(CgroupSkbAttachType::Egress),
@@ -156,6 +156,10 @@ const PROGRAMS: [(&str, Attach); 10] = [
     (program_names::RECVMSG6, Attach::SockAddr),
     (program_names::SOCK_OPS, Attach::SockOps),
     (program_names::SOCK_RELEASE, Attach::Sock),
+    (program_names::BIND4, Attach::SockAddr),
+    (program_names::BIND6, Attach::SockAddr),
+    (program_names::POST_BIND4, Attach::Sock),
+    (program_names::POST_BIND6, Attach::Sock),
 ];
 
 /// FNV-1a over the eBPF object: tells whether pinned programs come from this build.
@@ -894,6 +898,42 @@ fn learn_until<K: aya::Pod>(
 ) -> Result<()> {
     let old = map.get(&key, 0).unwrap_or(0);
     map.insert(key, old.max(expiry), 0).map_err(map_err(name))
+}
+
+/// Where sandboxes' TCP listeners really are: the kernel steers a sandbox's `bind()` of a
+/// fixed port to loopback and a port of its choice, and records both (`LISTENING`).
+pub struct Listeners {
+    listening: HashMap<MapData, ListenKey, ServerPort>,
+}
+
+impl Listeners {
+    pub fn open(paths: &Paths) -> Result<Self> {
+        Ok(Self {
+            listening: open_typed(paths, map_names::LISTENING)?,
+        })
+    }
+
+    /// The loopback address of the listener on `port` (as the workload asked for it) in one
+    /// of these cgroups, IPv4 first.
+    pub fn find(&self, cgroup_ids: &[u64], port: u16) -> Option<std::net::SocketAddr> {
+        for &cgroup_id in cgroup_ids {
+            for (family, ip) in [
+                (4, std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
+                (6, std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)),
+            ] {
+                let key = ListenKey {
+                    cgroup_id,
+                    port,
+                    family,
+                    pad: 0,
+                };
+                if let Ok(listener) = self.listening.get(&key, 0) {
+                    return Some(std::net::SocketAddr::new(ip, listener.assigned));
+                }
+            }
+        }
+        None
+    }
 }
 
 /// The maps the resolver and the proxy of one agent process use, opened from the pins:

@@ -8,6 +8,7 @@ pub mod dns;
 pub mod domains;
 pub mod enforcement;
 pub mod events;
+pub mod ingress;
 pub mod launch;
 pub mod paths;
 pub mod policy;

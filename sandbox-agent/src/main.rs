@@ -54,6 +54,10 @@ enum Command {
     Policy(cli::api::PolicyCommand),
     /// Print verdict events (kernel denials, resolver and proxy decisions) as JSON lines.
     Events(cli::api::EventsArgs),
+    /// List where a sandbox's exposed ports are reached (gateway URLs and tunnels).
+    Tunnels(cli::api::RefArgs),
+    /// Make a connect token for a sandbox's HTTP ports (or list or revoke them).
+    Token(cli::api::TokenArgs),
     /// Print the enforcement state (installed programs, live sandboxes, counters) as JSON.
     State,
     /// Detach and unpin the eBPF programs and remove the parent cgroup (no sandbox may be live).
@@ -94,6 +98,8 @@ fn main() -> ExitCode {
         Command::Stdin(args) => cli::api::stdin(&client(), &args),
         Command::Policy(cmd) => cli::api::policy(&client(), &cmd),
         Command::Events(args) => cli::api::events(&client(), &args),
+        Command::Tunnels(args) => cli::api::tunnels(&client(), &args),
+        Command::Token(args) => cli::api::token(&client(), &args),
         Command::State => cli::state::main(),
         Command::Teardown => cli::teardown::main(),
     };

@@ -27,8 +27,12 @@ pub mod map_names {
     pub const LEARNED_V6: &str = "LEARNED_V6";
     pub const EVENTS: &str = "EVENTS";
     pub const EVENT_BUDGET: &str = "EVENT_BUDGET";
+    pub const BIND_REQUESTS: &str = "BIND_REQUESTS";
+    pub const LISTENING: &str = "LISTENING";
+    pub const SERVER_PORTS: &str = "SERVER_PORTS";
+    pub const LISTENER_SOCKETS: &str = "LISTENER_SOCKETS";
     /// All maps but `META`, which is pinned last as the mark of a complete install.
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 18] = [
         SANDBOXES,
         ALLOW_V4,
         DENY_V4,
@@ -43,6 +47,10 @@ pub mod map_names {
         LEARNED_V6,
         EVENTS,
         EVENT_BUDGET,
+        BIND_REQUESTS,
+        LISTENING,
+        SERVER_PORTS,
+        LISTENER_SOCKETS,
     ];
 }
 
@@ -58,6 +66,10 @@ pub mod program_names {
     pub const RECVMSG6: &str = "sandbox_recvmsg6";
     pub const SOCK_OPS: &str = "sandbox_sock_ops";
     pub const SOCK_RELEASE: &str = "sandbox_sock_release";
+    pub const BIND4: &str = "sandbox_bind4";
+    pub const BIND6: &str = "sandbox_bind6";
+    pub const POST_BIND4: &str = "sandbox_post_bind4";
+    pub const POST_BIND6: &str = "sandbox_post_bind6";
 }
 
 /// Capacity of the `SANDBOXES` and `COUNTERS` maps: sandboxes alive at once on one host.
@@ -77,6 +89,60 @@ pub const HTTP_PORT: u16 = 80;
 pub const HTTPS_PORT: u16 = 443;
 /// DNS, steered to the sandbox's resolver whatever the address.
 pub const DNS_PORT: u16 = 53;
+/// Capacity of `LISTENING` and `SERVER_PORTS`: TCP ports sandboxes bound, host-wide.
+pub const MAX_LISTENING: u32 = 65_536;
+/// The `SO_MARK` of the agent's ingress connections to sandboxes, the only inbound TCP
+/// connections a sandbox accepts (an unmarked SYN is dropped). Setting a mark takes
+/// CAP_NET_ADMIN, which sandboxes lack; the kernel sets it itself on a sandbox's connects to
+/// its own listeners.
+pub const INGRESS_MARK: u32 = 0x5341_0001;
+
+/// A TCP port a sandbox asked to listen on (key of `LISTENING`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ListenKey {
+    /// The cgroup of the process that bound it.
+    pub cgroup_id: u64,
+    /// The port it asked for, host byte order.
+    pub port: u16,
+    /// 4: reachable at 127.0.0.1, 6: at `::1`.
+    pub family: u16,
+    /// Explicit padding, always zero.
+    pub pad: u32,
+}
+
+/// A port the kernel assigned instead (key of `SERVER_PORTS`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ServerKey {
+    /// Host byte order.
+    pub port: u16,
+    /// 4 or 6, as in [`ListenKey`].
+    pub family: u16,
+}
+
+/// A steered listening socket: value of `LISTENING` and of `SERVER_PORTS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServerPort {
+    /// The listening socket (entries go when it is released).
+    pub cookie: u64,
+    pub cgroup_id: u64,
+    /// The port asked for, host byte order.
+    pub requested: u16,
+    /// The port it got on loopback, host byte order.
+    pub assigned: u16,
+    /// Explicit padding, always zero.
+    pub pad: u32,
+}
+
+/// TCP flags of an inbound packet that opens a connection (SYN without ACK).
+#[inline(always)]
+pub const fn opens_connection(tcp_flags: u8) -> bool {
+    const SYN: u8 = 0x02;
+    const ACK: u8 = 0x10;
+    tcp_flags & SYN != 0 && tcp_flags & ACK == 0
+}
 
 /// LPM key data for IPv4: 4 bytes of policy id (big-endian), then the address (network order).
 /// The trie key's `prefix_len` is `POLICY_ID_BITS + address prefix length`, so one trie holds
@@ -281,6 +347,9 @@ pub enum FlowKind {
     /// Connected to the sandbox's proxy port on loopback itself: the explicit HTTP CONNECT /
     /// SOCKS5 proxy (`HTTP_PROXY`, `ALL_PROXY`).
     Explicit = 4,
+    /// Connected to one of its own sandbox's listeners (steered to loopback, see
+    /// `LISTENING`).
+    OwnListener = 5,
 }
 
 /// Value of `FLOWS`: why a socket passes and, for a learned address, the one peer it may
@@ -394,6 +463,11 @@ pub enum Reason {
     AgentFlow = 9,
     /// A TCP connect to an address the resolver handed out for an allowed name.
     LearnedAddress = 10,
+    /// An inbound TCP connection that did not come from the agent's ingress.
+    Inbound = 11,
+    /// Traffic of a connection from the agent's ingress (or the sandbox's own clients) to a
+    /// listener of the sandbox.
+    Ingress = 12,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -664,8 +738,8 @@ const _: () = assert!(core::mem::size_of::<RuleValue>() == 4);
 #[cfg(feature = "user")]
 mod user {
     use super::{
-        Counters, EventBudget, FlowMark, LearnedV4, LearnedV6, OrigDst, ProxyKey, RuleValue,
-        SandboxEntry, VerdictEvent,
+        Counters, EventBudget, FlowMark, LearnedV4, LearnedV6, ListenKey, OrigDst, ProxyKey,
+        RuleValue, SandboxEntry, ServerKey, ServerPort, VerdictEvent,
     };
 
     // SAFETY: plain `#[repr(C)]` structs of integers without padding.
@@ -689,10 +763,29 @@ mod user {
     unsafe impl aya::Pod for LearnedV4 {}
     // SAFETY: as above.
     unsafe impl aya::Pod for LearnedV6 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ListenKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ServerKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ServerPort {}
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_a_bare_syn_opens_a_connection() {
+        use super::opens_connection;
+        assert!(opens_connection(0x02));
+        // SYN+ACK answers our own connect; ACK, RST, FIN do not open anything.
+        assert!(!opens_connection(0x12));
+        assert!(!opens_connection(0x10));
+        assert!(!opens_connection(0x04));
+        assert!(!opens_connection(0x01));
+        // SYN with ECN bits is still a SYN.
+        assert!(opens_connection(0xc2));
+    }
+
     use super::*;
 
     fn entry(default: DefaultVerdict, precedence: Precedence) -> SandboxEntry {

@@ -31,7 +31,8 @@ use aya_ebpf::{
     EbpfContext as _,
     bindings::{BPF_F_NO_PREALLOC, BPF_SOCK_OPS_TCP_CONNECT_CB},
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_skb_cgroup_id,
+        bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_setsockopt,
+        bpf_skb_cgroup_id,
     },
     macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, map, sock_ops},
     maps::{
@@ -41,10 +42,11 @@ use aya_ebpf::{
 };
 use sandbox_common::{
     Counters, DEFAULT_MAX_PREFIXES, EVENTS_RING_BYTES, EventBudget, EventKind, FlowKind, FlowMark,
-    Layer, LearnedV4, LearnedV6, LpmDataV4, LpmDataV6, MAX_FLOWS, MAX_LEARNED, MAX_PROXY_CONNS,
-    MAX_SANDBOXES, OrigDst, POLICY_ID_BITS, ProxyKey, Reason, RuleValue, SandboxEntry,
-    SockAddrAction, SocketKind, Verdict, VerdictEvent, combine, decide, is_loopback_v4,
-    is_loopback_v6, loopback_min_v4, loopback_min_v6, lpm_data_v4, lpm_data_v6, sock_addr_action,
+    INGRESS_MARK, Layer, LearnedV4, LearnedV6, ListenKey, LpmDataV4, LpmDataV6, MAX_FLOWS,
+    MAX_LEARNED, MAX_LISTENING, MAX_PROXY_CONNS, MAX_SANDBOXES, OrigDst, POLICY_ID_BITS, ProxyKey,
+    Reason, RuleValue, SandboxEntry, ServerKey, ServerPort, SockAddrAction, SocketKind, Verdict,
+    VerdictEvent, combine, decide, is_loopback_v4, is_loopback_v6, loopback_min_v4,
+    loopback_min_v6, lpm_data_v4, lpm_data_v6, opens_connection, sock_addr_action,
     spend_event_budget, v4_mapped,
 };
 
@@ -88,6 +90,24 @@ static LEARNED_V4: HashMap<LearnedV4, u64> =
 #[map]
 static LEARNED_V6: HashMap<LearnedV6, u64> =
     HashMap::with_max_entries(MAX_LEARNED, BPF_F_NO_PREALLOC);
+
+/// The port a TCP socket asked for in `bind4|6`, by socket cookie, until `post_bind4|6` sees
+/// the port it got instead.
+#[map]
+static BIND_REQUESTS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(MAX_LISTENING, 0);
+/// Ports sandboxes listen on (as asked) → where they really are, for the agent's ingress and
+/// for the sandbox's own connects. Removed when the socket is released.
+#[map]
+static LISTENING: HashMap<ListenKey, ServerPort> =
+    HashMap::with_max_entries(MAX_LISTENING, BPF_F_NO_PREALLOC);
+/// The same by the port the kernel assigned, for the packet programs.
+#[map]
+static SERVER_PORTS: HashMap<ServerKey, ServerPort> =
+    HashMap::with_max_entries(MAX_LISTENING, BPF_F_NO_PREALLOC);
+/// The same by socket cookie, for `sock_release` (which cannot read a socket's port).
+#[map]
+static LISTENER_SOCKETS: HashMap<u64, ServerKey> =
+    HashMap::with_max_entries(MAX_LISTENING, BPF_F_NO_PREALLOC);
 
 /// Denied verdicts for the agent's event stream, rate-limited per CPU (`EVENT_BUDGET`).
 #[map]
@@ -269,11 +289,44 @@ fn agent_flow_allows(cookie: u64, peer: &[u8; 16], peer_loopback: bool) -> bool 
     }
 }
 
+/// Offset of the TCP flags byte in the TCP header.
+const TCP_FLAGS: usize = 13;
+
+/// Where the TCP header starts, if the packet is TCP and carries its header (not a later
+/// IPv4 fragment). IPv6 extension headers are not walked: sockets never send them on TCP.
+fn tcp_header(ctx: &SkBuffContext, version: u8) -> Result<Option<usize>, i64> {
+    match version {
+        4 => {
+            if ctx.load::<u8>(9)? != IPPROTO_TCP as u8 {
+                return Ok(None);
+            }
+            let fragment = u16::from_be_bytes(ctx.load::<[u8; 2]>(6)?) & 0x1fff;
+            if fragment != 0 {
+                return Ok(None);
+            }
+            Ok(Some(usize::from(ctx.load::<u8>(0)? & 0x0f) * 4))
+        }
+        6 => Ok((ctx.load::<u8>(6)? == IPPROTO_TCP as u8).then_some(40)),
+        _ => Ok(None),
+    }
+}
+
+/// Whether `port` (the packet's source port, network order) is a listener of this sandbox.
+fn serves_ingress(cgroup_id: u64, port: [u8; 2], family: u16) -> bool {
+    let key = ServerKey {
+        port: u16::from_be_bytes(port),
+        family,
+    };
+    // SAFETY: the value is copied out at once.
+    unsafe { SERVER_PORTS.get(key) }.is_some_and(|s| s.cgroup_id == cgroup_id)
+}
+
 fn try_skb(ctx: &SkBuffContext, direction: Direction) -> Result<Verdict, i64> {
     // SAFETY: a helper without preconditions; the socket's cgroup, not the current task's,
     // since ingress runs in softirq context.
     let cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
     let version = ctx.load::<u8>(0)? >> 4;
+    let family = u16::from(version);
     let (mut verdict, peer, peer_loopback) = match version {
         4 => {
             let offset = match direction {
@@ -297,14 +350,39 @@ fn try_skb(ctx: &SkBuffContext, direction: Direction) -> Result<Verdict, i64> {
         }
         _ => (Verdict::deny(Reason::Malformed), [0; 16], false),
     };
+    let tcp = tcp_header(ctx, version)?;
+    if let Direction::Ingress = direction {
+        // Inbound connections come only from the agent's ingress (marked, on loopback): a
+        // SYN from anyone else is dropped whatever the policy says of its sender.
+        // SAFETY: the skb context pointer is valid for the program's run.
+        let mark = unsafe { (*ctx.skb.skb).mark };
+        if mark == INGRESS_MARK && peer_loopback {
+            verdict = Verdict::allow(Reason::Ingress);
+        } else if let Some(offset) = tcp
+            && opens_connection(ctx.load::<u8>(offset + TCP_FLAGS)?)
+        {
+            verdict = Verdict::deny(Reason::Inbound);
+        }
+    }
     // A socket the agent redirected or let through at connect time: its peer is the agent
     // on loopback or a learned address, which the rules alone would deny. Looked up only
     // on the deny path, so ordinary allowed traffic pays nothing for it.
-    if !verdict.allow && !matches!(verdict.reason, Reason::Malformed | Reason::UnknownSandbox) {
+    if !verdict.allow
+        && !matches!(
+            verdict.reason,
+            Reason::Malformed | Reason::UnknownSandbox | Reason::Inbound
+        )
+    {
         // SAFETY: the skb context pointer is valid for the program's run.
         let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
         if agent_flow_allows(cookie, &peer, peer_loopback) {
             verdict = Verdict::allow(Reason::AgentFlow);
+        } else if let (Direction::Egress, true, Some(offset)) = (direction, peer_loopback, tcp)
+            && serves_ingress(cgroup_id, ctx.load::<[u8; 2]>(offset)?, family)
+        {
+            // The answers of a listener to the connections it accepted (which only the
+            // ingress could open).
+            verdict = Verdict::allow(Reason::Ingress);
         }
     }
     count_packet(cgroup_id, verdict.allow, ctx.len());
@@ -484,6 +562,20 @@ fn sock_addr_v4(ctx: &SockAddrContext, call: Call) -> i32 {
     let Some(entry) = sandbox(cgroup_id) else {
         return refuse(cgroup_id, call, mapped(addr), port, Reason::UnknownSandbox);
     };
+    if is_loopback_v4(addr)
+        && let SocketKind::TcpConnect = socket_kind(ctx, call)
+        && let Some(listener) = own_listener(cgroup_id, port, 4)
+    {
+        if !mark_own_listener_connect(ctx, cgroup_id, &listener, mapped(addr)) {
+            return DROP;
+        }
+        // SAFETY: writable fields of connect4, each written whole.
+        unsafe {
+            (*ctx.sock_addr).user_ip4 = u32::from_ne_bytes(LOCALHOST_V4);
+            (*ctx.sock_addr).user_port = u32::from(listener.assigned.to_be());
+        }
+        return PASS;
+    }
     let verdict = decide_v4_for(&entry, addr);
     let action = sock_addr_action(
         &entry,
@@ -564,6 +656,21 @@ fn sock_addr_v6(ctx: &SockAddrContext, call: Call) -> i32 {
         Some(a) => is_loopback_v4(a),
         None => is_loopback_v6(&addr),
     };
+    if loopback && let SocketKind::TcpConnect = socket_kind(ctx, call) {
+        let (family, target) = match v4 {
+            Some(_) => (4, mapped(LOCALHOST_V4)),
+            None => (6, LOCALHOST_V6),
+        };
+        if let Some(listener) = own_listener(cgroup_id, port, family) {
+            if !mark_own_listener_connect(ctx, cgroup_id, &listener, addr) {
+                return DROP;
+            }
+            write_ip6(ctx, &target);
+            // SAFETY: writable field of connect6, written whole.
+            unsafe { (*ctx.sock_addr).user_port = u32::from(listener.assigned.to_be()) };
+            return PASS;
+        }
+    }
     let verdict = decide_v6_for(&entry, &addr);
     let action = sock_addr_action(
         &entry,
@@ -600,6 +707,51 @@ fn sock_addr_v6(ctx: &SockAddrContext, call: Call) -> i32 {
     }
 }
 
+/// A listener of this sandbox on `port` (as the workload asked for it).
+fn own_listener(cgroup_id: u64, port: u16, family: u16) -> Option<ServerPort> {
+    let key = ListenKey {
+        cgroup_id,
+        port,
+        family,
+        pad: 0,
+    };
+    // SAFETY: the value is copied out at once.
+    unsafe { LISTENING.get(key) }.copied()
+}
+
+const SOL_SOCKET: i32 = 1;
+const SO_MARK: i32 = 36;
+
+/// A sandbox's connect to its own listener, which the caller steers to where the listener
+/// really is: marked like the ingress's connections so that the listener accepts it, and
+/// let through the packet programs. False (and refused) if that cannot be done.
+fn mark_own_listener_connect(
+    ctx: &SockAddrContext,
+    cgroup_id: u64,
+    listener: &ServerPort,
+    peer: [u8; 16],
+) -> bool {
+    let mut mark = INGRESS_MARK;
+    // SAFETY: the context is a socket the helper may configure in connect hooks; the
+    // option value is a valid u32 on the stack.
+    let set = unsafe {
+        bpf_setsockopt(
+            ctx.sock_addr.cast(),
+            SOL_SOCKET,
+            SO_MARK,
+            (&raw mut mark).cast(),
+            4,
+        )
+    };
+    // SAFETY: as in `record_redirect`.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    if set != 0 || !mark_flow(cookie, FlowKind::OwnListener, 0, [0; 16]) {
+        refuse(cgroup_id, Call::Connect, peer, listener.requested, Reason::AgentFlow);
+        return false;
+    }
+    true
+}
+
 #[cgroup_sock_addr(connect4)]
 pub fn sandbox_connect4(ctx: SockAddrContext) -> i32 {
     sock_addr_v4(&ctx, Call::Connect)
@@ -618,6 +770,156 @@ pub fn sandbox_sendmsg4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(sendmsg6)]
 pub fn sandbox_sendmsg6(ctx: SockAddrContext) -> i32 {
     sock_addr_v6(&ctx, Call::Send)
+}
+
+/// What a sandbox's `bind()` of a TCP socket becomes.
+enum Bind {
+    /// Not a sandbox's TCP socket: untouched.
+    Untouched,
+    /// Port 0: the kernel picks the port; only recorded (see `sandbox_post_bind4`), so that
+    /// the sandbox's own connects to it are let in.
+    Record,
+    /// A fixed port: steered to loopback and port 0, so that sandboxes (and the host) never
+    /// clash over ports and nothing but loopback reaches it; the port asked for is recorded.
+    Steer,
+    /// The record could not be kept: the bind fails (EPERM).
+    Refuse,
+}
+
+fn bind_action(ctx: &SockAddrContext) -> Bind {
+    // SAFETY: readable fields of bind4/bind6, read whole.
+    let (kind, protocol) = unsafe { ((*ctx.sock_addr).type_, (*ctx.sock_addr).protocol) };
+    if kind != SOCK_STREAM || protocol != IPPROTO_TCP {
+        return Bind::Untouched;
+    }
+    // SAFETY: helper without preconditions.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    if sandbox(cgroup_id).is_none() {
+        return Bind::Untouched;
+    }
+    let port = user_port(ctx);
+    // SAFETY: as in `record_redirect`.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    if BIND_REQUESTS.insert(cookie, u32::from(port), 0).is_err() {
+        return Bind::Refuse;
+    }
+    if port == 0 { Bind::Record } else { Bind::Steer }
+}
+
+#[cgroup_sock_addr(bind4)]
+pub fn sandbox_bind4(ctx: SockAddrContext) -> i32 {
+    match bind_action(&ctx) {
+        Bind::Untouched | Bind::Record => PASS,
+        Bind::Refuse => DROP,
+        Bind::Steer => {
+            // SAFETY: writable fields of bind4, each written whole.
+            unsafe {
+                (*ctx.sock_addr).user_ip4 = u32::from_ne_bytes(LOCALHOST_V4);
+                (*ctx.sock_addr).user_port = 0;
+            }
+            PASS
+        }
+    }
+}
+
+#[cgroup_sock_addr(bind6)]
+pub fn sandbox_bind6(ctx: SockAddrContext) -> i32 {
+    match bind_action(&ctx) {
+        Bind::Untouched | Bind::Record => PASS,
+        Bind::Refuse => DROP,
+        Bind::Steer => {
+            // An IPv4-mapped bind stays IPv4 on the wire.
+            let target = match v4_mapped(&read_ip6(&ctx)) {
+                Some(_) => mapped(LOCALHOST_V4),
+                None => LOCALHOST_V6,
+            };
+            write_ip6(&ctx, &target);
+            // SAFETY: writable field of bind6, written whole.
+            unsafe { (*ctx.sock_addr).user_port = 0 };
+            PASS
+        }
+    }
+}
+
+/// Records where a socket seen by `bind_action` is bound: `LISTENING` by the port it asked
+/// for, `SERVER_PORTS` by the port it got. A bind whose record cannot be kept fails.
+fn record_listener(ctx: &SockContext, family: u16) -> i32 {
+    // SAFETY: the context pointer is valid for the program's run.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: the value is copied out at once.
+    let Some(requested) = (unsafe { BIND_REQUESTS.get(cookie) }).copied() else {
+        return PASS;
+    };
+    let _ = BIND_REQUESTS.remove(cookie);
+    // SAFETY: helper without preconditions.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    // SAFETY: readable in post_bind, host byte order.
+    let assigned = unsafe { (*ctx.sock).src_port } as u16;
+    // Port 0 asked: the sandbox's own connects name the port it got.
+    let requested = if requested == 0 { assigned } else { requested as u16 };
+    let value = ServerPort {
+        cookie,
+        cgroup_id,
+        requested,
+        assigned,
+        pad: 0,
+    };
+    let listen = ListenKey {
+        cgroup_id,
+        port: requested,
+        family,
+        pad: 0,
+    };
+    let server = ServerKey {
+        port: assigned,
+        family,
+    };
+    if LISTENING.insert(listen, value, 0).is_err() {
+        return DROP;
+    }
+    if SERVER_PORTS.insert(server, value, 0).is_err()
+        || LISTENER_SOCKETS.insert(cookie, server, 0).is_err()
+    {
+        let _ = LISTENING.remove(listen);
+        let _ = SERVER_PORTS.remove(server);
+        return DROP;
+    }
+    PASS
+}
+
+#[cgroup_sock(post_bind4)]
+pub fn sandbox_post_bind4(ctx: SockContext) -> i32 {
+    record_listener(&ctx, 4)
+}
+
+#[cgroup_sock(post_bind6)]
+pub fn sandbox_post_bind6(ctx: SockContext) -> i32 {
+    // SAFETY: readable in post_bind6, each word read whole.
+    let words = unsafe { (*ctx.sock).src_ip6 };
+    let v4_mapped = words[0] == 0 && words[1] == 0 && words[2] == 0xffff_u32.to_be();
+    record_listener(&ctx, if v4_mapped { 4 } else { 6 })
+}
+
+/// Forgets a released listener's records (an accepted connection shares its port but not
+/// its cookie).
+fn forget_listener(cookie: u64) {
+    // SAFETY: the value is copied out at once.
+    let Some(key) = (unsafe { LISTENER_SOCKETS.get(cookie) }).copied() else {
+        return;
+    };
+    let _ = LISTENER_SOCKETS.remove(cookie);
+    // SAFETY: as above.
+    if let Some(s) = unsafe { SERVER_PORTS.get(key) }.copied()
+        && s.cookie == cookie
+    {
+        let _ = SERVER_PORTS.remove(key);
+        let _ = LISTENING.remove(ListenKey {
+            cgroup_id: s.cgroup_id,
+            port: s.requested,
+            family: key.family,
+            pad: 0,
+        });
+    }
 }
 
 /// The original server of a DNS answer read from the sandbox's resolver, if this socket's
@@ -716,9 +1018,13 @@ pub fn sandbox_sock_ops(ctx: SockOpsContext) -> u32 {
 pub fn sandbox_sock_release(ctx: SockContext) -> i32 {
     // SAFETY: the context pointer is valid for the program's run; fields are read whole.
     let (kind, state) = unsafe { ((*ctx.sock).type_, (*ctx.sock).state) };
+    // SAFETY: as above.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     if kind != SOCK_STREAM || !still_sends_after_release(state) {
-        // SAFETY: as above.
-        forget(unsafe { bpf_get_socket_cookie(ctx.as_ptr()) });
+        forget(cookie);
+    }
+    if kind == SOCK_STREAM {
+        forget_listener(cookie);
     }
     PASS
 }

@@ -48,6 +48,91 @@ pub struct CreateRequest {
     /// Point `HTTP_PROXY`/`HTTPS_PROXY`/`ALL_PROXY` at the sandbox's explicit proxy.
     #[serde(default)]
     pub proxy_env: bool,
+    /// Ports reachable from outside through the agent's ingress (nothing else is).
+    #[serde(default)]
+    pub ports: Vec<ExposedPort>,
+    /// Every HTTP request to the sandbox's ports must also carry its traffic token in
+    /// `X-Sandbox-Traffic-Token` (returned once, by this create).
+    #[serde(default)]
+    pub private_ports: bool,
+    /// The `Host` header the workload sees on HTTP ports; `${PORT}` is the port.
+    pub mask_host: Option<String>,
+}
+
+/// A port of the sandbox made reachable through the agent.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ExposedPort {
+    pub port: u16,
+    pub protocol: PortProtocol,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PortProtocol {
+    /// HTTP/1.1 (and WebSocket) to the workload, through the gateway, with a connect token.
+    Http,
+    /// HTTP/2 (cleartext, prior knowledge) to the workload, through the gateway (clients
+    /// use HTTP/2 over TLS), with a connect token.
+    H2,
+    /// A tunnel: TLS ends at the agent, the workload gets the plain TCP stream.
+    Tls,
+    /// A tunnel of raw TCP; the workload authenticates its clients itself.
+    Tcp,
+}
+
+impl PortProtocol {
+    /// Reached through the HTTP gateway (token-checked), not a tunnel.
+    pub const fn is_http(self) -> bool {
+        matches!(self, Self::Http | Self::H2)
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::H2 => "h2",
+            Self::Tls => "tls",
+            Self::Tcp => "tcp",
+        }
+    }
+}
+
+/// An exposed port as the API shows it.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+pub struct PortView {
+    pub port: u16,
+    pub protocol: PortProtocol,
+    /// Where callers reach it: the gateway by host name (HTTP), or the tunnel.
+    pub url: String,
+    /// The gateway by path prefix (HTTP ports), for use without wildcard DNS.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub path_url: Option<String>,
+    /// The tunnel's listening address (TLS and TCP ports).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub tunnel: Option<std::net::SocketAddr>,
+}
+
+/// `POST /v1/sandboxes/{id}/tokens`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    /// Passed to the workload in `X-Verified-User-Data` (JSON, under 512 bytes serialized).
+    pub user_metadata: Option<serde_json::Value>,
+}
+
+/// A connect token. `token` (the secret) is only in the answer that made it.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct TokenView {
+    pub id: String,
+    pub sandbox: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub user_metadata: Option<serde_json::Value>,
+    pub created_at: String,
+    /// The sandbox's HTTP ports, where the token opens them.
+    #[serde(default)]
+    pub urls: Vec<PortView>,
 }
 
 /// A readiness probe: a TCP port on loopback that accepts, or a command that exits 0.
@@ -116,6 +201,15 @@ pub struct SandboxView {
     #[serde(default)]
     pub proxy_port: u16,
     pub execs: Vec<ExecView>,
+    #[serde(default)]
+    pub ports: Vec<PortView>,
+    #[serde(default)]
+    pub private_ports: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mask_host: Option<String>,
+    /// The traffic token of a `private_ports` sandbox: only in the answer to its create.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_token: Option<String>,
     /// Per-sandbox kernel counters at the time of the request (absent once it ended).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub counters: Option<CountersView>,

@@ -10,7 +10,8 @@ use clap::{Args, Subcommand};
 use hyper::Method;
 use sandbox_agent::{
     api::{
-        CreateRequest, ExecRequest, ExecView, ProbeSpec, SandboxView, WaitView,
+        CreateRequest, ExecRequest, ExecView, ExposedPort, PortProtocol, PortView, ProbeSpec,
+        SandboxView, TokenRequest, WaitView,
         client::{Client, ClientError},
     },
     policy::{Mode, PolicyFile, Precedence},
@@ -105,8 +106,42 @@ pub struct CreateArgs {
     stdin: bool,
     #[arg(long = "proxy-env")]
     proxy_env: bool,
+    /// Expose an HTTP port through the gateway, opened by connect tokens (repeatable).
+    #[arg(long = "port", value_name = "PORT")]
+    http_ports: Vec<u16>,
+    /// Expose an HTTP/2 port (the workload speaks h2c; clients HTTP/2 over TLS).
+    #[arg(long = "h2-port", value_name = "PORT")]
+    h2_ports: Vec<u16>,
+    /// Expose a port through a TLS tunnel (TLS ends at the agent; the workload authenticates).
+    #[arg(long = "tls-port", value_name = "PORT")]
+    tls_ports: Vec<u16>,
+    /// Expose a port through a raw TCP tunnel (the workload authenticates).
+    #[arg(long = "tcp-port", value_name = "PORT")]
+    tcp_ports: Vec<u16>,
+    /// Every HTTP request must also carry the traffic token (printed on a second line,
+    /// `traffic-token TOKEN`) in X-Sandbox-Traffic-Token.
+    #[arg(long = "private-ports")]
+    private_ports: bool,
+    /// The Host header the workload sees on HTTP ports (`${PORT}`: the port).
+    #[arg(long = "mask-host", value_name = "HOST")]
+    mask_host: Option<String>,
     #[arg(last = true, value_name = "CMD")]
     command: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct TokenArgs {
+    /// Sandbox id or name.
+    sandbox: String,
+    /// JSON passed to the workload in X-Verified-User-Data (under 512 bytes).
+    #[arg(long = "user-metadata", value_name = "JSON", conflicts_with_all = ["revoke", "list"])]
+    user_metadata: Option<String>,
+    /// Revoke the token with this id instead.
+    #[arg(long, value_name = "TOKEN_ID", conflicts_with = "list")]
+    revoke: Option<String>,
+    /// List the sandbox's tokens (without their secrets) instead.
+    #[arg(long)]
+    list: bool,
 }
 
 #[derive(Args)]
@@ -272,7 +307,78 @@ pub fn create_request(args: &CreateArgs) -> Result<CreateRequest, String> {
         probe,
         stdin: args.stdin,
         proxy_env: args.proxy_env,
+        ports: exposed_ports(args),
+        private_ports: args.private_ports,
+        mask_host: args.mask_host.clone(),
     })
+}
+
+fn exposed_ports(args: &CreateArgs) -> Vec<ExposedPort> {
+    [
+        (&args.http_ports, PortProtocol::Http),
+        (&args.h2_ports, PortProtocol::H2),
+        (&args.tls_ports, PortProtocol::Tls),
+        (&args.tcp_ports, PortProtocol::Tcp),
+    ]
+    .into_iter()
+    .flat_map(|(ports, protocol)| {
+        ports
+            .iter()
+            .map(move |&port| ExposedPort { port, protocol })
+    })
+    .collect()
+}
+
+/// `tunnels`: one line per exposed port: port, protocol, URL (and the path URL of HTTP
+/// ports).
+pub fn tunnels(client: &Client, args: &RefArgs) -> i32 {
+    match client.json::<Vec<PortView>>(
+        Method::GET,
+        &format!("{}/tunnels", path_of(&args.sandbox)),
+        None::<&()>,
+    ) {
+        Ok(ports) => {
+            for p in ports {
+                let path = p.path_url.map(|u| format!(" {u}")).unwrap_or_default();
+                println!("{} {} {}{path}", p.port, p.protocol.as_str(), p.url);
+            }
+            0
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+/// `token`: a new connect token as JSON (its secret, id and URLs), or the list, or a
+/// revocation.
+pub fn token(client: &Client, args: &TokenArgs) -> i32 {
+    let base = format!("{}/tokens", path_of(&args.sandbox));
+    if let Some(id) = &args.revoke {
+        return match client.request(Method::DELETE, &format!("{base}/{}", enc(id)), None) {
+            Ok(_) => 0,
+            Err(e) => fail(&e),
+        };
+    }
+    let answer = if args.list {
+        client.json::<serde_json::Value>(Method::GET, &base, None::<&()>)
+    } else {
+        let user_metadata = match args.user_metadata.as_deref().map(serde_json::from_str) {
+            None => None,
+            Some(Ok(v)) => Some(v),
+            Some(Err(e)) => return fail(&format!("--user-metadata is not JSON: {e}")),
+        };
+        client.json::<serde_json::Value>(
+            Method::POST,
+            &base,
+            Some(&TokenRequest { user_metadata }),
+        )
+    };
+    match answer {
+        Ok(v) => {
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            0
+        }
+        Err(e) => fail(&e),
+    }
 }
 
 pub fn create(client: &Client, args: &CreateArgs) -> i32 {
@@ -283,6 +389,9 @@ pub fn create(client: &Client, args: &CreateArgs) -> i32 {
     match client.json::<SandboxView>(Method::POST, "/v1/sandboxes", Some(&req)) {
         Ok(view) => {
             println!("{}", view.id);
+            if let Some(t) = view.traffic_token {
+                println!("traffic-token {t}");
+            }
             0
         }
         Err(e) => fail(&e),

@@ -126,6 +126,8 @@ struct Inner {
     execs: HashMap<u32, ExecLive>,
     next_exec: u32,
     last_activity: Instant,
+    /// Listeners of its exposed TLS and TCP ports.
+    tunnels: Vec<crate::ingress::tunnel::Tunnel>,
 }
 
 pub struct Sandbox {
@@ -138,6 +140,8 @@ pub struct Sandbox {
     ready: watch::Sender<Readiness>,
     kill: Notify,
     kill_reason: Mutex<Option<&'static str>>,
+    /// Requests and connections through the ingress now (activity for the idle timeout).
+    open_ingress: std::sync::atomic::AtomicUsize,
     /// Held while the sandbox may have kernel state (not for a record of an ended one).
     _lock: Option<FileLock>,
 }
@@ -166,6 +170,7 @@ impl Sandbox {
             ready: watch::channel(readiness).0,
             kill: Notify::new(),
             kill_reason: Mutex::new(None),
+            open_ingress: std::sync::atomic::AtomicUsize::new(0),
             _lock: lock,
         })
     }
@@ -206,12 +211,50 @@ impl Sandbox {
         self.ended.subscribe()
     }
 
+    /// Its cgroup and those of its narrowed execs (where its listeners may be).
+    pub fn cgroup_ids(&self) -> Vec<u64> {
+        std::iter::once(self.cgroup.id)
+            .chain(
+                lock(&self.inner)
+                    .execs
+                    .values()
+                    .filter_map(|e| e.cgroup.as_ref().map(|c| c.id)),
+            )
+            .collect()
+    }
+
+    /// Counts a request or connection through the ingress as activity while it lasts.
+    pub fn ingress_activity(self: &Arc<Self>) -> IngressActivity {
+        self.open_ingress
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.touch();
+        IngressActivity(self.clone())
+    }
+
     pub fn exec_exit_rx(&self, exec: u32) -> Option<watch::Receiver<Option<ExecEnd>>> {
         lock(&self.inner)
             .execs
             .get(&exec)
             .map(|e| e.exit.subscribe())
     }
+}
+
+/// A request or connection through the ingress, open while this lives.
+pub struct IngressActivity(Arc<Sandbox>);
+
+impl Drop for IngressActivity {
+    fn drop(&mut self) {
+        self.0
+            .open_ingress
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.touch();
+    }
+}
+
+/// What the ingress needs from the daemon's start: TLS for the gateway and the tunnels.
+struct IngressTls {
+    gateway: Arc<rustls::ServerConfig>,
+    tunnel: tokio_rustls::TlsAcceptor,
 }
 
 pub struct Daemon {
@@ -224,6 +267,9 @@ pub struct Daemon {
     upstream_proxy: Option<crate::proxy::upstream::UpstreamProxy>,
     pub observe: Arc<observe::Observe>,
     handle: tokio::runtime::Handle,
+    tokens: crate::ingress::tokens::Tokens,
+    listeners: crate::enforcement::Listeners,
+    ingress_tls: IngressTls,
     _daemon_lock: FileLock,
 }
 
@@ -283,6 +329,8 @@ impl Daemon {
         enforcement.set_floor(floor.as_deref().cloned());
         tracing::info!(?state, "eBPF programs ready");
         let observe = Arc::new(observe::Observe::new(&paths)?);
+        let listeners = crate::enforcement::Listeners::open(&paths)?;
+        let ingress_tls = ingress_tls(&config)?;
         let daemon = Arc::new(Self {
             config,
             paths,
@@ -293,12 +341,91 @@ impl Daemon {
             upstream_proxy,
             observe,
             handle: tokio::runtime::Handle::current(),
+            tokens: crate::ingress::tokens::Tokens::default(),
+            listeners,
+            ingress_tls,
             _daemon_lock: daemon_lock,
         });
         daemon.adopt_all(&sandboxes_dir);
         // What is left of sandboxes nobody owns (no record, or an embedded run that died).
         crate::sandbox::collect_orphans(&daemon.paths, &mut daemon.enforcement());
         Ok(daemon)
+    }
+
+    pub fn tokens(&self) -> &crate::ingress::tokens::Tokens {
+        &self.tokens
+    }
+
+    pub fn listeners(&self) -> &crate::enforcement::Listeners {
+        &self.listeners
+    }
+
+    pub fn handle(&self) -> &tokio::runtime::Handle {
+        &self.handle
+    }
+
+    pub fn gateway_tls(&self) -> Arc<rustls::ServerConfig> {
+        self.ingress_tls.gateway.clone()
+    }
+
+    /// Where the exposed ports of a sandbox are reached, with new tunnels for its TLS and
+    /// TCP ports (at `previous` addresses when re-adopted and free).
+    fn open_ports(
+        self: &Arc<Self>,
+        sandbox: &str,
+        ports: &[crate::api::ExposedPort],
+        previous: &[crate::api::PortView],
+    ) -> ApiResult<(Vec<crate::api::PortView>, Vec<crate::ingress::tunnel::Tunnel>)> {
+        use crate::api::{PortProtocol, PortView};
+        let mut views = Vec::new();
+        let mut tunnels = Vec::new();
+        for p in ports {
+            if p.protocol.is_http() {
+                let gateway = self.config.ingress_address().ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "port {}: HTTP ports need the ingress gateway (ingress_address in the config)",
+                        p.port
+                    ))
+                })?;
+                let (url, path_url) = crate::ingress::port_urls(
+                    gateway,
+                    &self.config.ingress_domain,
+                    sandbox,
+                    p.port,
+                );
+                views.push(PortView {
+                    port: p.port,
+                    protocol: p.protocol,
+                    url,
+                    path_url: Some(path_url),
+                    tunnel: None,
+                });
+                continue;
+            }
+            let preferred = previous
+                .iter()
+                .find(|v| v.port == p.port && v.protocol == p.protocol)
+                .and_then(|v| v.tunnel);
+            let tls = (p.protocol == PortProtocol::Tls).then(|| self.ingress_tls.tunnel.clone());
+            let tunnel = crate::ingress::tunnel::open(
+                self,
+                sandbox,
+                p.port,
+                tls,
+                self.config.tunnel_host,
+                preferred,
+            )
+            .map_err(|e| ApiError::internal(format!("tunnel for port {}: {e}", p.port)))?;
+            views.push(PortView {
+                port: p.port,
+                protocol: p.protocol,
+                url: format!("{}://{}", p.protocol.as_str(), tunnel.addr),
+                path_url: None,
+                tunnel: Some(tunnel.addr),
+            });
+            tunnels.push(tunnel);
+        }
+        Ok((views, tunnels))
     }
 
     fn enforcement(&self) -> MutexGuard<'_, Enforcement> {
@@ -400,17 +527,31 @@ impl Daemon {
             )));
         }
         let id = random_id();
+        let (ports, tunnels) = self.open_ports(&id, &req.ports, &[])?;
         let dir = self.config.state_dir.join("sandboxes").join(&id);
         fs::create_dir_all(&dir)
             .map_err(|e| ApiError::internal(format!("create {}: {e}", dir.display())))?;
+        let traffic_token = if req.private_ports {
+            match self.tokens.issue_traffic(&id, &dir) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    let _ = fs::remove_dir_all(&dir);
+                    return Err(ApiError::internal(e.to_string()));
+                }
+            }
+        } else {
+            None
+        };
         let built = self.build_sandbox(&id, &dir, &compiled, &req, &mut spec);
         let (sandbox, child) = match built {
             Ok(v) => v,
             Err(e) => {
+                self.tokens.forget(&id, &dir);
                 let _ = fs::remove_dir_all(&dir);
                 return Err(e);
             }
         };
+        lock(&sandbox.inner).tunnels = tunnels;
         // Read before the literal: two guards of one mutex in one statement would deadlock.
         let policy_id = lock(&sandbox.view).policy_id;
         let (dns_port, proxy_port) = lock(&sandbox.inner)
@@ -442,10 +583,19 @@ impl Daemon {
             dns_port,
             proxy_port,
             execs: Vec::new(),
+            ports,
+            private_ports: req.private_ports,
+            mask_host: req.mask_host.clone(),
+            traffic_token: None,
             counters: None,
         };
         *lock(&sandbox.view) = view.clone();
         sandbox.save();
+        // The traffic token is in this answer only (the record keeps its hash).
+        let view = SandboxView {
+            traffic_token,
+            ..view
+        };
         all.insert(id.clone(), sandbox.clone());
         drop(all);
         self.observe.sandbox_started();
@@ -543,6 +693,7 @@ impl Daemon {
             execs: HashMap::new(),
             next_exec: 1,
             last_activity: Instant::now(),
+            tunnels: Vec::new(),
         };
         let sandbox = Sandbox::new(
             placeholder_view(id, policy_id),
@@ -570,6 +721,45 @@ impl Daemon {
             preferred_ports,
         )
         .map_err(|e| ApiError::internal(crate::error_line(&e)))
+    }
+
+    /// A connect token for a live sandbox's HTTP ports.
+    pub fn issue_token(
+        &self,
+        sandbox: &Sandbox,
+        req: crate::api::TokenRequest,
+    ) -> ApiResult<crate::api::TokenView> {
+        if !sandbox.running() {
+            return Err(ApiError::conflict(format!(
+                "sandbox {} has ended",
+                sandbox.id
+            )));
+        }
+        let mut view = self
+            .tokens
+            .issue(&sandbox.id, &sandbox.dir, req.user_metadata)
+            .map_err(|e| match e {
+                crate::ingress::tokens::TokenError::MetadataTooLarge(_) => {
+                    ApiError::bad_request(e.to_string())
+                }
+                _ => ApiError::internal(e.to_string()),
+            })?;
+        view.urls = sandbox
+            .view()
+            .ports
+            .into_iter()
+            .filter(|p| p.protocol.is_http())
+            .collect();
+        Ok(view)
+    }
+
+    pub fn revoke_token(&self, sandbox: &Sandbox, id: &str) -> ApiResult<()> {
+        self.tokens
+            .revoke(&sandbox.id, &sandbox.dir, id)
+            .map_err(|e| match e {
+                crate::ingress::tokens::TokenError::Unknown(_) => ApiError::not_found(e.to_string()),
+                _ => ApiError::internal(e.to_string()),
+            })
     }
 
     /// Asks the supervisor to kill the sandbox; returns at once.
@@ -1039,6 +1229,25 @@ impl Daemon {
                 exec.state = "unknown".into();
             }
         }
+        let mut tunnels = Vec::new();
+        if live {
+            self.tokens.load(&id, dir);
+            let exposed: Vec<crate::api::ExposedPort> = view
+                .ports
+                .iter()
+                .map(|p| crate::api::ExposedPort {
+                    port: p.port,
+                    protocol: p.protocol,
+                })
+                .collect();
+            match self.open_ports(&id, &exposed, &view.ports) {
+                Ok((ports, t)) => {
+                    view.ports = ports;
+                    tunnels = t;
+                }
+                Err(e) => tracing::error!(sandbox = %id, "ports not reachable after re-adoption: {}", e.message),
+            }
+        }
         // A probe that had not passed yet starts over (its time limit too).
         let readiness = match (&view.probe, view.ready) {
             (_, true) => Readiness::Ready,
@@ -1061,6 +1270,7 @@ impl Daemon {
             execs: HashMap::new(),
             next_exec,
             last_activity: Instant::now(),
+            tunnels,
         };
         let sandbox = Sandbox::new(
             view.clone(),
@@ -1198,6 +1408,7 @@ async fn supervise(
         let mut inner = lock(&sandbox.inner);
         inner.closing = true;
         inner.stdin = None;
+        inner.tunnels.clear();
         (
             inner.policy.clone(),
             inner.policy_id,
@@ -1206,6 +1417,8 @@ async fn supervise(
         )
     };
     drop(services);
+    // Its connect and traffic tokens die with it.
+    daemon.tokens.forget(&sandbox.id, &sandbox.dir);
     for (_, exec) in execs {
         drop(exec.services);
         if let Some(cg) = &exec.cgroup {
@@ -1308,6 +1521,10 @@ async fn kill_cgroup(sandbox: &Arc<Sandbox>) {
 fn idle_for(sandbox: &Sandbox) -> Duration {
     let mut inner = lock(&sandbox.inner);
     let busy = !inner.execs.is_empty()
+        || sandbox
+            .open_ingress
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
         || inner.services.as_ref().is_some_and(|s| {
             s.shared
                 .open_connections
@@ -1336,11 +1553,16 @@ async fn probe_task(daemon: Arc<Daemon>, sandbox: Arc<Sandbox>, probe: ProbeSpec
     while sandbox.running() {
         let ok = match (&probe.tcp_port, &probe.exec) {
             (Some(port), _) => {
-                let path = sandbox.cgroup.path.clone();
-                let port = *port;
-                tokio::task::spawn_blocking(move || listening_in(&path, port))
-                    .await
-                    .unwrap_or(false)
+                // The kernel moved the listener to a port of its own (see `ingress`).
+                match daemon.listeners.find(&sandbox.cgroup_ids(), *port) {
+                    Some(at) => {
+                        let path = sandbox.cgroup.path.clone();
+                        tokio::task::spawn_blocking(move || listening_in(&path, at.port()))
+                            .await
+                            .unwrap_or(false)
+                    }
+                    None => false,
+                }
             }
             (None, Some(cmd)) => {
                 let req = ExecRequest {
@@ -1489,6 +1711,7 @@ fn check_create(req: &CreateRequest) -> ApiResult<Checked> {
     if let Some(p) = &req.probe {
         validate_probe(p)?;
     }
+    validate_ports(req)?;
     let policy = Arc::new(
         policy::compile(&req.policy.spec("policy.", Mode::Blocked))
             .map_err(|e| ApiError::bad_request(e.to_string()))?,
@@ -1514,6 +1737,37 @@ fn check_create(req: &CreateRequest) -> ApiResult<Checked> {
         cwd,
         spec,
     })
+}
+
+/// Most ports one sandbox exposes.
+const MAX_EXPOSED_PORTS: usize = 64;
+
+fn validate_ports(req: &CreateRequest) -> ApiResult<()> {
+    if req.ports.len() > MAX_EXPOSED_PORTS {
+        return Err(ApiError::bad_request(format!(
+            "ports: at most {MAX_EXPOSED_PORTS}"
+        )));
+    }
+    for (i, p) in req.ports.iter().enumerate() {
+        if p.port == 0 {
+            return Err(ApiError::bad_request("ports: port 0 cannot be exposed"));
+        }
+        if req.ports[..i].iter().any(|q| q.port == p.port) {
+            return Err(ApiError::bad_request(format!(
+                "ports: port {} is exposed twice",
+                p.port
+            )));
+        }
+    }
+    if let Some(m) = &req.mask_host {
+        let sample = crate::ingress::route::masked_host(m, 65535);
+        if m.is_empty() || http::HeaderValue::from_str(&sample).is_err() || sample.contains(' ') {
+            return Err(ApiError::bad_request(format!(
+                "mask_host \"{m}\" is not a valid Host header (e.g. localhost:${{PORT}})"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn validate_probe(p: &ProbeSpec) -> ApiResult<()> {
@@ -1565,6 +1819,25 @@ fn prepare_workload(
     })
 }
 
+fn ingress_tls(config: &Config) -> Result<IngressTls, DaemonError> {
+    let dir = config.state_dir.join("ingress");
+    let operator = config
+        .ingress_tls_cert
+        .as_deref()
+        .zip(config.ingress_tls_key.as_deref());
+    let tls_err = |e: crate::ingress::tls::TlsError| DaemonError::Config(format!("ingress TLS: {e}"));
+    let (cert, key) =
+        crate::ingress::tls::certificate_files(operator, &dir, &config.ingress_domain)
+            .map_err(tls_err)?;
+    Ok(IngressTls {
+        gateway: crate::ingress::tls::server_config(&cert, &key, &[b"h2", b"http/1.1"])
+            .map_err(tls_err)?,
+        tunnel: tokio_rustls::TlsAcceptor::from(
+            crate::ingress::tls::server_config(&cert, &key, &[]).map_err(tls_err)?,
+        ),
+    })
+}
+
 fn placeholder_view(id: &str, policy_id: u32) -> SandboxView {
     SandboxView {
         id: id.to_owned(),
@@ -1591,6 +1864,10 @@ fn placeholder_view(id: &str, policy_id: u32) -> SandboxView {
         dns_port: 0,
         proxy_port: 0,
         execs: Vec::new(),
+        ports: Vec::new(),
+        private_ports: false,
+        mask_host: None,
+        traffic_token: None,
         counters: None,
     }
 }
@@ -1784,6 +2061,19 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
             let _ = axum::serve(tcp, app).await;
         });
         tracing::info!(%addr, "metrics");
+    }
+    if let Some(addr) = daemon.config.ingress_address() {
+        let tcp = tokio::net::TcpListener::bind(addr).await.map_err(io_err(
+            "listen for ingress (ingress_address) on",
+            Path::new(&addr.to_string()),
+        ))?;
+        let gateway = crate::ingress::Gateway::new(
+            daemon.clone(),
+            daemon.config.ingress_domain.clone(),
+            daemon.gateway_tls(),
+        );
+        tokio::spawn(gateway.serve(tcp));
+        tracing::info!(%addr, "ingress gateway");
     }
     tracing::info!(socket = %socket.display(), "listening");
     let app = server::router(daemon.clone());

@@ -349,7 +349,7 @@ fn kernel_line(event: &VerdictEvent, sandbox: Option<String>) -> Line {
 }
 
 fn reason_text(reason: u32) -> &'static str {
-    const ALL: [(Reason, &str); 10] = [
+    const ALL: [(Reason, &str); 12] = [
         (Reason::AllowRule, "allow rule"),
         (Reason::DenyRule, "deny rule"),
         (Reason::DefaultAllow, "default allow"),
@@ -360,6 +360,8 @@ fn reason_text(reason: u32) -> &'static str {
         (Reason::Malformed, "malformed packet"),
         (Reason::AgentFlow, "agent flow"),
         (Reason::LearnedAddress, "learned address"),
+        (Reason::Inbound, "inbound connection not from the agent's ingress"),
+        (Reason::Ingress, "ingress connection"),
     ];
     ALL.iter()
         .find(|(r, _)| *r as u32 == reason)

@@ -56,6 +56,12 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/v1/sandboxes/{id}/execs", post(exec))
         .route("/v1/sandboxes/{id}/execs/{exec}/wait", get(exec_wait))
         .route("/v1/sandboxes/{id}/execs/{exec}/logs", get(exec_logs))
+        .route("/v1/sandboxes/{id}/tunnels", get(tunnels))
+        .route("/v1/sandboxes/{id}/tokens", get(list_tokens).post(issue_token))
+        .route(
+            "/v1/sandboxes/{id}/tokens/{token}",
+            axum::routing::delete(revoke_token),
+        )
         .route("/v1/events", get(events))
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -291,6 +297,42 @@ async fn stdin_close(
 ) -> Result<impl IntoResponse, ApiError> {
     let s = d.find(&id)?;
     d.close_stdin(&s)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn tunnels(
+    State(d): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let s = d.find(&id)?;
+    Ok(Json(s.view().ports))
+}
+
+async fn issue_token(
+    State(d): State<AppState>,
+    Path(id): Path<String>,
+    req: Result<Json<crate::api::TokenRequest>, JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let req = body(req)?;
+    let s = d.find(&id)?;
+    let view = d.issue_token(&s, req)?;
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+async fn list_tokens(
+    State(d): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let s = d.find(&id)?;
+    Ok(Json(d.tokens().list(&s.id)))
+}
+
+async fn revoke_token(
+    State(d): State<AppState>,
+    Path((id, token)): Path<(String, String)>,
+) -> Result<impl IntoResponse, ApiError> {
+    let s = d.find(&id)?;
+    d.revoke_token(&s, &token)?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -1,0 +1,355 @@
+//! Ingress: how callers reach a sandbox's exposed ports, and nothing else does.
+//!
+//! The kernel closes sandboxes to inbound connections: a sandbox's `bind()` of a fixed TCP
+//! port is steered to loopback and a port of the kernel's choosing (so sandboxes never clash
+//! with each other or the host over ports), and a SYN reaches a sandbox's socket only with
+//! `INGRESS_MARK`, which only the agent can set (see the eBPF crate). This module is the
+//! agent's side: the HTTP gateway (HTTP/1.1, HTTP/2, WebSocket upgrades, TLS; routing by
+//! host name or path; connect tokens; the verified user data header) and the tunnels of raw
+//! TCP and TLS ports.
+pub mod route;
+pub mod tls;
+pub mod tokens;
+pub mod tunnel;
+pub mod upstream;
+
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::Incoming;
+use hyper_util::{
+    client::legacy::Client,
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+
+use crate::{
+    api::PortProtocol,
+    daemon::Daemon,
+    ingress::route::TokenSource,
+};
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+/// How long a new connection may take to send its first byte (TLS or HTTP is told apart by
+/// it).
+const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The first byte of a TLS handshake record.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// The HTTP gateway: one listener for HTTP and HTTPS.
+pub struct Gateway {
+    daemon: Arc<Daemon>,
+    domain: String,
+    tls: TlsAcceptor,
+    /// Pooled connections to workloads, HTTP/1.1 and HTTP/2 (prior knowledge).
+    http1: Client<upstream::MarkedConnector, Incoming>,
+    http2: Client<upstream::MarkedConnector, Incoming>,
+}
+
+impl Gateway {
+    pub fn new(daemon: Arc<Daemon>, domain: String, tls: Arc<rustls::ServerConfig>) -> Arc<Self> {
+        let http1 = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(upstream::MarkedConnector);
+        let http2 = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build(upstream::MarkedConnector);
+        Arc::new(Self {
+            daemon,
+            domain,
+            tls: TlsAcceptor::from(tls),
+            http1,
+            http2,
+        })
+    }
+
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let Ok((stream, peer)) = listener.accept().await else {
+                continue;
+            };
+            let gateway = self.clone();
+            tokio::spawn(async move { gateway.connection(stream, peer).await });
+        }
+    }
+
+    async fn connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        let _ = stream.set_nodelay(true);
+        let mut first = [0u8; 1];
+        let tls = match tokio::time::timeout(FIRST_BYTE_TIMEOUT, stream.peek(&mut first)).await {
+            Ok(Ok(1)) => first[0] == TLS_HANDSHAKE,
+            _ => return,
+        };
+        let builder = auto::Builder::new(TokioExecutor::new());
+        let gateway = self.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let gateway = gateway.clone();
+            async move { Ok::<_, Infallible>(gateway.handle(req, tls, peer).await) }
+        });
+        let served = if tls {
+            match self.tls.accept(stream).await {
+                Ok(s) => {
+                    builder
+                        .serve_connection_with_upgrades(TokioIo::new(s), service)
+                        .await
+                }
+                Err(e) => {
+                    tracing::debug!(%peer, "ingress TLS handshake: {e}");
+                    return;
+                }
+            }
+        } else {
+            builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .await
+        };
+        if let Err(e) = served {
+            tracing::debug!(%peer, "ingress connection: {e}");
+        }
+    }
+
+    async fn handle(&self, mut req: Request<Incoming>, tls: bool, peer: SocketAddr) -> Response<Body> {
+        let Some(route) = route::find(req.uri(), req.headers(), &self.domain) else {
+            return error(
+                StatusCode::NOT_FOUND,
+                &format!(
+                    "no sandbox port here: use {{port}}-{{sandbox}}.{} or {}{{sandbox}}/{{port}}/",
+                    self.domain,
+                    route::PATH_PREFIX
+                ),
+            );
+        };
+        let Some((secret, source)) = route::token(req.uri(), req.headers()) else {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "a connect token is required: Authorization: Bearer, or the _sandbox_connect_token query parameter or cookie",
+            );
+        };
+        let Some(grant) = self.daemon.tokens().check(&secret) else {
+            return error(StatusCode::UNAUTHORIZED, "unknown or revoked connect token");
+        };
+        let sandbox = match self.daemon.find(&route.sandbox) {
+            Ok(s) if s.running() => s,
+            _ => {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    &format!("no live sandbox {}", route.sandbox),
+                );
+            }
+        };
+        if grant.sandbox != sandbox.id {
+            return error(StatusCode::FORBIDDEN, "this connect token is for another sandbox");
+        }
+        let traffic = req
+            .headers()
+            .get(route::TRAFFIC_TOKEN)
+            .and_then(|v| v.to_str().ok());
+        if !self.daemon.tokens().traffic_allows(&sandbox.id, traffic) {
+            return error(
+                StatusCode::FORBIDDEN,
+                "this sandbox's ports need its traffic token in X-Sandbox-Traffic-Token",
+            );
+        }
+        let view = sandbox.view();
+        let Some(protocol) = view
+            .ports
+            .iter()
+            .find(|p| p.port == route.port && p.protocol.is_http())
+            .map(|p| p.protocol)
+        else {
+            return error(
+                StatusCode::NOT_FOUND,
+                &format!(
+                    "port {} of sandbox {} is not exposed over HTTP",
+                    route.port, sandbox.id
+                ),
+            );
+        };
+        let Some(target) = self.daemon.listeners().find(&sandbox.cgroup_ids(), route.port) else {
+            return error(
+                StatusCode::BAD_GATEWAY,
+                &format!("nothing listens on port {} in sandbox {}", route.port, sandbox.id),
+            );
+        };
+        let activity = sandbox.ingress_activity();
+        let original_host = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .or_else(|| {
+                req.headers()
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_owned)
+            });
+        let host = view
+            .mask_host
+            .as_deref()
+            .map(|t| route::masked_host(t, route.port))
+            .or(original_host.clone())
+            .and_then(|h| HeaderValue::from_str(&h).ok());
+        route::rewrite_headers(req.headers_mut(), source, grant.user_data.as_ref(), host);
+        forwarded_headers(&mut req, peer, tls, original_host.as_deref());
+        let path = route::upstream_path(req.uri(), &route);
+        let Ok(uri) = Uri::builder()
+            .scheme("http")
+            .authority(target.to_string())
+            .path_and_query(path)
+            .build()
+        else {
+            return error(StatusCode::BAD_REQUEST, "the request path cannot be forwarded");
+        };
+        *req.uri_mut() = uri;
+        let cookie = (source == TokenSource::Query)
+            .then(|| route::token_cookie(&secret, &route, tls))
+            .and_then(|c| HeaderValue::from_str(&c).ok());
+        let upgrade = protocol == PortProtocol::Http && is_upgrade(&req);
+        let response = if upgrade {
+            forward_upgrade(req, target, activity).await
+        } else {
+            strip_hop_by_hop(req.headers_mut());
+            let client = if protocol == PortProtocol::H2 {
+                *req.version_mut() = Version::HTTP_2;
+                &self.http2
+            } else {
+                *req.version_mut() = Version::HTTP_11;
+                &self.http1
+            };
+            let answer = client.request(req).await;
+            drop(activity);
+            answer
+                .map(|r| r.map(BodyExt::boxed))
+                .map_err(|e| format!("the workload did not answer: {e}"))
+        };
+        match response {
+            Ok(mut r) => {
+                if !upgrade {
+                    strip_hop_by_hop(r.headers_mut());
+                }
+                if let Some(c) = cookie {
+                    r.headers_mut().append(header::SET_COOKIE, c);
+                }
+                r
+            }
+            Err(message) => error(StatusCode::BAD_GATEWAY, message.as_str()),
+        }
+    }
+}
+
+/// A WebSocket (or other HTTP/1.1) upgrade: on its own connection to the workload; once both
+/// sides switched, the bytes are copied until either closes.
+async fn forward_upgrade(
+    mut req: Request<Incoming>,
+    target: SocketAddr,
+    activity: crate::daemon::IngressActivity,
+) -> Result<Response<Body>, String> {
+    let client_side = hyper::upgrade::on(&mut req);
+    let stream = upstream::connect(target)
+        .await
+        .map_err(|e| format!("cannot reach the workload: {e}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("the workload did not answer: {e}"))?;
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    let mut resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("the workload did not answer: {e}"))?;
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let upstream_side = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            let _activity = activity;
+            if let (Ok(c), Ok(u)) = tokio::join!(client_side, upstream_side) {
+                let _ =
+                    tokio::io::copy_bidirectional(&mut TokioIo::new(c), &mut TokioIo::new(u)).await;
+            }
+        });
+    }
+    Ok(resp.map(BodyExt::boxed))
+}
+
+fn is_upgrade(req: &Request<Incoming>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+}
+
+/// Headers that describe one connection, not the message: the next hop gets its own.
+fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
+    for name in [
+        header::CONNECTION,
+        header::TE,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHORIZATION,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+}
+
+/// `X-Forwarded-For`/`-Proto`/`-Host`, which the gateway sets (a client's are replaced).
+fn forwarded_headers<B>(req: &mut Request<B>, peer: SocketAddr, tls: bool, host: Option<&str>) {
+    let headers = req.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&peer.ip().to_string()) {
+        headers.insert("x-forwarded-for", v);
+    }
+    headers.insert(
+        "x-forwarded-proto",
+        HeaderValue::from_static(if tls { "https" } else { "http" }),
+    );
+    match host.and_then(|h| HeaderValue::from_str(h).ok()) {
+        Some(v) => {
+            headers.insert("x-forwarded-host", v);
+        }
+        None => {
+            headers.remove("x-forwarded-host");
+        }
+    }
+}
+
+fn error(status: StatusCode, message: &str) -> Response<Body> {
+    let body = serde_json::to_vec(&crate::api::ErrorBody {
+        error: message.to_owned(),
+        exit_code: None,
+    })
+    .unwrap_or_default();
+    let mut r = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// URLs of a sandbox's exposed HTTP ports on the gateway.
+pub fn port_urls(gateway: SocketAddr, domain: &str, sandbox: &str, port: u16) -> (String, String) {
+    let gw_port = gateway.port();
+    let host = match gateway.ip() {
+        ip if ip.is_unspecified() => "127.0.0.1".to_owned(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    };
+    (
+        format!("http://{port}-{sandbox}.{domain}:{gw_port}/"),
+        format!("http://{host}:{gw_port}{}{sandbox}/{port}/", route::PATH_PREFIX),
+    )
+}

@@ -1,0 +1,89 @@
+//! Tunnels of raw TCP and TLS ports: a listener on the host per exposed port, each
+//! connection forwarded to the sandbox's listener (TLS ends here for `tls` ports).
+use std::{net::SocketAddr, sync::Arc};
+
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use super::upstream;
+use crate::daemon::Daemon;
+
+/// A tunnel's listener; dropping it closes the listener (open connections finish).
+pub struct Tunnel {
+    pub addr: SocketAddr,
+    task: tokio::task::AbortHandle,
+}
+
+impl Drop for Tunnel {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Opens a tunnel to `port` of `sandbox` on `host`, at `preferred`'s port if it is free
+/// (a re-adopted sandbox keeps its address), else on a port the kernel picks.
+pub fn open(
+    daemon: &Arc<Daemon>,
+    sandbox: &str,
+    port: u16,
+    tls: Option<TlsAcceptor>,
+    host: std::net::IpAddr,
+    preferred: Option<SocketAddr>,
+) -> std::io::Result<Tunnel> {
+    let listener = preferred
+        .and_then(|p| std::net::TcpListener::bind(p).ok())
+        .map_or_else(|| std::net::TcpListener::bind(SocketAddr::new(host, 0)), Ok)?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let listener = TcpListener::from_std(listener)?;
+    let handle = daemon.handle().clone();
+    let (daemon, sandbox) = (daemon.clone(), sandbox.to_owned());
+    let task = handle
+        .spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (daemon, sandbox, tls) = (daemon.clone(), sandbox.clone(), tls.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = forward(&daemon, &sandbox, port, tls, stream).await {
+                        tracing::debug!(sandbox, port, "tunnel connection: {e}");
+                    }
+                });
+            }
+        })
+        .abort_handle();
+    Ok(Tunnel { addr, task })
+}
+
+async fn forward(
+    daemon: &Arc<Daemon>,
+    sandbox: &str,
+    port: u16,
+    tls: Option<TlsAcceptor>,
+    stream: tokio::net::TcpStream,
+) -> std::io::Result<()> {
+    let sb = daemon
+        .find(sandbox)
+        .ok()
+        .filter(|s| s.running())
+        .ok_or_else(|| std::io::Error::other("the sandbox ended"))?;
+    let target = daemon
+        .listeners()
+        .find(&sb.cgroup_ids(), port)
+        .ok_or_else(|| std::io::Error::other(format!("nothing listens on port {port}")))?;
+    let _active = sb.ingress_activity();
+    let mut upstream = upstream::connect(target).await?;
+    stream.set_nodelay(true)?;
+    match tls {
+        Some(acceptor) => {
+            let mut client = acceptor.accept(stream).await?;
+            tokio::io::copy_bidirectional(&mut client, &mut upstream).await?;
+        }
+        // Plain TCP both ways: spliced in the kernel, as the proxy does.
+        None => {
+            crate::proxy::splice::bidirectional(&stream, &upstream).await?;
+        }
+    }
+    Ok(())
+}
