@@ -25,10 +25,10 @@ use aya::{
 };
 use ipnet::{Ipv4Net, Ipv6Net};
 use sandbox_common::{
-    Counters, DEFAULT_MAX_PREFIXES, FlowKind, FlowMark, Layer, LearnedV4, LearnedV6, LpmDataV4,
-    LpmDataV6, ListenKey, OrigDst, ServerPort, POLICY_ID_BITS, ProxyKey, Reason, RuleValue, SandboxEntry, Verdict,
-    combine, decide, loopback_min_v4, loopback_min_v6, lpm_data_v4, lpm_data_v6, map_names,
-    program_names, v4_mapped,
+    Counters, DEFAULT_MAX_PREFIXES, FlowKind, FlowMark, Layer, LearnedV4, LearnedV6, ListenKey,
+    LpmDataV4, LpmDataV6, OrigDst, POLICY_ID_BITS, ProxyKey, Reason, RuleValue, SandboxEntry,
+    ServerPort, Verdict, combine, decide, loopback_min_v4, loopback_min_v6, lpm_data_v4,
+    lpm_data_v6, map_names, program_names, v4_mapped,
 };
 
 use crate::{

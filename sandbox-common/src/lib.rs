@@ -93,7 +93,7 @@ pub const DNS_PORT: u16 = 53;
 pub const MAX_LISTENING: u32 = 65_536;
 /// The `SO_MARK` of the agent's ingress connections to sandboxes, the only inbound TCP
 /// connections a sandbox accepts (an unmarked SYN is dropped). Setting a mark takes
-/// CAP_NET_ADMIN, which sandboxes lack; the kernel sets it itself on a sandbox's connects to
+/// `CAP_NET_ADMIN`, which sandboxes lack; the kernel sets it itself on a sandbox's connects to
 /// its own listeners.
 pub const INGRESS_MARK: u32 = 0x5341_0001;
 

@@ -746,7 +746,13 @@ fn mark_own_listener_connect(
     // SAFETY: as in `record_redirect`.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     if set != 0 || !mark_flow(cookie, FlowKind::OwnListener, 0, [0; 16]) {
-        refuse(cgroup_id, Call::Connect, peer, listener.requested, Reason::AgentFlow);
+        refuse(
+            cgroup_id,
+            Call::Connect,
+            peer,
+            listener.requested,
+            Reason::AgentFlow,
+        );
         return false;
     }
     true
@@ -856,7 +862,11 @@ fn record_listener(ctx: &SockContext, family: u16) -> i32 {
     // SAFETY: readable in post_bind, host byte order.
     let assigned = unsafe { (*ctx.sock).src_port } as u16;
     // Port 0 asked: the sandbox's own connects name the port it got.
-    let requested = if requested == 0 { assigned } else { requested as u16 };
+    let requested = if requested == 0 {
+        assigned
+    } else {
+        requested as u16
+    };
     let value = ServerPort {
         cookie,
         cgroup_id,

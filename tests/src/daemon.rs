@@ -20,11 +20,13 @@ pub struct TestDaemon {
     pub dir: PathBuf,
     pub socket: PathBuf,
     pub metrics_port: u16,
+    /// The ingress gateway's port (on 127.0.0.1).
+    pub ingress_port: u16,
     child: Option<Child>,
     _turn: std::sync::MutexGuard<'static, ()>,
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")
         .local_addr()
@@ -48,11 +50,12 @@ impl TestDaemon {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).expect("daemon dir");
         let metrics_port = free_port();
+        let ingress_port = free_port();
         let config = dir.join("config.toml");
         fs::write(
             &config,
             format!(
-                "state_dir = \"{}\"\nsocket = \"{}\"\nmetrics_address = \"127.0.0.1:{metrics_port}\"\n{extra}\n",
+                "state_dir = \"{}\"\nsocket = \"{}\"\nmetrics_address = \"127.0.0.1:{metrics_port}\"\ningress_address = \"127.0.0.1:{ingress_port}\"\n{extra}\n",
                 dir.join("state").display(),
                 dir.join("api.sock").display()
             ),
@@ -62,6 +65,7 @@ impl TestDaemon {
             socket: dir.join("api.sock"),
             dir,
             metrics_port,
+            ingress_port,
             child: None,
             _turn: turn,
         };

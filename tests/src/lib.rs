@@ -62,6 +62,7 @@ pub fn helpers() -> &'static Path {
             include_str!("../helpers/webclient.py"),
         )
         .expect("write webclient.py");
+        fs::write(dir.join("ws.py"), include_str!("../helpers/ws.py")).expect("write ws.py");
         sh(&format!(
             "chmod 755 {0} && chmod 644 {0}/*.py",
             dir.display()

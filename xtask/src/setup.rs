@@ -18,8 +18,10 @@ use crate::run_cmd;
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages: `ip` (namespaces, veth), ping, nc, curl, python3 (test servers and
 /// clients), iperf3 (benchmark), dnsmasq (the fake upstream DNS in tests), openssl (makes
-/// test certificates), python3-requests (a real client of the explicit proxy in tests).
-const PACKAGES: [&str; 9] = [
+/// test certificates and is the TLS client of tunnel tests), python3-requests (a real client
+/// of the explicit proxy in tests), python3-websockets (WebSocket server and client through
+/// the ingress gateway in tests).
+const PACKAGES: [&str; 10] = [
     "iproute2",
     "iputils-ping",
     "netcat-openbsd",
@@ -29,6 +31,7 @@ const PACKAGES: [&str; 9] = [
     "dnsmasq-base",
     "openssl",
     "python3-requests",
+    "python3-websockets",
 ];
 
 pub fn run() -> Result<()> {

@@ -165,6 +165,8 @@ pub struct ExecRequest {
 pub type PolicyRequest = PolicyFile;
 
 /// A sandbox as the API shows it (and as the daemon keeps it on disk).
+// Its flags are independent facts of the record, not a state machine.
+#[allow(clippy::struct_excessive_bools)]
 #[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct SandboxView {
     pub id: String,

@@ -366,11 +366,7 @@ pub fn token(client: &Client, args: &TokenArgs) -> i32 {
             Some(Ok(v)) => Some(v),
             Some(Err(e)) => return fail(&format!("--user-metadata is not JSON: {e}")),
         };
-        client.json::<serde_json::Value>(
-            Method::POST,
-            &base,
-            Some(&TokenRequest { user_metadata }),
-        )
+        client.json::<serde_json::Value>(Method::POST, &base, Some(&TokenRequest { user_metadata }))
     };
     match answer {
         Ok(v) => {

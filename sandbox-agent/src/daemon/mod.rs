@@ -211,6 +211,14 @@ impl Sandbox {
         self.ended.subscribe()
     }
 
+    /// Loopback ports of its resolver and proxy (0: none).
+    fn service_ports(&self) -> (u16, u16) {
+        lock(&self.inner)
+            .services
+            .as_ref()
+            .map_or((0, 0), |s| (s.dns_port, s.proxy_port))
+    }
+
     /// Its cgroup and those of its narrowed execs (where its listeners may be).
     pub fn cgroup_ids(&self) -> Vec<u64> {
         std::iter::once(self.cgroup.id)
@@ -375,7 +383,10 @@ impl Daemon {
         sandbox: &str,
         ports: &[crate::api::ExposedPort],
         previous: &[crate::api::PortView],
-    ) -> ApiResult<(Vec<crate::api::PortView>, Vec<crate::ingress::tunnel::Tunnel>)> {
+    ) -> ApiResult<(
+        Vec<crate::api::PortView>,
+        Vec<crate::ingress::tunnel::Tunnel>,
+    )> {
         use crate::api::{PortProtocol, PortView};
         let mut views = Vec::new();
         let mut tunnels = Vec::new();
@@ -531,17 +542,14 @@ impl Daemon {
         let dir = self.config.state_dir.join("sandboxes").join(&id);
         fs::create_dir_all(&dir)
             .map_err(|e| ApiError::internal(format!("create {}: {e}", dir.display())))?;
-        let traffic_token = if req.private_ports {
-            match self.tokens.issue_traffic(&id, &dir) {
-                Ok(t) => Some(t),
-                Err(e) => {
-                    let _ = fs::remove_dir_all(&dir);
-                    return Err(ApiError::internal(e.to_string()));
-                }
-            }
-        } else {
-            None
-        };
+        let traffic_token = req
+            .private_ports
+            .then(|| self.tokens.issue_traffic(&id, &dir))
+            .transpose()
+            .map_err(|e| {
+                let _ = fs::remove_dir_all(&dir);
+                ApiError::internal(e.to_string())
+            })?;
         let built = self.build_sandbox(&id, &dir, &compiled, &req, &mut spec);
         let (sandbox, child) = match built {
             Ok(v) => v,
@@ -554,10 +562,7 @@ impl Daemon {
         lock(&sandbox.inner).tunnels = tunnels;
         // Read before the literal: two guards of one mutex in one statement would deadlock.
         let policy_id = lock(&sandbox.view).policy_id;
-        let (dns_port, proxy_port) = lock(&sandbox.inner)
-            .services
-            .as_ref()
-            .map_or((0, 0), |s| (s.dns_port, s.proxy_port));
+        let (dns_port, proxy_port) = sandbox.service_ports();
         let view = SandboxView {
             id: id.clone(),
             name: req.name.clone(),
@@ -757,7 +762,9 @@ impl Daemon {
         self.tokens
             .revoke(&sandbox.id, &sandbox.dir, id)
             .map_err(|e| match e {
-                crate::ingress::tokens::TokenError::Unknown(_) => ApiError::not_found(e.to_string()),
+                crate::ingress::tokens::TokenError::Unknown(_) => {
+                    ApiError::not_found(e.to_string())
+                }
                 _ => ApiError::internal(e.to_string()),
             })
     }
@@ -1198,22 +1205,7 @@ impl Daemon {
                 tracing::warn!(sandbox = %view.id, "the record's policy id lags the kernel's");
                 view.policy_id = id;
             }
-            if self.needs_services(&compiled, view.proxy_env) {
-                // Without its services the sandbox stays confined: its redirects point at
-                // ports nobody serves, so names fail closed.
-                match self.readopt_services(&view, &cgroup, &compiled) {
-                    Ok(s) => {
-                        view.dns_port = s.dns_port;
-                        view.proxy_port = s.proxy_port;
-                        services = Some(s);
-                    }
-                    Err(e) => tracing::error!(
-                        sandbox = %view.id,
-                        "no resolver or proxy after re-adoption, its names fail: {}",
-                        e.message
-                    ),
-                }
-            }
+            services = self.readopt_services(&mut view, &cgroup, &compiled);
         } else if view.state == "running" {
             // It ended while no daemon watched: its status is lost.
             let policy_id = kernel_policy_id.unwrap_or(view.policy_id);
@@ -1229,25 +1221,11 @@ impl Daemon {
                 exec.state = "unknown".into();
             }
         }
-        let mut tunnels = Vec::new();
-        if live {
-            self.tokens.load(&id, dir);
-            let exposed: Vec<crate::api::ExposedPort> = view
-                .ports
-                .iter()
-                .map(|p| crate::api::ExposedPort {
-                    port: p.port,
-                    protocol: p.protocol,
-                })
-                .collect();
-            match self.open_ports(&id, &exposed, &view.ports) {
-                Ok((ports, t)) => {
-                    view.ports = ports;
-                    tunnels = t;
-                }
-                Err(e) => tracing::error!(sandbox = %id, "ports not reachable after re-adoption: {}", e.message),
-            }
-        }
+        let tunnels = if live {
+            self.readopt_ingress(dir, &mut view)
+        } else {
+            Vec::new()
+        };
         // A probe that had not passed yet starts over (its time limit too).
         let readiness = match (&view.probe, view.ready) {
             (_, true) => Readiness::Ready,
@@ -1288,6 +1266,37 @@ impl Daemon {
         Ok(())
     }
 
+    /// A re-adopted sandbox's tokens, and its tunnels (at their old addresses if free).
+    fn readopt_ingress(
+        self: &Arc<Self>,
+        dir: &Path,
+        view: &mut SandboxView,
+    ) -> Vec<crate::ingress::tunnel::Tunnel> {
+        self.tokens.load(&view.id, dir);
+        let exposed: Vec<crate::api::ExposedPort> = view
+            .ports
+            .iter()
+            .map(|p| crate::api::ExposedPort {
+                port: p.port,
+                protocol: p.protocol,
+            })
+            .collect();
+        match self.open_ports(&view.id, &exposed, &view.ports) {
+            Ok((ports, tunnels)) => {
+                view.ports = ports;
+                tunnels
+            }
+            Err(e) => {
+                tracing::error!(
+                    sandbox = %view.id,
+                    "ports not reachable after re-adoption: {}",
+                    e.message
+                );
+                Vec::new()
+            }
+        }
+    }
+
     /// Supervises a re-adopted live sandbox for what is left of its timeout.
     fn supervise_adopted(self: &Arc<Self>, sandbox: Arc<Sandbox>, view: &SandboxView) {
         self.observe.sandbox_started();
@@ -1307,27 +1316,49 @@ impl Daemon {
         tracing::info!(sandbox = %id, "re-adopted");
     }
 
-    /// A re-adopted sandbox's resolver and proxy, on its old ports when they are free, and its
-    /// redirects pointed at them.
+    /// A re-adopted sandbox's resolver and proxy if it needs them, on its old ports when they
+    /// are free, and its redirects pointed at them. Without them the sandbox stays confined:
+    /// its redirects point at ports nobody serves, so names fail closed.
     fn readopt_services(
         &self,
-        view: &SandboxView,
+        view: &mut SandboxView,
         cgroup: &SandboxCgroup,
         compiled: &Arc<CompiledPolicy>,
-    ) -> ApiResult<DomainServices> {
-        let s = self.start_services(
-            &view.id,
-            self.layers(compiled),
-            Some((view.dns_port, view.proxy_port)).filter(|p| p.0 != 0),
-        )?;
-        self.enforcement()
-            .set_ports(cgroup.id, (s.dns_port, s.proxy_port))
-            .map_err(|e| ApiError::internal(crate::error_line(&e)))?;
-        s.bind(Bound {
-            cgroup_id: cgroup.id,
-            policy_id: view.policy_id,
-        });
-        Ok(s)
+    ) -> Option<DomainServices> {
+        if !self.needs_services(compiled, view.proxy_env) {
+            return None;
+        }
+        let started = self
+            .start_services(
+                &view.id,
+                self.layers(compiled),
+                Some((view.dns_port, view.proxy_port)).filter(|p| p.0 != 0),
+            )
+            .and_then(|s| {
+                self.enforcement()
+                    .set_ports(cgroup.id, (s.dns_port, s.proxy_port))
+                    .map_err(|e| ApiError::internal(crate::error_line(&e)))?;
+                Ok(s)
+            });
+        match started {
+            Ok(s) => {
+                s.bind(Bound {
+                    cgroup_id: cgroup.id,
+                    policy_id: view.policy_id,
+                });
+                view.dns_port = s.dns_port;
+                view.proxy_port = s.proxy_port;
+                Some(s)
+            }
+            Err(e) => {
+                tracing::error!(
+                    sandbox = %view.id,
+                    "no resolver or proxy after re-adoption, its names fail: {}",
+                    e.message
+                );
+                None
+            }
+        }
     }
 
     /// Removes a sandbox's kernel entries (its own, its execs') and cgroups.
@@ -1825,7 +1856,8 @@ fn ingress_tls(config: &Config) -> Result<IngressTls, DaemonError> {
         .ingress_tls_cert
         .as_deref()
         .zip(config.ingress_tls_key.as_deref());
-    let tls_err = |e: crate::ingress::tls::TlsError| DaemonError::Config(format!("ingress TLS: {e}"));
+    let tls_err =
+        |e: crate::ingress::tls::TlsError| DaemonError::Config(format!("ingress TLS: {e}"));
     let (cert, key) =
         crate::ingress::tls::certificate_files(operator, &dir, &config.ingress_domain)
             .map_err(tls_err)?;
@@ -1998,6 +2030,49 @@ impl Daemon {
     }
 }
 
+/// Trims every live sandbox's output to `log_limit_bytes`, every `TRIM_EVERY`.
+fn spawn_trimmer(daemon: &Arc<Daemon>) {
+    let trimmer = daemon.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(TRIM_EVERY);
+        loop {
+            tick.tick().await;
+            let dirs: Vec<PathBuf> = trimmer
+                .all()
+                .iter()
+                .filter(|s| s.running())
+                .map(|s| s.dir.clone())
+                .collect();
+            let limit = trimmer.config.log_limit_bytes;
+            let _ = tokio::task::spawn_blocking(move || {
+                for dir in dirs {
+                    logs::trim_all(&dir, limit);
+                }
+            })
+            .await;
+        }
+    });
+}
+
+/// The ingress gateway on `ingress_address`, unless it is off.
+async fn start_gateway(daemon: &Arc<Daemon>) -> Result<(), DaemonError> {
+    let Some(addr) = daemon.config.ingress_address() else {
+        return Ok(());
+    };
+    let tcp = tokio::net::TcpListener::bind(addr).await.map_err(io_err(
+        "listen for ingress (ingress_address) on",
+        Path::new(&addr.to_string()),
+    ))?;
+    let gateway = crate::ingress::Gateway::new(
+        daemon.clone(),
+        daemon.config.ingress_domain.clone(),
+        daemon.gateway_tls(),
+    );
+    tokio::spawn(gateway.serve(tcp));
+    tracing::info!(%addr, "ingress gateway");
+    Ok(())
+}
+
 /// Runs the daemon until SIGTERM or SIGINT. Sandboxes outlive it: a restarted daemon
 /// re-adopts them.
 pub async fn serve(config: Config) -> Result<(), DaemonError> {
@@ -2024,26 +2099,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         fs::set_permissions(&socket, fs::Permissions::from_mode(0o600))
             .map_err(io_err("chmod", &socket))?;
     }
-    let trimmer = daemon.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(TRIM_EVERY);
-        loop {
-            tick.tick().await;
-            let dirs: Vec<PathBuf> = trimmer
-                .all()
-                .iter()
-                .filter(|s| s.running())
-                .map(|s| s.dir.clone())
-                .collect();
-            let limit = trimmer.config.log_limit_bytes;
-            let _ = tokio::task::spawn_blocking(move || {
-                for dir in dirs {
-                    logs::trim_all(&dir, limit);
-                }
-            })
-            .await;
-        }
-    });
+    spawn_trimmer(&daemon);
     let reader = daemon.clone();
     tokio::spawn(
         daemon
@@ -2062,19 +2118,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         });
         tracing::info!(%addr, "metrics");
     }
-    if let Some(addr) = daemon.config.ingress_address() {
-        let tcp = tokio::net::TcpListener::bind(addr).await.map_err(io_err(
-            "listen for ingress (ingress_address) on",
-            Path::new(&addr.to_string()),
-        ))?;
-        let gateway = crate::ingress::Gateway::new(
-            daemon.clone(),
-            daemon.config.ingress_domain.clone(),
-            daemon.gateway_tls(),
-        );
-        tokio::spawn(gateway.serve(tcp));
-        tracing::info!(%addr, "ingress gateway");
-    }
+    start_gateway(&daemon).await?;
     tracing::info!(socket = %socket.display(), "listening");
     let app = server::router(daemon.clone());
     let shutdown = async {

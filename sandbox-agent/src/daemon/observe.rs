@@ -360,7 +360,10 @@ fn reason_text(reason: u32) -> &'static str {
         (Reason::Malformed, "malformed packet"),
         (Reason::AgentFlow, "agent flow"),
         (Reason::LearnedAddress, "learned address"),
-        (Reason::Inbound, "inbound connection not from the agent's ingress"),
+        (
+            Reason::Inbound,
+            "inbound connection not from the agent's ingress",
+        ),
         (Reason::Ingress, "ingress connection"),
     ];
     ALL.iter()

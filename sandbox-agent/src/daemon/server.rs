@@ -57,7 +57,10 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/v1/sandboxes/{id}/execs/{exec}/wait", get(exec_wait))
         .route("/v1/sandboxes/{id}/execs/{exec}/logs", get(exec_logs))
         .route("/v1/sandboxes/{id}/tunnels", get(tunnels))
-        .route("/v1/sandboxes/{id}/tokens", get(list_tokens).post(issue_token))
+        .route(
+            "/v1/sandboxes/{id}/tokens",
+            get(list_tokens).post(issue_token),
+        )
         .route(
             "/v1/sandboxes/{id}/tokens/{token}",
             axum::routing::delete(revoke_token),

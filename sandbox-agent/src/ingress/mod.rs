@@ -27,11 +27,7 @@ use hyper_util::{
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
-use crate::{
-    api::PortProtocol,
-    daemon::Daemon,
-    ingress::route::TokenSource,
-};
+use crate::{api::PortProtocol, daemon::Daemon, ingress::route::TokenSource};
 
 type Body = BoxBody<Bytes, hyper::Error>;
 
@@ -113,7 +109,12 @@ impl Gateway {
         }
     }
 
-    async fn handle(&self, mut req: Request<Incoming>, tls: bool, peer: SocketAddr) -> Response<Body> {
+    async fn handle(
+        &self,
+        mut req: Request<Incoming>,
+        tls: bool,
+        peer: SocketAddr,
+    ) -> Response<Body> {
         let Some(route) = route::find(req.uri(), req.headers(), &self.domain) else {
             return error(
                 StatusCode::NOT_FOUND,
@@ -124,58 +125,18 @@ impl Gateway {
                 ),
             );
         };
-        let Some((secret, source)) = route::token(req.uri(), req.headers()) else {
-            return error(
-                StatusCode::UNAUTHORIZED,
-                "a connect token is required: Authorization: Bearer, or the _sandbox_connect_token query parameter or cookie",
-            );
+        let Allowed {
+            sandbox,
+            secret,
+            source,
+            grant,
+            protocol,
+            target,
+        } = match self.authorize(&req, &route) {
+            Ok(a) => a,
+            Err(refused) => return *refused,
         };
-        let Some(grant) = self.daemon.tokens().check(&secret) else {
-            return error(StatusCode::UNAUTHORIZED, "unknown or revoked connect token");
-        };
-        let sandbox = match self.daemon.find(&route.sandbox) {
-            Ok(s) if s.running() => s,
-            _ => {
-                return error(
-                    StatusCode::NOT_FOUND,
-                    &format!("no live sandbox {}", route.sandbox),
-                );
-            }
-        };
-        if grant.sandbox != sandbox.id {
-            return error(StatusCode::FORBIDDEN, "this connect token is for another sandbox");
-        }
-        let traffic = req
-            .headers()
-            .get(route::TRAFFIC_TOKEN)
-            .and_then(|v| v.to_str().ok());
-        if !self.daemon.tokens().traffic_allows(&sandbox.id, traffic) {
-            return error(
-                StatusCode::FORBIDDEN,
-                "this sandbox's ports need its traffic token in X-Sandbox-Traffic-Token",
-            );
-        }
         let view = sandbox.view();
-        let Some(protocol) = view
-            .ports
-            .iter()
-            .find(|p| p.port == route.port && p.protocol.is_http())
-            .map(|p| p.protocol)
-        else {
-            return error(
-                StatusCode::NOT_FOUND,
-                &format!(
-                    "port {} of sandbox {} is not exposed over HTTP",
-                    route.port, sandbox.id
-                ),
-            );
-        };
-        let Some(target) = self.daemon.listeners().find(&sandbox.cgroup_ids(), route.port) else {
-            return error(
-                StatusCode::BAD_GATEWAY,
-                &format!("nothing listens on port {} in sandbox {}", route.port, sandbox.id),
-            );
-        };
         let activity = sandbox.ingress_activity();
         let original_host = req
             .uri()
@@ -202,7 +163,10 @@ impl Gateway {
             .path_and_query(path)
             .build()
         else {
-            return error(StatusCode::BAD_REQUEST, "the request path cannot be forwarded");
+            return error(
+                StatusCode::BAD_REQUEST,
+                "the request path cannot be forwarded",
+            );
         };
         *req.uri_mut() = uri;
         let cookie = (source == TokenSource::Query)
@@ -238,6 +202,101 @@ impl Gateway {
             }
             Err(message) => error(StatusCode::BAD_GATEWAY, message.as_str()),
         }
+    }
+}
+
+/// A request the gateway lets through, and where to.
+struct Allowed {
+    sandbox: Arc<crate::daemon::Sandbox>,
+    secret: String,
+    source: TokenSource,
+    grant: tokens::Grant,
+    protocol: PortProtocol,
+    target: SocketAddr,
+}
+
+impl Gateway {
+    /// The checks, in order: a token (401), a known one (401), a live sandbox (404), the
+    /// token's (403), its traffic token if it has private ports (403), an exposed HTTP port
+    /// (404), a listener there (502).
+    fn authorize(
+        &self,
+        req: &Request<Incoming>,
+        route: &route::Route,
+    ) -> Result<Allowed, Box<Response<Body>>> {
+        let Some((secret, source)) = route::token(req.uri(), req.headers()) else {
+            return Err(Box::new(error(
+                StatusCode::UNAUTHORIZED,
+                "a connect token is required: Authorization: Bearer, or the _sandbox_connect_token query parameter or cookie",
+            )));
+        };
+        let Some(grant) = self.daemon.tokens().check(&secret) else {
+            return Err(Box::new(error(
+                StatusCode::UNAUTHORIZED,
+                "unknown or revoked connect token",
+            )));
+        };
+        let sandbox = match self.daemon.find(&route.sandbox) {
+            Ok(s) if s.running() => s,
+            _ => {
+                return Err(Box::new(error(
+                    StatusCode::NOT_FOUND,
+                    &format!("no live sandbox {}", route.sandbox),
+                )));
+            }
+        };
+        if grant.sandbox != sandbox.id {
+            return Err(Box::new(error(
+                StatusCode::FORBIDDEN,
+                "this connect token is for another sandbox",
+            )));
+        }
+        let traffic = req
+            .headers()
+            .get(route::TRAFFIC_TOKEN)
+            .and_then(|v| v.to_str().ok());
+        if !self.daemon.tokens().traffic_allows(&sandbox.id, traffic) {
+            return Err(Box::new(error(
+                StatusCode::FORBIDDEN,
+                "this sandbox's ports need its traffic token in X-Sandbox-Traffic-Token",
+            )));
+        }
+        let Some(protocol) = sandbox
+            .view()
+            .ports
+            .iter()
+            .find(|p| p.port == route.port && p.protocol.is_http())
+            .map(|p| p.protocol)
+        else {
+            return Err(Box::new(error(
+                StatusCode::NOT_FOUND,
+                &format!(
+                    "port {} of sandbox {} is not exposed over HTTP",
+                    route.port, sandbox.id
+                ),
+            )));
+        };
+        let Some(target) = self
+            .daemon
+            .listeners()
+            .find(&sandbox.cgroup_ids(), route.port)
+        else {
+            return Err(Box::new(error(
+                StatusCode::BAD_GATEWAY,
+                &format!(
+                    "nothing listens on port {} in sandbox {}",
+                    route.port, sandbox.id
+                ),
+            )));
+        };
+        Ok(Allowed {
+            sandbox,
+            secret,
+            source,
+            grant,
+            protocol,
+            target,
+        })
     }
 }
 
@@ -283,7 +342,10 @@ fn is_upgrade(req: &Request<Incoming>) -> bool {
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
 }
 
 /// Headers that describe one connection, not the message: the next hop gets its own.
@@ -343,13 +405,19 @@ fn error(status: StatusCode, message: &str) -> Response<Body> {
 /// URLs of a sandbox's exposed HTTP ports on the gateway.
 pub fn port_urls(gateway: SocketAddr, domain: &str, sandbox: &str, port: u16) -> (String, String) {
     let gw_port = gateway.port();
-    let host = match gateway.ip() {
-        ip if ip.is_unspecified() => "127.0.0.1".to_owned(),
-        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
-        ip => ip.to_string(),
+    let ip = gateway.ip();
+    let host = if ip.is_unspecified() {
+        "127.0.0.1".to_owned()
+    } else if ip.is_ipv6() {
+        format!("[{ip}]")
+    } else {
+        ip.to_string()
     };
     (
         format!("http://{port}-{sandbox}.{domain}:{gw_port}/"),
-        format!("http://{host}:{gw_port}{}{sandbox}/{port}/", route::PATH_PREFIX),
+        format!(
+            "http://{host}:{gw_port}{}{sandbox}/{port}/",
+            route::PATH_PREFIX
+        ),
     )
 }

@@ -38,7 +38,11 @@ pub fn find(uri: &Uri, headers: &HeaderMap, domain: &str) -> Option<Route> {
 fn by_host(host: &str, domain: &str) -> Option<Route> {
     // Without the port; names are case-insensitive.
     let host = host.rsplit_once(':').map_or(host, |(h, p)| {
-        if p.bytes().all(|b| b.is_ascii_digit()) { h } else { host }
+        if p.bytes().all(|b| b.is_ascii_digit()) {
+            h
+        } else {
+            host
+        }
     });
     let host = host.trim_end_matches('.').to_ascii_lowercase();
     let label = host.strip_suffix(&format!(".{}", domain.to_ascii_lowercase()))?;
@@ -234,13 +238,19 @@ mod tests {
     #[test]
     fn tokens_come_from_bearer_query_or_cookie() {
         let uri: Uri = "/p?a=1&_sandbox_connect_token=q1".parse().unwrap();
-        let h = headers(&[("authorization", "Bearer b1"), ("cookie", "x=1; _sandbox_connect_token=c1")]);
+        let h = headers(&[
+            ("authorization", "Bearer b1"),
+            ("cookie", "x=1; _sandbox_connect_token=c1"),
+        ]);
         assert_eq!(token(&uri, &h), Some(("b1".into(), TokenSource::Bearer)));
         let h = headers(&[("cookie", "x=1; _sandbox_connect_token=c1")]);
         assert_eq!(token(&uri, &h), Some(("q1".into(), TokenSource::Query)));
         let plain: Uri = "/p".parse().unwrap();
         assert_eq!(token(&plain, &h), Some(("c1".into(), TokenSource::Cookie)));
-        assert_eq!(token(&plain, &headers(&[("authorization", "Basic eA==")])), None);
+        assert_eq!(
+            token(&plain, &headers(&[("authorization", "Basic eA==")])),
+            None
+        );
         let route = Route {
             sandbox: "s".into(),
             port: 1,

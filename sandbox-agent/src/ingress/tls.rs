@@ -51,8 +51,8 @@ pub fn certificate_files(
         "127.0.0.1".into(),
         "::1".into(),
     ];
-    let made = rcgen::generate_simple_self_signed(names)
-        .map_err(|e| TlsError::Generate(e.to_string()))?;
+    let made =
+        rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::Generate(e.to_string()))?;
     // The key is written 0600 from its first byte.
     fs::OpenOptions::new()
         .write(true)
@@ -63,12 +63,19 @@ pub fn certificate_files(
         .and_then(|mut f| f.write_all(made.signing_key.serialize_pem().as_bytes()))
         .map_err(file_err(&key))?;
     fs::write(&cert, made.cert.pem()).map_err(file_err(&cert))?;
-    tracing::info!("made a self-signed ingress certificate for *.{domain}: {}", cert.display());
+    tracing::info!(
+        "made a self-signed ingress certificate for *.{domain}: {}",
+        cert.display()
+    );
     Ok((cert, key))
 }
 
 /// A server configuration offering `alpn` (empty: none).
-pub fn server_config(cert: &Path, key: &Path, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, TlsError> {
+pub fn server_config(
+    cert: &Path,
+    key: &Path,
+    alpn: &[&[u8]],
+) -> Result<Arc<ServerConfig>, TlsError> {
     let bad = |path: &Path| {
         let path = path.to_owned();
         move |e: rustls::pki_types::pem::Error| TlsError::File {
@@ -87,12 +94,11 @@ pub fn server_config(cert: &Path, key: &Path, alpn: &[&[u8]]) -> Result<Arc<Serv
         });
     }
     let key_der = PrivateKeyDer::from_pem_file(key).map_err(bad(key))?;
-    let mut config = ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_no_client_auth()
-    .with_single_cert(chain, key_der)?;
+    let mut config =
+        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(chain, key_der)?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
 }
