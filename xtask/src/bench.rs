@@ -131,10 +131,12 @@ pub fn run(agent: &Path) -> Result<()> {
             println!();
             crate::bench_domains::run(&mut env, agent)?;
             crate::bench_daemon::run(&mut env, agent)?;
+            crate::bench_ingress::run(&mut env, agent)?;
         }
         "domains" => crate::bench_domains::run(&mut env, agent)?,
         "daemon" => crate::bench_daemon::run(&mut env, agent)?,
-        other => bail!("{ONLY_VAR}={other:?}: \"domains\" or \"daemon\""),
+        "ingress" => crate::bench_ingress::run(&mut env, agent)?,
+        other => bail!("{ONLY_VAR}={other:?}: \"domains\", \"daemon\" or \"ingress\""),
     }
     println!("\nbench took {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
@@ -1134,13 +1136,13 @@ struct Load {
 
 /// User and system CPU time, ms.
 #[derive(Clone, Copy, Default)]
-struct CpuTime {
-    user: f64,
-    system: f64,
+pub(crate) struct CpuTime {
+    pub(crate) user: f64,
+    pub(crate) system: f64,
 }
 
 impl CpuTime {
-    fn minus(self, earlier: Self) -> Self {
+    pub(crate) fn minus(self, earlier: Self) -> Self {
         Self {
             user: self.user - earlier.user,
             system: self.system - earlier.system,
@@ -1316,7 +1318,7 @@ fn trie_memlock(pid: u32) -> u64 {
 }
 
 /// CPU time of a running process so far (`/proc/<pid>/stat` fields 14 and 15).
-fn cpu_times(pid: u32) -> Option<CpuTime> {
+pub(crate) fn cpu_times(pid: u32) -> Option<CpuTime> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name, which is in parentheses and may hold spaces.
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();

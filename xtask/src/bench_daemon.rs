@@ -22,19 +22,24 @@ const UPDATE_RUNS: usize = 20;
 const TRUE: &str = "/bin/true";
 
 /// A daemon of the bench's own (socket and state under the bench's temp dir).
-struct Daemon {
+pub(crate) struct Daemon {
     socket: PathBuf,
     child: Child,
+    /// Its ingress gateway's port on 127.0.0.1.
+    pub(crate) ingress_port: u16,
 }
 
 impl Daemon {
-    fn start(env: &BenchEnv, agent: &Path) -> Result<Self> {
+    pub(crate) fn start(env: &BenchEnv, agent: &Path) -> Result<Self> {
         let config = env.dir.join("daemon.toml");
         let socket = env.dir.join("api.sock");
+        let ingress_port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
         fs::write(
             &config,
             format!(
-                "state_dir = \"{}\"\nsocket = \"{}\"\n",
+                "state_dir = \"{}\"\nsocket = \"{}\"\ningress_address = \"127.0.0.1:{ingress_port}\"\n",
                 env.dir.join("daemon-state").display(),
                 socket.display()
             ),
@@ -48,7 +53,11 @@ impl Daemon {
             .stderr(log)
             .spawn()
             .context("start the daemon")?;
-        let d = Self { socket, child };
+        let d = Self {
+            socket,
+            child,
+            ingress_port,
+        };
         let start = Instant::now();
         while d.request("GET", "/v1/health", "").map(|r| r.0).ok() != Some(200) {
             ensure!(
@@ -61,7 +70,7 @@ impl Daemon {
     }
 
     /// One request on a fresh connection, as a client would make it: `(status, body)`.
-    fn request(&self, method: &str, path: &str, body: &str) -> Result<(u16, String)> {
+    pub(crate) fn request(&self, method: &str, path: &str, body: &str) -> Result<(u16, String)> {
         let mut s = UnixStream::connect(&self.socket)?;
         s.set_read_timeout(Some(Duration::from_mins(1)))?;
         write!(
@@ -84,7 +93,7 @@ impl Daemon {
     }
 
     /// Creates a sandbox; its id and the request's round trip in ms.
-    fn create(&self, body: &str) -> Result<(String, f64)> {
+    pub(crate) fn create(&self, body: &str) -> Result<(String, f64)> {
         let t = Instant::now();
         let (status, answer) = self.request("POST", "/v1/sandboxes", body)?;
         let ms = t.elapsed().as_secs_f64() * 1e3;
@@ -98,6 +107,10 @@ impl Daemon {
             self.request("DELETE", &format!("/v1/sandboxes/{id}?force=true"), "")?;
         ensure!(status == 204, "remove {id}: {status} {body}");
         Ok(())
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     fn rss_kib(&self) -> u64 {

@@ -36,7 +36,7 @@ const UNCACHED_NAME: &str = "uncached.test";
 const WEB_PORT: u16 = 443;
 const DNS_PORT: u16 = 53;
 const DNSMASQ: &str = "/usr/sbin/dnsmasq";
-const NGINX: &str = "/usr/sbin/nginx";
+pub(crate) const NGINX: &str = "/usr/sbin/nginx";
 const NGINX_STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
 /// What the server streams from (page cache, `sendfile`), so the server costs little CPU.
 const BLOB_BYTES: usize = 4 << 20;
@@ -470,7 +470,7 @@ fn install(packages: &[&str]) -> Result<()> {
 }
 
 /// nginx with the stream module (Debian builds it as a dynamic module, in its own package).
-fn ensure_nginx() -> Result<()> {
+pub(crate) fn ensure_nginx() -> Result<()> {
     let mut missing = Vec::new();
     if !Path::new(NGINX).is_file() {
         missing.push("nginx-light");

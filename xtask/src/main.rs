@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod bench_daemon;
 mod bench_domains;
+mod bench_ingress;
 mod demo;
 mod fuzz;
 mod setup;
