@@ -6,7 +6,7 @@ pub const DOCUMENT: &str = r##"{
   "info": {
     "title": "sandbox-agent",
     "version": "1",
-    "description": "The sandbox-agent daemon's HTTP/JSON API, served on a Unix socket (default /run/sandbox-agent/api.sock, mode 0600: root only). Errors are a 4xx/5xx status with a JSON `ErrorBody` (except a query string or path parameter that does not parse, and an over-1 MiB stdin write: text/plain). Unknown JSON fields and query keys are refused. Durations are humantime strings such as \"30s\" or \"5m\".\n\nPrometheus metrics are not part of this API: when the config sets `metrics_address`, the daemon serves `GET /metrics` (OpenMetrics text) on that TCP address."
+    "description": "The sandbox-agent daemon's HTTP/JSON API, served on a Unix socket (default /run/sandbox-agent/api.sock, mode 0600: root only). Errors are a 4xx/5xx status with a JSON `ErrorBody` (except a query string or path parameter that does not parse, and an over-1 MiB stdin write: text/plain). Unknown JSON fields and query keys are refused. Durations are humantime strings such as \"30s\" or \"5m\".\n\nPrometheus metrics are not part of this API: when the config sets `metrics_address`, the daemon serves `GET /metrics` (OpenMetrics text) on that TCP address.\n\nIngress: sandboxes with exposed ports are reached through the daemon's gateway (config `ingress_address`, HTTP and HTTPS on one port) at `{port}-{sandbox}.{ingress_domain}` or `/_sandbox/{sandbox}/{port}/`, with a connect token (see `issueToken`), or through per-port tunnels (TLS, TCP)."
   },
   "servers": [
     {
@@ -656,6 +656,129 @@ pub const DOCUMENT: &str = r##"{
           }
         }
       }
+    },
+    "/v1/sandboxes/{id}/tunnels": {
+      "parameters": [
+        {
+          "$ref": "#/components/parameters/id"
+        }
+      ],
+      "get": {
+        "operationId": "tunnels",
+        "summary": "Where the sandbox's exposed ports are reached",
+        "description": "HTTP and h2 ports: gateway URLs by host name and by path. TLS and TCP ports: the tunnel's address.",
+        "responses": {
+          "200": {
+            "description": "Each exposed port.",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "type": "array",
+                  "items": {
+                    "$ref": "#/components/schemas/PortView"
+                  }
+                }
+              }
+            }
+          },
+          "404": {
+            "$ref": "#/components/responses/NotFound"
+          }
+        }
+      }
+    },
+    "/v1/sandboxes/{id}/tokens": {
+      "parameters": [
+        {
+          "$ref": "#/components/parameters/id"
+        }
+      ],
+      "post": {
+        "operationId": "issueToken",
+        "summary": "A connect token for the sandbox's HTTP ports",
+        "description": "Random, stored hashed, scoped to this sandbox, revocable, and gone when the sandbox ends. The secret (`token`) appears in this answer only. Callers present it as `Authorization: Bearer`, the `_sandbox_connect_token` query parameter (the answer then sets it as a cookie) or that cookie. `user_metadata` reaches the workload in `X-Verified-User-Data`; a client-sent header of that name is removed.",
+        "requestBody": {
+          "required": true,
+          "content": {
+            "application/json": {
+              "schema": {
+                "$ref": "#/components/schemas/TokenRequest"
+              }
+            }
+          }
+        },
+        "responses": {
+          "201": {
+            "description": "The token, with its secret and the URLs it opens.",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/TokenView"
+                }
+              }
+            }
+          },
+          "400": {
+            "$ref": "#/components/responses/BadRequest"
+          },
+          "404": {
+            "$ref": "#/components/responses/NotFound"
+          },
+          "409": {
+            "$ref": "#/components/responses/Conflict"
+          }
+        }
+      },
+      "get": {
+        "operationId": "listTokens",
+        "summary": "The sandbox's live tokens, without their secrets",
+        "responses": {
+          "200": {
+            "description": "Tokens.",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "type": "array",
+                  "items": {
+                    "$ref": "#/components/schemas/TokenView"
+                  }
+                }
+              }
+            }
+          },
+          "404": {
+            "$ref": "#/components/responses/NotFound"
+          }
+        }
+      }
+    },
+    "/v1/sandboxes/{id}/tokens/{token}": {
+      "parameters": [
+        {
+          "$ref": "#/components/parameters/id"
+        },
+        {
+          "name": "token",
+          "in": "path",
+          "required": true,
+          "description": "The token's id (not its secret).",
+          "schema": {
+            "type": "string"
+          }
+        }
+      ],
+      "delete": {
+        "operationId": "revokeToken",
+        "summary": "Revoke a connect token",
+        "responses": {
+          "204": {
+            "description": "Revoked: requests carrying it get 401 from now on."
+          },
+          "404": {
+            "$ref": "#/components/responses/NotFound"
+          }
+        }
+      }
     }
   },
   "components": {
@@ -817,6 +940,23 @@ pub const DOCUMENT: &str = r##"{
             "type": "boolean",
             "default": false,
             "description": "Set HTTP_PROXY/HTTPS_PROXY/ALL_PROXY to the sandbox's explicit proxy."
+          },
+          "ports": {
+            "type": "array",
+            "items": {
+              "$ref": "#/components/schemas/ExposedPort"
+            },
+            "default": [],
+            "description": "Ports reachable from outside through the agent's ingress; nothing else is (a sandbox accepts no other inbound connection)."
+          },
+          "private_ports": {
+            "type": "boolean",
+            "default": false,
+            "description": "Every HTTP request must also carry the sandbox's traffic token in `X-Sandbox-Traffic-Token` (returned once, as `traffic_token` in this create's answer)."
+          },
+          "mask_host": {
+            "type": "string",
+            "description": "The Host header the workload sees on HTTP ports; `${PORT}` is replaced by the port, e.g. `localhost:${PORT}`."
           }
         }
       },
@@ -1122,6 +1262,22 @@ pub const DOCUMENT: &str = r##"{
               }
             ],
             "description": "At the time of the request; absent once the sandbox ended."
+          },
+          "ports": {
+            "type": "array",
+            "items": {
+              "$ref": "#/components/schemas/PortView"
+            }
+          },
+          "private_ports": {
+            "type": "boolean"
+          },
+          "mask_host": {
+            "type": "string"
+          },
+          "traffic_token": {
+            "type": "string",
+            "description": "A `private_ports` sandbox's traffic token: only in the answer to its create (the record keeps a hash)."
           }
         }
       },
@@ -1326,6 +1482,106 @@ pub const DOCUMENT: &str = r##"{
             "description": "Only when the workload could not start (the status `run` exits with): 127 not found, 126 cannot execute, 125 other failures."
           }
         }
+      },
+      "ExposedPort": {
+        "type": "object",
+        "additionalProperties": false,
+        "required": [
+          "port",
+          "protocol"
+        ],
+        "properties": {
+          "port": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 65535
+          },
+          "protocol": {
+            "type": "string",
+            "enum": [
+              "http",
+              "h2",
+              "tls",
+              "tcp"
+            ],
+            "description": "`http`: HTTP/1.1 and WebSocket through the gateway, token-checked. `h2`: the same, the workload speaks cleartext HTTP/2 (prior knowledge). `tls`: a tunnel whose TLS ends at the agent. `tcp`: a raw TCP tunnel (the workload authenticates)."
+          }
+        }
+      },
+      "PortView": {
+        "type": "object",
+        "required": [
+          "port",
+          "protocol",
+          "url"
+        ],
+        "properties": {
+          "port": {
+            "type": "integer"
+          },
+          "protocol": {
+            "type": "string",
+            "enum": [
+              "http",
+              "h2",
+              "tls",
+              "tcp"
+            ]
+          },
+          "url": {
+            "type": "string",
+            "description": "Gateway URL by host name `{port}-{sandbox}.{ingress_domain}` (HTTP), or `tls://`/`tcp://` tunnel address."
+          },
+          "path_url": {
+            "type": "string",
+            "description": "HTTP ports: the gateway by path prefix `/_sandbox/{sandbox}/{port}/`."
+          },
+          "tunnel": {
+            "type": "string",
+            "description": "TLS and TCP ports: the tunnel's listening address."
+          }
+        }
+      },
+      "TokenRequest": {
+        "type": "object",
+        "additionalProperties": false,
+        "properties": {
+          "user_metadata": {
+            "description": "Any JSON value, at most 511 bytes serialized; passed to the workload in `X-Verified-User-Data`."
+          }
+        }
+      },
+      "TokenView": {
+        "type": "object",
+        "required": [
+          "id",
+          "sandbox",
+          "created_at",
+          "urls"
+        ],
+        "properties": {
+          "id": {
+            "type": "string"
+          },
+          "sandbox": {
+            "type": "string"
+          },
+          "token": {
+            "type": "string",
+            "description": "The secret: only in the answer that made it."
+          },
+          "user_metadata": {},
+          "created_at": {
+            "type": "string",
+            "format": "date-time"
+          },
+          "urls": {
+            "type": "array",
+            "items": {
+              "$ref": "#/components/schemas/PortView"
+            }
+          }
+        }
       }
     },
     "responses": {
@@ -1457,5 +1713,7 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(super::DOCUMENT).unwrap();
         assert_eq!(v["openapi"], "3.0.3");
         assert!(v["paths"]["/v1/sandboxes"].is_object());
+        assert!(v["paths"]["/v1/sandboxes/{id}/tokens"]["post"].is_object());
+        assert!(v["components"]["schemas"]["CreateRequest"]["properties"]["ports"].is_object());
     }
 }
