@@ -19,6 +19,12 @@
 //!   appear to come from the server the client asked, and the packet programs let the
 //!   sockets so marked (`FLOWS`) through. `sock_release` forgets them.
 //!
+//! - Ingress: `bind4|6` steer a sandbox's TCP listener on a fixed port to loopback and a
+//!   port of the kernel's choosing, `post_bind4|6` record where it went (`LISTENING`,
+//!   `SERVER_PORTS`), and `cgroup_skb` ingress drops every SYN to a sandbox socket that does
+//!   not carry `INGRESS_MARK` (only the agent can set it). A sandbox's connects to its own
+//!   listeners are steered and marked in `connect4|6`. See DESIGN-NOTES.md.
+//!
 //! Link-layer (`AF_PACKET`) sockets would bypass the IP hooks; they need CAP_NET_RAW and are
 //! refused by the launcher's seccomp filter (`launch.rs`), since cgroup hooks do not see them.
 //!

@@ -262,9 +262,9 @@ fn nix_kill(pid: u32, sig: i32) {
 fn verifier_budget() {
     let st = state();
     let programs = st["programs"].as_array().expect("programs");
-    // egress, ingress, connect4/6, sendmsg4/6, recvmsg4/6, sock_ops, sock_release (names cut
-    // to 15 characters by the kernel).
-    assert!(programs.len() >= 10, "not every program is loaded: {st:#}");
+    // egress, ingress, connect4/6, sendmsg4/6, recvmsg4/6, sock_ops, sock_release, bind4/6,
+    // post_bind4/6 (names cut to 15 characters by the kernel).
+    assert!(programs.len() >= 14, "not every program is loaded: {st:#}");
     for p in programs {
         let insns = p["verified_instructions"]
             .as_u64()

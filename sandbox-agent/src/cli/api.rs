@@ -527,7 +527,8 @@ pub fn ls(client: &Client, args: &LsArgs) -> i32 {
             } else {
                 tags.join(",")
             },
-            v.command.join(" ")
+            // One line per sandbox: control characters (a script's newlines) shown escaped.
+            v.command.join(" ").escape_debug()
         );
     }
     0
