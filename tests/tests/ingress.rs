@@ -629,3 +629,50 @@ fn private_ports_need_the_traffic_token_and_mask_host_rewrites_host() {
     }
     d.cli(&["kill", &sb]);
 }
+
+#[test]
+fn tokens_and_tunnels_survive_a_daemon_restart() {
+    let mut d = TestDaemon::start();
+    let helper = web_helper();
+    let script = format!("{helper} 8080 web & exec /usr/bin/python3 -c '{ECHO}' 9000");
+    let sb = create(
+        &d,
+        &[
+            "--port",
+            "8080",
+            "--tcp-port",
+            "9000",
+            "--probe-tcp",
+            "9000",
+        ],
+        &["/bin/sh", "-c", &script],
+    );
+    let (tok, _) = token(&d, &sb, Some(r#"{"user":"ann"}"#));
+    let auth = format!("Authorization: Bearer {tok}");
+    let tunnel_before = d.ok(&["tunnels", &sb]);
+    d.kill9();
+    // While the daemon is down, the gateway is gone and nothing else reaches the workload.
+    assert_eq!(
+        curl(&["-H", &auth, &path_url(&d, &sb, 8080, "x")]).status,
+        0
+    );
+    d.spawn();
+    let r = curl(&["-H", &auth, &path_url(&d, &sb, 8080, "x")]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.json()["headers"]["x-verified-user-data"],
+        "{\"user\":\"ann\"}"
+    );
+    // The tunnel is back, on its old address (it was free).
+    let tunnel_after = d.ok(&["tunnels", &sb]);
+    assert_eq!(tunnel_before, tunnel_after);
+    let tcp = tunnel_after
+        .lines()
+        .find_map(|l| l.split_whitespace().nth(2)?.strip_prefix("tcp://"))
+        .expect("tcp tunnel")
+        .to_owned();
+    let (host, port) = tcp.rsplit_once(':').unwrap();
+    let out = sh(&format!("echo again | timeout 10 nc -q 2 {host} {port}"));
+    assert_eq!(out.trim(), "echo:again");
+    d.cli(&["kill", &sb]);
+}

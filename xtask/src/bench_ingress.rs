@@ -37,11 +37,8 @@ pub fn run(env: &mut BenchEnv, agent: &Path) -> Result<()> {
     let daemon = Daemon::start(env, agent)?;
     let http_id = create(&daemon, &helper, "http")?;
     let tcp_id = create(&daemon, &helper, "tcp")?;
-    let (status, token) = daemon.request(
-        "POST",
-        &format!("/v1/sandboxes/{http_id}/tokens"),
-        "{}",
-    )?;
+    let (status, token) =
+        daemon.request("POST", &format!("/v1/sandboxes/{http_id}/tokens"), "{}")?;
     ensure!(status == 201, "token: {status} {token}");
     let token: serde_json::Value = serde_json::from_str(&token)?;
     let token = token["token"].as_str().context("token")?.to_owned();
@@ -136,7 +133,10 @@ fn peer_proxy(env: &mut BenchEnv, helper: &Path) -> Result<(Route, Route)> {
     for port in [helper_port, nginx_port] {
         let start = Instant::now();
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            ensure!(start.elapsed() < Duration::from_secs(10), "nothing on port {port}");
+            ensure!(
+                start.elapsed() < Duration::from_secs(10),
+                "nothing on port {port}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -148,7 +148,14 @@ fn build_helper(env: &BenchEnv) -> Result<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let out = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
         .current_dir(&root)
-        .args(["build", "--release", "-p", "sandbox-tests", "--bin", "sa-web-helper"])
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "sandbox-tests",
+            "--bin",
+            "sa-web-helper",
+        ])
         .output()?;
     crate::bench::check(&out, "build sa-web-helper")?;
     let copy = env.dir.join("sa-web-helper");
@@ -167,7 +174,10 @@ fn create(daemon: &Daemon, helper: &Path, protocol: &str) -> Result<String> {
     });
     let (id, _) = daemon.create(&body.to_string())?;
     let (status, answer) = daemon.request("GET", &format!("/v1/sandboxes/{id}/wait-ready"), "")?;
-    ensure!(status == 200 || status == 204, "wait-ready: {status} {answer}");
+    ensure!(
+        status == 200 || status == 204,
+        "wait-ready: {status} {answer}"
+    );
     Ok(id)
 }
 
@@ -264,7 +274,11 @@ fn marked_connect(addr: SocketAddr) -> Result<TcpStream> {
             (&raw const sin).cast(),
             u32::try_from(std::mem::size_of::<libc::sockaddr_in>()).unwrap_or(16),
         );
-        ensure!(rc == 0, "connect {addr}: {}", std::io::Error::last_os_error());
+        ensure!(
+            rc == 0,
+            "connect {addr}: {}",
+            std::io::Error::last_os_error()
+        );
         Ok(stream)
     }
 }
