@@ -223,9 +223,10 @@ impl Route {
     fn connect(&self) -> Result<TcpStream> {
         let stream = match self {
             Self::Direct(port) => marked_connect(SocketAddr::from(([127, 0, 0, 1], *port)))?,
-            Self::Gateway { port, .. } => TcpStream::connect(("127.0.0.1", *port))?,
+            Self::Gateway { port, .. } | Self::Host(port) => {
+                TcpStream::connect(("127.0.0.1", *port))?
+            }
             Self::Tunnel(addr) => TcpStream::connect(addr)?,
-            Self::Host(port) => TcpStream::connect(("127.0.0.1", *port))?,
         };
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(Duration::from_secs(30)))?;
@@ -262,7 +263,7 @@ fn marked_connect(addr: SocketAddr) -> Result<TcpStream> {
             bail!("IPv4 only");
         };
         let sin = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_family: libc::sa_family_t::try_from(libc::AF_INET)?,
             sin_port: v4.port().to_be(),
             sin_addr: libc::in_addr {
                 s_addr: u32::from_ne_bytes(v4.ip().octets()),
