@@ -178,6 +178,8 @@ pub struct Enforcement {
     allow_v6: LpmTrie<MapData, LpmDataV6, RuleValue>,
     deny_v6: LpmTrie<MapData, LpmDataV6, RuleValue>,
     counters: PerCpuHashMap<MapData, u64, Counters>,
+    /// Listener records per sandbox (the kernel counts; removed with the sandbox).
+    listen_counts: HashMap<MapData, u64, u64>,
     policy_ids: HashMap<MapData, u32, u64>,
     learned_v4: HashMap<MapData, LearnedV4, u64>,
     learned_v6: HashMap<MapData, LearnedV6, u64>,
@@ -342,6 +344,7 @@ impl Enforcement {
             allow_v6: open_typed(paths, n::ALLOW_V6)?,
             deny_v6: open_typed(paths, n::DENY_V6)?,
             counters: open_typed(paths, n::COUNTERS)?,
+            listen_counts: open_typed(paths, n::LISTEN_COUNTS)?,
             policy_ids: open_typed(paths, n::POLICY_IDS)?,
             learned_v4: open_typed(paths, n::LEARNED_V4)?,
             learned_v6: open_typed(paths, n::LEARNED_V6)?,
@@ -567,6 +570,7 @@ impl Enforcement {
             }
         }
         let _ = self.counters.remove(&cgroup_id);
+        let _ = self.listen_counts.remove(&cgroup_id);
     }
 
     /// Removes a policy's rules, learned addresses, learned-connection marks and id.

@@ -177,18 +177,29 @@ const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 /// sees them; they need `CAP_NET_RAW`, which only `--cap-add NET_RAW` gives, and this keeps the
 /// wall whole even then. `io_uring_setup` is refused too: `io_uring` creates sockets without the
 /// `socket` syscall, out of this filter's sight. Syscalls of another ABI (i386 `socketcall`,
-/// x32) are refused the same way, since they would not be checked. Classic BPF, hand-written.
+/// x32) are refused the same way, since they would not be checked.
+///
+/// For ingress (see DESIGN-NOTES.md): SCTP, DCCP and MPTCP sockets are refused (the kernel
+/// steers and guards TCP listeners only), and so is `setsockopt(SOL_SOCKET, SO_MARK)`, which
+/// `CAP_NET_RAW` would otherwise allow: the mark is what opens a sandbox's listeners.
+/// Classic BPF, hand-written.
 fn seccomp_filter() -> Vec<libc::sock_filter> {
     const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
     const X32_SYSCALL_BIT: u32 = 0x4000_0000;
     const AF_PACKET: u32 = 17;
     const SOCK_PACKET: u32 = 10;
+    const IPPROTO_DCCP: u32 = 33;
+    const IPPROTO_SCTP: u32 = 132;
+    const IPPROTO_MPTCP: u32 = 262;
+    const SOL_SOCKET: u32 = 1;
+    const SO_MARK: u32 = 36;
     /// The socket type without `SOCK_NONBLOCK`/`SOCK_CLOEXEC`.
     const SOCK_TYPE_MASK: u32 = 0xf;
     const OFFSET_NR: u32 = 0;
     const OFFSET_ARCH: u32 = 4;
     const OFFSET_ARG0: u32 = 16;
     const OFFSET_ARG1: u32 = 24;
+    const OFFSET_ARG2: u32 = 32;
     let op = |code: u32| u16::try_from(code).expect("BPF opcodes fit 16 bits");
     let stmt = |code: u32, k: u32| libc::sock_filter {
         code: op(code),
@@ -204,29 +215,39 @@ fn seccomp_filter() -> Vec<libc::sock_filter> {
     };
     let jeq = |k: u32, jt: u8, jf: u8| jump(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K, k, jt, jf);
     let nr = |n: libc::c_long| u32::try_from(n).expect("syscall numbers fit 32 bits");
+    let load = |offset: u32| stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, offset);
     let deny = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;
-    // Jump offsets count from the next instruction; the last two are allow (12), deny (13).
+    // Jump offsets count from the next instruction; the last two are allow (21), deny (22).
     vec![
-        /* 0 */ stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, OFFSET_ARCH),
+        /* 0 */ load(OFFSET_ARCH),
         /* 1 */ jeq(AUDIT_ARCH_X86_64, 1, 0),
         /* 2 */ stmt(libc::BPF_RET | libc::BPF_K, deny),
-        /* 3 */ stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, OFFSET_NR),
+        /* 3 */ load(OFFSET_NR),
         /* 4 */
         jump(
             libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K,
             X32_SYSCALL_BIT,
-            8,
+            17,
             0,
         ),
-        /* 5 */ jeq(nr(libc::SYS_io_uring_setup), 7, 0),
-        /* 6 */ jeq(nr(libc::SYS_socket), 0, 5),
-        /* 7 */ stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, OFFSET_ARG0),
-        /* 8 */ jeq(AF_PACKET, 4, 0),
-        /* 9 */ stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, OFFSET_ARG1),
-        /* 10 */ stmt(libc::BPF_ALU | libc::BPF_AND | libc::BPF_K, SOCK_TYPE_MASK),
-        /* 11 */ jeq(SOCK_PACKET, 1, 0),
-        /* 12 */ stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW),
-        /* 13 */ stmt(libc::BPF_RET | libc::BPF_K, deny),
+        /* 5 */ jeq(nr(libc::SYS_io_uring_setup), 16, 0),
+        /* 6 */ jeq(nr(libc::SYS_socket), 0, 9),
+        /* 7 */ load(OFFSET_ARG0),
+        /* 8 */ jeq(AF_PACKET, 13, 0),
+        /* 9 */ load(OFFSET_ARG2),
+        /* 10 */ jeq(IPPROTO_SCTP, 11, 0),
+        /* 11 */ jeq(IPPROTO_DCCP, 10, 0),
+        /* 12 */ jeq(IPPROTO_MPTCP, 9, 0),
+        /* 13 */ load(OFFSET_ARG1),
+        /* 14 */ stmt(libc::BPF_ALU | libc::BPF_AND | libc::BPF_K, SOCK_TYPE_MASK),
+        /* 15 */ jeq(SOCK_PACKET, 6, 5),
+        /* 16 */ jeq(nr(libc::SYS_setsockopt), 0, 4),
+        /* 17 */ load(OFFSET_ARG1),
+        /* 18 */ jeq(SOL_SOCKET, 0, 2),
+        /* 19 */ load(OFFSET_ARG2),
+        /* 20 */ jeq(SO_MARK, 1, 0),
+        /* 21 */ stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW),
+        /* 22 */ stmt(libc::BPF_RET | libc::BPF_K, deny),
     ]
 }
 

@@ -31,8 +31,9 @@ pub mod map_names {
     pub const LISTENING: &str = "LISTENING";
     pub const SERVER_PORTS: &str = "SERVER_PORTS";
     pub const LISTENER_SOCKETS: &str = "LISTENER_SOCKETS";
+    pub const LISTEN_COUNTS: &str = "LISTEN_COUNTS";
     /// All maps but `META`, which is pinned last as the mark of a complete install.
-    pub const ALL: [&str; 18] = [
+    pub const ALL: [&str; 19] = [
         SANDBOXES,
         ALLOW_V4,
         DENY_V4,
@@ -51,6 +52,7 @@ pub mod map_names {
         LISTENING,
         SERVER_PORTS,
         LISTENER_SOCKETS,
+        LISTEN_COUNTS,
     ];
 }
 
@@ -90,7 +92,10 @@ pub const HTTPS_PORT: u16 = 443;
 /// DNS, steered to the sandbox's resolver whatever the address.
 pub const DNS_PORT: u16 = 53;
 /// Capacity of `LISTENING` and `SERVER_PORTS`: TCP ports sandboxes bound, host-wide.
-pub const MAX_LISTENING: u32 = 65_536;
+pub const MAX_LISTENING: u32 = 262_144;
+/// TCP binds one sandbox may have recorded at once (`LISTEN_COUNTS`): one sandbox cannot
+/// fill the host-wide maps and make every other sandbox's binds fail.
+pub const MAX_LISTENING_PER_SANDBOX: u32 = 4096;
 /// The `SO_MARK` of the agent's ingress connections to sandboxes, the only inbound TCP
 /// connections a sandbox accepts (an unmarked SYN is dropped). Setting a mark takes
 /// `CAP_NET_ADMIN`, which sandboxes lack; the kernel sets it itself on a sandbox's connects to
@@ -111,14 +116,18 @@ pub struct ListenKey {
     pub pad: u32,
 }
 
-/// A port the kernel assigned instead (key of `SERVER_PORTS`).
+/// A port the kernel assigned instead (key of `SERVER_PORTS`), per sandbox: another
+/// sandbox binding the same port number on another loopback address cannot touch it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ServerKey {
+    pub cgroup_id: u64,
     /// Host byte order.
     pub port: u16,
     /// 4 or 6, as in [`ListenKey`].
     pub family: u16,
+    /// Explicit padding, always zero.
+    pub pad: u32,
 }
 
 /// A steered listening socket: value of `LISTENING` and of `SERVER_PORTS`.
@@ -350,6 +359,9 @@ pub enum FlowKind {
     /// Connected to one of its own sandbox's listeners (steered to loopback, see
     /// `LISTENING`).
     OwnListener = 5,
+    /// Accepted by one of the sandbox's listeners (only the ingress can open those): its
+    /// loopback peer passes, also after the listener closed.
+    Accepted = 6,
 }
 
 /// Value of `FLOWS`: why a socket passes and, for a learned address, the one peer it may

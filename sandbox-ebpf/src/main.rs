@@ -32,13 +32,16 @@
 //! cannot be read) is denied: the failure mode is closed.
 #![no_std]
 #![no_main]
+// `atomic_xadd`: the BPF target has no `AtomicU64::fetch_add`, only the `XADD` instruction.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::{BPF_F_NO_PREALLOC, BPF_SOCK_OPS_TCP_CONNECT_CB},
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST, BPF_SOCK_OPS_TCP_CONNECT_CB},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_setsockopt,
-        bpf_skb_cgroup_id,
+        bpf_sk_fullsock, bpf_skb_cgroup_id,
     },
     macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, map, sock_ops},
     maps::{
@@ -49,11 +52,11 @@ use aya_ebpf::{
 use sandbox_common::{
     Counters, DEFAULT_MAX_PREFIXES, EVENTS_RING_BYTES, EventBudget, EventKind, FlowKind, FlowMark,
     INGRESS_MARK, Layer, LearnedV4, LearnedV6, ListenKey, LpmDataV4, LpmDataV6, MAX_FLOWS,
-    MAX_LEARNED, MAX_LISTENING, MAX_PROXY_CONNS, MAX_SANDBOXES, OrigDst, POLICY_ID_BITS, ProxyKey,
-    Reason, RuleValue, SandboxEntry, ServerKey, ServerPort, SockAddrAction, SocketKind, Verdict,
-    VerdictEvent, combine, decide, is_loopback_v4, is_loopback_v6, loopback_min_v4,
-    loopback_min_v6, lpm_data_v4, lpm_data_v6, opens_connection, sock_addr_action,
-    spend_event_budget, v4_mapped,
+    MAX_LEARNED, MAX_LISTENING, MAX_LISTENING_PER_SANDBOX, MAX_PROXY_CONNS, MAX_SANDBOXES, OrigDst,
+    POLICY_ID_BITS, ProxyKey, Reason, RuleValue, SandboxEntry, ServerKey, ServerPort,
+    SockAddrAction, SocketKind, Verdict, VerdictEvent, combine, decide, is_loopback_v4,
+    is_loopback_v6, loopback_min_v4, loopback_min_v6, lpm_data_v4, lpm_data_v6, opens_connection,
+    sock_addr_action, spend_event_budget, v4_mapped,
 };
 
 #[map]
@@ -114,6 +117,10 @@ static SERVER_PORTS: HashMap<ServerKey, ServerPort> =
 #[map]
 static LISTENER_SOCKETS: HashMap<u64, ServerKey> =
     HashMap::with_max_entries(MAX_LISTENING, BPF_F_NO_PREALLOC);
+/// Records in `LISTENING` per sandbox, capped at `MAX_LISTENING_PER_SANDBOX`.
+#[map]
+static LISTEN_COUNTS: HashMap<u64, u64> =
+    HashMap::with_max_entries(MAX_SANDBOXES, BPF_F_NO_PREALLOC);
 
 /// Denied verdicts for the agent's event stream, rate-limited per CPU (`EVENT_BUDGET`).
 #[map]
@@ -320,11 +327,30 @@ fn tcp_header(ctx: &SkBuffContext, version: u8) -> Result<Option<usize>, i64> {
 /// Whether `port` (the packet's source port, network order) is a listener of this sandbox.
 fn serves_ingress(cgroup_id: u64, port: [u8; 2], family: u16) -> bool {
     let key = ServerKey {
+        cgroup_id,
         port: u16::from_be_bytes(port),
         family,
+        pad: 0,
     };
-    // SAFETY: the value is copied out at once.
-    unsafe { SERVER_PORTS.get(key) }.is_some_and(|s| s.cgroup_id == cgroup_id)
+    // SAFETY: only presence is read.
+    unsafe { SERVER_PORTS.get(key) }.is_some()
+}
+
+/// `BPF_TCP_LISTEN`.
+const TCP_LISTEN: u32 = 10;
+
+/// Whether the packet is for a listening socket.
+fn to_listener(ctx: &SkBuffContext) -> bool {
+    // SAFETY: the skb context is valid; `sk` may be null and is checked by the helper, whose
+    // result is checked before it is read.
+    unsafe {
+        let sk = (*ctx.skb.skb).__bindgen_anon_2.sk;
+        if sk.is_null() {
+            return false;
+        }
+        let full = bpf_sk_fullsock(sk);
+        !full.is_null() && (*full).state == TCP_LISTEN
+    }
 }
 
 fn try_skb(ctx: &SkBuffContext, direction: Direction) -> Result<Verdict, i64> {
@@ -364,6 +390,10 @@ fn try_skb(ctx: &SkBuffContext, direction: Direction) -> Result<Verdict, i64> {
         let mark = unsafe { (*ctx.skb.skb).mark };
         if mark == INGRESS_MARK && peer_loopback {
             verdict = Verdict::allow(Reason::Ingress);
+        } else if to_listener(ctx) {
+            // Anything for a listening socket (also a SYN behind IPv6 extension headers, or
+            // a SYN cookie's ACK): only the ingress opens connections.
+            verdict = Verdict::deny(Reason::Inbound);
         } else if let Some(offset) = tcp
             && opens_connection(ctx.load::<u8>(offset + TCP_FLAGS)?)
         {
@@ -435,6 +465,7 @@ const IPPROTO_UDP: u32 = 17;
 /// `BPF_TCP_CLOSE`, the TCP state after which a socket sends nothing more.
 const TCP_CLOSE: u32 = 7;
 const BPF_SOCK_OPS_STATE_CB: u32 = 10;
+const BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB: u32 = 5;
 const BPF_SOCK_OPS_STATE_CB_FLAG: i32 = 4;
 const LOCALHOST_V4: [u8; 4] = [127, 0, 0, 1];
 const LOCALHOST_V6: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
@@ -582,6 +613,11 @@ fn sock_addr_v4(ctx: &SockAddrContext, call: Call) -> i32 {
         }
         return PASS;
     }
+    if let SocketKind::TcpConnect = socket_kind(ctx, call)
+        && !clear_mark(ctx)
+    {
+        return refuse(cgroup_id, call, mapped(addr), port, Reason::AgentFlow);
+    }
     let verdict = decide_v4_for(&entry, addr);
     let action = sock_addr_action(
         &entry,
@@ -677,6 +713,11 @@ fn sock_addr_v6(ctx: &SockAddrContext, call: Call) -> i32 {
             return PASS;
         }
     }
+    if let SocketKind::TcpConnect = socket_kind(ctx, call)
+        && !clear_mark(ctx)
+    {
+        return refuse(cgroup_id, call, addr, port, Reason::AgentFlow);
+    }
     let verdict = decide_v6_for(&entry, &addr);
     let action = sock_addr_action(
         &entry,
@@ -723,6 +764,25 @@ fn own_listener(cgroup_id: u64, port: u16, family: u16) -> Option<ServerPort> {
     };
     // SAFETY: the value is copied out at once.
     unsafe { LISTENING.get(key) }.copied()
+}
+
+/// Takes the ingress mark off a socket connecting anywhere but to its sandbox's own
+/// listener: a socket that reached one (and got the mark) may be disconnected
+/// (`connect(AF_UNSPEC)`) and pointed at another sandbox's listener. False if it cannot be
+/// done (the connect is then refused).
+fn clear_mark(ctx: &SockAddrContext) -> bool {
+    let mut mark: u32 = 0;
+    // SAFETY: as in `mark_own_listener_connect`.
+    let set = unsafe {
+        bpf_setsockopt(
+            ctx.sock_addr.cast(),
+            SOL_SOCKET,
+            SO_MARK,
+            (&raw mut mark).cast(),
+            4,
+        )
+    };
+    set == 0
 }
 
 const SOL_SOCKET: i32 = 1;
@@ -887,10 +947,16 @@ fn record_listener(ctx: &SockContext, family: u16) -> i32 {
         pad: 0,
     };
     let server = ServerKey {
+        cgroup_id,
         port: assigned,
         family,
+        pad: 0,
     };
+    if !take_listen_slot(cgroup_id) {
+        return DROP;
+    }
     if LISTENING.insert(listen, value, 0).is_err() {
+        release_listen_slot(cgroup_id);
         return DROP;
     }
     if SERVER_PORTS.insert(server, value, 0).is_err()
@@ -898,9 +964,46 @@ fn record_listener(ctx: &SockContext, family: u16) -> i32 {
     {
         let _ = LISTENING.remove(listen);
         let _ = SERVER_PORTS.remove(server);
+        release_listen_slot(cgroup_id);
         return DROP;
     }
     PASS
+}
+
+/// Counts a record against the sandbox's cap; false when it is full. The check and the
+/// add are not one atomic step (BPF has no 32/64-bit compare-and-swap for us here): binds
+/// racing on several CPUs may overshoot the cap by a few, never drift it, since the add
+/// and the subtraction are atomic.
+fn take_listen_slot(cgroup_id: u64) -> bool {
+    if LISTEN_COUNTS.get_ptr_mut(cgroup_id).is_none() {
+        let _ = LISTEN_COUNTS.insert(cgroup_id, 0, u64::from(BPF_NOEXIST));
+    }
+    let Some(count) = LISTEN_COUNTS.get_ptr_mut(cgroup_id) else {
+        return false;
+    };
+    // SAFETY: a map value that stays valid while the program runs.
+    if unsafe { core::ptr::read_volatile(count) } >= u64::from(MAX_LISTENING_PER_SANDBOX) {
+        return false;
+    }
+    atomic_add(count, 1);
+    true
+}
+
+fn release_listen_slot(cgroup_id: u64) {
+    if let Some(count) = LISTEN_COUNTS.get_ptr_mut(cgroup_id) {
+        atomic_add(count, u64::MAX);
+    }
+}
+
+/// `*value += delta` (wrapping) as one atomic add whose result is unused: BPF `XADD`.
+#[inline(always)]
+fn atomic_add(value: *mut u64, delta: u64) {
+    // SAFETY: `value` points at a live map value; the add is atomic.
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            value, delta,
+        );
+    }
 }
 
 #[cgroup_sock(post_bind4)]
@@ -916,25 +1019,32 @@ pub fn sandbox_post_bind6(ctx: SockContext) -> i32 {
     record_listener(&ctx, if v4_mapped { 4 } else { 6 })
 }
 
-/// Forgets a released listener's records (an accepted connection shares its port but not
-/// its cookie).
+/// Forgets a released listener's records: each only if it is still this socket's (a newer
+/// socket on the same port keeps its own; an accepted connection shares the port, not the
+/// cookie).
 fn forget_listener(cookie: u64) {
     // SAFETY: the value is copied out at once.
     let Some(key) = (unsafe { LISTENER_SOCKETS.get(cookie) }).copied() else {
         return;
     };
     let _ = LISTENER_SOCKETS.remove(cookie);
+    release_listen_slot(key.cgroup_id);
     // SAFETY: as above.
-    if let Some(s) = unsafe { SERVER_PORTS.get(key) }.copied()
-        && s.cookie == cookie
-    {
+    let Some(s) = (unsafe { SERVER_PORTS.get(key) }).copied() else {
+        return;
+    };
+    if s.cookie == cookie {
         let _ = SERVER_PORTS.remove(key);
-        let _ = LISTENING.remove(ListenKey {
-            cgroup_id: s.cgroup_id,
-            port: s.requested,
-            family: key.family,
-            pad: 0,
-        });
+    }
+    let listen = ListenKey {
+        cgroup_id: s.cgroup_id,
+        port: s.requested,
+        family: key.family,
+        pad: 0,
+    };
+    // SAFETY: as above.
+    if unsafe { LISTENING.get(listen) }.is_some_and(|l| l.cookie == cookie) {
+        let _ = LISTENING.remove(listen);
     }
 }
 
@@ -998,7 +1108,15 @@ fn forget(cookie: u64) {
 #[sock_ops]
 pub fn sandbox_sock_ops(ctx: SockOpsContext) -> u32 {
     let op = ctx.op();
-    if op == BPF_SOCK_OPS_TCP_CONNECT_CB {
+    if op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB {
+        // An accepted connection (only the ingress's SYNs get this far): its answers to the
+        // loopback peer pass, also once the listener is gone. Forgotten when it closes.
+        // SAFETY: the context pointer is valid for the program's run.
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+        if mark_flow(cookie, FlowKind::Accepted, 0, [0; 16]) {
+            let _ = ctx.set_cb_flags(ctx.cb_flags() as i32 | BPF_SOCK_OPS_STATE_CB_FLAG);
+        }
+    } else if op == BPF_SOCK_OPS_TCP_CONNECT_CB {
         // SAFETY: the context pointer is valid for the program's run.
         let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
         // SAFETY: only presence is read.

@@ -163,34 +163,7 @@ fn gateway_checks_tokens_and_passes_only_verified_user_data() {
     );
     assert!(seen["headers"].get("authorization").is_none(), "{seen}");
 
-    // Query parameter: answered, the cookie is set, the parameter is not forwarded.
-    let r = curl(&[&path_url(
-        &d,
-        &a,
-        8080,
-        &format!("q?_sandbox_connect_token={tok_a}&y=2"),
-    )]);
-    assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(r.json()["path"], "/q?y=2");
-    let cookie_line = r
-        .headers
-        .lines()
-        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
-        .unwrap_or_else(|| panic!("no cookie set: {}", r.headers));
-    assert!(
-        cookie_line.contains(&format!("_sandbox_connect_token={tok_a}")),
-        "{cookie_line}"
-    );
-    assert!(cookie_line.contains("HttpOnly"), "{cookie_line}");
-
-    // Cookie: answered; the workload gets the client's other cookies only.
-    let r = curl(&[
-        "-b",
-        &format!("_sandbox_connect_token={tok_a}; theirs=1"),
-        &path_url(&d, &a, 8080, "c"),
-    ]);
-    assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(r.json()["headers"]["cookie"], "theirs=1");
+    query_and_cookie_tokens(&d, &a, &tok_a);
 
     // Routing by host name, and by the name of the sandbox.
     let r = curl(&[
@@ -222,6 +195,64 @@ fn gateway_checks_tokens_and_passes_only_verified_user_data() {
 
     refusals_revocation_and_the_end(&d, &a, &b, &auth_a, &auth_b, &tok_a_id);
     d.cli(&["kill", &a]);
+}
+
+/// Query-parameter and cookie tokens: accepted on host routes (the cookie set, the token not
+/// forwarded), refused on path routes.
+fn query_and_cookie_tokens(d: &TestDaemon, a: &str, tok_a: &str) {
+    // Query parameter (on a host route: each sandbox port its own origin): answered, the
+    // cookie is set, the parameter is not forwarded.
+    let connect_to = format!("::127.0.0.1:{}", d.ingress_port);
+    let host_url = |rest: &str| {
+        format!(
+            "http://8080-{a}.sandbox.localhost:{}/{rest}",
+            d.ingress_port
+        )
+    };
+    let r = curl(&[
+        "--connect-to",
+        &connect_to,
+        &host_url(&format!("q?_sandbox_connect_token={tok_a}&y=2")),
+    ]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["path"], "/q?y=2");
+    let cookie_line = r
+        .headers
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .unwrap_or_else(|| panic!("no cookie set: {}", r.headers));
+    assert!(
+        cookie_line.contains(&format!("_sandbox_connect_token={tok_a}")),
+        "{cookie_line}"
+    );
+    assert!(cookie_line.contains("HttpOnly"), "{cookie_line}");
+
+    // Cookie: answered; the workload gets the client's other cookies only.
+    let r = curl(&[
+        "--connect-to",
+        &connect_to,
+        "-b",
+        &format!("_sandbox_connect_token={tok_a}; theirs=1"),
+        &host_url("c"),
+    ]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["headers"]["cookie"], "theirs=1");
+
+    // Routes by path share one origin for all sandboxes: there only the bearer header
+    // counts, never a query parameter or a cookie.
+    let r = curl(&[&path_url(
+        d,
+        a,
+        8080,
+        &format!("q?_sandbox_connect_token={tok_a}"),
+    )]);
+    assert_eq!(r.status, 401, "{}", r.body);
+    let r = curl(&[
+        "-b",
+        &format!("_sandbox_connect_token={tok_a}"),
+        &path_url(d, a, 8080, "c"),
+    ]);
+    assert_eq!(r.status, 401, "{}", r.body);
 }
 
 /// The rest of `gateway_checks_tokens_and_passes_only_verified_user_data`.
@@ -462,6 +493,36 @@ fn connect_code(port: u16) -> String {
     )
 }
 
+/// A sandbox's socket that reached its own listener (and so carried the ingress mark) cannot
+/// be pointed elsewhere afterwards (`connect(AF_UNSPEC)`, then a's real port).
+fn marked_socket_cannot_be_reused(d: &TestDaemon, a: &str, b: &str, real: u16) {
+    let reuse = format!(
+        r#"
+import ctypes, socket
+l = socket.socket(); l.bind(("0.0.0.0", 7000)); l.listen()
+c = socket.socket(); c.connect(("127.0.0.1", 7000))
+libc = ctypes.CDLL(None, use_errno=True)
+print("unspec", libc.connect(c.fileno(), (ctypes.c_ubyte * 16)(), 16))
+c.settimeout(2)
+try:
+    c.connect(("127.0.0.1", {real})); print("reached", c.recv(100))
+except OSError as e:
+    print("refused", e)
+"#
+    );
+    let accepted = || {
+        d.stdout(a)
+            .lines()
+            .filter(|l| l.starts_with("accepted"))
+            .count()
+    };
+    assert_eq!(accepted(), 0, "{}", d.stdout(a));
+    let run = d.cli(&["exec", b, "--", "/usr/bin/python3", "-c", &reuse]);
+    assert!(run.stdout.contains("unspec 0"), "{run:#?}");
+    assert!(run.stdout.contains("refused"), "{run:#?}");
+    assert_eq!(accepted(), 0, "{}\n{run:#?}", d.stdout(a));
+}
+
 #[test]
 fn sandboxes_accept_no_connection_but_the_gateways() {
     let d = TestDaemon::start();
@@ -523,6 +584,7 @@ fn sandboxes_accept_no_connection_but_the_gateways() {
         "sandbox b reached a's server: {}",
         run.stdout
     );
+    marked_socket_cannot_be_reused(&d, &a, &b, real);
     // The sandbox itself reaches its own server at the port it asked for.
     let run = d.cli(&[
         "exec",
@@ -675,4 +737,47 @@ fn tokens_and_tunnels_survive_a_daemon_restart() {
     let out = sh(&format!("echo again | timeout 10 nc -q 2 {host} {port}"));
     assert_eq!(out.trim(), "echo:again");
     d.cli(&["kill", &sb]);
+}
+
+#[test]
+fn sandboxes_cannot_set_the_ingress_mark_or_open_unguarded_protocols() {
+    // Even with CAP_NET_RAW (which lets a process set SO_MARK since Linux 5.17), the mark
+    // stays out of reach, and SCTP, DCCP and MPTCP sockets (whose listeners the kernel does
+    // not steer or guard) are refused.
+    let code = r#"
+import errno, socket
+def t(f):
+    try:
+        f(); return "ok"
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e))
+s = socket.socket()
+print("mark", t(lambda: s.setsockopt(socket.SOL_SOCKET, 36, 0x53410001)))
+print("sctp", t(lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM, 132)))
+print("dccp", t(lambda: socket.socket(socket.AF_INET, 6, 33)))
+print("mptcp", t(lambda: socket.socket(socket.AF_INET6, socket.SOCK_STREAM, 262)))
+print("tcp", t(lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM, 6)))
+print("keepalive", t(lambda: s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)))
+"#;
+    let run = sandbox_tests::agent_cmd(&[
+        "run",
+        "--embedded",
+        "--cap-add",
+        "NET_RAW",
+        "--",
+        "/usr/bin/python3",
+        "-c",
+        code,
+    ]);
+    assert_eq!(run.code, 0, "{run:#?}");
+    for expected in [
+        "mark EPERM",
+        "sctp EPERM",
+        "dccp EPERM",
+        "mptcp EPERM",
+        "tcp ok",
+        "keepalive ok",
+    ] {
+        assert!(run.stdout.contains(expected), "{expected}: {}", run.stdout);
+    }
 }

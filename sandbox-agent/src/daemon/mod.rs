@@ -744,7 +744,8 @@ impl Daemon {
             .tokens
             .issue(&sandbox.id, &sandbox.dir, req.user_metadata)
             .map_err(|e| match e {
-                crate::ingress::tokens::TokenError::MetadataTooLarge(_) => {
+                crate::ingress::tokens::TokenError::MetadataTooLarge(_)
+                | crate::ingress::tokens::TokenError::MetadataNotAHeader => {
                     ApiError::bad_request(e.to_string())
                 }
                 _ => ApiError::internal(e.to_string()),

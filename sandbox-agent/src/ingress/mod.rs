@@ -34,6 +34,16 @@ type Body = BoxBody<Bytes, hyper::Error>;
 /// How long a new connection may take to send its first byte (TLS or HTTP is told apart by
 /// it).
 const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections the gateway serves at once.
+const MAX_CONNECTIONS: usize = 4096;
+/// After a failed `accept()`.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// A request's head must arrive within this (slowloris); also HTTP/2 keep-alive pings.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// A TLS handshake must finish within this.
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often an upgraded connection checks that its token and sandbox are still live.
+const UPGRADE_RECHECK: Duration = Duration::from_secs(1);
 /// Read buffer of connections to HTTP/1.1 workloads.
 const UPSTREAM_READ_BUF: usize = 256 * 1024;
 /// The first byte of a TLS handshake record.
@@ -70,12 +80,27 @@ impl Gateway {
     }
 
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        let open = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         loop {
-            let Ok((stream, peer)) = listener.accept().await else {
+            let (stream, peer) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of descriptors, most likely: wait instead of spinning.
+                    tracing::warn!("ingress accept: {e}");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            };
+            // Past the limit a connection is closed at once: the daemon's descriptors also
+            // serve every sandbox's resolver and proxy.
+            let Ok(permit) = open.clone().try_acquire_owned() else {
                 continue;
             };
             let gateway = self.clone();
-            tokio::spawn(async move { gateway.connection(stream, peer).await });
+            tokio::spawn(async move {
+                gateway.connection(stream, peer).await;
+                drop(permit);
+            });
         }
     }
 
@@ -86,14 +111,25 @@ impl Gateway {
             Ok(Ok(1)) => first[0] == TLS_HANDSHAKE,
             _ => return,
         };
-        let builder = auto::Builder::new(TokioExecutor::new());
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(HEADER_TIMEOUT);
+        builder
+            .http2()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .keep_alive_interval(Some(HEADER_TIMEOUT));
         let gateway = self.clone();
         let service = hyper::service::service_fn(move |req| {
             let gateway = gateway.clone();
             async move { Ok::<_, Infallible>(gateway.handle(req, tls, peer).await) }
         });
         let served = if tls {
-            match self.tls.accept(stream).await {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.tls.accept(stream))
+                .await
+                .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+            {
                 Ok(s) => {
                     builder
                         .serve_connection_with_upgrades(TokioIo::new(s), service)
@@ -141,8 +177,87 @@ impl Gateway {
             Ok(a) => a,
             Err(refused) => return *refused,
         };
-        let view = sandbox.view();
+        let mask = sandbox.view().mask_host;
         let activity = sandbox.ingress_activity();
+        let forwarded = Forwarded {
+            route: &route,
+            source,
+            grant: &grant,
+            mask: mask.as_deref(),
+            peer,
+            tls,
+        };
+        if let Err(refused) = forwarded.prepare(&mut req, target) {
+            return *refused;
+        }
+        let cookie = (source == TokenSource::Query)
+            .then(|| route::token_cookie(&secret, &route, tls))
+            .and_then(|c| HeaderValue::from_str(&c).ok());
+        let upgrade = protocol == PortProtocol::Http && is_websocket_upgrade(&req);
+        let response = if upgrade {
+            let live = Liveness {
+                daemon: self.daemon.clone(),
+                sandbox: sandbox.id.clone(),
+                secret: secret.clone(),
+            };
+            forward_upgrade(req, target, activity, live).await
+        } else {
+            strip_hop_by_hop(req.headers_mut());
+            let client = if protocol == PortProtocol::H2 {
+                *req.version_mut() = Version::HTTP_2;
+                &self.http2
+            } else {
+                *req.version_mut() = Version::HTTP_11;
+                &self.http1
+            };
+            // The response's body keeps the sandbox busy until it is sent.
+            client
+                .request(req)
+                .await
+                .map(|r| {
+                    r.map(|body| {
+                        BodyExt::boxed(ActiveBody {
+                            inner: body,
+                            _activity: activity,
+                        })
+                    })
+                })
+                .map_err(|e| format!("the workload did not answer: {e}"))
+        };
+        match response {
+            Ok(mut r) => {
+                if !upgrade {
+                    strip_hop_by_hop(r.headers_mut());
+                }
+                route::rewrite_response_headers(r.headers_mut());
+                if let Some(c) = cookie {
+                    r.headers_mut().append(header::SET_COOKIE, c);
+                }
+                r
+            }
+            Err(message) => error(StatusCode::BAD_GATEWAY, message.as_str()),
+        }
+    }
+}
+
+/// How a request the gateway lets through is rewritten for the workload.
+struct Forwarded<'a> {
+    route: &'a route::Route,
+    source: TokenSource,
+    grant: &'a tokens::Grant,
+    mask: Option<&'a str>,
+    peer: SocketAddr,
+    tls: bool,
+}
+
+impl Forwarded<'_> {
+    /// Headers (credentials out, verified user data and forwarding headers in, `Host`
+    /// masked or kept) and the URI of the listener with the path the workload sees.
+    fn prepare(
+        &self,
+        req: &mut Request<Incoming>,
+        target: SocketAddr,
+    ) -> Result<(), Box<Response<Body>>> {
         let original_host = req
             .uri()
             .authority()
@@ -153,60 +268,32 @@ impl Gateway {
                     .and_then(|h| h.to_str().ok())
                     .map(str::to_owned)
             });
-        let host = view
-            .mask_host
-            .as_deref()
-            .map(|t| route::masked_host(t, route.port))
+        let host = self
+            .mask
+            .map(|t| route::masked_host(t, self.route.port))
             .or(original_host.clone())
             .and_then(|h| HeaderValue::from_str(&h).ok());
-        route::rewrite_headers(req.headers_mut(), source, grant.user_data.as_ref(), host);
-        forwarded_headers(&mut req, peer, tls, original_host.as_deref());
-        let path = route::upstream_path(req.uri(), &route);
-        let Ok(uri) = Uri::builder()
+        route::rewrite_headers(
+            req.headers_mut(),
+            self.source,
+            self.grant.user_data.as_ref(),
+            host,
+        );
+        forwarded_headers(req, self.peer, self.tls, original_host.as_deref());
+        let path = route::upstream_path(req.uri(), self.route);
+        let uri = Uri::builder()
             .scheme("http")
             .authority(target.to_string())
             .path_and_query(path)
             .build()
-        else {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "the request path cannot be forwarded",
-            );
-        };
+            .map_err(|_| {
+                Box::new(error(
+                    StatusCode::BAD_REQUEST,
+                    "the request path cannot be forwarded",
+                ))
+            })?;
         *req.uri_mut() = uri;
-        let cookie = (source == TokenSource::Query)
-            .then(|| route::token_cookie(&secret, &route, tls))
-            .and_then(|c| HeaderValue::from_str(&c).ok());
-        let upgrade = protocol == PortProtocol::Http && is_upgrade(&req);
-        let response = if upgrade {
-            forward_upgrade(req, target, activity).await
-        } else {
-            strip_hop_by_hop(req.headers_mut());
-            let client = if protocol == PortProtocol::H2 {
-                *req.version_mut() = Version::HTTP_2;
-                &self.http2
-            } else {
-                *req.version_mut() = Version::HTTP_11;
-                &self.http1
-            };
-            let answer = client.request(req).await;
-            drop(activity);
-            answer
-                .map(|r| r.map(BodyExt::boxed))
-                .map_err(|e| format!("the workload did not answer: {e}"))
-        };
-        match response {
-            Ok(mut r) => {
-                if !upgrade {
-                    strip_hop_by_hop(r.headers_mut());
-                }
-                if let Some(c) = cookie {
-                    r.headers_mut().append(header::SET_COOKIE, c);
-                }
-                r
-            }
-            Err(message) => error(StatusCode::BAD_GATEWAY, message.as_str()),
-        }
+        Ok(())
     }
 }
 
@@ -229,7 +316,7 @@ impl Gateway {
         req: &Request<Incoming>,
         route: &route::Route,
     ) -> Result<Allowed, Box<Response<Body>>> {
-        let Some((secret, source)) = route::token(req.uri(), req.headers()) else {
+        let Some((secret, source)) = route::token(req.uri(), req.headers(), route) else {
             return Err(Box::new(error(
                 StatusCode::UNAUTHORIZED,
                 "a connect token is required: Authorization: Bearer, or the _sandbox_connect_token query parameter or cookie",
@@ -260,7 +347,11 @@ impl Gateway {
             .headers()
             .get(route::TRAFFIC_TOKEN)
             .and_then(|v| v.to_str().ok());
-        if !self.daemon.tokens().traffic_allows(&sandbox.id, traffic) {
+        if !self
+            .daemon
+            .tokens()
+            .traffic_allows(&sandbox.id, sandbox.view().private_ports, traffic)
+        {
             return Err(Box::new(error(
                 StatusCode::FORBIDDEN,
                 "this sandbox's ports need its traffic token in X-Sandbox-Traffic-Token",
@@ -305,14 +396,38 @@ impl Gateway {
     }
 }
 
-/// A WebSocket (or other HTTP/1.1) upgrade: on its own connection to the workload; once both
-/// sides switched, the bytes are copied until either closes.
+/// What an upgraded connection needs to tell whether it may go on.
+struct Liveness {
+    daemon: Arc<Daemon>,
+    sandbox: String,
+    secret: String,
+}
+
+impl Liveness {
+    /// The token still opens the sandbox, and the sandbox runs.
+    fn holds(&self) -> bool {
+        self.daemon
+            .tokens()
+            .check(&self.secret)
+            .is_some_and(|g| g.sandbox == self.sandbox)
+            && self.daemon.find(&self.sandbox).is_ok_and(|s| s.running())
+    }
+}
+
+/// A WebSocket upgrade: on its own connection to the workload (in origin form); once both
+/// sides switched, the bytes are copied until either closes, the token is revoked or the
+/// sandbox ends.
 async fn forward_upgrade(
     mut req: Request<Incoming>,
     target: SocketAddr,
     activity: crate::daemon::IngressActivity,
+    live: Liveness,
 ) -> Result<Response<Body>, String> {
     let client_side = hyper::upgrade::on(&mut req);
+    if let Some(pq) = req.uri().path_and_query().cloned() {
+        *req.uri_mut() = Uri::from(pq);
+    }
+    req.headers_mut().remove("http2-settings");
     let stream = upstream::connect(target)
         .await
         .map_err(|e| format!("cannot reach the workload: {e}"))?;
@@ -330,18 +445,66 @@ async fn forward_upgrade(
         let upstream_side = hyper::upgrade::on(&mut resp);
         tokio::spawn(async move {
             let _activity = activity;
-            if let (Ok(c), Ok(u)) = tokio::join!(client_side, upstream_side) {
+            let (Ok(c), Ok(u)) = tokio::join!(client_side, upstream_side) else {
+                return;
+            };
+            let copy = async {
                 let _ =
                     tokio::io::copy_bidirectional(&mut TokioIo::new(c), &mut TokioIo::new(u)).await;
+            };
+            let revoked = async {
+                let mut tick = tokio::time::interval(UPGRADE_RECHECK);
+                loop {
+                    tick.tick().await;
+                    if !live.holds() {
+                        return;
+                    }
+                }
+            };
+            tokio::select! {
+                () = copy => {}
+                () = revoked => {}
             }
         });
     }
     Ok(resp.map(BodyExt::boxed))
 }
 
-fn is_upgrade(req: &Request<Incoming>) -> bool {
+/// A response body that keeps its sandbox busy (for the idle timeout) until it is done.
+struct ActiveBody {
+    inner: Incoming,
+    _activity: crate::daemon::IngressActivity,
+}
+
+impl hyper::body::Body for ActiveBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Only WebSocket upgrades pass: another protocol (say `h2c`) would turn the gateway into a
+/// pipe for requests it never checks, with headers it never strips.
+fn is_websocket_upgrade(req: &Request<Incoming>) -> bool {
     req.version() == Version::HTTP_11
-        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get(header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
         && req
             .headers()
             .get_all(header::CONNECTION)
@@ -353,8 +516,20 @@ fn is_upgrade(req: &Request<Incoming>) -> bool {
             })
 }
 
-/// Headers that describe one connection, not the message: the next hop gets its own.
+/// Headers that describe one connection, not the message (and those `Connection` names):
+/// the next hop gets its own.
 fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
+    let named: Vec<http::HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| http::HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    headers.remove("http2-settings");
     for name in [
         header::CONNECTION,
         header::TE,

@@ -59,11 +59,16 @@ fn by_path(path: &str) -> Option<Route> {
     let rest = path.strip_prefix(PATH_PREFIX)?;
     let mut parts = rest.splitn(3, '/');
     let sandbox = parts.next().filter(|s| !s.is_empty())?;
-    let port = parts.next()?.parse().ok().filter(|p| *p != 0)?;
+    let raw_port = parts.next()?;
+    // Digits only, no sign or leading zero: the prefix stripped is exactly what was matched.
+    if raw_port.starts_with('0') || !raw_port.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let port = raw_port.parse().ok().filter(|p| *p != 0)?;
     Some(Route {
         sandbox: sandbox.to_owned(),
         port,
-        prefix: Some(format!("{PATH_PREFIX}{sandbox}/{port}")),
+        prefix: Some(format!("{PATH_PREFIX}{sandbox}/{raw_port}")),
     })
 }
 
@@ -78,19 +83,24 @@ pub enum TokenSource {
 }
 
 /// The connect token of a request: `Authorization: Bearer`, then the query parameter, then
-/// the cookie.
-pub fn token(uri: &Uri, headers: &HeaderMap) -> Option<(String, TokenSource)> {
+/// the cookie. Routes by path share one origin (the gateway's address) for every sandbox,
+/// where a cookie would be sent to, and readable by, any sandbox's pages: they take the
+/// bearer header only.
+pub fn token(uri: &Uri, headers: &HeaderMap, route: &Route) -> Option<(String, TokenSource)> {
     if let Some(t) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
+            let (scheme, rest) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then_some(rest)
         })
         .map(str::trim)
         .filter(|t| !t.is_empty())
     {
         return Some((t.to_owned(), TokenSource::Bearer));
+    }
+    if route.prefix.is_some() {
+        return None;
     }
     if let Some(t) = uri.query().and_then(|q| {
         q.split('&')
@@ -108,12 +118,18 @@ pub fn token(uri: &Uri, headers: &HeaderMap) -> Option<(String, TokenSource)> {
 }
 
 fn cookies(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
+    cookie_pairs(headers).filter_map(|kv| kv.split_once('='))
+}
+
+/// Every `name=value` (or bare) cookie of the request, as sent.
+fn cookie_pairs(headers: &HeaderMap) -> impl Iterator<Item = &str> {
     headers
         .get_all(header::COOKIE)
         .into_iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
+        .map(str::trim)
+        .filter(|kv| !kv.is_empty())
 }
 
 /// The path and query the workload sees: without the routing prefix and the token
@@ -125,23 +141,45 @@ pub fn upstream_path(uri: &Uri, route: &Route) -> String {
         None => path,
     };
     let path = if path.is_empty() { "/" } else { path };
-    let query: Vec<&str> = uri
-        .query()
-        .unwrap_or_default()
-        .split('&')
-        .filter(|kv| !kv.is_empty() && kv.split_once('=').map_or(*kv, |(k, _)| k) != TOKEN_PARAM)
-        .collect();
-    if query.is_empty() {
-        path.to_owned()
-    } else {
-        format!("{path}?{}", query.join("&"))
+    // Only the token parameter goes; the rest stays as sent (signed URLs depend on it).
+    match uri.query() {
+        None => path.to_owned(),
+        Some(q) if !q.split('&').any(|kv| is_token_param(&kv)) => format!("{path}?{q}"),
+        Some(q) => {
+            let kept: Vec<&str> = q.split('&').filter(|kv| !is_token_param(kv)).collect();
+            if kept.iter().all(|kv| kv.is_empty()) {
+                path.to_owned()
+            } else {
+                format!("{path}?{}", kept.join("&"))
+            }
+        }
     }
+}
+
+fn is_token_param(kv: &&str) -> bool {
+    kv.split_once('=').map_or(*kv, |(k, _)| k) == TOKEN_PARAM
+}
+
+/// Whether a header name is one the gateway sets, in any spelling a server might fold into
+/// the same variable (`X-Verified-User_Data` becomes `HTTP_X_VERIFIED_USER_DATA` in CGI).
+fn is_gateway_header(name: &str) -> bool {
+    let folded = name.to_ascii_lowercase().replace('_', "-");
+    matches!(
+        folded.as_str(),
+        VERIFIED_USER_DATA
+            | TRAFFIC_TOKEN
+            | "forwarded"
+            | "x-real-ip"
+            | "x-forwarded-for"
+            | "x-forwarded-proto"
+            | "x-forwarded-host"
+    )
 }
 
 /// What the gateway takes away and adds before the workload sees the headers: its own
 /// credentials go (the bearer token, the token cookie, the traffic token), a client's
-/// `X-Verified-User-Data` goes and the token's metadata takes its place, `Host` is masked
-/// if asked.
+/// `X-Verified-User-Data` (in any spelling) and forwarding headers go and the token's
+/// metadata takes its place, `Host` is masked if asked.
 pub fn rewrite_headers(
     headers: &mut HeaderMap,
     source: TokenSource,
@@ -151,23 +189,61 @@ pub fn rewrite_headers(
     if source == TokenSource::Bearer {
         headers.remove(header::AUTHORIZATION);
     }
-    let kept: Vec<String> = cookies(headers)
-        .filter(|(k, _)| *k != TOKEN_PARAM)
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    headers.remove(header::COOKIE);
-    if !kept.is_empty()
-        && let Ok(v) = HeaderValue::from_str(&kept.join("; "))
-    {
-        headers.insert(header::COOKIE, v);
+    let has_token_cookie = cookies(headers).any(|(k, _)| k == TOKEN_PARAM);
+    if has_token_cookie {
+        let kept: Vec<String> = cookie_pairs(headers)
+            .filter(|kv| kv.split_once('=').map_or(*kv, |(k, _)| k) != TOKEN_PARAM)
+            .map(str::to_owned)
+            .collect();
+        headers.remove(header::COOKIE);
+        if !kept.is_empty()
+            && let Ok(v) = HeaderValue::from_str(&kept.join("; "))
+        {
+            headers.insert(header::COOKIE, v);
+        }
     }
-    headers.remove(TRAFFIC_TOKEN);
-    headers.remove(VERIFIED_USER_DATA);
+    let forged: Vec<http::HeaderName> = headers
+        .keys()
+        .filter(|k| is_gateway_header(k.as_str()))
+        .cloned()
+        .collect();
+    for name in forged {
+        headers.remove(name);
+    }
     if let Some(v) = user_data {
         headers.insert(VERIFIED_USER_DATA, v.clone());
     }
     if let Some(h) = host {
         headers.insert(header::HOST, h);
+    }
+}
+
+/// What a workload may not tell the client's browser: a `Domain` on its cookies (which
+/// would reach sibling sandboxes under `ingress_domain`, or plant a token cookie there) and a
+/// service worker scope wider than its own path.
+pub fn rewrite_response_headers(headers: &mut HeaderMap) {
+    headers.remove("service-worker-allowed");
+    let cookies: Vec<HeaderValue> = headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .map(|v| {
+            let text = String::from_utf8_lossy(v.as_bytes());
+            let kept: Vec<&str> = text
+                .split(';')
+                .filter(|attr| {
+                    let a = attr.trim();
+                    !(a.get(..6).is_some_and(|p| p.eq_ignore_ascii_case("domain"))
+                        && a[6..].trim_start().starts_with('='))
+                })
+                .collect();
+            HeaderValue::from_str(&kept.join(";")).unwrap_or_else(|_| v.clone())
+        })
+        .collect();
+    if !cookies.is_empty() {
+        headers.remove(header::SET_COOKIE);
+        for c in cookies {
+            headers.append(header::SET_COOKIE, c);
+        }
     }
 }
 
@@ -237,34 +313,61 @@ mod tests {
 
     #[test]
     fn tokens_come_from_bearer_query_or_cookie() {
-        let uri: Uri = "/p?a=1&_sandbox_connect_token=q1".parse().unwrap();
-        let h = headers(&[
-            ("authorization", "Bearer b1"),
-            ("cookie", "x=1; _sandbox_connect_token=c1"),
-        ]);
-        assert_eq!(token(&uri, &h), Some(("b1".into(), TokenSource::Bearer)));
-        let h = headers(&[("cookie", "x=1; _sandbox_connect_token=c1")]);
-        assert_eq!(token(&uri, &h), Some(("q1".into(), TokenSource::Query)));
-        let plain: Uri = "/p".parse().unwrap();
-        assert_eq!(token(&plain, &h), Some(("c1".into(), TokenSource::Cookie)));
-        assert_eq!(
-            token(&plain, &headers(&[("authorization", "Basic eA==")])),
-            None
-        );
         let route = Route {
             sandbox: "s".into(),
             port: 1,
             prefix: None,
         };
+        let uri: Uri = "/p?a=1&_sandbox_connect_token=q1".parse().unwrap();
+        let h = headers(&[
+            ("authorization", "BEARER b1"),
+            ("cookie", "x=1; _sandbox_connect_token=c1"),
+        ]);
+        assert_eq!(
+            token(&uri, &h, &route),
+            Some(("b1".into(), TokenSource::Bearer))
+        );
+        let h = headers(&[("cookie", "x=1; _sandbox_connect_token=c1")]);
+        assert_eq!(
+            token(&uri, &h, &route),
+            Some(("q1".into(), TokenSource::Query))
+        );
+        let plain: Uri = "/p".parse().unwrap();
+        assert_eq!(
+            token(&plain, &h, &route),
+            Some(("c1".into(), TokenSource::Cookie))
+        );
+        assert_eq!(
+            token(&plain, &headers(&[("authorization", "Basic eA==")]), &route),
+            None
+        );
         assert_eq!(upstream_path(&uri, &route), "/p?a=1");
+        // Other parameters stay exactly as sent.
+        let signed: Uri = "/p?b=&&a=1&_sandbox_connect_token=q1&sig=x%2F"
+            .parse()
+            .unwrap();
+        assert_eq!(upstream_path(&signed, &route), "/p?b=&&a=1&sig=x%2F");
+        // Routes by path take the bearer header only (one origin for every sandbox).
+        let by_path = Route {
+            prefix: Some("/_sandbox/s/1".into()),
+            ..route
+        };
+        assert_eq!(token(&uri, &h, &by_path), None);
+        let bearer = headers(&[("authorization", "Bearer b2")]);
+        assert_eq!(
+            token(&uri, &bearer, &by_path),
+            Some(("b2".into(), TokenSource::Bearer))
+        );
     }
 
     #[test]
     fn the_gateway_strips_its_credentials_and_forged_identity() {
         let mut h = headers(&[
             ("authorization", "Bearer b1"),
-            ("cookie", "_sandbox_connect_token=c1; theirs=2"),
+            ("cookie", "_sandbox_connect_token=c1; theirs=2; bare"),
             ("x-verified-user-data", "{\"forged\":true}"),
+            ("x-verified-user_data", "{\"forged\":2}"),
+            ("forwarded", "for=1.2.3.4"),
             ("x-sandbox-traffic-token", "t"),
             ("host", "8080-s.sandbox.localhost"),
         ]);
@@ -276,7 +379,9 @@ mod tests {
             Some(HeaderValue::from_static("localhost:8080")),
         );
         assert!(h.get("authorization").is_none());
-        assert_eq!(h.get("cookie").unwrap(), "theirs=2");
+        assert_eq!(h.get("cookie").unwrap(), "theirs=2; bare");
+        assert!(h.get("x-verified-user_data").is_none());
+        assert!(h.get("forwarded").is_none());
         assert_eq!(h.get_all("x-verified-user-data").iter().count(), 1);
         assert_eq!(h.get("x-verified-user-data").unwrap(), "{\"user\":\"ann\"}");
         assert!(h.get("x-sandbox-traffic-token").is_none());
@@ -291,5 +396,31 @@ mod tests {
         assert!(h.get("x-verified-user-data").is_none());
         assert_eq!(h.get("authorization").unwrap(), "Basic eA==");
         assert_eq!(masked_host("localhost:${PORT}", 8080), "localhost:8080");
+    }
+
+    #[test]
+    fn workloads_cannot_scope_cookies_or_workers_beyond_their_origin() {
+        let mut h = headers(&[
+            ("set-cookie", "a=1; Domain=sandbox.localhost; Path=/"),
+            ("set-cookie", "b=2; HttpOnly"),
+            ("service-worker-allowed", "/"),
+        ]);
+        rewrite_response_headers(&mut h);
+        let cookies: Vec<_> = h.get_all("set-cookie").iter().collect();
+        assert_eq!(cookies, ["a=1; Path=/", "b=2; HttpOnly"]);
+        assert!(h.get("service-worker-allowed").is_none());
+    }
+
+    #[test]
+    fn a_path_route_strips_exactly_what_it_matched() {
+        for path in [
+            "/_sandbox/a/+8080/x",
+            "/_sandbox/a/08080/x",
+            "/_sandbox/a/-1/x",
+        ] {
+            assert_eq!(by_path(path), None, "{path}");
+        }
+        let r = by_path("/_sandbox/a/8080").unwrap();
+        assert_eq!(upstream_path(&"/_sandbox/a/8080".parse().unwrap(), &r), "/");
     }
 }

@@ -55,6 +55,8 @@ pub struct Grant {
 pub enum TokenError {
     #[error("user_metadata is {0} bytes serialized; at most {MAX_USER_METADATA_BYTES}")]
     MetadataTooLarge(usize),
+    #[error("user_metadata holds characters a header cannot carry (such as DEL)")]
+    MetadataNotAHeader,
     #[error("no token {0} in this sandbox")]
     Unknown(String),
     #[error("cannot save tokens: {0}")]
@@ -66,6 +68,9 @@ pub struct Tokens {
     by_hash: Mutex<HashMap<Hash, Entry>>,
     /// Sandbox id → hash of its traffic token (`private_ports`).
     traffic: Mutex<HashMap<String, Hash>>,
+    /// Held across a change and its save, so that files are written in the order of the
+    /// changes and a failed save can be undone before anyone sees it.
+    changing: Mutex<()>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -120,8 +125,11 @@ impl Tokens {
                 if text.len() > MAX_USER_METADATA_BYTES {
                     return Err(TokenError::MetadataTooLarge(text.len()));
                 }
-                // Serialized JSON escapes control characters: always a valid header value.
-                HeaderValue::from_bytes(text.as_bytes()).ok()
+                // JSON escapes control characters but not DEL, which no header may carry.
+                Some(
+                    HeaderValue::from_bytes(text.as_bytes())
+                        .map_err(|_| TokenError::MetadataNotAHeader)?,
+                )
             }
             None => None,
         };
@@ -135,8 +143,13 @@ impl Tokens {
         };
         let mut view = view(&entry);
         view.token = Some(secret.clone());
-        lock(&self.by_hash).insert(hash(&secret), entry);
-        self.save(sandbox, dir)?;
+        let _changing = lock(&self.changing);
+        let key = hash(&secret);
+        lock(&self.by_hash).insert(key, entry);
+        if let Err(e) = self.save(sandbox, dir) {
+            lock(&self.by_hash).remove(&key);
+            return Err(e);
+        }
         Ok(view)
     }
 
@@ -159,48 +172,77 @@ impl Tokens {
     }
 
     pub fn revoke(&self, sandbox: &str, dir: &Path, id: &str) -> Result<(), TokenError> {
-        let removed = {
+        let _changing = lock(&self.changing);
+        let removed: Vec<(Hash, Entry)> = {
             let mut all = lock(&self.by_hash);
-            let before = all.len();
-            all.retain(|_, e| !(e.sandbox == sandbox && e.id == id));
-            all.len() != before
+            let keys: Vec<Hash> = all
+                .iter()
+                .filter(|(_, e)| e.sandbox == sandbox && e.id == id)
+                .map(|(k, _)| *k)
+                .collect();
+            keys.into_iter()
+                .filter_map(|k| all.remove(&k).map(|e| (k, e)))
+                .collect()
         };
-        if !removed {
+        if removed.is_empty() {
             return Err(TokenError::Unknown(id.to_owned()));
         }
-        self.save(sandbox, dir)
+        // A revocation that is not on disk would be undone by a restart: refuse it whole.
+        if let Err(e) = self.save(sandbox, dir) {
+            lock(&self.by_hash).extend(removed);
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// A new traffic token for a `private_ports` sandbox (returned once).
     pub fn issue_traffic(&self, sandbox: &str, dir: &Path) -> Result<String, TokenError> {
         let secret = format!("stt_{}", random_hex(32));
+        let _changing = lock(&self.changing);
         lock(&self.traffic).insert(sandbox.to_owned(), hash(&secret));
-        self.save(sandbox, dir)?;
+        if let Err(e) = self.save(sandbox, dir) {
+            lock(&self.traffic).remove(sandbox);
+            return Err(e);
+        }
         Ok(secret)
     }
 
-    /// Whether `presented` is the sandbox's traffic token (true when it has none).
-    pub fn traffic_allows(&self, sandbox: &str, presented: Option<&str>) -> bool {
-        match lock(&self.traffic).get(sandbox) {
-            None => true,
-            Some(h) => presented.is_some_and(|p| ring_eq(&hash(p), h)),
+    /// Whether a request may reach a sandbox as far as traffic tokens go: always when it
+    /// has no private ports; else only with its traffic token (and never when that is lost).
+    pub fn traffic_allows(&self, sandbox: &str, private: bool, presented: Option<&str>) -> bool {
+        if !private {
+            return true;
         }
+        lock(&self.traffic)
+            .get(sandbox)
+            .is_some_and(|h| presented.is_some_and(|p| ring_eq(&hash(p), h)))
     }
 
     /// Every token of an ended sandbox stops working.
     pub fn forget(&self, sandbox: &str, dir: &Path) {
+        let _changing = lock(&self.changing);
         lock(&self.by_hash).retain(|_, e| e.sandbox != sandbox);
         lock(&self.traffic).remove(sandbox);
         let _ = fs::remove_file(dir.join(FILE));
     }
 
-    /// Loads a re-adopted sandbox's tokens.
+    /// Loads a re-adopted sandbox's tokens. A file that cannot be read leaves the sandbox
+    /// without tokens (its ports refuse everyone), said in the log.
     pub fn load(&self, sandbox: &str, dir: &Path) {
-        let Some(stored) = fs::read(dir.join(FILE))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<Stored>(&b).ok())
-        else {
-            return;
+        let path = dir.join(FILE);
+        let stored = match fs::read(&path) {
+            Ok(bytes) => match serde_json::from_slice::<Stored>(&bytes) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(sandbox, "{}: {e}; its tokens are lost", path.display());
+                    return;
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) => {
+                tracing::error!(sandbox, "{}: {e}; its tokens are lost", path.display());
+                return;
+            }
         };
         if let Some(h) = stored.traffic_token_sha256.as_deref().and_then(unhex) {
             lock(&self.traffic).insert(sandbox.to_owned(), h);
@@ -240,11 +282,23 @@ impl Tokens {
                 })
                 .collect(),
         };
+        // Root-only (user metadata is in it), written whole and synced before it replaces
+        // the old file.
         let tmp = dir.join(format!("{FILE}.tmp"));
         let json = serde_json::to_vec_pretty(&stored).unwrap_or_default();
-        fs::write(&tmp, json)
-            .and_then(|()| fs::rename(&tmp, dir.join(FILE)))
-            .map_err(TokenError::Save)
+        let written = (|| {
+            use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(&json)?;
+            f.sync_all()?;
+            fs::rename(&tmp, dir.join(FILE))
+        })();
+        written.map_err(TokenError::Save)
     }
 }
 
@@ -297,10 +351,17 @@ mod tests {
             Err(TokenError::MetadataTooLarge(_))
         ));
         let traffic = tokens.issue_traffic("sb1", &dir).unwrap();
-        assert!(tokens.traffic_allows("sb1", Some(&traffic)));
-        assert!(!tokens.traffic_allows("sb1", Some("stt_no")));
-        assert!(!tokens.traffic_allows("sb1", None));
-        assert!(tokens.traffic_allows("sb2", None));
+        assert!(tokens.traffic_allows("sb1", true, Some(&traffic)));
+        assert!(!tokens.traffic_allows("sb1", true, Some("stt_no")));
+        assert!(!tokens.traffic_allows("sb1", true, None));
+        assert!(tokens.traffic_allows("sb2", false, None));
+        // A private sandbox whose traffic token is lost refuses everyone.
+        assert!(!tokens.traffic_allows("sb2", true, Some(&traffic)));
+        // Metadata a header cannot carry is refused, not silently dropped.
+        assert!(matches!(
+            tokens.issue("sb1", &dir, Some(serde_json::json!({"x": "\u{7f}"}))),
+            Err(TokenError::MetadataNotAHeader)
+        ));
         tokens.forget("sb1", &dir);
         assert!(tokens.check(&secret).is_none());
         let _ = fs::remove_dir_all(&dir);

@@ -41,8 +41,13 @@ pub fn open(
     let task = handle
         .spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
+                let stream = match listener.accept().await {
+                    Ok((s, _)) => s,
+                    Err(e) => {
+                        tracing::warn!(sandbox, port, "tunnel accept: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        continue;
+                    }
                 };
                 let (daemon, sandbox, tls) = (daemon.clone(), sandbox.clone(), tls.clone());
                 tokio::spawn(async move {
@@ -72,18 +77,20 @@ async fn forward(
         .listeners()
         .find(&sb.cgroup_ids(), port)
         .ok_or_else(|| std::io::Error::other(format!("nothing listens on port {port}")))?;
-    let _active = sb.ingress_activity();
-    let mut upstream = upstream::connect(target).await?;
     stream.set_nodelay(true)?;
-    match tls {
-        Some(acceptor) => {
-            let mut client = acceptor.accept(stream).await?;
-            tokio::io::copy_bidirectional(&mut client, &mut upstream).await?;
-        }
+    if let Some(acceptor) = tls {
+        // The workload sees (and the sandbox counts as busy) only finished handshakes.
+        let mut client = tokio::time::timeout(super::HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        let _active = sb.ingress_activity();
+        let mut upstream = upstream::connect(target).await?;
+        tokio::io::copy_bidirectional(&mut client, &mut upstream).await?;
+    } else {
         // Plain TCP both ways: spliced in the kernel, as the proxy does.
-        None => {
-            crate::proxy::splice::bidirectional(&stream, &upstream).await?;
-        }
+        let _active = sb.ingress_activity();
+        let upstream = upstream::connect(target).await?;
+        crate::proxy::splice::bidirectional(&stream, &upstream).await?;
     }
     Ok(())
 }
