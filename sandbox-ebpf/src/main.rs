@@ -771,6 +771,12 @@ fn own_listener(cgroup_id: u64, port: u16, family: u16) -> Option<ServerPort> {
 /// (`connect(AF_UNSPEC)`) and pointed at another sandbox's listener. False if it cannot be
 /// done (the connect is then refused).
 fn clear_mark(ctx: &SockAddrContext) -> bool {
+    // SAFETY: `sk` of a sock_addr context is the (full) socket being connected; its `mark`
+    // is readable. Most sockets carry no mark: the helper call is skipped for them.
+    let current = unsafe { (*(*ctx.sock_addr).__bindgen_anon_1.sk).mark };
+    if current != INGRESS_MARK {
+        return true;
+    }
     let mut mark: u32 = 0;
     // SAFETY: as in `mark_own_listener_connect`.
     let set = unsafe {
