@@ -777,8 +777,13 @@ fn clear_mark(ctx: &SockAddrContext) -> bool {
     if current != INGRESS_MARK {
         return true;
     }
-    let mut mark: u32 = 0;
-    // SAFETY: as in `mark_own_listener_connect`.
+    set_mark(ctx, 0)
+}
+
+/// `setsockopt(SO_MARK)` on the socket being connected; false if the kernel refused.
+fn set_mark(ctx: &SockAddrContext, mut mark: u32) -> bool {
+    // SAFETY: the context is a socket the helper may configure in connect hooks; the
+    // option value is a valid u32 on the stack.
     let set = unsafe {
         bpf_setsockopt(
             ctx.sock_addr.cast(),
@@ -803,21 +808,10 @@ fn mark_own_listener_connect(
     listener: &ServerPort,
     peer: [u8; 16],
 ) -> bool {
-    let mut mark = INGRESS_MARK;
-    // SAFETY: the context is a socket the helper may configure in connect hooks; the
-    // option value is a valid u32 on the stack.
-    let set = unsafe {
-        bpf_setsockopt(
-            ctx.sock_addr.cast(),
-            SOL_SOCKET,
-            SO_MARK,
-            (&raw mut mark).cast(),
-            4,
-        )
-    };
+    let set = set_mark(ctx, INGRESS_MARK);
     // SAFETY: as in `record_redirect`.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    if set != 0 || !mark_flow(cookie, FlowKind::OwnListener, 0, [0; 16]) {
+    if !set || !mark_flow(cookie, FlowKind::OwnListener, 0, [0; 16]) {
         refuse(
             cgroup_id,
             Call::Connect,
