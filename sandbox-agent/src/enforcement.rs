@@ -288,6 +288,9 @@ fn read_meta(paths: &Paths) -> Option<(u64, u64)> {
 }
 
 /// Number of sandbox entries in a pinned SANDBOXES map, if there is one.
+/// Sandboxes with processes: entries of the pinned map whose cgroup below the parent still
+/// has some. An entry left by an agent that was killed, whose workload is gone, does not
+/// count (its maps go with the pins).
 fn live_sandboxes(paths: &Paths) -> usize {
     let Ok(map) = open_map(paths, map_names::SANDBOXES) else {
         return 0;
@@ -295,7 +298,28 @@ fn live_sandboxes(paths: &Paths) -> usize {
     let Ok(map): Result<HashMap<MapData, u64, SandboxEntry>, _> = map.try_into() else {
         return 0;
     };
-    map.keys().count()
+    let entries: std::collections::HashSet<u64> = map.keys().filter_map(Result::ok).collect();
+    let Ok(parent) = cgroup::find_cgroup2_mount().map(|m| m.join(paths::NAME)) else {
+        return entries.len();
+    };
+    // Sandboxes and their narrowed execs' child cgroups.
+    let mut live = 0;
+    let mut dirs = vec![parent];
+    while let Some(dir) = dirs.pop() {
+        let Ok(children) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for child in children.flatten().filter(|c| c.path().is_dir()) {
+            let path = child.path();
+            let populated = fs::read_to_string(path.join("cgroup.events"))
+                .is_ok_and(|t| t.lines().any(|l| l == "populated 1"));
+            if populated && cgroup::cgroup_id(&path).is_ok_and(|id| entries.contains(&id)) {
+                live += 1;
+            }
+            dirs.push(path);
+        }
+    }
+    live
 }
 
 impl Enforcement {

@@ -63,6 +63,11 @@ pub fn helpers() -> &'static Path {
         )
         .expect("write webclient.py");
         fs::write(dir.join("ws.py"), include_str!("../helpers/ws.py")).expect("write ws.py");
+        fs::write(
+            dir.join("synprobe.py"),
+            include_str!("../helpers/synprobe.py"),
+        )
+        .expect("write synprobe.py");
         sh(&format!(
             "chmod 755 {0} && chmod 644 {0}/*.py",
             dir.display()
@@ -117,6 +122,8 @@ pub struct RemoteHost {
     pub v6: Vec<String>,
     /// A link-local address (inside `@private` and `@cloud-metadata`).
     pub link_local: String,
+    /// The host's own IPv6 address on the link to the namespace.
+    pub host_v6: String,
     log: PathBuf,
     server: Option<Child>,
 }
@@ -142,6 +149,7 @@ impl RemoteHost {
             v4: v4.clone(),
             v6: v6.clone(),
             link_local: ll.clone(),
+            host_v6: format!("fd5a:5a:{n:x}::1"),
             log: log.clone(),
             server: None,
         };

@@ -781,3 +781,66 @@ print("keepalive", t(lambda: s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE
         assert!(run.stdout.contains(expected), "{expected}: {}", run.stdout);
     }
 }
+
+#[test]
+fn no_syn_reaches_a_sandbox_listener_behind_ipv6_extension_headers() {
+    // A listener on [::] and a kernel-chosen port is not steered to loopback: the network
+    // can send to it. Its policy allows the remote host, so only the inbound rule stands
+    // between them. A bare SYN and one behind a Destination Options header (which the
+    // packet parser does not walk; the listening-socket check catches it) both get no
+    // SYN-ACK.
+    let host = sandbox_tests::RemoteHost::new();
+    let remote = &host.v6[0];
+    let code = r#"
+import socket, time
+s = socket.socket(socket.AF_INET6); s.bind(("::", 0)); s.listen()
+print("port", s.getsockname()[1], flush=True)
+time.sleep(20)
+"#;
+    let mut child = Command::new(sandbox_tests::agent())
+        .args([
+            "run",
+            "--embedded",
+            "--network",
+            "allowlist",
+            "--allow-out",
+            remote,
+            "--",
+            "/usr/bin/python3",
+            "-c",
+            code,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the listener");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().expect("stdout")),
+        &mut line,
+    )
+    .expect("read the port");
+    let port: u16 = line
+        .trim()
+        .strip_prefix("port ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port: {line:?}"));
+    let probe = |mode: &str| {
+        sh(&format!(
+            "ip netns exec {} python3 {} {remote} {} {port} {mode}",
+            host.netns,
+            helpers().join("synprobe.py").display(),
+            host.host_v6
+        ))
+        .trim()
+        .to_owned()
+    };
+    let (plain, ext) = (probe("plain"), probe("ext"));
+    // SIGTERM: the agent ends the workload and removes the sandbox.
+    sh(&format!("kill -TERM {}", child.id()));
+    let _ = child.wait();
+    assert_eq!(plain, "nothing", "a bare SYN was answered");
+    assert_eq!(
+        ext, "nothing",
+        "a SYN behind a Destination Options header was answered"
+    );
+}
