@@ -151,9 +151,11 @@ impl Shared {
 
     /// Whether some name `addr` was handed out for is still allowed.
     pub fn learned_still_allowed(&self, addr: IpAddr) -> bool {
-        self.learned_names_of(addr)
-            .iter()
-            .any(|n| self.decide_name(n).allow)
+        let layers = self
+            .layers
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.learned_allowed_by(addr, &layers)
     }
 
     /// Whether some name `addr` was handed out for is allowed by `layers` (before a switch).
@@ -563,6 +565,11 @@ pub fn upstream_from_resolv_conf(path: &Path) -> Result<SocketAddr, DomainError>
         .map(|ip| SocketAddr::new(ip, 53))
         .next()
         .ok_or_else(|| DomainError::NoUpstream { path: path.into() })
+}
+
+/// Loopback ports of a sandbox's resolver and proxy, `(0, 0)` without them.
+pub fn service_ports(services: Option<&DomainServices>) -> (u16, u16) {
+    services.map_or((0, 0), |s| (s.dns_port, s.proxy_port))
 }
 
 /// A name's verdict under layered policies (own first, then ceilings and the floor): every

@@ -287,7 +287,6 @@ fn read_meta(paths: &Paths) -> Option<(u64, u64)> {
     Some((meta.get(&0, 0).ok()?, meta.get(&1, 0).ok()?))
 }
 
-/// Number of sandbox entries in a pinned SANDBOXES map, if there is one.
 /// Sandboxes with processes: entries of the pinned map whose cgroup below the parent still
 /// has some. An entry left by an agent that was killed, whose workload is gone, does not
 /// count (its maps go with the pins).
@@ -311,9 +310,9 @@ fn live_sandboxes(paths: &Paths) -> usize {
         };
         for child in children.flatten().filter(|c| c.path().is_dir()) {
             let path = child.path();
-            let populated = fs::read_to_string(path.join("cgroup.events"))
-                .is_ok_and(|t| t.lines().any(|l| l == "populated 1"));
-            if populated && cgroup::cgroup_id(&path).is_ok_and(|id| entries.contains(&id)) {
+            if cgroup::SandboxCgroup::open(path.clone())
+                .is_ok_and(|c| entries.contains(&c.id) && c.is_populated().unwrap_or(false))
+            {
                 live += 1;
             }
             dirs.push(path);

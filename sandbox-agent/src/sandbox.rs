@@ -166,9 +166,7 @@ pub fn run(paths: &Paths, mut opts: RunOptions) -> Result<RunReport, RunError> {
         opts.domains.take(),
         &mut opts.launch,
     )?;
-    let ports = services
-        .as_ref()
-        .map_or((0, 0), |s| (s.dns_port, s.proxy_port));
+    let ports = crate::domains::service_ports(services.as_ref());
     timing.mark("domain services");
     let policy_id = sandbox
         .enforcement

@@ -213,10 +213,7 @@ impl Sandbox {
 
     /// Loopback ports of its resolver and proxy (0: none).
     fn service_ports(&self) -> (u16, u16) {
-        lock(&self.inner)
-            .services
-            .as_ref()
-            .map_or((0, 0), |s| (s.dns_port, s.proxy_port))
+        domains::service_ports(lock(&self.inner).services.as_ref())
     }
 
     /// Its cgroup and those of its narrowed execs (where its listeners may be).
@@ -275,6 +272,8 @@ pub struct Daemon {
     upstream_proxy: Option<crate::proxy::upstream::UpstreamProxy>,
     pub observe: Arc<observe::Observe>,
     handle: tokio::runtime::Handle,
+    /// Whether the floor has names only a resolver and proxy can enforce (from the config).
+    floor_needs_services: bool,
     tokens: crate::ingress::tokens::Tokens,
     listeners: crate::enforcement::Listeners,
     ingress_tls: IngressTls,
@@ -339,6 +338,7 @@ impl Daemon {
         let observe = Arc::new(observe::Observe::new(&paths)?);
         let listeners = crate::enforcement::Listeners::open(&paths)?;
         let ingress_tls = ingress_tls(&config)?;
+        let floor_needs_services = config.floor_needs_domain_services();
         let daemon = Arc::new(Self {
             config,
             paths,
@@ -349,6 +349,7 @@ impl Daemon {
             upstream_proxy,
             observe,
             handle: tokio::runtime::Handle::current(),
+            floor_needs_services,
             tokens: crate::ingress::tokens::Tokens::default(),
             listeners,
             ingress_tls,
@@ -501,7 +502,7 @@ impl Daemon {
 
     /// Whether a sandbox with this policy needs its own resolver and proxy.
     fn needs_services(&self, policy: &CompiledPolicy, proxy_env: bool) -> bool {
-        policy.has_names() || proxy_env || self.config.floor_needs_domain_services()
+        policy.has_names() || proxy_env || self.floor_needs_services
     }
 
     /// The name layers of a sandbox's own policy: own, then the floor.
@@ -634,51 +635,22 @@ impl Daemon {
         let file_lock =
             FileLock::acquire(&lock_path).map_err(|e| ApiError::internal(e.to_string()))?;
         let parent = self.enforcement().parent_cgroup.clone();
-        let cgroup =
-            SandboxCgroup::create(&parent, id).map_err(|e| ApiError::internal(e.to_string()))?;
-        let services = if self.needs_services(compiled, req.proxy_env) {
-            match self.start_services(id, self.layers(compiled), None) {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    let _ = cgroup.remove();
-                    drop(file_lock);
-                    let _ = fs::remove_file(&lock_path);
-                    return Err(e);
-                }
-            }
-        } else {
-            None
-        };
-        let ports = services
-            .as_ref()
-            .map_or((0, 0), |s| (s.dns_port, s.proxy_port));
-        let applied = self.enforcement().apply(cgroup.id, compiled, ports);
-        let policy_id = match applied {
-            Ok(p) => p,
-            Err(e) => {
-                drop(services);
-                let _ = cgroup.remove();
-                drop(file_lock);
-                let _ = fs::remove_file(&lock_path);
-                return Err(ApiError::internal(crate::error_line(&e)));
-            }
-        };
-        if let Some(s) = &services {
-            s.bind(Bound {
-                cgroup_id: cgroup.id,
-                policy_id,
-            });
-            if req.proxy_env {
-                crate::sandbox::set_proxy_env(spec, s.proxy_port);
-            }
-        }
-        let (child, stdin_write) = match spawn_workload(&cgroup, spec, dir, req.stdin) {
+        // One way out on error: what `start_in` made is undone by it, the cgroup and the
+        // lock here.
+        let started = SandboxCgroup::create(&parent, id)
+            .map_err(|e| ApiError::internal(e.to_string()))
+            .and_then(
+                |cgroup| match self.start_in(id, &cgroup, dir, compiled, req, spec) {
+                    Ok(started) => Ok((cgroup, started)),
+                    Err(e) => {
+                        let _ = cgroup.remove();
+                        Err(e)
+                    }
+                },
+            );
+        let (cgroup, (policy_id, services, child, stdin_write)) = match started {
             Ok(v) => v,
             Err(e) => {
-                self.enforcement()
-                    .remove(cgroup.id, policy_id, Some(compiled));
-                let _ = cgroup.kill_all(KILL_TIMEOUT);
-                let _ = cgroup.remove();
                 drop(file_lock);
                 let _ = fs::remove_file(&lock_path);
                 return Err(e);
@@ -709,6 +681,50 @@ impl Daemon {
             Some(file_lock),
         );
         Ok((sandbox, child))
+    }
+
+    /// In a new sandbox's cgroup: its resolver and proxy (if needed), its kernel entry, the
+    /// workload. On error, what was made here is undone (not the cgroup).
+    fn start_in(
+        self: &Arc<Self>,
+        id: &str,
+        cgroup: &SandboxCgroup,
+        dir: &Path,
+        compiled: &Arc<CompiledPolicy>,
+        req: &CreateRequest,
+        spec: &mut launch::LaunchSpec,
+    ) -> ApiResult<(u32, Option<DomainServices>, Child, Option<fs::File>)> {
+        let services = if self.needs_services(compiled, req.proxy_env) {
+            Some(self.start_services(id, self.layers(compiled), None)?)
+        } else {
+            None
+        };
+        let policy_id = self
+            .enforcement()
+            .apply(
+                cgroup.id,
+                compiled,
+                domains::service_ports(services.as_ref()),
+            )
+            .map_err(|e| ApiError::internal(crate::error_line(&e)))?;
+        if let Some(s) = &services {
+            s.bind(Bound {
+                cgroup_id: cgroup.id,
+                policy_id,
+            });
+            if req.proxy_env {
+                crate::sandbox::set_proxy_env(spec, s.proxy_port);
+            }
+        }
+        match spawn_workload(cgroup, spec, dir, req.stdin) {
+            Ok((child, stdin)) => Ok((policy_id, services, child, stdin)),
+            Err(e) => {
+                self.enforcement()
+                    .remove(cgroup.id, policy_id, Some(compiled));
+                let _ = cgroup.kill_all(KILL_TIMEOUT);
+                Err(e)
+            }
+        }
     }
 
     fn start_services(
@@ -936,10 +952,7 @@ impl Daemon {
     ) -> ApiResult<(SandboxCgroup, u32, Option<DomainServices>)> {
         let cg = SandboxCgroup::create(&sandbox.cgroup.path, &format!("exec-{exec_id}"))
             .map_err(|e| ApiError::internal(e.to_string()))?;
-        let services = if policy.has_names()
-            || ceiling_policy.has_names()
-            || self.config.floor_needs_domain_services()
-        {
+        let services = if self.needs_services(policy, false) || ceiling_policy.has_names() {
             let layers = std::iter::once(policy.clone())
                 .chain(std::iter::once(ceiling_policy.clone()))
                 .chain(self.floor.iter().cloned())
@@ -954,9 +967,7 @@ impl Daemon {
         } else {
             None
         };
-        let ports = services
-            .as_ref()
-            .map_or((0, 0), |s| (s.dns_port, s.proxy_port));
+        let ports = domains::service_ports(services.as_ref());
         let mut enforcement = self.enforcement();
         let applied = enforcement
             .sandbox_entry(sandbox.cgroup.id)
@@ -1013,11 +1024,7 @@ impl Daemon {
         if inner.services.is_none() && needs_services {
             inner.services = Some(self.start_services(&sandbox.id, self.layers(&new), None)?);
         }
-        let ports = inner
-            .services
-            .as_ref()
-            .filter(|_| needs_services)
-            .map_or((0, 0), |s| (s.dns_port, s.proxy_port));
+        let ports = domains::service_ports(inner.services.as_ref().filter(|_| needs_services));
         // Narrowed execs: those of this daemon and those it re-adopted with the sandbox
         // (recorded; their entries may outlive a restart).
         let view = sandbox.view();
@@ -1072,10 +1079,7 @@ impl Daemon {
                         .filter_map(|e| e.cgroup.as_ref().map(|c| (c.path.clone(), c.id))),
                 )
                 .collect();
-        let service_ports = inner
-            .services
-            .as_ref()
-            .map_or((0, 0), |s| (s.dns_port, s.proxy_port));
+        let service_ports = domains::service_ports(inner.services.as_ref());
         drop(enforcement);
         // The record changes before the lock goes: the next policy change starts from it.
         sandbox.update(|v| {

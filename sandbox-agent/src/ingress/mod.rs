@@ -172,12 +172,12 @@ impl Gateway {
             source,
             grant,
             protocol,
+            mask,
             target,
         } = match self.authorize(&req, &route) {
             Ok(a) => a,
             Err(refused) => return *refused,
         };
-        let mask = sandbox.view().mask_host;
         let activity = sandbox.ingress_activity();
         let forwarded = Forwarded {
             route: &route,
@@ -197,7 +197,7 @@ impl Gateway {
         let response = if upgrade {
             let live = Liveness {
                 daemon: self.daemon.clone(),
-                sandbox: sandbox.id.clone(),
+                sandbox: sandbox.clone(),
                 secret: secret.clone(),
             };
             forward_upgrade(req, target, activity, live).await
@@ -304,6 +304,8 @@ struct Allowed {
     source: TokenSource,
     grant: tokens::Grant,
     protocol: PortProtocol,
+    /// The sandbox's `mask_host`.
+    mask: Option<String>,
     target: SocketAddr,
 }
 
@@ -343,6 +345,8 @@ impl Gateway {
                 "this connect token is for another sandbox",
             )));
         }
+        // One copy of the record per request.
+        let view = sandbox.view();
         let traffic = req
             .headers()
             .get(route::TRAFFIC_TOKEN)
@@ -350,15 +354,14 @@ impl Gateway {
         if !self
             .daemon
             .tokens()
-            .traffic_allows(&sandbox.id, sandbox.view().private_ports, traffic)
+            .traffic_allows(&sandbox.id, view.private_ports, traffic)
         {
             return Err(Box::new(error(
                 StatusCode::FORBIDDEN,
                 "this sandbox's ports need its traffic token in X-Sandbox-Traffic-Token",
             )));
         }
-        let Some(protocol) = sandbox
-            .view()
+        let Some(protocol) = view
             .ports
             .iter()
             .find(|p| p.port == route.port && p.protocol.is_http())
@@ -391,6 +394,7 @@ impl Gateway {
             source,
             grant,
             protocol,
+            mask: view.mask_host,
             target,
         })
     }
@@ -399,18 +403,19 @@ impl Gateway {
 /// What an upgraded connection needs to tell whether it may go on.
 struct Liveness {
     daemon: Arc<Daemon>,
-    sandbox: String,
+    sandbox: Arc<crate::daemon::Sandbox>,
     secret: String,
 }
 
 impl Liveness {
     /// The token still opens the sandbox, and the sandbox runs.
     fn holds(&self) -> bool {
-        self.daemon
-            .tokens()
-            .check(&self.secret)
-            .is_some_and(|g| g.sandbox == self.sandbox)
-            && self.daemon.find(&self.sandbox).is_ok_and(|s| s.running())
+        self.sandbox.running()
+            && self
+                .daemon
+                .tokens()
+                .check(&self.secret)
+                .is_some_and(|g| g.sandbox == self.sandbox.id)
     }
 }
 
