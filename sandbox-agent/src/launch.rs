@@ -59,6 +59,7 @@ pub enum Step {
     Seccomp = 13,
     Stdio = 14,
     Session = 15,
+    Landlock = 16,
 }
 
 impl Step {
@@ -79,6 +80,7 @@ impl Step {
             Step::Seccomp,
             Step::Stdio,
             Step::Session,
+            Step::Landlock,
         ]
         .into_iter()
         .find(|s| *s as u32 == v)
@@ -101,6 +103,7 @@ impl Step {
             Self::Seccomp => "install the seccomp filter",
             Self::Stdio => "set up standard input and output",
             Self::Session => "start a new session",
+            Self::Landlock => "enter the sandbox's Landlock domain",
         }
     }
 }
@@ -171,86 +174,6 @@ const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 /// linux/sched.h; libc's constant is an overflowing `c_int`.
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
-/// The seccomp filter every workload gets: link-layer sockets fail with EPERM, whether asked
-/// for as `socket(AF_PACKET, ...)` or as the old `socket(AF_INET, SOCK_PACKET, ...)`, which the
-/// kernel turns into a packet socket. They send frames below the IP layer, where no cgroup hook
-/// sees them; they need `CAP_NET_RAW`, which only `--cap-add NET_RAW` gives, and this keeps the
-/// wall whole even then. `io_uring_setup` is refused too: `io_uring` creates sockets without the
-/// `socket` syscall, out of this filter's sight. Syscalls of another ABI (i386 `socketcall`,
-/// x32) are refused the same way, since they would not be checked.
-///
-/// For ingress (see DESIGN-NOTES.md): SCTP, DCCP and MPTCP sockets are refused (the kernel
-/// steers and guards TCP listeners only), and so is `setsockopt(SOL_SOCKET, SO_MARK)`, which
-/// `CAP_NET_RAW` would otherwise allow: the mark is what opens a sandbox's listeners.
-/// Classic BPF, hand-written.
-fn seccomp_filter() -> Vec<libc::sock_filter> {
-    const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
-    const X32_SYSCALL_BIT: u32 = 0x4000_0000;
-    const AF_PACKET: u32 = 17;
-    const SOCK_PACKET: u32 = 10;
-    const IPPROTO_DCCP: u32 = 33;
-    const IPPROTO_SCTP: u32 = 132;
-    const IPPROTO_MPTCP: u32 = 262;
-    const SOL_SOCKET: u32 = 1;
-    const SO_MARK: u32 = 36;
-    /// The socket type without `SOCK_NONBLOCK`/`SOCK_CLOEXEC`.
-    const SOCK_TYPE_MASK: u32 = 0xf;
-    const OFFSET_NR: u32 = 0;
-    const OFFSET_ARCH: u32 = 4;
-    const OFFSET_ARG0: u32 = 16;
-    const OFFSET_ARG1: u32 = 24;
-    const OFFSET_ARG2: u32 = 32;
-    let op = |code: u32| u16::try_from(code).expect("BPF opcodes fit 16 bits");
-    let stmt = |code: u32, k: u32| libc::sock_filter {
-        code: op(code),
-        jt: 0,
-        jf: 0,
-        k,
-    };
-    let jump = |code: u32, k: u32, jt: u8, jf: u8| libc::sock_filter {
-        code: op(code),
-        jt,
-        jf,
-        k,
-    };
-    let jeq = |k: u32, jt: u8, jf: u8| jump(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K, k, jt, jf);
-    let nr = |n: libc::c_long| u32::try_from(n).expect("syscall numbers fit 32 bits");
-    let load = |offset: u32| stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, offset);
-    let deny = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;
-    // Jump offsets count from the next instruction; the last two are allow (21), deny (22).
-    vec![
-        /* 0 */ load(OFFSET_ARCH),
-        /* 1 */ jeq(AUDIT_ARCH_X86_64, 1, 0),
-        /* 2 */ stmt(libc::BPF_RET | libc::BPF_K, deny),
-        /* 3 */ load(OFFSET_NR),
-        /* 4 */
-        jump(
-            libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K,
-            X32_SYSCALL_BIT,
-            17,
-            0,
-        ),
-        /* 5 */ jeq(nr(libc::SYS_io_uring_setup), 16, 0),
-        /* 6 */ jeq(nr(libc::SYS_socket), 0, 9),
-        /* 7 */ load(OFFSET_ARG0),
-        /* 8 */ jeq(AF_PACKET, 13, 0),
-        /* 9 */ load(OFFSET_ARG2),
-        /* 10 */ jeq(IPPROTO_SCTP, 11, 0),
-        /* 11 */ jeq(IPPROTO_DCCP, 10, 0),
-        /* 12 */ jeq(IPPROTO_MPTCP, 9, 0),
-        /* 13 */ load(OFFSET_ARG1),
-        /* 14 */ stmt(libc::BPF_ALU | libc::BPF_AND | libc::BPF_K, SOCK_TYPE_MASK),
-        /* 15 */ jeq(SOCK_PACKET, 6, 5),
-        /* 16 */ jeq(nr(libc::SYS_setsockopt), 0, 4),
-        /* 17 */ load(OFFSET_ARG1),
-        /* 18 */ jeq(SOL_SOCKET, 0, 2),
-        /* 19 */ load(OFFSET_ARG2),
-        /* 20 */ jeq(SO_MARK, 1, 0),
-        /* 21 */ stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW),
-        /* 22 */ stmt(libc::BPF_RET | libc::BPF_K, deny),
-    ]
-}
-
 /// Highest capability number this kernel knows.
 fn last_cap() -> u32 {
     std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
@@ -287,11 +210,13 @@ pub fn spawn(spec: &LaunchSpec, cgroup_fd: &OwnedFd) -> Result<Child, LaunchErro
         version: LINUX_CAPABILITY_VERSION_3,
         pid: 0,
     };
-    let filter = seccomp_filter();
-    let seccomp = libc::sock_fprog {
+    let filters = crate::seccomp::programs();
+    let seccomp = filters.each_ref().map(|filter| libc::sock_fprog {
         len: u16::try_from(filter.len()).expect("short filter"),
         filter: filter.as_ptr().cast_mut(),
-    };
+    });
+    let ruleset = crate::scoping::ruleset()?;
+    let ruleset_fd = ruleset.as_ref().map_or(-1, |fd| fd.as_raw_fd());
 
     let mut pipe = [0 as RawFd; 2];
     // SAFETY: pipe2 writes two fds into the array.
@@ -329,6 +254,7 @@ pub fn spawn(spec: &LaunchSpec, cgroup_fd: &OwnedFd) -> Result<Child, LaunchErro
         header: &mut header,
         caps: &mut caps,
         seccomp: &seccomp,
+        ruleset_fd,
         report_fd: write_end.as_raw_fd(),
     };
     // SAFETY: the child only makes raw syscalls on memory prepared above (which outlives it:
@@ -414,7 +340,9 @@ struct ChildArgs<'a> {
     keep_mask: u64,
     header: &'a mut CapHeader,
     caps: &'a mut [CapData; 2],
-    seccomp: &'a libc::sock_fprog,
+    seccomp: &'a [libc::sock_fprog; 2],
+    /// The workload's Landlock ruleset (`scoping`), -1 where Landlock is unavailable.
+    ruleset_fd: RawFd,
     report_fd: RawFd,
 }
 
@@ -433,6 +361,7 @@ extern "C" fn child_entry(arg: *mut libc::c_void) -> ! {
             a.header,
             a.caps,
             a.seccomp,
+            a.ruleset_fd,
             a.report_fd,
         )
     }
@@ -483,7 +412,8 @@ unsafe fn child_main(
     keep_mask: u64,
     header: &mut CapHeader,
     caps: &mut [CapData; 2],
-    seccomp: &libc::sock_fprog,
+    seccomp: &[libc::sock_fprog; 2],
+    ruleset_fd: RawFd,
     report_fd: RawFd,
 ) -> ! {
     unsafe {
@@ -562,15 +492,20 @@ unsafe fn child_main(
         if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
             fail(Step::NoNewPrivs);
         }
-        if libc::prctl(
-            libc::PR_SET_SECCOMP,
-            libc::SECCOMP_MODE_FILTER,
-            ptr::from_ref(seccomp),
-            0,
-            0,
-        ) != 0
-        {
-            fail(Step::Seccomp);
+        if ruleset_fd >= 0 && crate::scoping::restrict_self(ruleset_fd) != 0 {
+            fail(Step::Landlock);
+        }
+        for program in seccomp {
+            if libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER,
+                ptr::from_ref(program),
+                0,
+                0,
+            ) != 0
+            {
+                fail(Step::Seccomp);
+            }
         }
         if libc::chdir(spec.cwd.as_ptr()) != 0 {
             fail(Step::Cwd);

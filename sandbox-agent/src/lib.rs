@@ -14,6 +14,8 @@ pub mod paths;
 pub mod policy;
 pub mod proxy;
 pub mod sandbox;
+pub mod scoping;
+pub mod seccomp;
 pub mod user;
 pub mod workload;
 

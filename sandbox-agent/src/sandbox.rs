@@ -112,6 +112,9 @@ impl Drop for LiveSandbox<'_> {
 
 /// Runs one workload under `opts.policy` and cleans up.
 pub fn run(paths: &Paths, mut opts: RunOptions) -> Result<RunReport, RunError> {
+    for gap in crate::scoping::host_gaps() {
+        eprintln!("sandbox-agent: warning: {gap}");
+    }
     // Signals are blocked before anything exists, so a SIGTERM at any moment reaches the
     // signalfd and leads to an orderly clean-up instead of killing the agent half-way.
     let mut mask = SigSet::empty();

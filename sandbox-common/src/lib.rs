@@ -143,6 +143,9 @@ pub struct ServerPort {
     pub assigned: u16,
     /// Explicit padding, always zero.
     pub pad: u32,
+    /// Cookie of the network namespace the socket listens in: a connect is steered to it
+    /// only from the same namespace (the port would name another socket elsewhere).
+    pub netns: u64,
 }
 
 /// TCP flags of an inbound packet that opens a connection (SYN without ACK).
@@ -746,6 +749,9 @@ const _: () = assert!(core::mem::size_of::<FlowMark>() == 24);
 const _: () = assert!(core::mem::size_of::<LearnedV4>() == 8);
 const _: () = assert!(core::mem::size_of::<LearnedV6>() == 20);
 const _: () = assert!(core::mem::size_of::<RuleValue>() == 4);
+const _: () = assert!(core::mem::size_of::<ListenKey>() == 16);
+const _: () = assert!(core::mem::size_of::<ServerKey>() == 16);
+const _: () = assert!(core::mem::size_of::<ServerPort>() == 32);
 
 #[cfg(feature = "user")]
 mod user {

@@ -41,7 +41,7 @@ use aya_ebpf::{
     EbpfContext as _,
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST, BPF_SOCK_OPS_TCP_CONNECT_CB},
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_setsockopt,
+        bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_setsockopt,
         bpf_sk_fullsock, bpf_skb_cgroup_id,
     },
     macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, map, sock_ops},
@@ -605,7 +605,7 @@ fn sock_addr_v4(ctx: &SockAddrContext, call: Call) -> i32 {
     // decision multiplies the paths the verifier walks (connect6 went from 82k to 142k).
     if is_loopback_v4(addr)
         && let SocketKind::TcpConnect = socket_kind(ctx, call)
-        && let Some(listener) = own_listener(cgroup_id, port, 4)
+        && let Some(listener) = own_listener(ctx, cgroup_id, port, 4)
     {
         if !mark_own_listener_connect(ctx, cgroup_id, &listener, mapped(addr)) {
             return DROP;
@@ -708,7 +708,7 @@ fn sock_addr_v6(ctx: &SockAddrContext, call: Call) -> i32 {
             Some(_) => (4, mapped(LOCALHOST_V4)),
             None => (6, LOCALHOST_V6),
         };
-        if let Some(listener) = own_listener(cgroup_id, port, family) {
+        if let Some(listener) = own_listener(ctx, cgroup_id, port, family) {
             if !mark_own_listener_connect(ctx, cgroup_id, &listener, addr) {
                 return DROP;
             }
@@ -759,8 +759,9 @@ fn sock_addr_v6(ctx: &SockAddrContext, call: Call) -> i32 {
     }
 }
 
-/// A listener of this sandbox on `port` (as the workload asked for it).
-fn own_listener(cgroup_id: u64, port: u16, family: u16) -> Option<ServerPort> {
+/// A listener of this sandbox on `port` (as the workload asked for it), in the network
+/// namespace of the socket connecting.
+fn own_listener(ctx: &SockAddrContext, cgroup_id: u64, port: u16, family: u16) -> Option<ServerPort> {
     let key = ListenKey {
         cgroup_id,
         port,
@@ -768,7 +769,10 @@ fn own_listener(cgroup_id: u64, port: u16, family: u16) -> Option<ServerPort> {
         pad: 0,
     };
     // SAFETY: the value is copied out at once.
-    unsafe { LISTENING.get(key) }.copied()
+    let listener = unsafe { LISTENING.get(key) }.copied()?;
+    // SAFETY: the context is a socket; the helper reads its namespace.
+    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    (listener.netns == netns).then_some(listener)
 }
 
 /// Takes the ingress mark off a socket connecting anywhere but to its sandbox's own
@@ -920,7 +924,13 @@ pub fn sandbox_bind6(ctx: SockAddrContext) -> i32 {
 
 /// Records where a socket seen by `bind_action` is bound: `LISTENING` by the port it asked
 /// for, `SERVER_PORTS` by the port it got. A bind whose record cannot be kept fails.
-fn record_listener(ctx: &SockContext, family: u16) -> i32 {
+///
+/// Only a socket that a connect to the sandbox's loopback address would reach is recorded
+/// (`reachable`: bound to 127.0.0.1/`::1` or the wildcard), with its network namespace: a
+/// record of a port-0 bind to 127.0.0.2, or of a bind in another namespace, would name a
+/// port where some other socket listens (a review narrowed `IP_LOCAL_PORT_RANGE` to pick
+/// that port, and reached host services through the steered connect).
+fn record_listener(ctx: &SockContext, family: u16, reachable: bool) -> i32 {
     // SAFETY: the context pointer is valid for the program's run.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // SAFETY: the value is copied out at once.
@@ -928,6 +938,11 @@ fn record_listener(ctx: &SockContext, family: u16) -> i32 {
         return PASS;
     };
     let _ = BIND_REQUESTS.remove(cookie);
+    if !reachable {
+        return PASS;
+    }
+    // SAFETY: the context is a socket; the helper reads its namespace.
+    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
     // SAFETY: helper without preconditions.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     // SAFETY: readable in post_bind, host byte order.
@@ -944,6 +959,7 @@ fn record_listener(ctx: &SockContext, family: u16) -> i32 {
         requested,
         assigned,
         pad: 0,
+        netns,
     };
     let listen = ListenKey {
         cgroup_id,
@@ -1013,7 +1029,15 @@ fn atomic_add(value: *mut u64, delta: u64) {
 
 #[cgroup_sock(post_bind4)]
 pub fn sandbox_post_bind4(ctx: SockContext) -> i32 {
-    record_listener(&ctx, 4)
+    // SAFETY: readable in post_bind4, network order.
+    let addr = unsafe { (*ctx.sock).src_ip4 };
+    record_listener(&ctx, 4, reachable_v4(addr))
+}
+
+/// 127.0.0.1 or 0.0.0.0 (network order): where a connect to 127.0.0.1 lands.
+#[inline(always)]
+fn reachable_v4(addr: u32) -> bool {
+    addr == 0 || addr == u32::from_ne_bytes(LOCALHOST_V4)
 }
 
 #[cgroup_sock(post_bind6)]
@@ -1021,7 +1045,13 @@ pub fn sandbox_post_bind6(ctx: SockContext) -> i32 {
     // SAFETY: readable in post_bind6, each word read whole.
     let words = unsafe { (*ctx.sock).src_ip6 };
     let v4_mapped = words[0] == 0 && words[1] == 0 && words[2] == 0xffff_u32.to_be();
-    record_listener(&ctx, if v4_mapped { 4 } else { 6 })
+    let reachable = if v4_mapped {
+        reachable_v4(words[3])
+    } else {
+        // `::1` or `::`
+        words[0] == 0 && words[1] == 0 && words[2] == 0 && (words[3] == 0 || words[3] == 1_u32.to_be())
+    };
+    record_listener(&ctx, if v4_mapped { 4 } else { 6 }, reachable)
 }
 
 /// Forgets a released listener's records: each only if it is still this socket's (a newer

@@ -317,6 +317,9 @@ impl Daemon {
         let daemon_lock = FileLock::try_acquire(&lock_path)
             .map_err(io_err("lock", &lock_path))?
             .ok_or_else(|| DaemonError::AlreadyRunning(lock_path.clone()))?;
+        for gap in crate::scoping::host_gaps() {
+            tracing::warn!("{gap}");
+        }
         let floor = config
             .floor()
             .map_err(|e| DaemonError::Config(format!("floor_deny: {e}")))?;
