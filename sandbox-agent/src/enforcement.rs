@@ -661,7 +661,17 @@ impl Enforcement {
                     0,
                 );
             } else {
-                let _ = self.flows.remove(&cookie);
+                // Overwritten with a peer no packet has, not removed: the entry stays counted
+                // against the sandbox's quota until the kernel forgets the socket, which the
+                // caller cuts.
+                let _ = self.flows.insert(
+                    cookie,
+                    FlowMark {
+                        peer: [0; 16],
+                        ..mark
+                    },
+                    0,
+                );
                 cut.push(peer);
             }
         }

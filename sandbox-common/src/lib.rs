@@ -96,6 +96,10 @@ pub const MAX_LISTENING: u32 = 262_144;
 /// TCP binds one sandbox may have recorded at once (`LISTEN_COUNTS`): one sandbox cannot
 /// fill the host-wide maps and make every other sandbox's binds fail.
 pub const MAX_LISTENING_PER_SANDBOX: u32 = 4096;
+/// Entries one sandbox may hold in `FLOWS` (and so in `ORIG_DST`, whose entries are a subset):
+/// sockets redirected to the agent or let through to a learned address or its own listener.
+/// A sandbox over it gets EPERM (reason `Quota`); the others keep their share of `MAX_FLOWS`.
+pub const MAX_FLOWS_PER_SANDBOX: u32 = 16_384;
 /// The `SO_MARK` of the agent's ingress connections to sandboxes, the only inbound TCP
 /// connections a sandbox accepts (an unmarked SYN is dropped). Setting a mark takes
 /// `CAP_NET_ADMIN`, which sandboxes lack; the kernel sets it itself on a sandbox's connects to
@@ -380,6 +384,9 @@ pub struct FlowMark {
     /// [`FlowKind::Learned`]: the peer, IPv6 or IPv4-mapped, network order. Zero otherwise
     /// (the other kinds pass only with loopback peers, the agent).
     pub peer: [u8; 16],
+    /// The sandbox whose quota (`MAX_FLOWS_PER_SANDBOX`) the entry counts against; 0 for
+    /// accepted connections, which only the agent's ingress opens.
+    pub cgroup_id: u64,
 }
 
 /// The destination a sandboxed socket asked for before it was redirected, keyed by socket
@@ -483,6 +490,8 @@ pub enum Reason {
     /// Traffic of a connection from the agent's ingress (or the sandbox's own clients) to a
     /// listener of the sandbox.
     Ingress = 12,
+    /// The sandbox holds its quota of a shared kernel map (`MAX_FLOWS_PER_SANDBOX`).
+    Quota = 13,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -745,7 +754,7 @@ const _: () = assert!(core::mem::size_of::<EventBudget>() == 24);
 const _: () = assert!(core::mem::size_of::<Counters>() == 72);
 const _: () = assert!(core::mem::size_of::<OrigDst>() == 40);
 const _: () = assert!(core::mem::size_of::<ProxyKey>() == 8);
-const _: () = assert!(core::mem::size_of::<FlowMark>() == 24);
+const _: () = assert!(core::mem::size_of::<FlowMark>() == 32);
 const _: () = assert!(core::mem::size_of::<LearnedV4>() == 8);
 const _: () = assert!(core::mem::size_of::<LearnedV6>() == 20);
 const _: () = assert!(core::mem::size_of::<RuleValue>() == 4);

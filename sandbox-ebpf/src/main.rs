@@ -53,7 +53,7 @@ use aya_ebpf::{
 use sandbox_common::{
     Counters, DEFAULT_MAX_PREFIXES, EVENTS_RING_BYTES, EventBudget, EventKind, FlowKind, FlowMark,
     INGRESS_MARK, Layer, LearnedV4, LearnedV6, ListenKey, LpmDataV4, LpmDataV6, MAX_FLOWS,
-    MAX_LEARNED, MAX_LISTENING, MAX_LISTENING_PER_SANDBOX, MAX_PROXY_CONNS, MAX_SANDBOXES, OrigDst,
+    MAX_FLOWS_PER_SANDBOX, MAX_LEARNED, MAX_LISTENING, MAX_LISTENING_PER_SANDBOX, MAX_PROXY_CONNS, MAX_SANDBOXES, OrigDst,
     POLICY_ID_BITS, ProxyKey, Reason, RuleValue, SandboxEntry, ServerKey, ServerPort,
     SockAddrAction, SocketKind, Verdict, VerdictEvent, combine, decide, is_loopback_v4,
     is_loopback_v6, loopback_min_v4, loopback_min_v6, lpm_data_v4, lpm_data_v6, opens_connection,
@@ -122,6 +122,10 @@ static LISTENER_SOCKETS: HashMap<u64, ServerKey> =
 #[map]
 static LISTEN_COUNTS: HashMap<u64, u64> =
     HashMap::with_max_entries(MAX_SANDBOXES, BPF_F_NO_PREALLOC);
+
+/// Entries in `FLOWS` per sandbox, capped at `MAX_FLOWS_PER_SANDBOX`.
+#[map]
+static FLOW_COUNTS: HashMap<u64, u64> = HashMap::with_max_entries(MAX_SANDBOXES, BPF_F_NO_PREALLOC);
 
 /// Denied verdicts for the agent's event stream, rate-limited per CPU (`EVENT_BUDGET`).
 #[map]
@@ -498,17 +502,38 @@ fn learned_v6(policy_id: u32, addr: [u8; 16]) -> bool {
     }
 }
 
-fn mark_flow(cookie: u64, kind: FlowKind, policy_id: u32, peer: [u8; 16]) -> bool {
+/// Marks a socket in `FLOWS`, counted against `cgroup_id`'s quota (0: not counted). An
+/// entry the socket already has is replaced without counting again. Errors say why.
+fn mark_flow(
+    cookie: u64,
+    kind: FlowKind,
+    policy_id: u32,
+    peer: [u8; 16],
+    cgroup_id: u64,
+) -> Result<(), Reason> {
     let mark = FlowMark {
         kind: kind as u32,
         policy_id,
         peer,
+        cgroup_id,
     };
-    FLOWS.insert(cookie, mark, 0).is_ok()
+    // SAFETY: only presence is read.
+    let counted = cgroup_id != 0 && unsafe { FLOWS.get(cookie) }.is_none();
+    if counted && !take_slot(&FLOW_COUNTS, cgroup_id, MAX_FLOWS_PER_SANDBOX) {
+        return Err(Reason::Quota);
+    }
+    if FLOWS.insert(cookie, mark, 0).is_err() {
+        if counted {
+            release_slot(&FLOW_COUNTS, cgroup_id);
+        }
+        return Err(Reason::AgentFlow);
+    }
+    Ok(())
 }
 
-/// Records where a redirected socket wanted to go and marks it; false if the maps are full
-/// (then the connect is refused: without the record the agent could not serve it).
+/// Records where a redirected socket wanted to go and marks it; an error if the maps or the
+/// sandbox's quota are full (then the connect is refused: without the record the agent could
+/// not serve it).
 fn record_redirect(
     ctx: &SockAddrContext,
     cgroup_id: u64,
@@ -517,7 +542,7 @@ fn record_redirect(
     to: u32,
     kind: FlowKind,
     family: u16,
-) -> bool {
+) -> Result<(), Reason> {
     // SAFETY: the context pointer is valid for the program's run.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let dst = OrigDst {
@@ -529,7 +554,12 @@ fn record_redirect(
         pad: 0,
         cgroup_id,
     };
-    ORIG_DST.insert(cookie, dst, 0).is_ok() && mark_flow(cookie, kind, 0, [0; 16])
+    if ORIG_DST.insert(cookie, dst, 0).is_err() {
+        return Err(Reason::AgentFlow);
+    }
+    mark_flow(cookie, kind, 0, [0; 16], cgroup_id).inspect_err(|_| {
+        let _ = ORIG_DST.remove(cookie);
+    })
 }
 
 fn refuse(cgroup_id: u64, call: Call, peer: [u8; 16], port: u16, reason: Reason) -> i32 {
@@ -554,11 +584,13 @@ fn pass_learned(
 ) -> i32 {
     // SAFETY: as in `record_redirect`.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    if mark_flow(cookie, FlowKind::Learned, policy_id, peer) {
-        count(cgroup_id, Event::LearnedConnect);
-        PASS
-    } else {
-        refuse(cgroup_id, call, peer, port, Reason::LearnedAddress)
+    match mark_flow(cookie, FlowKind::Learned, policy_id, peer, cgroup_id) {
+        Ok(()) => {
+            count(cgroup_id, Event::LearnedConnect);
+            PASS
+        }
+        Err(Reason::Quota) => refuse(cgroup_id, call, peer, port, Reason::Quota),
+        Err(_) => refuse(cgroup_id, call, peer, port, Reason::LearnedAddress),
     }
 }
 
@@ -638,8 +670,8 @@ fn sock_addr_v4(ctx: &SockAddrContext, call: Call) -> i32 {
             pass_learned(ctx, cgroup_id, entry.policy_id, call, mapped(addr), port)
         }
         SockAddrAction::Redirect { port: to, kind } => {
-            if !record_redirect(ctx, cgroup_id, mapped(addr), port, to, kind, 4) {
-                return refuse(cgroup_id, call, mapped(addr), port, Reason::AgentFlow);
+            if let Err(reason) = record_redirect(ctx, cgroup_id, mapped(addr), port, to, kind, 4) {
+                return refuse(cgroup_id, call, mapped(addr), port, reason);
             }
             // SAFETY: writable fields of connect4/sendmsg4, each written whole.
             unsafe {
@@ -747,8 +779,8 @@ fn sock_addr_v6(ctx: &SockAddrContext, call: Call) -> i32 {
                 Some(_) => (mapped(LOCALHOST_V4), 4),
                 None => (LOCALHOST_V6, 6),
             };
-            if !record_redirect(ctx, cgroup_id, addr, port, to, kind, family) {
-                return refuse(cgroup_id, call, addr, port, Reason::AgentFlow);
+            if let Err(reason) = record_redirect(ctx, cgroup_id, addr, port, to, kind, family) {
+                return refuse(cgroup_id, call, addr, port, reason);
             }
             write_ip6(ctx, &target);
             // SAFETY: as in `sock_addr_v4`.
@@ -820,14 +852,13 @@ fn mark_own_listener_connect(
     let set = set_mark(ctx, INGRESS_MARK);
     // SAFETY: as in `record_redirect`.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    if !set || !mark_flow(cookie, FlowKind::OwnListener, 0, [0; 16]) {
-        refuse(
-            cgroup_id,
-            Call::Connect,
-            peer,
-            listener.requested,
-            Reason::AgentFlow,
-        );
+    let marked = if set {
+        mark_flow(cookie, FlowKind::OwnListener, 0, [0; 16], cgroup_id)
+    } else {
+        Err(Reason::AgentFlow)
+    };
+    if let Err(reason) = marked {
+        refuse(cgroup_id, Call::Connect, peer, listener.requested, reason);
         return false;
     }
     true
@@ -973,11 +1004,11 @@ fn record_listener(ctx: &SockContext, family: u16, reachable: bool) -> i32 {
         family,
         pad: 0,
     };
-    if !take_listen_slot(cgroup_id) {
+    if !take_slot(&LISTEN_COUNTS, cgroup_id, MAX_LISTENING_PER_SANDBOX) {
         return DROP;
     }
     if LISTENING.insert(listen, value, 0).is_err() {
-        release_listen_slot(cgroup_id);
+        release_slot(&LISTEN_COUNTS, cgroup_id);
         return DROP;
     }
     if SERVER_PORTS.insert(server, value, 0).is_err()
@@ -985,7 +1016,7 @@ fn record_listener(ctx: &SockContext, family: u16, reachable: bool) -> i32 {
     {
         let _ = LISTENING.remove(listen);
         let _ = SERVER_PORTS.remove(server);
-        release_listen_slot(cgroup_id);
+        release_slot(&LISTEN_COUNTS, cgroup_id);
         return DROP;
     }
     PASS
@@ -995,23 +1026,23 @@ fn record_listener(ctx: &SockContext, family: u16, reachable: bool) -> i32 {
 /// add are not one atomic step (BPF has no 32/64-bit compare-and-swap for us here): binds
 /// racing on several CPUs may overshoot the cap by a few, never drift it, since the add
 /// and the subtraction are atomic.
-fn take_listen_slot(cgroup_id: u64) -> bool {
-    if LISTEN_COUNTS.get_ptr_mut(cgroup_id).is_none() {
-        let _ = LISTEN_COUNTS.insert(cgroup_id, 0, u64::from(BPF_NOEXIST));
+fn take_slot(counts: &HashMap<u64, u64>, cgroup_id: u64, cap: u32) -> bool {
+    if counts.get_ptr_mut(cgroup_id).is_none() {
+        let _ = counts.insert(cgroup_id, 0, u64::from(BPF_NOEXIST));
     }
-    let Some(count) = LISTEN_COUNTS.get_ptr_mut(cgroup_id) else {
+    let Some(count) = counts.get_ptr_mut(cgroup_id) else {
         return false;
     };
     // SAFETY: a map value that stays valid while the program runs.
-    if unsafe { core::ptr::read_volatile(count) } >= u64::from(MAX_LISTENING_PER_SANDBOX) {
+    if unsafe { core::ptr::read_volatile(count) } >= u64::from(cap) {
         return false;
     }
     atomic_add(count, 1);
     true
 }
 
-fn release_listen_slot(cgroup_id: u64) {
-    if let Some(count) = LISTEN_COUNTS.get_ptr_mut(cgroup_id) {
+fn release_slot(counts: &HashMap<u64, u64>, cgroup_id: u64) {
+    if let Some(count) = counts.get_ptr_mut(cgroup_id) {
         atomic_add(count, u64::MAX);
     }
 }
@@ -1063,7 +1094,7 @@ fn forget_listener(cookie: u64) {
         return;
     };
     let _ = LISTENER_SOCKETS.remove(cookie);
-    release_listen_slot(key.cgroup_id);
+    release_slot(&LISTEN_COUNTS, key.cgroup_id);
     // SAFETY: as above.
     let Some(s) = (unsafe { SERVER_PORTS.get(key) }).copied() else {
         return;
@@ -1134,7 +1165,13 @@ pub fn sandbox_recvmsg6(ctx: SockAddrContext) -> i32 {
 }
 
 fn forget(cookie: u64) {
-    let _ = FLOWS.remove(cookie);
+    // SAFETY: the value is copied out at once.
+    let owner = unsafe { FLOWS.get(cookie) }.map_or(0, |mark| mark.cgroup_id);
+    // Only the call that removed the entry gives its slot back (release and the TCP close
+    // callback may both come here).
+    if FLOWS.remove(cookie).is_ok() && owner != 0 {
+        release_slot(&FLOW_COUNTS, owner);
+    }
     let _ = ORIG_DST.remove(cookie);
 }
 
@@ -1148,7 +1185,7 @@ pub fn sandbox_sock_ops(ctx: SockOpsContext) -> u32 {
         // loopback peer pass, also once the listener is gone. Forgotten when it closes.
         // SAFETY: the context pointer is valid for the program's run.
         let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-        if mark_flow(cookie, FlowKind::Accepted, 0, [0; 16]) {
+        if mark_flow(cookie, FlowKind::Accepted, 0, [0; 16], 0).is_ok() {
             let _ = ctx.set_cb_flags(ctx.cb_flags() as i32 | BPF_SOCK_OPS_STATE_CB_FLAG);
         }
     } else if op == BPF_SOCK_OPS_TCP_CONNECT_CB {

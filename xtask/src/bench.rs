@@ -94,8 +94,8 @@ while time.monotonic() < deadline:
     c.close()
 "#;
 
-/// `SANDBOX_AGENT_BENCH_ONLY=domains` (or `daemon`) runs only the domain-rule section
-/// (`bench_domains`) or the daemon's (`bench_daemon`), for repeating one without the others.
+/// `SANDBOX_AGENT_BENCH_ONLY=core` (or `domains`, `daemon`, `ingress`) runs only that section,
+/// for repeating one without the others.
 const ONLY_VAR: &str = "SANDBOX_AGENT_BENCH_ONLY";
 
 /// Runs every measurement against the agent binary at `agent` and prints the results.
@@ -133,10 +133,13 @@ pub fn run(agent: &Path) -> Result<()> {
             crate::bench_daemon::run(&mut env, agent)?;
             crate::bench_ingress::run(&mut env, agent)?;
         }
+        "core" => run_core(&mut env, agent)?,
         "domains" => crate::bench_domains::run(&mut env, agent)?,
         "daemon" => crate::bench_daemon::run(&mut env, agent)?,
         "ingress" => crate::bench_ingress::run(&mut env, agent)?,
-        other => bail!("{ONLY_VAR}={other:?}: \"domains\", \"daemon\" or \"ingress\""),
+        other => bail!(
+            "{ONLY_VAR}={other:?}: \"core\", \"domains\", \"daemon\" or \"ingress\""
+        ),
     }
     println!("\nbench took {:.0} s", started.elapsed().as_secs_f64());
     Ok(())

@@ -349,7 +349,7 @@ fn kernel_line(event: &VerdictEvent, sandbox: Option<String>) -> Line {
 }
 
 fn reason_text(reason: u32) -> &'static str {
-    const ALL: [(Reason, &str); 12] = [
+    const ALL: [(Reason, &str); 13] = [
         (Reason::AllowRule, "allow rule"),
         (Reason::DenyRule, "deny rule"),
         (Reason::DefaultAllow, "default allow"),
@@ -365,6 +365,7 @@ fn reason_text(reason: u32) -> &'static str {
             "inbound connection not from the agent's ingress",
         ),
         (Reason::Ingress, "ingress connection"),
+        (Reason::Quota, "over the sandbox's quota of a shared kernel map"),
     ];
     ALL.iter()
         .find(|(r, _)| *r as u32 == reason)
