@@ -6,7 +6,7 @@
 //! agent dies, the ports close: the sandbox's redirected connects are refused (fail closed).
 use std::{
     collections::HashMap,
-    io,
+    fs, io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
@@ -443,7 +443,13 @@ fn bind_ports(preferred: Option<(u16, u16)>) -> Result<Sockets, DomainError> {
     for attempt in 0..TRIES {
         // The preferred ports first (a restarted daemon takes its sandboxes' ports back, so
         // that proxy variables set at their start still work), then any.
-        let (dns_port, proxy_port) = preferred.filter(|_| attempt == 0).unwrap_or((0, 0));
+        // Below the ephemeral range (see `port_outside_ephemeral`); the last tries let the
+        // kernel pick, should every port tried there be taken.
+        let (dns_port, proxy_port) = match preferred.filter(|_| attempt == 0) {
+            Some(ports) => ports,
+            None if attempt + 4 >= TRIES => (0, 0),
+            None => (port_outside_ephemeral(), port_outside_ephemeral()),
+        };
         let dns = bind_same_port(&[Kind::Udp, Kind::Tcp], ipv6, dns_port);
         let proxy = bind_same_port(&[Kind::Tcp], ipv6, proxy_port);
         match (dns, proxy) {
@@ -475,6 +481,32 @@ fn bind_ports(preferred: Option<(u16, u16)>) -> Result<Sockets, DomainError> {
         what: "resolver and proxy ports",
         source: last.unwrap_or_else(|| io::Error::other("no free port")),
     })
+}
+
+/// Ports tried for the agent's services lie below the kernel's ephemeral range: sandboxes
+/// hold ephemeral ports freely (every fixed-port TCP bind of theirs is steered to port 0, and
+/// each redirected socket takes one), and a review used up 127.0.0.1's ephemeral ports so
+/// that a new sandbox's resolver could not start. How many ports below the range are tried.
+const SERVICE_PORT_SPAN: u32 = 16_384;
+
+/// A random port in the `SERVICE_PORT_SPAN` ports below the ephemeral range, or 0 (let the
+/// kernel pick) where the range leaves no room below it.
+fn port_outside_ephemeral() -> u16 {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let low = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let floor = 1024;
+    if low <= floor + 1 {
+        return 0;
+    }
+    let span = SERVICE_PORT_SPAN.min(low - floor - 1);
+    // A fresh random seed per call; no cryptographic quality needed, just spread.
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(low);
+    let offset = u32::try_from(hasher.finish() % u64::from(span)).expect("below span");
+    u16::try_from(low - 1 - offset).unwrap_or(0)
 }
 
 #[derive(Clone, Copy)]
@@ -591,6 +623,21 @@ fn decide_in_layers(layers: &[Arc<CompiledPolicy>], name: &str) -> crate::policy
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn service_ports_lie_below_the_ephemeral_range() {
+        let low: u16 = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        for _ in 0..100 {
+            let port = port_outside_ephemeral();
+            assert!(port > 1024 && port < low, "{port} not below {low}");
+        }
+    }
 
     #[test]
     fn upstream_addresses() {
