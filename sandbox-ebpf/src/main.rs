@@ -1211,9 +1211,34 @@ pub fn sandbox_sock_ops(ctx: SockOpsContext) -> u32 {
         }
     } else if op == BPF_SOCK_OPS_STATE_CB && ctx.arg(1) == TCP_CLOSE {
         // SAFETY: as above.
-        forget(unsafe { bpf_get_socket_cookie(ctx.as_ptr()) });
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+        forget_proxy_conn(&ctx, cookie);
+        forget(cookie);
     }
     1
+}
+
+/// Removes a proxied connection's `PROXY_CONNS` entry when it closes before the proxy took
+/// it: stale entries would otherwise stay until the LRU evicted them, and one sandbox
+/// opening and dropping proxied connects could evict its neighbours' pending ones.
+fn forget_proxy_conn(ctx: &SockOpsContext, cookie: u64) {
+    // SAFETY: the value is copied out at once.
+    let Some(orig) = (unsafe { ORIG_DST.get(cookie) }).copied() else {
+        return;
+    };
+    if orig.kind != FlowKind::Proxy as u32 && orig.kind != FlowKind::Explicit as u32 {
+        return;
+    }
+    let key = ProxyKey {
+        client_port: ctx.local_port() as u16,
+        proxy_port: orig.redirect_port as u16,
+        family: u32::from(orig.redirect_family),
+    };
+    // Only this connection's entry (the same record), never a newer one on the same key.
+    // SAFETY: the value is copied out at once.
+    if unsafe { PROXY_CONNS.get(&key) }.copied() == Some(orig) {
+        let _ = PROXY_CONNS.remove(&key);
+    }
 }
 
 /// Forgets released sockets, except TCP connections that will still send (a FIN) after
