@@ -68,6 +68,13 @@ pub fn helpers() -> &'static Path {
             include_str!("../helpers/synprobe.py"),
         )
         .expect("write synprobe.py");
+        fs::write(
+            dir.join("adversary.py"),
+            include_str!("../helpers/adversary.py"),
+        )
+        .expect("write adversary.py");
+        fs::write(dir.join("udplog.py"), include_str!("../helpers/udplog.py"))
+            .expect("write udplog.py");
         sh(&format!(
             "chmod 755 {0} && chmod 644 {0}/*.py",
             dir.display()
@@ -199,6 +206,11 @@ ip -n {netns} addr add {ll}/32 dev {ns_if}
             thread::sleep(Duration::from_millis(20));
         }
         host
+    }
+
+    /// The host's end of the veth pair to the namespace.
+    pub fn host_if(&self) -> &str {
+        &self.host_if
     }
 
     /// What the server saw so far (lines `tcp ADDR` / `udp ADDR PAYLOAD`).
