@@ -51,6 +51,13 @@ pub struct Config {
     /// Where tunnels of raw TCP and TLS ports listen (each on a port the kernel picks).
     #[serde(default = "default_tunnel_host")]
     pub tunnel_host: std::net::IpAddr,
+    /// Addresses of one DNS answer a sandbox's resolver passes on and learns.
+    #[serde(default = "default_learned_per_answer")]
+    pub learned_per_answer: u64,
+    /// Learned addresses one sandbox may hold (a create's `max_learned_addresses` overrides
+    /// it); the kernel's map is shared by every sandbox.
+    #[serde(default = "default_learned_per_sandbox")]
+    pub learned_per_sandbox: u64,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -73,6 +80,12 @@ fn default_ingress_address() -> String {
 }
 fn default_ingress_domain() -> String {
     "sandbox.localhost".into()
+}
+fn default_learned_per_answer() -> u64 {
+    crate::learned::DEFAULT_PER_ANSWER as u64
+}
+fn default_learned_per_sandbox() -> u64 {
+    crate::learned::DEFAULT_PER_SANDBOX as u64
 }
 fn default_tunnel_host() -> std::net::IpAddr {
     std::net::Ipv4Addr::LOCALHOST.into()
@@ -101,6 +114,18 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// The learned-address caps of a sandbox: the configured ones, its own per-sandbox cap
+    /// if it gave one.
+    pub fn learned_limits(
+        &self,
+        per_sandbox: Option<u64>,
+    ) -> Result<crate::learned::Limits, crate::learned::LimitError> {
+        crate::learned::Limits::checked(
+            self.learned_per_answer,
+            per_sandbox.unwrap_or(self.learned_per_sandbox),
+        )
+    }
+
     /// Reads `path`; a missing file at the default location means the defaults.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
         let (path, required) = match path {
@@ -120,6 +145,10 @@ impl Config {
         let config: Self = toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.into(),
             message: e.message().trim().replace('\n', " "),
+        })?;
+        config.learned_limits(None).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: format!("learned_per_answer/learned_per_sandbox: {e}"),
         })?;
         if !matches!(config.log_format.as_str(), "text" | "json") {
             return Err(ConfigError::Parse {

@@ -61,6 +61,8 @@ pub struct DomainOptions {
     /// The operator's proxy that the agent's own connections go through, if any.
     pub upstream_proxy: Option<crate::proxy::upstream::UpstreamProxy>,
     pub events: Arc<Events>,
+    /// How many addresses the resolver learns per answer and holds for the sandbox.
+    pub learned_limits: crate::learned::Limits,
 }
 
 /// The sandbox as the services know it once its policy is in the kernel.
@@ -80,9 +82,12 @@ pub struct Shared {
     pub policy_epoch: tokio::sync::watch::Sender<u64>,
     /// Proxied connections open now (the sandbox is not idle while one is).
     pub open_connections: std::sync::atomic::AtomicUsize,
-    /// The names each learned address was handed out for, so that a policy change keeps
-    /// exactly the addresses of names it still allows.
-    learned_names: Mutex<HashMap<IpAddr, std::collections::BTreeSet<String>>>,
+    /// The addresses the resolver learned for the sandbox, with the names each was handed
+    /// out for (a policy change keeps exactly the addresses of names it still allows).
+    learned: Mutex<crate::learned::Learned>,
+    pub learned_limits: crate::learned::Limits,
+    /// When the sandbox was last told it holds its cap of learned addresses.
+    cap_noticed: Mutex<Option<Instant>>,
     pub upstream: SocketAddr,
     pub upstream_proxy: Option<crate::proxy::upstream::UpstreamProxy>,
     pub events: Arc<Events>,
@@ -136,17 +141,55 @@ impl Shared {
         decide_in_layers(&layers, name)
     }
 
-    /// Records that the resolver handed `addr` out for `name`.
-    pub fn note_learned(&self, addr: IpAddr, name: &str) {
-        if let Ok(mut learned) = self.learned_names.lock() {
-            if learned.len() >= MAX_CACHED_NAMES * 4 {
-                learned.clear();
-            }
-            learned
-                .entry(crate::enforcement::canonical(addr))
-                .or_default()
-                .insert(name.to_owned());
+    /// Takes `addr`, handed out for `name` until `expiry` (boot-time ns), into the sandbox's
+    /// share of learned addresses, before the kernel map is written.
+    pub fn admit_learned(
+        &self,
+        addr: IpAddr,
+        name: &str,
+        expiry: u64,
+    ) -> Result<(), crate::learned::Refusal> {
+        // A copy, so that the learned lock is never held while waiting for the layers.
+        let layers = self
+            .layers
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let still_allowed = |names: &std::collections::BTreeSet<String>| {
+            names.iter().any(|n| decide_in_layers(&layers, n).allow)
+        };
+        self.learned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .admit(
+                crate::enforcement::canonical(addr),
+                name,
+                expiry,
+                boot_time_ns(),
+                still_allowed,
+            )
+    }
+
+    /// Gives back an address the kernel map did not take.
+    pub fn withdraw_learned(&self, addr: IpAddr) {
+        self.learned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .withdraw(crate::enforcement::canonical(addr));
+    }
+
+    /// Whether to tell the sandbox (again) that it holds its cap: at most once a minute, so
+    /// that a flood of questions does not become a flood of events.
+    pub fn cap_notice_due(&self) -> bool {
+        let mut last = self
+            .cap_noticed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let due = last.is_none_or(|t| t.elapsed() >= Duration::from_mins(1));
+        if due {
+            *last = Some(Instant::now());
         }
+        due
     }
 
     /// Whether some name `addr` was handed out for is still allowed.
@@ -166,12 +209,10 @@ impl Shared {
     }
 
     fn learned_names_of(&self, addr: IpAddr) -> Vec<String> {
-        self.learned_names
+        self.learned
             .lock()
-            .ok()
-            .and_then(|l| l.get(&crate::enforcement::canonical(addr)).cloned())
-            .map(|n| n.into_iter().collect())
-            .unwrap_or_default()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .names_of(crate::enforcement::canonical(addr))
     }
 
     /// Switches to new layers and a new policy id (after the kernel switched), forgets the
@@ -301,7 +342,11 @@ impl DomainServices {
             layers: std::sync::RwLock::new(layers),
             policy_epoch: tokio::sync::watch::Sender::new(0),
             open_connections: std::sync::atomic::AtomicUsize::new(0),
-            learned_names: Mutex::new(HashMap::new()),
+            learned: Mutex::new(crate::learned::Learned::new(
+                options.learned_limits.per_sandbox,
+            )),
+            learned_limits: options.learned_limits,
+            cap_noticed: Mutex::new(None),
             upstream: options.upstream_dns,
             upstream_proxy: options.upstream_proxy,
             events: options.events,
@@ -364,11 +409,17 @@ async fn prune_learned(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(MIN_LEARNED_TTL);
     loop {
         tick.tick().await;
+        let now = boot_time_ns();
         if let Some(bound) = shared.bound()
             && let Ok(mut maps) = shared.maps.lock()
         {
-            maps.prune_learned(bound.policy_id, boot_time_ns());
+            maps.prune_learned(bound.policy_id, now);
         }
+        shared
+            .learned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .prune(now);
     }
 }
 

@@ -9,6 +9,7 @@ pub mod domains;
 pub mod enforcement;
 pub mod events;
 pub mod ingress;
+pub mod learned;
 pub mod launch;
 pub mod paths;
 pub mod policy;

@@ -57,6 +57,9 @@ pub struct CreateRequest {
     pub private_ports: bool,
     /// The `Host` header the workload sees on HTTP ports; `${PORT}` is the port.
     pub mask_host: Option<String>,
+    /// Addresses the sandbox's resolver may hold learned at a time (default: the daemon's
+    /// `learned_per_sandbox`).
+    pub max_learned_addresses: Option<u64>,
 }
 
 /// A port of the sandbox made reachable through the agent.
@@ -209,6 +212,8 @@ pub struct SandboxView {
     pub private_ports: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mask_host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_learned_addresses: Option<u64>,
     /// The traffic token of a `private_ports` sandbox: only in the answer to its create.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traffic_token: Option<String>,

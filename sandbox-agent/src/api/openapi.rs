@@ -957,6 +957,12 @@ pub const DOCUMENT: &str = r##"{
           "mask_host": {
             "type": "string",
             "description": "The Host header the workload sees on HTTP ports; `${PORT}` is replaced by the port, e.g. `localhost:${PORT}`."
+          },
+          "max_learned_addresses": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 262144,
+            "description": "Addresses the sandbox's resolver may hold learned at a time (default: the daemon's `learned_per_sandbox`, 4096). Past it, new addresses are not learned (connects to them are refused) and an event says so."
           }
         }
       },
@@ -1274,6 +1280,9 @@ pub const DOCUMENT: &str = r##"{
           },
           "mask_host": {
             "type": "string"
+          },
+          "max_learned_addresses": {
+            "type": "integer"
           },
           "traffic_token": {
             "type": "string",

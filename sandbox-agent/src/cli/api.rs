@@ -125,6 +125,10 @@ pub struct CreateArgs {
     /// The Host header the workload sees on HTTP ports (`${PORT}`: the port).
     #[arg(long = "mask-host", value_name = "HOST")]
     mask_host: Option<String>,
+    /// Addresses the sandbox's resolver may hold learned at a time [default: the daemon's
+    /// `learned_per_sandbox`].
+    #[arg(long = "max-learned-addresses", value_name = "N")]
+    max_learned_addresses: Option<u64>,
     #[arg(last = true, value_name = "CMD")]
     command: Vec<String>,
 }
@@ -310,6 +314,7 @@ pub fn create_request(args: &CreateArgs) -> Result<CreateRequest, String> {
         ports: exposed_ports(args),
         private_ports: args.private_ports,
         mask_host: args.mask_host.clone(),
+        max_learned_addresses: args.max_learned_addresses,
     })
 }
 

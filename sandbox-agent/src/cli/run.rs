@@ -71,6 +71,10 @@ pub struct RunArgs {
     /// Write a JSON line for every DNS and proxy decision to FILE ("-" for stderr).
     #[arg(long = "flow-log", value_name = "FILE")]
     flow_log: Option<PathBuf>,
+    /// Addresses the sandbox's resolver may hold learned at a time [default: the config's
+    /// `learned_per_sandbox`, 4096]; past it, connects to new addresses are refused.
+    #[arg(long = "max-learned-addresses", value_name = "N")]
+    max_learned_addresses: Option<u64>,
     /// The command and its arguments.
     /// Run in this process even when a daemon is running.
     #[arg(long)]
@@ -149,12 +153,14 @@ impl<E: std::fmt::Display> From<E> for Failure {
 }
 
 fn prepare(args: &RunArgs) -> Result<(RunOptions, String), Failure> {
-    let floor = sandbox_agent::config::Config::load(args.config.as_deref())?
-        .floor()
-        .map_err(|e| format!("floor_deny: {e}"))?;
+    let config = sandbox_agent::config::Config::load(args.config.as_deref())?;
+    let floor = config.floor().map_err(|e| format!("floor_deny: {e}"))?;
+    let learned_limits = config
+        .learned_limits(args.max_learned_addresses)
+        .map_err(|e| format!("--max-learned-addresses: {e}"))?;
     let spec = policy_spec(args)?;
     let compiled = policy::compile(&spec)?;
-    let domains = domain_options(args, &compiled)?;
+    let domains = domain_options(args, &compiled, learned_limits)?;
     let keep_caps = args
         .cap_add
         .iter()
@@ -215,6 +221,7 @@ fn prepare(args: &RunArgs) -> Result<(RunOptions, String), Failure> {
 fn domain_options(
     args: &RunArgs,
     compiled: &policy::CompiledPolicy,
+    learned_limits: sandbox_agent::learned::Limits,
 ) -> Result<Option<DomainOptions>, Failure> {
     Ok(if compiled.has_names() || args.proxy_env {
         let upstream_dns = match &args.upstream_dns {
@@ -236,6 +243,7 @@ fn domain_options(
             upstream_dns,
             upstream_proxy,
             events: Arc::new(events),
+            learned_limits,
         })
     } else {
         // Still validated: a typo should not wait for the day a domain rule is added.
@@ -406,6 +414,7 @@ fn daemon_request(args: &RunArgs) -> Result<CreateRequest, Failure> {
         )),
         stdin: true,
         proxy_env: args.proxy_env,
+        max_learned_addresses: args.max_learned_addresses,
         ..CreateRequest::default()
     })
 }

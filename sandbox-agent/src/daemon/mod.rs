@@ -5,6 +5,7 @@
 //! Crash safety comes from the kernel side: programs, links and maps are pinned, so a dead
 //! daemon leaves every sandbox confined (no redirect target answers: fail closed). A
 //! restarted daemon re-adopts the records whose cgroups still have processes.
+mod event_share;
 pub mod logs;
 pub mod observe;
 pub mod server;
@@ -488,7 +489,15 @@ impl Daemon {
         view
     }
 
-    fn domain_options(&self, sandbox_id: &str) -> ApiResult<DomainOptions> {
+    fn domain_options(
+        &self,
+        sandbox_id: &str,
+        max_learned: Option<u64>,
+    ) -> ApiResult<DomainOptions> {
+        let learned_limits = self
+            .config
+            .learned_limits(max_learned)
+            .map_err(|e| ApiError::bad_request(format!("max_learned_addresses: {e}")))?;
         let upstream_dns = match self.upstream_dns {
             Some(a) => a,
             None => domains::upstream_from_resolv_conf(Path::new("/etc/resolv.conf"))
@@ -500,6 +509,7 @@ impl Daemon {
             upstream_dns,
             upstream_proxy: self.upstream_proxy.clone(),
             events: Arc::new(Events::hook(move |e| observe.flow_event(&id, e))),
+            learned_limits,
         })
     }
 
@@ -595,6 +605,7 @@ impl Daemon {
             ports,
             private_ports: req.private_ports,
             mask_host: req.mask_host.clone(),
+            max_learned_addresses: req.max_learned_addresses,
             traffic_token: None,
             counters: None,
         };
@@ -698,7 +709,12 @@ impl Daemon {
         spec: &mut launch::LaunchSpec,
     ) -> ApiResult<(u32, Option<DomainServices>, Child, Option<fs::File>)> {
         let services = if self.needs_services(compiled, req.proxy_env) {
-            Some(self.start_services(id, self.layers(compiled), None)?)
+            Some(self.start_services(
+                id,
+                self.layers(compiled),
+                None,
+                req.max_learned_addresses,
+            )?)
         } else {
             None
         };
@@ -730,18 +746,20 @@ impl Daemon {
         }
     }
 
+    /// `max_learned`: the sandbox's own cap on learned addresses, if it set one.
     fn start_services(
         &self,
         id: &str,
         layers: Vec<Arc<CompiledPolicy>>,
         preferred_ports: Option<(u16, u16)>,
+        max_learned: Option<u64>,
     ) -> ApiResult<DomainServices> {
         DomainServices::start_on(
             &self.handle,
             &self.paths,
             id,
             layers,
-            self.domain_options(id)?,
+            self.domain_options(id, max_learned)?,
             preferred_ports,
         )
         .map_err(|e| ApiError::internal(crate::error_line(&e)))
@@ -960,7 +978,8 @@ impl Daemon {
                 .chain(std::iter::once(ceiling_policy.clone()))
                 .chain(self.floor.iter().cloned())
                 .collect();
-            match self.start_services(&sandbox.id, layers, None) {
+            let max_learned = sandbox.view().max_learned_addresses;
+            match self.start_services(&sandbox.id, layers, None, max_learned) {
                 Ok(s) => Some(s),
                 Err(e) => {
                     let _ = cg.remove();
@@ -1025,7 +1044,12 @@ impl Daemon {
         let proxy_env = sandbox.view().proxy_env;
         let needs_services = self.needs_services(&new, proxy_env);
         if inner.services.is_none() && needs_services {
-            inner.services = Some(self.start_services(&sandbox.id, self.layers(&new), None)?);
+            inner.services = Some(self.start_services(
+                &sandbox.id,
+                self.layers(&new),
+                None,
+                sandbox.view().max_learned_addresses,
+            )?);
         }
         let ports = domains::service_ports(inner.services.as_ref().filter(|_| needs_services));
         // Narrowed execs: those of this daemon and those it re-adopted with the sandbox
@@ -1341,6 +1365,7 @@ impl Daemon {
                 &view.id,
                 self.layers(compiled),
                 Some((view.dns_port, view.proxy_port)).filter(|p| p.0 != 0),
+                view.max_learned_addresses,
             )
             .and_then(|s| {
                 self.enforcement()
@@ -1751,6 +1776,10 @@ fn check_create(req: &CreateRequest) -> ApiResult<Checked> {
         validate_probe(p)?;
     }
     validate_ports(req)?;
+    if let Some(n) = req.max_learned_addresses {
+        crate::learned::Limits::checked(1, n)
+            .map_err(|e| ApiError::bad_request(format!("max_learned_addresses: {e}")))?;
+    }
     let policy = Arc::new(
         policy::compile(&req.policy.spec("policy.", Mode::Blocked))
             .map_err(|e| ApiError::bad_request(e.to_string()))?,
@@ -1907,6 +1936,7 @@ fn placeholder_view(id: &str, policy_id: u32) -> SandboxView {
         ports: Vec::new(),
         private_ports: false,
         mask_host: None,
+        max_learned_addresses: None,
         traffic_token: None,
         counters: None,
     }

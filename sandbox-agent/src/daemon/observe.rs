@@ -2,13 +2,12 @@
 //! `EVENTS` ring buffer, and the resolver's and proxy's decisions) as JSON lines, kept in a
 //! bounded history and fanned out to followers; and Prometheus metrics.
 use std::{
-    collections::VecDeque,
     net::IpAddr,
     sync::{
         Arc, Mutex,
         atomic::{AtomicI64, AtomicU64},
     },
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use aya::maps::{MapData, PerCpuArray, RingBuf};
@@ -21,10 +20,8 @@ use sandbox_common::{EventBudget, EventKind, Reason, VerdictEvent, map_names};
 use serde::Serialize;
 use tokio::sync::broadcast;
 
+use super::event_share::{Admission, Budgets, EVENTS_PER_SECOND, History};
 use crate::{enforcement::canonical, events::FlowEvent, paths::Paths};
-
-/// Events kept for `events` without `--follow`.
-const HISTORY: usize = 10_000;
 
 /// One event line with the fields followers filter on.
 #[derive(Clone, Debug)]
@@ -80,6 +77,7 @@ pub struct Metrics {
     pub sandboxes: Family<StateLabels, Gauge<i64, AtomicI64>>,
     pub events_suppressed: Gauge<u64, AtomicU64>,
     pub events_lost: Counter,
+    pub events_dropped: Family<SandboxLabels, Counter>,
 }
 
 impl Metrics {
@@ -94,6 +92,7 @@ impl Metrics {
             sandboxes: Family::default(),
             events_suppressed: Gauge::default(),
             events_lost: Counter::default(),
+            events_dropped: Family::default(),
             registry: Registry::default(),
         };
         // Kernel counters are totals read at scrape time: exposed as gauges of the totals
@@ -134,12 +133,18 @@ impl Metrics {
             "Kernel verdict events that could not be read",
             m.events_lost.clone(),
         );
+        registry.register(
+            "events_dropped",
+            "Events of each sandbox not published because it was over its event budget",
+            m.events_dropped.clone(),
+        );
         Self { registry, ..m }
     }
 }
 
 pub struct Observe {
-    history: Mutex<VecDeque<Line>>,
+    history: Mutex<History>,
+    budgets: Mutex<Budgets>,
     live: broadcast::Sender<Line>,
     pub metrics: Metrics,
     budget: Mutex<PerCpuArray<MapData, EventBudget>>,
@@ -172,7 +177,8 @@ impl Observe {
                 }
             })?;
         Ok(Self {
-            history: Mutex::new(VecDeque::new()),
+            history: Mutex::new(History::default()),
+            budgets: Mutex::new(Budgets::default()),
             live: broadcast::channel(4096).0,
             metrics: Metrics::new(),
             budget: Mutex::new(budget),
@@ -180,12 +186,37 @@ impl Observe {
         })
     }
 
+    /// Within the sandbox's budget (see `event_share`): into the history and to followers.
     fn publish(&self, line: Line) {
-        if let Ok(mut h) = self.history.lock() {
-            if h.len() >= HISTORY {
-                h.pop_front();
+        if let Some(sandbox) = &line.sandbox {
+            let admission = self
+                .budgets
+                .lock()
+                .map_or(Admission::Publish { dropped_before: 0 }, |mut b| {
+                    b.admit(sandbox, Instant::now())
+                });
+            match admission {
+                Admission::Drop => {
+                    self.metrics
+                        .events_dropped
+                        .get_or_create(&SandboxLabels {
+                            sandbox: sandbox.clone(),
+                        })
+                        .inc();
+                    return;
+                }
+                Admission::Publish { dropped_before } if dropped_before > 0 => {
+                    self.send(dropped_line(sandbox, dropped_before));
+                }
+                Admission::Publish { .. } => {}
             }
-            h.push_back(line.clone());
+        }
+        self.send(line);
+    }
+
+    fn send(&self, line: Line) {
+        if let Ok(mut h) = self.history.lock() {
+            h.push(line.clone());
         }
         let _ = self.live.send(line);
     }
@@ -196,7 +227,7 @@ impl Observe {
         let history = self
             .history
             .lock()
-            .map(|h| h.iter().cloned().collect())
+            .map(|h| h.lines())
             .unwrap_or_default();
         (history, rx)
     }
@@ -320,6 +351,39 @@ impl Observe {
     }
 }
 
+#[derive(Serialize)]
+struct DroppedJson<'a> {
+    ts_ms: u64,
+    sandbox: &'a str,
+    source: &'static str,
+    kind: &'static str,
+    dropped: u64,
+    reason: String,
+}
+
+/// Says that `dropped` events of the sandbox were left out.
+fn dropped_line(sandbox: &str, dropped: u64) -> Line {
+    let json = DroppedJson {
+        ts_ms: now_ms(),
+        sandbox,
+        source: "agent",
+        kind: "events-dropped",
+        dropped,
+        reason: format!("over the sandbox's event budget ({EVENTS_PER_SECOND}/s)"),
+    };
+    Line {
+        sandbox: Some(sandbox.to_owned()),
+        denied: true,
+        text: serde_json::to_string(&json).unwrap_or_default().into(),
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0))
+}
+
 fn kernel_line(event: &VerdictEvent, sandbox: Option<String>) -> Line {
     let kind = match event.kind {
         k if k == EventKind::Connect as u16 => "connect",
@@ -328,9 +392,7 @@ fn kernel_line(event: &VerdictEvent, sandbox: Option<String>) -> Line {
         _ => "ingress-packet",
     };
     let json = KernelEventJson {
-        ts_ms: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0)),
+        ts_ms: now_ms(),
         sandbox: sandbox.as_deref(),
         source: "kernel",
         kind,

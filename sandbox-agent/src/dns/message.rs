@@ -257,6 +257,8 @@ pub struct Filtered {
     pub ech_removed: usize,
     /// The response did not fit the sandbox's size: TC is set and it holds no records.
     pub truncated: bool,
+    /// Addresses of the question's name left out, past the per-answer cap.
+    pub addresses_cut: usize,
 }
 
 /// Why an upstream answer cannot be used; the caller answers the sandbox with [`servfail`],
@@ -282,11 +284,14 @@ pub enum ResponseError {
 /// name/type/class case-insensitively) and builds the sandbox's response. `max_size`: what the
 /// sandbox takes ([`Question::max_udp_size`] over UDP, [`TCP_MAX_SIZE`] over TCP); a response
 /// that does not fit loses its records and gets TC so that the sandbox retries over TCP.
+/// `max_addresses`: the question's addresses passed on (the resolver learns each one it
+/// passes); A/AAAA records past it are left out and counted in [`Filtered::addresses_cut`].
 pub fn filter_response(
     q: &Question,
     upstream_id: u16,
     upstream: &[u8],
     max_size: usize,
+    max_addresses: usize,
 ) -> Result<Filtered, ResponseError> {
     let message = parse_message(upstream).map_err(ResponseError::Unparsable)?;
     if message.message_type() != MessageType::Response || message.op_code() != OpCode::Query {
@@ -319,7 +324,18 @@ pub fn filter_response(
     let mut answers = without_opt(parts.answers);
     let mut authority = without_opt(parts.name_servers);
     let ech_removed = strip_ech(&mut answers) + strip_ech(&mut authority);
-    let (addresses, cnames) = follow_chain(&qname, &answers);
+    let (mut addresses, cnames) = follow_chain(&qname, &answers);
+    let addresses_cut = addresses.len().saturating_sub(max_addresses);
+    if addresses_cut > 0 {
+        let cut: std::collections::HashSet<IpAddr> =
+            addresses.drain(max_addresses..).map(|(a, _)| a).collect();
+        let kept: std::collections::HashSet<IpAddr> = addresses.iter().map(|(a, _)| *a).collect();
+        answers.retain(|record| match record.data() {
+            RData::A(a) => !cut.contains(&IpAddr::V4(a.0)) || kept.contains(&IpAddr::V4(a.0)),
+            RData::AAAA(a) => !cut.contains(&IpAddr::V6(a.0)) || kept.contains(&IpAddr::V6(a.0)),
+            _ => true,
+        });
+    }
 
     let mut response = response_to(q, rcode);
     response.add_answers(answers).add_name_servers(authority);
@@ -330,6 +346,7 @@ pub fn filter_response(
         cnames,
         ech_removed,
         truncated,
+        addresses_cut,
     })
 }
 
@@ -639,7 +656,7 @@ mod tests {
     }
 
     fn filter(q: &Question, reply: &Message) -> Result<Filtered, ResponseError> {
-        filter_response(q, UPSTREAM_ID, &reply.to_vec().unwrap(), q.max_udp_size())
+        filter_response(q, UPSTREAM_ID, &reply.to_vec().unwrap(), q.max_udp_size(), usize::MAX)
     }
 
     fn https_record(owner: &str, params: Vec<(SvcParamKey, SvcParamValue)>) -> Record {
@@ -912,7 +929,7 @@ mod tests {
         };
         assert_eq!(upstream_query(&by_hand, 7), upstream_query(&plain, 7));
         let reply = upstream_reply(&plain, vec![a("example.com", 60, [192, 0, 2, 1])]);
-        let filtered = filter_response(&by_hand, UPSTREAM_ID, &reply.to_vec().unwrap(), 512);
+        let filtered = filter_response(&by_hand, UPSTREAM_ID, &reply.to_vec().unwrap(), 512, usize::MAX);
         assert_eq!(
             filtered.unwrap().addresses,
             [(IpAddr::from([192, 0, 2, 1]), 60)]
@@ -1069,7 +1086,7 @@ mod tests {
         let q = question("example.com", RecordType::A);
         let reply = upstream_reply(&q, vec![a("example.com", 60, [192, 0, 2, 1])]);
         let bytes = reply.to_vec().unwrap();
-        let err = filter_response(&q, UPSTREAM_ID ^ 1, &bytes, 512).unwrap_err();
+        let err = filter_response(&q, UPSTREAM_ID ^ 1, &bytes, 512, usize::MAX).unwrap_err();
         assert!(
             matches!(err, ResponseError::IdMismatch { expected, got: UPSTREAM_ID } if expected == UPSTREAM_ID ^ 1),
             "{err}"
@@ -1102,7 +1119,7 @@ mod tests {
         let err = filter(&q, &not_response).unwrap_err();
         assert!(matches!(err, ResponseError::NotAResponse), "{err}");
 
-        let err = filter_response(&q, UPSTREAM_ID, b"\x01\x02\x03", 512).unwrap_err();
+        let err = filter_response(&q, UPSTREAM_ID, b"\x01\x02\x03", 512, usize::MAX).unwrap_err();
         assert!(matches!(err, ResponseError::Unparsable(_)), "{err}");
     }
 
@@ -1254,7 +1271,7 @@ mod tests {
         let upstream = reply.to_vec().unwrap();
 
         for max_size in [512, 1232] {
-            let filtered = filter_response(&q, UPSTREAM_ID, &upstream, max_size).unwrap();
+            let filtered = filter_response(&q, UPSTREAM_ID, &upstream, max_size, usize::MAX).unwrap();
             assert!(filtered.truncated);
             assert!(filtered.bytes.len() <= max_size);
             assert!(filtered.addresses.is_empty());
@@ -1264,12 +1281,35 @@ mod tests {
             assert_eq!((sent.id(), sent.queries().len()), (SANDBOX_ID, 1));
         }
         // Over TCP it all fits.
-        let filtered = filter_response(&q, UPSTREAM_ID, &upstream, TCP_MAX_SIZE).unwrap();
+        let filtered = filter_response(&q, UPSTREAM_ID, &upstream, TCP_MAX_SIZE, usize::MAX).unwrap();
         assert!(!filtered.truncated);
         assert_eq!(filtered.addresses.len(), 256);
         // Below the floor, the bare header and question.
-        let filtered = filter_response(&q, UPSTREAM_ID, &upstream, 40).unwrap();
+        let filtered = filter_response(&q, UPSTREAM_ID, &upstream, 40, usize::MAX).unwrap();
         assert!(filtered.truncated && filtered.bytes.len() <= 40);
+    }
+
+    #[test]
+    fn passes_on_at_most_the_capped_number_of_addresses() {
+        let q = question("many.example.com", RecordType::A);
+        let answers = (0..200)
+            .map(|i| a("many.example.com", 60, [10, 0, 0, i]))
+            .collect();
+        let upstream = upstream_reply(&q, answers).to_vec().unwrap();
+        let filtered = filter_response(&q, UPSTREAM_ID, &upstream, TCP_MAX_SIZE, 64).unwrap();
+        assert_eq!((filtered.addresses.len(), filtered.addresses_cut), (64, 136));
+        let sent = Message::from_vec(&filtered.bytes).unwrap();
+        // The sandbox sees exactly the addresses the resolver learns.
+        let sent_addresses: Vec<IpAddr> = sent
+            .answers()
+            .iter()
+            .filter_map(|r| match r.data() {
+                RData::A(a) => Some(IpAddr::V4(a.0)),
+                _ => None,
+            })
+            .collect();
+        let learned: Vec<IpAddr> = filtered.addresses.iter().map(|(a, _)| *a).collect();
+        assert_eq!(sent_addresses, learned);
     }
 
     #[test]
@@ -1346,7 +1386,7 @@ mod tests {
                 let _ = error_response(&bytes, rcode);
             }
             let _ = formerr(&bytes);
-            let _ = filter_response(&q, UPSTREAM_ID, &bytes, 512);
+            let _ = filter_response(&q, UPSTREAM_ID, &bytes, 512, usize::MAX);
         }
     }
 

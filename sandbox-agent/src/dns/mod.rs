@@ -126,25 +126,43 @@ async fn answer(shared: &Shared, bytes: &[u8], transport: Transport) -> Option<V
         Transport::Udp => q.max_udp_size(),
         Transport::Tcp => TCP_MAX,
     };
-    match lookup(shared.upstream, &q, max_size).await {
+    match lookup(shared.upstream, &q, max_size, shared.learned_limits.per_answer).await {
         Ok(filtered) => {
             let mut learned = Vec::new();
+            let mut over_cap = None;
             for (addr, ttl) in &filtered.addresses {
-                match shared.address_permitted(*addr) {
-                    Ok(()) => {
-                        learn(shared, *addr, *ttl);
-                        shared.note_learned(*addr, &q.name);
-                        learned.push(addr.to_string());
-                    }
-                    Err(refusal) => {
-                        learned.push(format!("{addr} (not learned: {refusal})"));
+                let outcome = shared
+                    .address_permitted(*addr)
+                    .map_err(NotLearned::Refused)
+                    .and_then(|()| learn(shared, *addr, &q.name, *ttl));
+                match outcome {
+                    Ok(()) => learned.push(addr.to_string()),
+                    Err(why) => {
+                        learned.push(format!("{addr} (not learned: {why})"));
+                        if let NotLearned::OverCap(refusal) = why {
+                            over_cap = Some(refusal);
+                        }
                     }
                 }
+            }
+            if filtered.addresses_cut > 0 {
+                learned.push(format!(
+                    "{} more left out of the answer (at most {} addresses per answer)",
+                    filtered.addresses_cut, shared.learned_limits.per_answer
+                ));
             }
             event.resolved = learned;
             shared
                 .events
-                .emit(&event.allowed(format!("name: {}", verdict.reason)));
+                .emit(&event.clone().allowed(format!("name: {}", verdict.reason)));
+            // Said once a minute, not once per question: the sandbox is flooding.
+            if let Some(why) = over_cap
+                && shared.cap_notice_due()
+            {
+                shared.events.emit(&event.denied(format!(
+                    "addresses not learned: {why} (its connects to new addresses are refused)"
+                )));
+            }
             Some(filtered.bytes)
         }
         Err(e) => {
@@ -156,22 +174,42 @@ async fn answer(shared: &Shared, bytes: &[u8], transport: Transport) -> Option<V
     }
 }
 
-fn learn(shared: &Shared, addr: IpAddr, ttl: u32) {
+/// Why an address of an answer was not made reachable (it stays unreachable: fail closed).
+#[derive(Debug, thiserror::Error)]
+enum NotLearned {
+    #[error("{0}")]
+    Refused(crate::domains::AddressRefusal),
+    #[error("{0}")]
+    OverCap(crate::learned::Refusal),
+    #[error("the sandbox is not bound yet")]
+    Unbound,
+    #[error("cannot record it: {0}")]
+    Map(String),
+}
+
+/// Makes `addr` reachable for the sandbox for its TTL (within the learned bounds), inside
+/// the sandbox's share of the kernel map.
+fn learn(shared: &Shared, addr: IpAddr, name: &str, ttl: u32) -> Result<(), NotLearned> {
     let Some(bound) = shared.bound() else {
-        return;
+        return Err(NotLearned::Unbound);
     };
     let ttl = Duration::from_secs(u64::from(ttl)).clamp(MIN_LEARNED_TTL, MAX_LEARNED_TTL);
     let expiry = boot_time_ns().saturating_add(u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX));
-    if let Ok(mut maps) = shared.maps.lock()
-        && let Err(e) = maps.learn(bound.policy_id, addr, expiry)
-    {
-        // The address stays unreachable (fail closed); say why.
-        let mut event = FlowEvent::new(&shared.sandbox_id, Source::Dns);
-        event.resolved = vec![addr.to_string()];
-        shared
-            .events
-            .emit(&event.denied(format!("cannot record learned address: {e}")));
+    shared
+        .admit_learned(addr, name, expiry)
+        .map_err(NotLearned::OverCap)?;
+    let written = shared
+        .maps
+        .lock()
+        .map_err(|_| NotLearned::Map("the maps are poisoned".into()))
+        .and_then(|mut maps| {
+            maps.learn(bound.policy_id, addr, expiry)
+                .map_err(|e| NotLearned::Map(e.to_string()))
+        });
+    if written.is_err() {
+        shared.withdraw_learned(addr);
     }
+    written
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -189,6 +227,7 @@ pub async fn lookup(
     upstream: SocketAddr,
     q: &Question,
     max_size: usize,
+    max_addresses: usize,
 ) -> Result<message::Filtered, LookupError> {
     let id = random_id();
     let query = message::upstream_query(q, id);
@@ -196,7 +235,7 @@ pub async fn lookup(
     if is_truncated(&reply) {
         reply = exchange_tcp(upstream, &query).await?;
     }
-    Ok(message::filter_response(q, id, &reply, max_size)?)
+    Ok(message::filter_response(q, id, &reply, max_size, max_addresses)?)
 }
 
 /// The addresses of `name` (A and AAAA), for the proxy's own connections, and the smallest
@@ -207,8 +246,9 @@ pub async fn resolve(upstream: SocketAddr, name: &str) -> Result<(Vec<IpAddr>, u
         Question::lookup(name, RecordType::AAAA),
     );
     let (a, aaaa) = tokio::join!(
-        lookup(upstream, &qa, TCP_MAX),
-        lookup(upstream, &qaaaa, TCP_MAX)
+        // Not learned: the proxy only picks one to connect to.
+        lookup(upstream, &qa, TCP_MAX, usize::MAX),
+        lookup(upstream, &qaaaa, TCP_MAX, usize::MAX)
     );
     let mut addrs = Vec::new();
     let mut ttl = u32::MAX;
