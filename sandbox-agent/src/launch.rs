@@ -216,7 +216,7 @@ pub fn spawn(spec: &LaunchSpec, cgroup_fd: &OwnedFd) -> Result<Child, LaunchErro
         filter: filter.as_ptr().cast_mut(),
     });
     let ruleset = crate::scoping::ruleset()?;
-    let ruleset_fd = ruleset.as_ref().map_or(-1, |fd| fd.as_raw_fd());
+    let ruleset_fd = ruleset.as_ref().map_or(-1, std::os::fd::AsRawFd::as_raw_fd);
 
     let mut pipe = [0 as RawFd; 2];
     // SAFETY: pipe2 writes two fds into the array.

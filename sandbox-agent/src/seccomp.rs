@@ -158,7 +158,7 @@ fn refused_rules() -> BTreeMap<i64, Vec<SeccompRule>> {
     rules
 }
 
-/// Refuses the x32 ABI (syscall numbers with bit 30 set, which the rules keyed by x86_64
+/// Refuses the x32 ABI (syscall numbers with bit 30 set, which the rules keyed by `x86_64`
 /// numbers would not match) before a seccompiler program, which checks the architecture.
 fn refuse_x32(program: Vec<seccompiler::sock_filter>) -> Vec<libc::sock_filter> {
     const X32_SYSCALL_BIT: u32 = 0x4000_0000;

@@ -36,22 +36,23 @@ impl History {
             // Its own oldest goes: a flooding sandbox never evicts another's event.
             if let Some(at) = self.lines.iter().position(|l| l.sandbox == line.sandbox) {
                 self.lines.remove(at);
-                self.release(&line.sandbox.clone());
+                self.release(line.sandbox.as_ref());
             }
         } else if self.lines.len() >= HISTORY
             && let Some(oldest) = self.lines.pop_front()
         {
-            self.release(&oldest.sandbox);
+            self.release(oldest.sandbox.as_ref());
         }
         *self.held.entry(line.sandbox.clone()).or_default() += 1;
         self.lines.push_back(line);
     }
 
-    fn release(&mut self, sandbox: &Option<String>) {
-        if let Some(n) = self.held.get_mut(sandbox) {
+    fn release(&mut self, sandbox: Option<&String>) {
+        let key = sandbox.cloned();
+        if let Some(n) = self.held.get_mut(&key) {
             *n -= 1;
             if *n == 0 {
-                self.held.remove(sandbox);
+                self.held.remove(&key);
             }
         }
     }
