@@ -937,6 +937,14 @@ fn learn_until<K: aya::Pod>(
     map.insert(key, old.max(expiry), 0).map_err(map_err(name))
 }
 
+/// A sandbox's listener: its loopback address, and its socket's cookie, which tells it apart
+/// from a later listener on the same address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Listener {
+    pub addr: std::net::SocketAddr,
+    pub cookie: u64,
+}
+
 /// Where sandboxes' TCP listeners really are: the kernel steers a sandbox's `bind()` of a
 /// fixed port to loopback and a port of its choice, and records both (`LISTENING`).
 pub struct Listeners {
@@ -950,9 +958,9 @@ impl Listeners {
         })
     }
 
-    /// The loopback address of the listener on `port` (as the workload asked for it) in one
-    /// of these cgroups, IPv4 first.
-    pub fn find(&self, cgroup_ids: &[u64], port: u16) -> Option<std::net::SocketAddr> {
+    /// The listener on `port` (as the workload asked for it) in one of these cgroups, IPv4
+    /// first.
+    pub fn find(&self, cgroup_ids: &[u64], port: u16) -> Option<Listener> {
         for &cgroup_id in cgroup_ids {
             for (family, ip) in [
                 (4, std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
@@ -965,7 +973,10 @@ impl Listeners {
                     pad: 0,
                 };
                 if let Ok(listener) = self.listening.get(&key, 0) {
-                    return Some(std::net::SocketAddr::new(ip, listener.assigned));
+                    return Some(Listener {
+                        addr: std::net::SocketAddr::new(ip, listener.assigned),
+                        cookie: listener.cookie,
+                    });
                 }
             }
         }

@@ -75,6 +75,8 @@ pub fn helpers() -> &'static Path {
         .expect("write adversary.py");
         fs::write(dir.join("udplog.py"), include_str!("../helpers/udplog.py"))
             .expect("write udplog.py");
+        fs::write(dir.join("rawhttp.py"), include_str!("../helpers/rawhttp.py"))
+            .expect("write rawhttp.py");
         sh(&format!(
             "chmod 755 {0} && chmod 644 {0}/*.py",
             dir.display()
@@ -108,6 +110,7 @@ pub fn sh_quiet(cmd: &str) {
 }
 
 pub mod daemon;
+pub mod gateway;
 pub mod web;
 
 static NEXT: AtomicU32 = AtomicU32::new(0);

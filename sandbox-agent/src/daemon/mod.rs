@@ -1621,7 +1621,7 @@ async fn probe_task(daemon: Arc<Daemon>, sandbox: Arc<Sandbox>, probe: ProbeSpec
                 match daemon.listeners.find(&sandbox.cgroup_ids(), *port) {
                     Some(at) => {
                         let path = sandbox.cgroup.path.clone();
-                        tokio::task::spawn_blocking(move || listening_in(&path, at.port()))
+                        tokio::task::spawn_blocking(move || listening_in(&path, at.addr.port()))
                             .await
                             .unwrap_or(false)
                     }

@@ -7,6 +7,7 @@
 //! agent's side: the HTTP gateway (HTTP/1.1, HTTP/2, WebSocket upgrades, TLS; routing by
 //! host name or path; connect tokens; the verified user data header) and the tunnels of raw
 //! TCP and TLS ports.
+pub mod pool;
 pub mod route;
 pub mod tls;
 pub mod tokens;
@@ -20,7 +21,6 @@ use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::Incoming;
 use hyper_util::{
-    client::legacy::Client,
     rt::{TokioExecutor, TokioIo},
     server::conn::auto,
 };
@@ -44,8 +44,8 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often an upgraded connection checks that its token and sandbox are still live.
 const UPGRADE_RECHECK: Duration = Duration::from_secs(1);
-/// Read buffer of connections to HTTP/1.1 workloads.
-const UPSTREAM_READ_BUF: usize = 256 * 1024;
+/// How often pools of closed listeners and ended sandboxes are dropped.
+const POOL_SWEEP: Duration = Duration::from_secs(1);
 /// The first byte of a TLS handshake record.
 const TLS_HANDSHAKE: u8 = 0x16;
 
@@ -54,32 +54,42 @@ pub struct Gateway {
     daemon: Arc<Daemon>,
     domain: String,
     tls: TlsAcceptor,
-    /// Pooled connections to workloads, HTTP/1.1 and HTTP/2 (prior knowledge).
-    http1: Client<upstream::MarkedConnector, Incoming>,
-    http2: Client<upstream::MarkedConnector, Incoming>,
+    /// Pooled connections to workloads, per listener.
+    pools: pool::Pools,
 }
 
 impl Gateway {
     pub fn new(daemon: Arc<Daemon>, domain: String, tls: Arc<rustls::ServerConfig>) -> Arc<Self> {
-        // Reads from workloads in large chunks: bulk bodies cost fewer syscalls and frames
-        // (measured in BENCHMARKS.md, "Ingress").
-        let http1 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .http1_read_buf_exact_size(UPSTREAM_READ_BUF)
-            .build(upstream::MarkedConnector);
-        let http2 = Client::builder(TokioExecutor::new())
-            .http2_only(true)
-            .build(upstream::MarkedConnector);
         Arc::new(Self {
             daemon,
             domain,
             tls: TlsAcceptor::from(tls),
-            http1,
-            http2,
+            pools: pool::Pools::default(),
         })
     }
 
+    /// Whether a pool's listener still is the sandbox's listener on that port.
+    fn pool_live(&self, key: &pool::PoolKey) -> bool {
+        self.daemon
+            .find(&key.sandbox)
+            .ok()
+            .filter(|s| s.running())
+            .and_then(|s| self.daemon.listeners().find(&s.cgroup_ids(), key.port))
+            .is_some_and(|l| l.cookie == key.listener)
+    }
+
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        let sweeper = Arc::downgrade(&self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(POOL_SWEEP);
+            loop {
+                tick.tick().await;
+                let Some(gateway) = sweeper.upgrade() else {
+                    return;
+                };
+                gateway.pools.retain(|k| gateway.pool_live(k));
+            }
+        });
         let open = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         loop {
             let (stream, peer) = match listener.accept().await {
@@ -150,12 +160,7 @@ impl Gateway {
         }
     }
 
-    async fn handle(
-        &self,
-        mut req: Request<Incoming>,
-        tls: bool,
-        peer: SocketAddr,
-    ) -> Response<Body> {
+    async fn handle(&self, req: Request<Incoming>, tls: bool, peer: SocketAddr) -> Response<Body> {
         let Some(route) = route::find(req.uri(), req.headers(), &self.domain) else {
             return error(
                 StatusCode::NOT_FOUND,
@@ -178,6 +183,17 @@ impl Gateway {
             Ok(a) => a,
             Err(refused) => return *refused,
         };
+        let upgrade = protocol == PortProtocol::Http && is_websocket_upgrade(&req);
+        // The client's hop-by-hop fields go before the gateway sets its own, which no
+        // `Connection` can then name; trailers are filtered as they arrive.
+        let mut req = req.map(|inner| ClientBody { inner });
+        strip_hop_by_hop(req.headers_mut());
+        route::restrict_trailer_declaration(req.headers_mut());
+        if upgrade {
+            let headers = req.headers_mut();
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        }
         let activity = sandbox.ingress_activity();
         let forwarded = Forwarded {
             route: &route,
@@ -187,28 +203,31 @@ impl Gateway {
             peer,
             tls,
         };
-        if let Err(refused) = forwarded.prepare(&mut req, target) {
+        if let Err(refused) = forwarded.prepare(&mut req, target.addr) {
             return *refused;
         }
         let cookie = (source == TokenSource::Query)
             .then(|| route::token_cookie(&secret, &route, tls))
             .and_then(|c| HeaderValue::from_str(&c).ok());
-        let upgrade = protocol == PortProtocol::Http && is_websocket_upgrade(&req);
         let response = if upgrade {
             let live = Liveness {
                 daemon: self.daemon.clone(),
                 sandbox: sandbox.clone(),
                 secret: secret.clone(),
             };
-            forward_upgrade(req, target, activity, live).await
+            forward_upgrade(req, target.addr, activity, live).await
         } else {
-            strip_hop_by_hop(req.headers_mut());
+            let clients = self.pools.get(&pool::PoolKey {
+                sandbox: sandbox.id.clone(),
+                port: route.port,
+                listener: target.cookie,
+            });
             let client = if protocol == PortProtocol::H2 {
                 *req.version_mut() = Version::HTTP_2;
-                &self.http2
+                clients.http2
             } else {
                 *req.version_mut() = Version::HTTP_11;
-                &self.http1
+                clients.http1
             };
             // The response's body keeps the sandbox busy until it is sent.
             client
@@ -232,6 +251,11 @@ impl Gateway {
                 route::rewrite_response_headers(r.headers_mut());
                 if let Some(c) = cookie {
                     r.headers_mut().append(header::SET_COOKIE, c);
+                    // The page's URL holds the token: no Referer may carry it anywhere.
+                    r.headers_mut().insert(
+                        header::REFERRER_POLICY,
+                        HeaderValue::from_static("no-referrer"),
+                    );
                 }
                 r
             }
@@ -253,9 +277,9 @@ struct Forwarded<'a> {
 impl Forwarded<'_> {
     /// Headers (credentials out, verified user data and forwarding headers in, `Host`
     /// masked or kept) and the URI of the listener with the path the workload sees.
-    fn prepare(
+    fn prepare<B>(
         &self,
-        req: &mut Request<Incoming>,
+        req: &mut Request<B>,
         target: SocketAddr,
     ) -> Result<(), Box<Response<Body>>> {
         let original_host = req
@@ -306,7 +330,7 @@ struct Allowed {
     protocol: PortProtocol,
     /// The sandbox's `mask_host`.
     mask: Option<String>,
-    target: SocketAddr,
+    target: crate::enforcement::Listener,
 }
 
 impl Gateway {
@@ -423,7 +447,7 @@ impl Liveness {
 /// sides switched, the bytes are copied until either closes, the token is revoked or the
 /// sandbox ends.
 async fn forward_upgrade(
-    mut req: Request<Incoming>,
+    mut req: Request<ClientBody>,
     target: SocketAddr,
     activity: crate::daemon::IngressActivity,
     live: Liveness,
@@ -475,6 +499,47 @@ async fn forward_upgrade(
     Ok(resp.map(BodyExt::boxed))
 }
 
+/// A client's request body on its way to the workload: its trailers lose the fields a client
+/// may not send there (the gateway's own, hop-by-hop ones), in HTTP/1.1 and HTTP/2 alike.
+pub struct ClientBody {
+    inner: Incoming,
+}
+
+impl hyper::body::Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        std::pin::Pin::new(&mut self.inner)
+            .poll_frame(cx)
+            .map_ok(|frame| match frame.into_trailers() {
+                Ok(mut trailers) => {
+                    let refused: Vec<http::HeaderName> = trailers
+                        .keys()
+                        .filter(|k| !route::trailer_allowed(k.as_str()))
+                        .cloned()
+                        .collect();
+                    for name in refused {
+                        trailers.remove(name);
+                    }
+                    hyper::body::Frame::trailers(trailers)
+                }
+                Err(frame) => frame,
+            })
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// A response body that keeps its sandbox busy (for the idle timeout) until it is done.
 struct ActiveBody {
     inner: Incoming,
@@ -522,7 +587,8 @@ fn is_websocket_upgrade(req: &Request<Incoming>) -> bool {
 }
 
 /// Headers that describe one connection, not the message (and those `Connection` names):
-/// the next hop gets its own.
+/// the next hop gets its own. `Connection` cannot name a field the gateway owns (identity,
+/// forwarding, `Host`): those reach the workload as the gateway set them.
 fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
     let named: Vec<http::HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -530,6 +596,7 @@ fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|n| http::HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .filter(|n| !route::is_gateway_owned(n.as_str()))
         .collect();
     for name in named {
         headers.remove(name);

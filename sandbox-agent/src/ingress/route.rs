@@ -176,10 +176,99 @@ fn is_gateway_header(name: &str) -> bool {
     )
 }
 
+/// Whether a field is one the gateway owns on the way to the workload: the identity, the
+/// forwarding headers and `Host`. A client can neither name them as hop-by-hop (which would
+/// make the gateway delete its own) nor send them as trailers.
+pub fn is_gateway_owned(name: &str) -> bool {
+    name.eq_ignore_ascii_case(header::HOST.as_str()) || is_gateway_header(name)
+}
+
+/// Fields that describe one connection and go no further than the gateway, or may not
+/// arrive in a trailer section at all.
+fn is_hop_by_hop(name: &str) -> bool {
+    [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "http2-settings",
+        "content-length",
+    ]
+    .iter()
+    .any(|h| name.eq_ignore_ascii_case(h))
+}
+
+/// Whether a client's trailer field may reach the workload.
+pub fn trailer_allowed(name: &str) -> bool {
+    !is_gateway_owned(name) && !is_hop_by_hop(name)
+}
+
+/// The request's `Trailer` declaration without the fields that may not be trailers (HTTP/1.1
+/// upstream sends only declared trailers; the body's trailers are filtered too).
+pub fn restrict_trailer_declaration(headers: &mut HeaderMap) {
+    let declared: Vec<String> = headers
+        .get_all(header::TRAILER)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|n| !n.is_empty() && trailer_allowed(n))
+        .map(str::to_owned)
+        .collect();
+    headers.remove(header::TRAILER);
+    if !declared.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&declared.join(", "))
+    {
+        headers.insert(header::TRAILER, v);
+    }
+}
+
+/// The `Referer` a browser sends after a query-token login names the page's URL, token
+/// included: the token parameter goes, the rest stays.
+fn strip_token_from_referer(headers: &mut HeaderMap) {
+    let Some(referer) = headers
+        .get(header::REFERER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|r| r.contains(TOKEN_PARAM))
+        .map(str::to_owned)
+    else {
+        return;
+    };
+    let (rest, fragment) = referer
+        .split_once('#')
+        .map_or((referer.as_str(), None), |(r, f)| (r, Some(f)));
+    let (base, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|kv| !kv.is_empty() && !is_token_param(kv))
+        .collect();
+    let mut cleaned = base.to_owned();
+    if !kept.is_empty() {
+        cleaned.push('?');
+        cleaned.push_str(&kept.join("&"));
+    }
+    if let Some(f) = fragment.filter(|f| !f.contains(TOKEN_PARAM)) {
+        cleaned.push('#');
+        cleaned.push_str(f);
+    }
+    match HeaderValue::from_str(&cleaned) {
+        Ok(v) if !cleaned.contains(TOKEN_PARAM) => {
+            headers.insert(header::REFERER, v);
+        }
+        _ => {
+            headers.remove(header::REFERER);
+        }
+    }
+}
+
 /// What the gateway takes away and adds before the workload sees the headers: its own
-/// credentials go (the bearer token, the token cookie, the traffic token), a client's
-/// `X-Verified-User-Data` (in any spelling) and forwarding headers go and the token's
-/// metadata takes its place, `Host` is masked if asked.
+/// credentials go (the bearer token, the token cookie, the traffic token, the token in a
+/// `Referer`), a client's `X-Verified-User-Data` (in any spelling) and forwarding headers go
+/// and the token's metadata takes its place, `Host` is masked if asked.
 pub fn rewrite_headers(
     headers: &mut HeaderMap,
     source: TokenSource,
@@ -189,6 +278,7 @@ pub fn rewrite_headers(
     if source == TokenSource::Bearer {
         headers.remove(header::AUTHORIZATION);
     }
+    strip_token_from_referer(headers);
     let has_token_cookie = cookies(headers).any(|(k, _)| k == TOKEN_PARAM);
     if has_token_cookie {
         let kept: Vec<String> = cookie_pairs(headers)
@@ -396,6 +486,46 @@ mod tests {
         assert!(h.get("x-verified-user-data").is_none());
         assert_eq!(h.get("authorization").unwrap(), "Basic eA==");
         assert_eq!(masked_host("localhost:${PORT}", 8080), "localhost:8080");
+    }
+
+    #[test]
+    fn the_token_leaves_the_referer_and_gateway_fields_cannot_be_trailers() {
+        for (sent, kept) in [
+            (
+                "http://8080-s.sandbox.localhost/p?_sandbox_connect_token=sat_x&y=2#top",
+                Some("http://8080-s.sandbox.localhost/p?y=2#top"),
+            ),
+            (
+                "http://8080-s.sandbox.localhost/p?_sandbox_connect_token=sat_x",
+                Some("http://8080-s.sandbox.localhost/p"),
+            ),
+            // The token anywhere else: no Referer at all.
+            ("http://h/p#_sandbox_connect_token=sat_x", Some("http://h/p")),
+            ("http://h/p?a=1", Some("http://h/p?a=1")),
+        ] {
+            let mut h = headers(&[("referer", sent)]);
+            rewrite_headers(&mut h, TokenSource::Cookie, None, None);
+            assert_eq!(
+                h.get("referer").map(|v| v.to_str().unwrap()),
+                kept,
+                "{sent}"
+            );
+        }
+        let mut h = headers(&[(
+            "trailer",
+            "X-Verified-User-Data, x-checksum, Host, x_forwarded_for, transfer-encoding",
+        )]);
+        restrict_trailer_declaration(&mut h);
+        assert_eq!(h.get("trailer").unwrap(), "x-checksum");
+        let mut h = headers(&[("trailer", "x-verified-user-data")]);
+        restrict_trailer_declaration(&mut h);
+        assert!(h.get("trailer").is_none());
+        for owned in ["host", "X-Verified-User-Data", "x-forwarded-proto", "X-Real-IP"] {
+            assert!(is_gateway_owned(owned), "{owned}");
+            assert!(!trailer_allowed(owned), "{owned}");
+        }
+        assert!(trailer_allowed("x-checksum"));
+        assert!(!is_gateway_owned("cookie"));
     }
 
     #[test]

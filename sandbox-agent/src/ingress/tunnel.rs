@@ -76,6 +76,7 @@ async fn forward(
     let target = daemon
         .listeners()
         .find(&sb.cgroup_ids(), port)
+        .map(|l| l.addr)
         .ok_or_else(|| std::io::Error::other(format!("nothing listens on port {port}")))?;
     stream.set_nodelay(true)?;
     if let Some(acceptor) = tls {

@@ -4,7 +4,8 @@
 //!
 //! - `GET /bytes/N`: N bytes, streamed in 64 KiB chunks (bulk transfers).
 //! - anything else: a JSON object with the method, path, HTTP version and headers the
-//!   server received (what the gateway forwarded).
+//!   server received (what the gateway forwarded); for a `POST`, also the body's length and
+//!   its trailer fields.
 use std::{convert::Infallible, net::SocketAddr};
 
 use bytes::Bytes;
@@ -21,7 +22,18 @@ const CHUNK: usize = 64 * 1024;
 /// The NAME argument, echoed back so that a test knows which server answered.
 static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
-fn respond(req: &Request<hyper::body::Incoming>) -> Response<Body> {
+fn fields(map: &hyper::HeaderMap) -> serde_json::Map<String, serde_json::Value> {
+    map.iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                serde_json::Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+            )
+        })
+        .collect()
+}
+
+async fn respond(req: Request<hyper::body::Incoming>) -> Response<Body> {
     if let Some(n) = req
         .uri()
         .path()
@@ -36,22 +48,29 @@ fn respond(req: &Request<hyper::body::Incoming>) -> Response<Body> {
             }))
             .expect("response");
     }
-    let headers: serde_json::Map<String, serde_json::Value> = req
-        .headers()
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_owned(),
-                serde_json::Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()),
-            )
-        })
-        .collect();
+    let headers = fields(req.headers());
+    let (method, path, version) = (
+        req.method().clone(),
+        req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned(),
+        req.version(),
+    );
+    let (mut body_len, mut trailers) = (0, serde_json::Map::new());
+    if method == hyper::Method::POST
+        && let Ok(collected) = req.into_body().collect().await
+    {
+        if let Some(t) = collected.trailers() {
+            trailers = fields(t);
+        }
+        body_len = collected.to_bytes().len();
+    }
     let body = serde_json::json!({
         "server": NAME.get().map_or("", String::as_str),
-        "method": req.method().as_str(),
-        "path": req.uri().path_and_query().map_or("/", |p| p.as_str()),
-        "version": format!("{:?}", req.version()),
+        "method": method.as_str(),
+        "path": path,
+        "version": format!("{version:?}"),
         "headers": headers,
+        "body_len": body_len,
+        "trailers": trailers,
     });
     Response::builder()
         .header("content-type", "application/json")
@@ -108,7 +127,7 @@ async fn main() {
         let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
             let service =
-                hyper::service::service_fn(|req| async move { Ok::<_, Infallible>(respond(&req)) });
+                hyper::service::service_fn(|req| async move { Ok::<_, Infallible>(respond(req).await) });
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
