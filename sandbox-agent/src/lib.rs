@@ -13,6 +13,7 @@ pub mod learned;
 pub mod launch;
 pub mod paths;
 pub mod policy;
+pub mod private_files;
 pub mod proxy;
 pub mod sandbox;
 pub mod scoping;

@@ -404,3 +404,27 @@ pub fn loopback_service() -> u16 {
     });
     port
 }
+
+/// A pseudo-terminal: the master (the test reads what the terminal shows) and the slave's
+/// path.
+pub fn open_pty() -> (fs::File, PathBuf) {
+    // SAFETY: plain libc calls on a descriptor we own; ptsname_r writes into the buffer.
+    unsafe {
+        let master = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
+        assert!(master >= 0, "posix_openpt");
+        let master = <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(master);
+        assert_eq!(libc::grantpt(std::os::fd::AsRawFd::as_raw_fd(&master)), 0, "grantpt");
+        assert_eq!(libc::unlockpt(std::os::fd::AsRawFd::as_raw_fd(&master)), 0, "unlockpt");
+        let mut name = [0 as libc::c_char; 128];
+        assert_eq!(
+            libc::ptsname_r(std::os::fd::AsRawFd::as_raw_fd(&master), name.as_mut_ptr(), name.len()),
+            0,
+            "ptsname_r"
+        );
+        let path = std::ffi::CStr::from_ptr(name.as_ptr())
+            .to_str()
+            .expect("utf-8")
+            .to_owned();
+        (fs::File::from(master), PathBuf::from(path))
+    }
+}

@@ -42,10 +42,7 @@ use std::{
     fs,
     io::{BufRead as _, BufReader, ErrorKind, Read as _},
     net::TcpListener,
-    os::{
-        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
-        unix::{net::UnixListener, process::CommandExt as _},
-    },
+    os::unix::{net::UnixListener, process::CommandExt as _},
     path::PathBuf,
     process::{Child, Command, Stdio},
     sync::mpsc,
@@ -54,7 +51,8 @@ use std::{
 };
 
 use sandbox_tests::{
-    HOLD_PORT, PORT, RemoteHost, Run, agent, agent_cmd, cgroup2_mount, helpers, run_client, sh,
+    HOLD_PORT, PORT, RemoteHost, Run, agent, agent_cmd, cgroup2_mount, helpers, open_pty,
+    run_client, sh,
 };
 
 /// Port of the test's own UDP listeners in the namespace (`udplog.py`).
@@ -415,30 +413,6 @@ impl Sysctl {
 impl Drop for Sysctl {
     fn drop(&mut self) {
         let _ = fs::write(self.path, &self.old);
-    }
-}
-
-/// A pseudo-terminal: the master (the test reads what the terminal shows) and the slave's
-/// path.
-fn open_pty() -> (fs::File, PathBuf) {
-    // SAFETY: plain libc calls on a descriptor we own; ptsname_r writes into the buffer.
-    unsafe {
-        let master = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
-        assert!(master >= 0, "posix_openpt");
-        let master = OwnedFd::from_raw_fd(master);
-        assert_eq!(libc::grantpt(master.as_raw_fd()), 0, "grantpt");
-        assert_eq!(libc::unlockpt(master.as_raw_fd()), 0, "unlockpt");
-        let mut name = [0 as libc::c_char; 128];
-        assert_eq!(
-            libc::ptsname_r(master.as_raw_fd(), name.as_mut_ptr(), name.len()),
-            0,
-            "ptsname_r"
-        );
-        let path = std::ffi::CStr::from_ptr(name.as_ptr())
-            .to_str()
-            .expect("utf-8")
-            .to_owned();
-        (fs::File::from(master), PathBuf::from(path))
     }
 }
 

@@ -8,6 +8,8 @@ use std::{
 
 use clap::{Args, Subcommand};
 use hyper::Method;
+
+use super::terminal::{Relay, Stream};
 use sandbox_agent::{
     api::{
         CreateRequest, ExecRequest, ExecView, ExposedPort, PortProtocol, PortView, ProbeSpec,
@@ -163,6 +165,10 @@ pub struct ExecArgs {
     /// Start it and print its id instead of waiting for it.
     #[arg(long, short = 'd')]
     detach: bool,
+    /// Pass control characters to the terminal as they are (escaped by default when the
+    /// output is a terminal).
+    #[arg(long)]
+    raw: bool,
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<String>,
 }
@@ -199,6 +205,10 @@ pub struct LogsArgs {
     /// An exec's output instead of the sandbox's.
     #[arg(long)]
     exec: Option<u32>,
+    /// Pass control characters to the terminal as they are (escaped by default when the
+    /// output is a terminal).
+    #[arg(long)]
+    raw: bool,
 }
 
 #[derive(Args)]
@@ -429,7 +439,7 @@ pub fn exec(client: &Client, args: &ExecArgs) -> i32 {
         return 0;
     }
     let logs = format!("{base}/execs/{}/logs", view.id);
-    if let Err(e) = follow_both(client, &logs, true) {
+    if let Err(e) = follow_both(client, &logs, true, args.raw) {
         return fail(&e);
     }
     match client.json::<serde_json::Value>(
@@ -445,18 +455,26 @@ pub fn exec(client: &Client, args: &ExecArgs) -> i32 {
     }
 }
 
-/// Streams stdout and stderr of `logs` (a logs path) to ours, both at once.
-pub fn follow_both(client: &Client, logs: &str, follow: bool) -> Result<(), ClientError> {
+/// Streams stdout and stderr of `logs` (a logs path) to ours, both at once; control
+/// characters escaped on a terminal unless `raw` (`terminal`).
+pub fn follow_both(
+    client: &Client,
+    logs: &str,
+    follow: bool,
+    raw: bool,
+) -> Result<(), ClientError> {
     let socket = client_socket();
     let err_path = format!("{logs}?stream=stderr&follow={follow}");
     let stderr = std::thread::spawn(move || {
-        Client::new(&socket).stream(Method::GET, &err_path, None, to_stderr)
+        let mut relay = Relay::new(Stream::Stderr, raw);
+        Client::new(&socket).stream(Method::GET, &err_path, None, |b| relay.write(b))
     });
+    let mut relay = Relay::new(Stream::Stdout, raw);
     let out = client.stream(
         Method::GET,
         &format!("{logs}?stream=stdout&follow={follow}"),
         None,
-        to_stdout,
+        |b| relay.write(b),
     );
     let err = stderr
         .join()
@@ -471,11 +489,6 @@ fn to_stdout(b: &[u8]) -> std::io::Result<()> {
     o.flush()
 }
 
-fn to_stderr(b: &[u8]) -> std::io::Result<()> {
-    let mut e = std::io::stderr().lock();
-    e.write_all(b)?;
-    e.flush()
-}
 
 /// The socket the current command uses (set once by `main`).
 static SOCKET: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
@@ -555,13 +568,16 @@ pub fn logs(client: &Client, args: &LogsArgs) -> i32 {
         None => format!("{}/logs", path_of(&args.sandbox)),
     };
     let result = match args.stream.as_deref() {
-        None => follow_both(client, &base, args.follow),
-        Some(stream) => client.stream(
-            Method::GET,
-            &format!("{base}?stream={}&follow={}", enc(stream), args.follow),
-            None,
-            to_stdout,
-        ),
+        None => follow_both(client, &base, args.follow, args.raw),
+        Some(stream) => {
+            let mut relay = Relay::new(Stream::Stdout, args.raw);
+            client.stream(
+                Method::GET,
+                &format!("{base}?stream={}&follow={}", enc(stream), args.follow),
+                None,
+                |b| relay.write(b),
+            )
+        }
     };
     match result {
         Ok(()) => 0,

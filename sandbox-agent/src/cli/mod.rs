@@ -5,6 +5,7 @@ pub mod daemon;
 pub mod run;
 pub mod state;
 pub mod teardown;
+pub mod terminal;
 
 /// Prints an agent error (with its causes on the same line) and returns 125.
 pub fn fail(err: &dyn std::error::Error) -> i32 {

@@ -22,6 +22,10 @@ use sandbox_agent::{
 /// (raw IP is filtered by `cgroup_skb`, `AF_PACKET` is refused at socket creation).
 const GRANTABLE_CAPS: [(&str, u32); 2] = [("NET_BIND_SERVICE", 10), ("NET_RAW", 13)];
 
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "command-line flags, each its own switch"
+)]
 #[derive(Args)]
 pub struct RunArgs {
     #[command(flatten)]
@@ -75,14 +79,19 @@ pub struct RunArgs {
     /// `learned_per_sandbox`, 4096]; past it, connects to new addresses are refused.
     #[arg(long = "max-learned-addresses", value_name = "N")]
     max_learned_addresses: Option<u64>,
-    /// The command and its arguments.
     /// Run in this process even when a daemon is running.
     #[arg(long)]
     embedded: bool,
+    /// Through the daemon, pass the workload's control characters to the terminal as they
+    /// are (escaped by default when the output is a terminal). Embedded, the workload
+    /// writes to the terminal itself.
+    #[arg(long)]
+    raw: bool,
     /// The agent's configuration, for its host floor (default /etc/sandbox-agent/config.toml
     /// if it exists; the daemon uses its own).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<OsString>,
 }
@@ -347,7 +356,7 @@ fn via_daemon(client: &Client, args: &RunArgs) -> i32 {
         let (socket, base) = (socket.clone(), base.clone());
         std::thread::spawn(move || forward_stdin(&socket, &base));
     }
-    let _ = super::api::follow_both(client, &format!("{base}/logs"), true);
+    let _ = super::api::follow_both(client, &format!("{base}/logs"), true, args.raw);
     match client.json::<WaitView>(Method::GET, &format!("{base}/wait"), None::<&()>) {
         Ok(w) if w.end_reason.as_deref() == Some("timeout") => {
             eprintln!("sandbox-agent: timed out; sandbox {} was killed", view.id);

@@ -69,7 +69,10 @@ pub fn trim(path: &Path, limit: u64) -> io::Result<()> {
     if r != 0 {
         return Err(io::Error::last_os_error());
     }
-    fs::write(path.with_extension("log.start"), new_start.to_string())
+    crate::private_files::write(
+        &path.with_extension("log.start"),
+        new_start.to_string().as_bytes(),
+    )
 }
 
 /// Reads what `path` holds from `offset` (or from the kept start, if later), at most

@@ -295,6 +295,9 @@ pub enum DaemonError {
     Enforcement(#[from] crate::enforcement::EnforcementError),
     #[error("invalid config: {0}")]
     Config(String),
+    /// The state directory is not the daemon's alone (`private_files`).
+    #[error("{0}")]
+    UnsafeStateDir(String),
 }
 
 fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> DaemonError {
@@ -310,8 +313,14 @@ impl Daemon {
     /// Takes the daemon lock, opens (or installs) the pinned programs, and re-adopts the
     /// sandboxes recorded in the state directory.
     pub fn start(config: Config, paths: Paths) -> Result<Arc<Self>, DaemonError> {
+        crate::private_files::check_state_dir(&config.state_dir)
+            .map_err(DaemonError::UnsafeStateDir)?;
         let sandboxes_dir = config.state_dir.join("sandboxes");
-        fs::create_dir_all(&sandboxes_dir).map_err(io_err("create", &sandboxes_dir))?;
+        crate::private_files::create_dir(&sandboxes_dir)
+            .map_err(io_err("create", &sandboxes_dir))?;
+        crate::private_files::create_dir(&config.state_dir)
+            .and_then(|()| crate::private_files::tighten(&config.state_dir))
+            .map_err(io_err("make private", &config.state_dir))?;
         // One daemon per host: the kernel's event ring and the parent cgroup are the host's.
         fs::create_dir_all(&paths.run_dir).map_err(io_err("create", &paths.run_dir))?;
         let lock_path = paths.run_dir.join("daemon.lock");
@@ -469,7 +478,12 @@ impl Daemon {
         }
         let mut named: Vec<&Arc<Sandbox>> = all
             .values()
-            .filter(|s| lock(&s.view).name.as_deref() == Some(reference))
+            .filter(|s| {
+                lock(&s.view)
+                    .name
+                    .as_deref()
+                    .is_some_and(|n| same_name(n, reference))
+            })
             .collect();
         named.sort_by_key(|s| (s.running(), lock(&s.view).created_at.clone()));
         named.last().map(|s| (*s).clone()).ok_or_else(|| {
@@ -542,19 +556,13 @@ impl Daemon {
         // The name check and the insertion happen under one lock: no two live sandboxes
         // can take one name.
         let mut all = lock(&self.sandboxes);
-        if let Some(name) = &req.name
-            && all
-                .values()
-                .any(|s| s.running() && lock(&s.view).name.as_deref() == Some(name))
-        {
-            return Err(ApiError::conflict(format!(
-                "name \"{name}\" is taken by a live sandbox"
-            )));
+        if let Some(name) = &req.name {
+            name_free(&all, name)?;
         }
         let id = random_id();
         let (ports, tunnels) = self.open_ports(&id, &req.ports, &[])?;
         let dir = self.config.state_dir.join("sandboxes").join(&id);
-        fs::create_dir_all(&dir)
+        crate::private_files::create_dir(&dir)
             .map_err(|e| ApiError::internal(format!("create {}: {e}", dir.display())))?;
         let traffic_token = req
             .private_ports
@@ -1951,11 +1959,35 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     Ok((r, w))
 }
 
+/// Refuses a name that a live sandbox has, in any case.
+fn name_free(all: &BTreeMap<String, Arc<Sandbox>>, name: &str) -> ApiResult<()> {
+    let Some(taken) = all.values().find_map(|s| {
+        let view = lock(&s.view);
+        view.name
+            .as_deref()
+            .filter(|n| s.running() && same_name(n, name))
+            .map(str::to_owned)
+    }) else {
+        return Ok(());
+    };
+    Err(ApiError::conflict(if taken == name {
+        format!("name \"{name}\" is taken by a live sandbox")
+    } else {
+        format!(
+            "name \"{name}\" is taken by a live sandbox named \"{taken}\" (names are case-insensitive)"
+        )
+    }))
+}
+
+/// Names are told apart without regard to case: host routes (DNS names) cannot tell `Web`
+/// from `web`, so neither may anything else.
+fn same_name(a: &str, b: &str) -> bool {
+    a.eq_ignore_ascii_case(b)
+}
+
 fn write_atomic(path: &Path, view: &SandboxView) -> std::io::Result<()> {
-    let tmp = path.with_extension("json.tmp");
     let bytes = serde_json::to_vec_pretty(view).map_err(std::io::Error::other)?;
-    fs::write(&tmp, bytes)?;
-    fs::rename(&tmp, path)
+    crate::private_files::write(path, &bytes)
 }
 
 /// Whether a process in the sandbox's own cgroup listens on TCP `port`. Asked

@@ -124,7 +124,10 @@ async fn list(
         .all()
         .iter()
         .map(|s| d.view(s))
-        .filter(|v| name.as_ref().is_none_or(|n| v.name.as_ref() == Some(n)))
+        .filter(|v| {
+            name.as_ref()
+                .is_none_or(|n| v.name.as_ref().is_some_and(|m| m.eq_ignore_ascii_case(n)))
+        })
         .filter(|v| state.as_ref().is_none_or(|s| v.state == *s))
         .filter(|v| tags.iter().all(|(k, val)| v.tags.get(k) == Some(val)))
         .collect();

@@ -43,7 +43,7 @@ pub fn certificate_files(
             message: e.to_string(),
         }
     };
-    fs::create_dir_all(dir).map_err(file_err(dir))?;
+    crate::private_files::create_dir(dir).map_err(file_err(dir))?;
     let names = vec![
         format!("*.{domain}"),
         domain.to_owned(),
@@ -62,7 +62,7 @@ pub fn certificate_files(
         .open(&key)
         .and_then(|mut f| f.write_all(made.signing_key.serialize_pem().as_bytes()))
         .map_err(file_err(&key))?;
-    fs::write(&cert, made.cert.pem()).map_err(file_err(&cert))?;
+    crate::private_files::write(&cert, made.cert.pem().as_bytes()).map_err(file_err(&cert))?;
     tracing::info!(
         "made a self-signed ingress certificate for *.{domain}: {}",
         cert.display()

@@ -1,8 +1,10 @@
-//! The adversary at the gate: clients of the daemon's gateway (raw HTTP/1.1 over TCP, an
-//! HTTP/2 client, curl) try to remove or forge what the gateway tells a workload, and one
-//! sandbox tries to be served the requests of another. Judged by what the workload inside
-//! the sandbox received (`helpers/rawhttp.py echo` answers with the raw bytes it read,
-//! `sa-web-helper` with the fields it parsed).
+//! The adversary at the daemon: clients of its gateway (raw HTTP/1.1 over TCP, an HTTP/2
+//! client, curl) try to remove or forge what the gateway tells a workload, one sandbox tries
+//! to be served the requests of another or to take its name, another local user reads the
+//! daemon's records, and a workload writes to the operator's terminal. Judged by what the
+//! workload inside the sandbox received (`helpers/rawhttp.py echo` answers with the raw
+//! bytes it read, `sa-web-helper` with the fields it parsed), by what user `nobody` could
+//! read, and by what a real terminal (a pty) was sent.
 //!
 //! | attack | what stops it | test |
 //! |---|---|---|
@@ -10,10 +12,16 @@
 //! | `Trailer: X-Verified-User-Data` and the field in the trailer section (HTTP/1.1 chunked, HTTP/2 to `http` and `h2` ports) | the `Trailer` declaration and the trailer section lose gateway-owned and hop-by-hop fields | `trailers_cannot_carry_the_gateways_fields` |
 //! | the connect token in a browser's `Referer` after a query-token login | the token parameter is removed from `Referer`; the query-token answer says `Referrer-Policy: no-referrer` | `the_token_never_reaches_the_workload_in_a_referer` |
 //! | a pooled connection to a closed listener of sandbox A serves sandbox B, whose listener got A's old port | pools per sandbox and listener socket; a pool goes with its listener | `a_pooled_connection_never_serves_another_sandbox` |
+//! | another local user reads `record.json` (command line, tunnels, routes) | directories 0700, files 0600 made by the daemon; a state directory others own or can write is refused | `records_are_root_s_alone` |
+//! | a workload's escape sequences (title, screen clear, colours) reach the operator's terminal through `logs` or `run` | control characters escaped when the output is a terminal; `--raw` keeps them | `workload_output_is_escaped_on_a_terminal` |
+//! | a sandbox named `Web` next to a live `web`; host routes (lower case) reaching the wrong one | names unique regardless of case, found regardless of case | `names_are_unique_whatever_their_case` |
 use std::{
     fs,
     io::{Read as _, Write as _},
     net::TcpStream,
+    os::unix::{fs::MetadataExt as _, process::CommandExt as _},
+    path::Path,
+    process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
@@ -22,9 +30,10 @@ use bytes::Bytes;
 use http_body_util::BodyExt as _;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use sandbox_tests::{
+    agent,
     daemon::TestDaemon,
     gateway::{create, curl, installed, path_url, token},
-    helpers,
+    helpers, open_pty, wait_bounded,
 };
 
 const USER_DATA: &str = r#"{"user":"ann"}"#;
@@ -374,4 +383,188 @@ fn a_pooled_connection_never_serves_another_sandbox() {
     }
     d.cli(&["kill", &a]);
     d.cli(&["kill", &b]);
+}
+
+/// Every directory and file under `dir`: its path and mode.
+fn modes(dir: &Path, out: &mut Vec<(String, u32)>) {
+    for entry in fs::read_dir(dir).expect("read dir") {
+        let path = entry.expect("entry").path();
+        let meta = fs::symlink_metadata(&path).expect("stat");
+        out.push((path.display().to_string(), meta.mode() & 0o7777));
+        if meta.is_dir() {
+            modes(&path, out);
+        }
+    }
+}
+
+/// `cmd args...` as user and group `nobody`: its exit code and output.
+fn as_nobody(cmd: &str, args: &[&str]) -> (i32, String) {
+    let child = Command::new(cmd)
+        .args(args)
+        .uid(65534)
+        .gid(65534)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn as nobody");
+    let run = wait_bounded(child);
+    (run.code, run.stdout + &run.stderr)
+}
+
+#[test]
+fn records_are_root_s_alone() {
+    let d = TestDaemon::start();
+    let secret = "--password=hunter2-in-argv";
+    let sb = create(
+        &d,
+        &["--tcp-port", "9000"],
+        &["/bin/sh", "-c", "echo started; sleep 60", "sh", secret],
+    );
+    d.wait_output(&sb, "started");
+    let state = d.dir.join("state");
+    let record = state.join(format!("sandboxes/{sb}/record.json"));
+    assert!(
+        fs::read_to_string(&record).expect("the record").contains("hunter2"),
+        "the test's secret is in the record"
+    );
+    // Made private by the daemon, under the test's umask (022): every directory 0700,
+    // every file 0600.
+    let mut all = vec![(state.display().to_string(), fs::metadata(&state).unwrap().mode() & 0o7777)];
+    modes(&state, &mut all);
+    for (path, mode) in &all {
+        let dir = Path::new(path).is_dir();
+        assert_eq!(*mode, if dir { 0o700 } else { 0o600 }, "{path}: {mode:04o}");
+    }
+    // Another user reads nothing: not the record, not even which sandboxes there are.
+    let (code, out) = as_nobody("cat", &[&record.display().to_string()]);
+    assert_ne!(code, 0, "nobody read the record: {out}");
+    let (code, out) = as_nobody("ls", &[&state.join("sandboxes").display().to_string()]);
+    assert_ne!(code, 0, "nobody listed the sandboxes: {out}");
+    let (_, out) = as_nobody("grep", &["-rs", "hunter2", &state.display().to_string()]);
+    assert!(!out.contains("hunter2"), "{out}");
+    // Root's commands still work.
+    assert!(d.ok(&["ls"]).contains(&sb));
+    assert_eq!(d.inspect(&sb)["id"], sb);
+
+    // A state directory another user owns, or others can write: refused, with why.
+    let foreign = d.dir.join("foreign");
+    fs::create_dir(&foreign).unwrap();
+    for (setup, needle) in [
+        ("chown 65534 {} && chmod 0700 {}", "is owned by uid 65534"),
+        ("chown 0 {} && chmod 0777 {}", "can be written by group or others (mode 0777)"),
+    ] {
+        let f = foreign.display().to_string();
+        sandbox_tests::sh(&setup.replace("{}", &f));
+        let child = Command::new(agent())
+            .args(["daemon", "--config"])
+            .arg(d.dir.join("config.toml"))
+            .args(["--state-dir", &f])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start a second daemon");
+        let run = wait_bounded(child);
+        assert_ne!(run.code, 0, "{run:#?}");
+        assert!(
+            run.stderr.contains(needle) && run.stderr.contains(&f),
+            "{run:#?}"
+        );
+        assert_eq!(run.stderr.trim().lines().count(), 1, "one line: {}", run.stderr);
+    }
+    d.cli(&["kill", &sb]);
+}
+
+/// `sandbox-agent ARGS` against the daemon with stdout and stderr on a fresh terminal;
+/// what the terminal was sent.
+fn on_a_terminal(d: &TestDaemon, args: &[&str]) -> Vec<u8> {
+    let (mut master, slave) = open_pty();
+    let tty = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&slave)
+        .expect("open the pty");
+    let child = Command::new(agent())
+        .args(args)
+        .env("SANDBOX_AGENT_SOCKET", &d.socket)
+        .stdin(Stdio::null())
+        .stdout(tty.try_clone().expect("dup"))
+        .stderr(tty)
+        .spawn()
+        .expect("start sandbox-agent");
+    let run = wait_bounded(child);
+    assert_eq!(run.code, 0, "sandbox-agent {args:?}");
+    // Everything written is buffered in the pty; the slave is closed, so reading ends with
+    // EIO once it is drained.
+    let mut shown = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = master.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        shown.extend_from_slice(&buf[..n]);
+    }
+    shown
+}
+
+#[test]
+fn workload_output_is_escaped_on_a_terminal() {
+    let d = TestDaemon::start();
+    let script = r"printf 'A\033]0;owned\007B\033[2JC\n'; printf 'E\033[31mF\233G\n' >&2; sleep 60";
+    let sb = create(&d, &[], &["/bin/sh", "-c", script]);
+    d.wait_output(&sb, "C");
+    let shown = on_a_terminal(&d, &["logs", &sb]);
+    let text = String::from_utf8_lossy(&shown);
+    assert!(!shown.contains(&0x1b), "an escape reached the terminal: {text:?}");
+    assert!(text.contains(r"A\x1b]0;owned\x07B\x1b[2JC"), "{text:?}");
+    assert!(text.contains(r"E\x1b[31mF\x9bG"), "{text:?}");
+    // --raw: the bytes as written.
+    let raw = on_a_terminal(&d, &["logs", "--raw", &sb]);
+    assert!(raw.windows(5).any(|w| w == b"\x1b]0;o"), "{:?}", String::from_utf8_lossy(&raw));
+    // Not a terminal (a pipe): the bytes as written, for files and tools.
+    let piped = d.cli(&["logs", "--stream", "stdout", &sb]);
+    assert!(piped.stdout.contains("A\u{1b}]0;owned\u{7}B"), "{piped:#?}");
+    // `run` through the daemon relays the same way.
+    let shown = on_a_terminal(
+        &d,
+        &["run", "--", "/bin/sh", "-c", r"printf 'R\033[2JS\n'"],
+    );
+    let text = String::from_utf8_lossy(&shown);
+    assert!(!shown.contains(&0x1b), "{text:?}");
+    assert!(text.contains(r"R\x1b[2JS"), "{text:?}");
+    d.cli(&["kill", &sb]);
+}
+
+#[test]
+fn names_are_unique_whatever_their_case() {
+    let d = TestDaemon::start();
+    let helper = web_helper();
+    let web = create(
+        &d,
+        &["--name", "Web", "--port", "8080", "--probe-tcp", "8080"],
+        &[&helper, "8080", "Web"],
+    );
+    // `web` is the same name while `Web` lives.
+    let taken = d.cli(&["create", "--name", "web", "--", "sleep", "5"]);
+    assert_ne!(taken.code, 0, "{taken:#?}");
+    assert!(
+        taken.stderr.contains("case-insensitive") && taken.stderr.contains("\"Web\""),
+        "{taken:#?}"
+    );
+    // Found by any spelling, and host routes (which are lower case) reach it.
+    assert_eq!(d.inspect("WEB")["id"], web);
+    let (tok, _) = token(&d, "web", None);
+    for host in ["8080-web", "8080-WEB", "8080-Web"] {
+        let r = curl(&[
+            "--connect-to",
+            &format!("::127.0.0.1:{}", d.ingress_port),
+            "-H",
+            &format!("Authorization: Bearer {tok}"),
+            &format!("http://{host}.sandbox.localhost:{}/n", d.ingress_port),
+        ]);
+        assert_eq!(r.status, 200, "{host}: {}", r.body);
+        assert_eq!(r.json()["server"], "Web", "{host}");
+    }
+    d.cli(&["kill", &web]);
 }
