@@ -146,10 +146,12 @@ impl Config {
             path: path.into(),
             message: e.message().trim().replace('\n', " "),
         })?;
-        config.learned_limits(None).map_err(|e| ConfigError::Parse {
-            path: path.into(),
-            message: format!("learned_per_answer/learned_per_sandbox: {e}"),
-        })?;
+        config
+            .learned_limits(None)
+            .map_err(|e| ConfigError::Parse {
+                path: path.into(),
+                message: format!("learned_per_answer/learned_per_sandbox: {e}"),
+            })?;
         if !matches!(config.log_format.as_str(), "text" | "json") {
             return Err(ConfigError::Parse {
                 path: path.into(),

@@ -6,7 +6,9 @@
 use std::{
     fs,
     io::{self, Write as _},
-    os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _},
+    os::unix::fs::{
+        DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _,
+    },
     path::Path,
 };
 
@@ -142,7 +144,10 @@ mod tests {
         check_state_dir(&dir).unwrap();
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
         let e = check_state_dir(&dir).unwrap_err();
-        assert!(e.contains("mode 0777") && e.contains(&*dir.to_string_lossy()), "{e}");
+        assert!(
+            e.contains("mode 0777") && e.contains(&*dir.to_string_lossy()),
+            "{e}"
+        );
         // Its parent writable by others and not sticky: refused too.
         let e = check_state_dir(&dir.join("state")).unwrap_err();
         assert!(e.starts_with("parent of the state directory"), "{e}");

@@ -146,8 +146,14 @@ pub fn host_gaps() -> Vec<String> {
     // With non-local binds allowed host-wide, any socket may take a source address the host
     // does not own (no FREEBIND needed, which seccomp refuses): reflection stays possible.
     for (sysctl, path) in [
-        ("net.ipv4.ip_nonlocal_bind", "/proc/sys/net/ipv4/ip_nonlocal_bind"),
-        ("net.ipv6.ip_nonlocal_bind", "/proc/sys/net/ipv6/ip_nonlocal_bind"),
+        (
+            "net.ipv4.ip_nonlocal_bind",
+            "/proc/sys/net/ipv4/ip_nonlocal_bind",
+        ),
+        (
+            "net.ipv6.ip_nonlocal_bind",
+            "/proc/sys/net/ipv6/ip_nonlocal_bind",
+        ),
     ] {
         if std::fs::read_to_string(path).is_ok_and(|v| v.trim() != "0") {
             gaps.push(format!(

@@ -111,7 +111,10 @@ fn refused_rules() -> BTreeMap<i64, Vec<SeccompRule>> {
             ]));
         }
         for protocol in REFUSED_INET_PROTOCOLS {
-            socket.push(rule(vec![cond(0, Op::Eq, family), cond(2, Op::Eq, protocol)]));
+            socket.push(rule(vec![
+                cond(0, Op::Eq, family),
+                cond(2, Op::Eq, protocol),
+            ]));
         }
     }
     let options = REFUSED_OPTIONS
@@ -135,7 +138,10 @@ fn refused_rules() -> BTreeMap<i64, Vec<SeccompRule>> {
     let mut rules = BTreeMap::from([
         (libc::SYS_socket, socket),
         // socketpair makes connected pairs of a family; only unix ones are of any use.
-        (libc::SYS_socketpair, vec![rule(vec![cond(0, Op::Ne, AF_UNIX)])]),
+        (
+            libc::SYS_socketpair,
+            vec![rule(vec![cond(0, Op::Ne, AF_UNIX)])],
+        ),
         (libc::SYS_setsockopt, options),
         (libc::SYS_ioctl, ioctls),
         (
@@ -215,7 +221,10 @@ pub fn programs() -> &'static [Vec<libc::sock_filter>; 2] {
     PROGRAMS.get_or_init(|| {
         let clone3 = BTreeMap::from([(libc::SYS_clone3, Vec::new())]);
         [
-            compile(refused_rules(), SeccompAction::Errno(libc::EPERM.cast_unsigned())),
+            compile(
+                refused_rules(),
+                SeccompAction::Errno(libc::EPERM.cast_unsigned()),
+            ),
             compile(clone3, SeccompAction::Errno(libc::ENOSYS.cast_unsigned())),
         ]
     })

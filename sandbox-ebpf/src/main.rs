@@ -41,8 +41,8 @@ use aya_ebpf::{
     EbpfContext as _,
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST, BPF_SOCK_OPS_TCP_CONNECT_CB},
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_setsockopt,
-        bpf_sk_fullsock, bpf_skb_cgroup_id,
+        bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie,
+        bpf_ktime_get_boot_ns, bpf_setsockopt, bpf_sk_fullsock, bpf_skb_cgroup_id,
     },
     macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, map, sock_ops},
     maps::{
@@ -53,9 +53,9 @@ use aya_ebpf::{
 use sandbox_common::{
     Counters, DEFAULT_MAX_PREFIXES, EVENTS_RING_BYTES, EventBudget, EventKind, FlowKind, FlowMark,
     INGRESS_MARK, Layer, LearnedV4, LearnedV6, ListenKey, LpmDataV4, LpmDataV6, MAX_FLOWS,
-    MAX_FLOWS_PER_SANDBOX, MAX_LEARNED, MAX_LISTENING, MAX_LISTENING_PER_SANDBOX, MAX_PROXY_CONNS, MAX_SANDBOXES, OrigDst,
-    POLICY_ID_BITS, ProxyKey, Reason, RuleValue, SandboxEntry, ServerKey, ServerPort,
-    SockAddrAction, SocketKind, Verdict, VerdictEvent, combine, decide, is_loopback_v4,
+    MAX_FLOWS_PER_SANDBOX, MAX_LEARNED, MAX_LISTENING, MAX_LISTENING_PER_SANDBOX, MAX_PROXY_CONNS,
+    MAX_SANDBOXES, OrigDst, POLICY_ID_BITS, ProxyKey, Reason, RuleValue, SandboxEntry, ServerKey,
+    ServerPort, SockAddrAction, SocketKind, Verdict, VerdictEvent, combine, decide, is_loopback_v4,
     is_loopback_v6, loopback_min_v4, loopback_min_v6, lpm_data_v4, lpm_data_v6, opens_connection,
     sock_addr_action, spend_event_budget, v4_mapped,
 };
@@ -793,7 +793,12 @@ fn sock_addr_v6(ctx: &SockAddrContext, call: Call) -> i32 {
 
 /// A listener of this sandbox on `port` (as the workload asked for it), in the network
 /// namespace of the socket connecting.
-fn own_listener(ctx: &SockAddrContext, cgroup_id: u64, port: u16, family: u16) -> Option<ServerPort> {
+fn own_listener(
+    ctx: &SockAddrContext,
+    cgroup_id: u64,
+    port: u16,
+    family: u16,
+) -> Option<ServerPort> {
     let key = ListenKey {
         cgroup_id,
         port,
@@ -1080,7 +1085,10 @@ pub fn sandbox_post_bind6(ctx: SockContext) -> i32 {
         reachable_v4(words[3])
     } else {
         // `::1` or `::`
-        words[0] == 0 && words[1] == 0 && words[2] == 0 && (words[3] == 0 || words[3] == 1_u32.to_be())
+        words[0] == 0
+            && words[1] == 0
+            && words[2] == 0
+            && (words[3] == 0 || words[3] == 1_u32.to_be())
     };
     record_listener(&ctx, if v4_mapped { 4 } else { 6 }, reachable)
 }

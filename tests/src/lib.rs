@@ -75,8 +75,16 @@ pub fn helpers() -> &'static Path {
         .expect("write adversary.py");
         fs::write(dir.join("udplog.py"), include_str!("../helpers/udplog.py"))
             .expect("write udplog.py");
-        fs::write(dir.join("rawhttp.py"), include_str!("../helpers/rawhttp.py"))
-            .expect("write rawhttp.py");
+        fs::write(
+            dir.join("rawhttp.py"),
+            include_str!("../helpers/rawhttp.py"),
+        )
+        .expect("write rawhttp.py");
+        fs::write(
+            dir.join("flooddns.py"),
+            include_str!("../helpers/flooddns.py"),
+        )
+        .expect("write flooddns.py");
         sh(&format!(
             "chmod 755 {0} && chmod 644 {0}/*.py",
             dir.display()
@@ -413,11 +421,23 @@ pub fn open_pty() -> (fs::File, PathBuf) {
         let master = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
         assert!(master >= 0, "posix_openpt");
         let master = <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(master);
-        assert_eq!(libc::grantpt(std::os::fd::AsRawFd::as_raw_fd(&master)), 0, "grantpt");
-        assert_eq!(libc::unlockpt(std::os::fd::AsRawFd::as_raw_fd(&master)), 0, "unlockpt");
+        assert_eq!(
+            libc::grantpt(std::os::fd::AsRawFd::as_raw_fd(&master)),
+            0,
+            "grantpt"
+        );
+        assert_eq!(
+            libc::unlockpt(std::os::fd::AsRawFd::as_raw_fd(&master)),
+            0,
+            "unlockpt"
+        );
         let mut name = [0 as libc::c_char; 128];
         assert_eq!(
-            libc::ptsname_r(std::os::fd::AsRawFd::as_raw_fd(&master), name.as_mut_ptr(), name.len()),
+            libc::ptsname_r(
+                std::os::fd::AsRawFd::as_raw_fd(&master),
+                name.as_mut_ptr(),
+                name.len()
+            ),
             0,
             "ptsname_r"
         );

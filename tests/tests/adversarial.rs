@@ -20,6 +20,7 @@
 //! | connect allowed, `connect(AF_UNSPEC)`, connect denied (TCP and UDP) | each connect/sendmsg decided afresh | `reconnect_after_af_unspec_gets_a_fresh_verdict` |
 //! | IPv4-compatible, SIIT, NAT64 and 6to4 spellings of a denied IPv4 address | IPv6 rules (only `::ffff:0:0/96` is decided as IPv4) | `ipv6_spellings_of_a_denied_ipv4_address_never_arrive` |
 //! | subnet broadcast, `224.0.0.1` and `ff02::1` into the test network | destinations decided like any other | `broadcast_and_multicast_into_the_test_network_never_arrive` |
+//! | answers of 100 AAAA records with an hour's TTL, more of them than the sandbox may hold learned | per-answer cap (64) in the resolver's answer; per-sandbox cap (`--max-learned-addresses`): past it not learned, connect EPERM, an event; a neighbour keeps learning | `one_sandbox_cannot_learn_past_its_caps_and_others_keep_learning` |
 //! | write own pid to the parent's or the root's `cgroup.procs` | cgroup file permissions (the workload is not root) | `cgroup_escape_by_writing_cgroup_procs_is_refused` |
 //!
 //! Covered elsewhere, so not repeated here:
@@ -68,6 +69,17 @@ fn adversary(policy: &[&str], args: &[&str]) -> Run {
     let run = agent_cmd(&all);
     assert_eq!(run.code, 0, "adversary.py {args:?} failed: {run:#?}");
     run
+}
+
+/// A sandboxed process the test holds (it waits on its stdin): ended when dropped.
+struct Reap(Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        drop(self.0.stdin.take());
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// An errno name, not a success: the kernel refused.
@@ -935,14 +947,6 @@ fn cgroup_escape_by_writing_cgroup_procs_is_refused() {
 #[test]
 fn one_sandbox_over_its_flow_quota_is_refused_and_others_keep_dns() {
     /// Ends the hog (EOF on its stdin, then kill) also when the test fails.
-    struct Reap(std::process::Child);
-    impl Drop for Reap {
-        fn drop(&mut self) {
-            drop(self.0.stdin.take());
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     use std::io::{BufRead as _, BufReader};
     let quota = 16_384; // sandbox_common::MAX_FLOWS_PER_SANDBOX
     let attempts = quota + 600;
@@ -1033,4 +1037,178 @@ print("answered", data[:2] == q[:2])
         "another sandbox's DNS failed while one sandbox held its quota: {neighbour:#?}"
     );
     drop(hog);
+}
+
+/// A namespace whose upstream DNS answers floods of AAAA records (`helpers/flooddns.py`),
+/// every flood address its own (a local route) with a listener on port 9300 that logs
+/// which address was reached.
+struct FloodWorld {
+    host: RemoteHost,
+    /// `2001:db8:5b:N::`: flood addresses are `{prefix}1:XYZ`.
+    prefix: String,
+    log: PathBuf,
+    server: Child,
+}
+
+impl FloodWorld {
+    fn new() -> Self {
+        let host = RemoteHost::new();
+        // Not internal (a ULA would be refused as a rebinding target whatever the cap):
+        // documentation space, routed to this namespace only.
+        let n = host.netns.trim_start_matches("sa-test-");
+        let prefix = format!("2001:db8:5b:{:x}::", n.parse::<u32>().expect("index"));
+        let log = helpers().join(format!("flood-{}.log", host.netns));
+        let _ = fs::remove_file(&log);
+        sh(&format!(
+            "ip -n {ns} -6 route add local {prefix}1:0/112 dev lo && ip -6 route add {prefix}1:0/112 via {via} dev {dev}",
+            ns = host.netns,
+            via = host.v6[0],
+            dev = host.host_if()
+        ));
+        let server = Command::new("ip")
+            .args(["netns", "exec", &host.netns, "python3"])
+            .arg(helpers().join("flooddns.py"))
+            .args(["--dns", &host.v6[0], "--prefix", &prefix, "--log"])
+            .arg(&log)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start flooddns");
+        let world = Self {
+            host,
+            prefix,
+            log,
+            server,
+        };
+        wait_until("flooddns is ready", || {
+            world.reached().contains(&"ready".to_owned())
+        });
+        world
+    }
+
+    /// `[ADDR]:53` of the upstream DNS.
+    fn upstream(&self) -> String {
+        format!("[{}]:53", self.host.v6[0])
+    }
+
+    /// What the listener logged.
+    fn reached(&self) -> Vec<String> {
+        fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for FloodWorld {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+        let _ = fs::remove_file(&self.log);
+    }
+}
+
+#[test]
+fn one_sandbox_cannot_learn_past_its_caps_and_others_keep_learning() {
+    let world = FloodWorld::new();
+    let p = &world.prefix;
+    let server = &world.host.v6[0];
+    let flow_log = helpers().join(format!("flood-flows-{}.log", world.host.netns));
+    let _ = fs::remove_file(&flow_log);
+    // Four answers of 100 addresses each, with an hour's TTL; the flooder may hold 150.
+    let mut steps: Vec<String> = (0..4)
+        .map(|k| format!("dnstcp q{k} {server} q{k}.flood.test AAAA"))
+        .collect();
+    steps.push(format!("tcp first {p}1:0 9300"));
+    steps.push(format!("tcp past {p}1:300 9300"));
+    let client = helpers().join("webclient.py").display().to_string();
+    let mut args = vec![
+        "run".to_owned(),
+        "--upstream-dns".into(),
+        world.upstream(),
+        "--flow-log".into(),
+        flow_log.display().to_string(),
+        "--max-learned-addresses".into(),
+        "150".into(),
+        "--network".into(),
+        "allowlist".into(),
+        "--allow-out".into(),
+        "*.flood.test".into(),
+        "--".into(),
+        "/bin/sh".into(),
+        "-c".into(),
+        // Holds its learned addresses (stays alive) until the test closes its stdin.
+        "/usr/bin/python3 -u \"$0\" \"$@\"; read -r _".into(),
+        client.clone(),
+    ];
+    args.extend(steps);
+    let mut flooder = Command::new(agent())
+        .args(&args)
+        .current_dir("/")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the flooder");
+    let stdout = flooder.stdout.take().expect("stdout");
+    let flooder = Reap(flooder);
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut out = std::collections::HashMap::new();
+    while out.len() < 6 {
+        let line = rx
+            .recv_timeout(sandbox_tests::RUN_LIMIT)
+            .unwrap_or_else(|_| panic!("the flooder stopped reporting: {out:?}"));
+        if let Some((label, outcome)) = line.split_once(' ') {
+            out.insert(label.to_owned(), outcome.to_owned());
+        }
+    }
+    // Each answer reaches the sandbox with at most 64 addresses (the per-answer cap)...
+    for k in 0..4 {
+        let answer = &out[&format!("q{k}")];
+        let addrs = answer
+            .strip_prefix("NOERROR ")
+            .unwrap_or_else(|| panic!("{answer}"));
+        assert_eq!(addrs.split(',').count(), 64, "q{k}: {answer}");
+    }
+    // ...and past its 150 learned addresses, the fourth answer's are not learned: its
+    // connect is refused in the kernel and nothing arrives; the first answer's still work.
+    assert_eq!(out["first"], "ok hi", "{out:?}");
+    assert_eq!(out["past"], "EPERM", "{out:?}");
+    let reached = world.reached();
+    assert!(reached.contains(&format!("tcp {p}1:0")), "{reached:?}");
+    assert!(!reached.contains(&format!("tcp {p}1:300")), "{reached:?}");
+    let flows = fs::read_to_string(&flow_log).unwrap_or_default();
+    assert!(flows.contains("addresses not learned"), "{flows}");
+    assert!(flows.contains("left out of the answer"), "{flows}");
+
+    // The flooder holds its addresses: another sandbox resolves, learns and connects.
+    let neighbour = agent_cmd(&[
+        "run",
+        "--upstream-dns",
+        &world.upstream(),
+        "--network",
+        "allowlist",
+        "--allow-out",
+        "ok.test",
+        "--",
+        "/usr/bin/python3",
+        &client,
+        &format!("dnstcp n0 {server} ok.test AAAA"),
+        &format!("tcp n1 {p}1:ff00 9300"),
+    ]);
+    assert!(
+        neighbour.stdout.contains(&format!("n0 NOERROR {p}1:ff00"))
+            && neighbour.stdout.contains("n1 ok hi"),
+        "{neighbour:#?}"
+    );
+    assert!(world.reached().contains(&format!("tcp {p}1:ff00")));
+    drop(flooder);
+    let _ = fs::remove_file(&flow_log);
 }

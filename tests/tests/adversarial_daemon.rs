@@ -14,6 +14,7 @@
 //! | a pooled connection to a closed listener of sandbox A serves sandbox B, whose listener got A's old port | pools per sandbox and listener socket; a pool goes with its listener | `a_pooled_connection_never_serves_another_sandbox` |
 //! | another local user reads `record.json` (command line, tunnels, routes) | directories 0700, files 0600 made by the daemon; a state directory others own or can write is refused | `records_are_root_s_alone` |
 //! | a workload's escape sequences (title, screen clear, colours) reach the operator's terminal through `logs` or `run` | control characters escaped when the output is a terminal; `--raw` keeps them | `workload_output_is_escaped_on_a_terminal` |
+//! | 12,000 resolver events from one sandbox evict another's from the daemon's history | a tenth of the history per sandbox, a publishing budget per sandbox, drops counted | `one_sandbox_cannot_evict_anothers_events` |
 //! | a sandbox named `Web` next to a live `web`; host routes (lower case) reaching the wrong one | names unique regardless of case, found regardless of case | `names_are_unique_whatever_their_case` |
 use std::{
     fs,
@@ -176,7 +177,10 @@ fn h2_post_with_trailers(d: &TestDaemon, path: &str, tok: &str) -> (u16, String)
                 .expect("HTTP/2 handshake");
         tokio::spawn(conn);
         let mut trailers = hyper::HeaderMap::new();
-        trailers.insert("x-verified-user-data", r#"{"user":"root"}"#.parse().unwrap());
+        trailers.insert(
+            "x-verified-user-data",
+            r#"{"user":"root"}"#.parse().unwrap(),
+        );
         trailers.insert("x-forwarded-for", "10.9.9.9".parse().unwrap());
         trailers.insert("x-checksum", "abc".parse().unwrap());
         let body = Trailed(vec![
@@ -185,7 +189,10 @@ fn h2_post_with_trailers(d: &TestDaemon, path: &str, tok: &str) -> (u16, String)
         ]);
         let req = hyper::Request::post(format!("http://127.0.0.1:{port}{path}"))
             .header("authorization", format!("Bearer {tok}"))
-            .header("trailer", "x-verified-user-data, x-forwarded-for, x-checksum")
+            .header(
+                "trailer",
+                "x-verified-user-data, x-forwarded-for, x-checksum",
+            )
             .body(body)
             .expect("request");
         let resp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
@@ -230,7 +237,10 @@ fn trailers_cannot_carry_the_gateways_fields() {
     let (status, seen) = h2_post_with_trailers(&d, &format!("/_sandbox/{sb}/8080/t"), &tok);
     assert_eq!(status, 200, "{seen}");
     assert!(seen.contains("x-checksum: abc"), "{seen}");
-    assert!(!seen.contains(forged) && !seen.contains("10.9.9.9"), "{seen}");
+    assert!(
+        !seen.contains(forged) && !seen.contains("10.9.9.9"),
+        "{seen}"
+    );
     let helper = web_helper();
     let h2 = create(
         &d,
@@ -244,7 +254,11 @@ fn trailers_cannot_carry_the_gateways_fields() {
     assert_eq!(v["version"], "HTTP/2.0", "{v}");
     assert_eq!(v["body_len"], 7, "{v}");
     assert_eq!(v["headers"]["x-verified-user-data"], USER_DATA, "{v}");
-    assert_eq!(v["trailers"], serde_json::json!({"x-checksum": "abc"}), "{v}");
+    assert_eq!(
+        v["trailers"],
+        serde_json::json!({"x-checksum": "abc"}),
+        "{v}"
+    );
     d.cli(&["kill", &sb]);
     d.cli(&["kill", &h2]);
 }
@@ -425,12 +439,17 @@ fn records_are_root_s_alone() {
     let state = d.dir.join("state");
     let record = state.join(format!("sandboxes/{sb}/record.json"));
     assert!(
-        fs::read_to_string(&record).expect("the record").contains("hunter2"),
+        fs::read_to_string(&record)
+            .expect("the record")
+            .contains("hunter2"),
         "the test's secret is in the record"
     );
     // Made private by the daemon, under the test's umask (022): every directory 0700,
     // every file 0600.
-    let mut all = vec![(state.display().to_string(), fs::metadata(&state).unwrap().mode() & 0o7777)];
+    let mut all = vec![(
+        state.display().to_string(),
+        fs::metadata(&state).unwrap().mode() & 0o7777,
+    )];
     modes(&state, &mut all);
     for (path, mode) in &all {
         let dir = Path::new(path).is_dir();
@@ -452,7 +471,10 @@ fn records_are_root_s_alone() {
     fs::create_dir(&foreign).unwrap();
     for (setup, needle) in [
         ("chown 65534 {} && chmod 0700 {}", "is owned by uid 65534"),
-        ("chown 0 {} && chmod 0777 {}", "can be written by group or others (mode 0777)"),
+        (
+            "chown 0 {} && chmod 0777 {}",
+            "can be written by group or others (mode 0777)",
+        ),
     ] {
         let f = foreign.display().to_string();
         sandbox_tests::sh(&setup.replace("{}", &f));
@@ -471,7 +493,12 @@ fn records_are_root_s_alone() {
             run.stderr.contains(needle) && run.stderr.contains(&f),
             "{run:#?}"
         );
-        assert_eq!(run.stderr.trim().lines().count(), 1, "one line: {}", run.stderr);
+        assert_eq!(
+            run.stderr.trim().lines().count(),
+            1,
+            "one line: {}",
+            run.stderr
+        );
     }
     d.cli(&["kill", &sb]);
 }
@@ -516,20 +543,24 @@ fn workload_output_is_escaped_on_a_terminal() {
     d.wait_output(&sb, "C");
     let shown = on_a_terminal(&d, &["logs", &sb]);
     let text = String::from_utf8_lossy(&shown);
-    assert!(!shown.contains(&0x1b), "an escape reached the terminal: {text:?}");
+    assert!(
+        !shown.contains(&0x1b),
+        "an escape reached the terminal: {text:?}"
+    );
     assert!(text.contains(r"A\x1b]0;owned\x07B\x1b[2JC"), "{text:?}");
     assert!(text.contains(r"E\x1b[31mF\x9bG"), "{text:?}");
     // --raw: the bytes as written.
     let raw = on_a_terminal(&d, &["logs", "--raw", &sb]);
-    assert!(raw.windows(5).any(|w| w == b"\x1b]0;o"), "{:?}", String::from_utf8_lossy(&raw));
+    assert!(
+        raw.windows(5).any(|w| w == b"\x1b]0;o"),
+        "{:?}",
+        String::from_utf8_lossy(&raw)
+    );
     // Not a terminal (a pipe): the bytes as written, for files and tools.
     let piped = d.cli(&["logs", "--stream", "stdout", &sb]);
     assert!(piped.stdout.contains("A\u{1b}]0;owned\u{7}B"), "{piped:#?}");
     // `run` through the daemon relays the same way.
-    let shown = on_a_terminal(
-        &d,
-        &["run", "--", "/bin/sh", "-c", r"printf 'R\033[2JS\n'"],
-    );
+    let shown = on_a_terminal(&d, &["run", "--", "/bin/sh", "-c", r"printf 'R\033[2JS\n'"]);
     let text = String::from_utf8_lossy(&shown);
     assert!(!shown.contains(&0x1b), "{text:?}");
     assert!(text.contains(r"R\x1b[2JS"), "{text:?}");
@@ -567,4 +598,81 @@ fn names_are_unique_whatever_their_case() {
         assert_eq!(r.json()["server"], "Web", "{host}");
     }
     d.cli(&["kill", &web]);
+}
+
+/// A sandbox that asks its resolver about `names` (denied names: one event each), prints
+/// `asked N` (the answers it got), and lives on.
+fn asking(d: &TestDaemon, names: &str) -> (String, usize) {
+    let script = format!(
+        r#"
+import socket, struct
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(2)
+n = 0
+for i, name in enumerate({names}):
+    q = struct.pack("!HHHHHH", i & 0xffff, 0x0100, 1, 0, 0, 0)
+    for label in name.split("."):
+        q += bytes([len(label)]) + label.encode()
+    q += b"\x00" + struct.pack("!HH", 1, 1)
+    s.sendto(q, ("198.18.0.1", 53))
+    try:
+        s.recvfrom(512)
+        n += 1
+    except OSError:
+        pass
+print("asked", n, flush=True)
+import time; time.sleep(60)
+"#
+    );
+    let sb = create(
+        d,
+        &["--network", "allowlist", "--allow-out", "ok.example"],
+        &["/usr/bin/python3", "-c", &script],
+    );
+    let out = d.wait_output(&sb, "asked");
+    let asked: usize = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+    (sb, asked)
+}
+
+#[test]
+fn one_sandbox_cannot_evict_anothers_events() {
+    let d = TestDaemon::start();
+    let (b, _) = asking(&d, r#"["b-marker.example"]"#);
+    // More events than the daemon keeps (10,000), as fast as the resolver answers.
+    let (a, asked) = asking(&d, r#"["f%d.example" % i for i in range(12000)]"#);
+    assert!(asked > 11_000, "the flood was not answered: {asked}");
+    let history = |sandbox: &str| {
+        let (status, body) = d.http(
+            "GET",
+            &format!("/v1/events?sandbox={sandbox}&follow=false"),
+            None,
+        );
+        assert_eq!(status, 200, "{body}");
+        body
+    };
+    let of_b = history(&b);
+    assert!(
+        of_b.contains("b-marker.example"),
+        "B's event was evicted: {of_b}"
+    );
+    let of_a = history(&a);
+    let kept = of_a.lines().filter(|l| l.contains(".example")).count();
+    assert!(
+        (100..=1000).contains(&kept),
+        "A kept {kept} events: more than its share, or none"
+    );
+    let metrics = d.metrics();
+    let dropped: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("sandbox_agent_events_dropped") && l.contains(&a))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no drop count for {a}: {metrics}"));
+    assert!(dropped >= 10_000.0, "{dropped}");
+    d.cli(&["kill", &a]);
+    d.cli(&["kill", &b]);
 }

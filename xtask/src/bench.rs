@@ -137,9 +137,7 @@ pub fn run(agent: &Path) -> Result<()> {
         "domains" => crate::bench_domains::run(&mut env, agent)?,
         "daemon" => crate::bench_daemon::run(&mut env, agent)?,
         "ingress" => crate::bench_ingress::run(&mut env, agent)?,
-        other => bail!(
-            "{ONLY_VAR}={other:?}: \"core\", \"domains\", \"daemon\" or \"ingress\""
-        ),
+        other => bail!("{ONLY_VAR}={other:?}: \"core\", \"domains\", \"daemon\" or \"ingress\""),
     }
     println!("\nbench took {:.0} s", started.elapsed().as_secs_f64());
     Ok(())

@@ -489,7 +489,6 @@ fn to_stdout(b: &[u8]) -> std::io::Result<()> {
     o.flush()
 }
 
-
 /// The socket the current command uses (set once by `main`).
 static SOCKET: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 

@@ -123,7 +123,11 @@ mod tests {
         for c in chunks {
             out.extend(escape(&mut carry, c));
         }
-        out.extend(carry.iter().flat_map(|b| format!("\\x{b:02x}").into_bytes()));
+        out.extend(
+            carry
+                .iter()
+                .flat_map(|b| format!("\\x{b:02x}").into_bytes()),
+        );
         String::from_utf8(out).unwrap()
     }
 

@@ -86,9 +86,8 @@ pub enum Admission {
 impl Budgets {
     pub fn admit(&mut self, sandbox: &str, now: Instant) -> Admission {
         if self.buckets.len() >= MAX_BUDGETS && !self.buckets.contains_key(sandbox) {
-            self.buckets.retain(|_, b| {
-                b.dropped > 0 || refilled(b, now) < EVENT_BURST
-            });
+            self.buckets
+                .retain(|_, b| b.dropped > 0 || refilled(b, now) < EVENT_BURST);
         }
         let bucket = self
             .buckets
@@ -167,7 +166,10 @@ mod tests {
 
     #[test]
     fn events_past_the_budget_are_counted_and_reported_with_the_next_one() {
-        assert!((EVENT_BURST - 1000.0).abs() < f64::EPSILON, "the loop below is the burst");
+        assert!(
+            (EVENT_BURST - 1000.0).abs() < f64::EPSILON,
+            "the loop below is the burst"
+        );
         let mut b = Budgets::default();
         let t0 = Instant::now();
         for _ in 0..1000 {
@@ -179,7 +181,13 @@ mod tests {
         assert_eq!(b.admit("b", t0), Admission::Publish { dropped_before: 0 });
         // Refilled after a while; the drops are said once.
         let later = t0 + Duration::from_millis(50);
-        assert_eq!(b.admit("a", later), Admission::Publish { dropped_before: 2 });
-        assert_eq!(b.admit("a", later), Admission::Publish { dropped_before: 0 });
+        assert_eq!(
+            b.admit("a", later),
+            Admission::Publish { dropped_before: 2 }
+        );
+        assert_eq!(
+            b.admit("a", later),
+            Admission::Publish { dropped_before: 0 }
+        );
     }
 }

@@ -717,12 +717,7 @@ impl Daemon {
         spec: &mut launch::LaunchSpec,
     ) -> ApiResult<(u32, Option<DomainServices>, Child, Option<fs::File>)> {
         let services = if self.needs_services(compiled, req.proxy_env) {
-            Some(self.start_services(
-                id,
-                self.layers(compiled),
-                None,
-                req.max_learned_addresses,
-            )?)
+            Some(self.start_services(id, self.layers(compiled), None, req.max_learned_addresses)?)
         } else {
             None
         };

@@ -224,11 +224,7 @@ impl Observe {
     /// The kept history and a receiver for what follows.
     pub fn subscribe(&self) -> (Vec<Line>, broadcast::Receiver<Line>) {
         let rx = self.live.subscribe();
-        let history = self
-            .history
-            .lock()
-            .map(|h| h.lines())
-            .unwrap_or_default();
+        let history = self.history.lock().map(|h| h.lines()).unwrap_or_default();
         (history, rx)
     }
 
@@ -427,7 +423,10 @@ fn reason_text(reason: u32) -> &'static str {
             "inbound connection not from the agent's ingress",
         ),
         (Reason::Ingress, "ingress connection"),
-        (Reason::Quota, "over the sandbox's quota of a shared kernel map"),
+        (
+            Reason::Quota,
+            "over the sandbox's quota of a shared kernel map",
+        ),
     ];
     ALL.iter()
         .find(|(r, _)| *r as u32 == reason)

@@ -656,7 +656,13 @@ mod tests {
     }
 
     fn filter(q: &Question, reply: &Message) -> Result<Filtered, ResponseError> {
-        filter_response(q, UPSTREAM_ID, &reply.to_vec().unwrap(), q.max_udp_size(), usize::MAX)
+        filter_response(
+            q,
+            UPSTREAM_ID,
+            &reply.to_vec().unwrap(),
+            q.max_udp_size(),
+            usize::MAX,
+        )
     }
 
     fn https_record(owner: &str, params: Vec<(SvcParamKey, SvcParamValue)>) -> Record {
@@ -929,7 +935,13 @@ mod tests {
         };
         assert_eq!(upstream_query(&by_hand, 7), upstream_query(&plain, 7));
         let reply = upstream_reply(&plain, vec![a("example.com", 60, [192, 0, 2, 1])]);
-        let filtered = filter_response(&by_hand, UPSTREAM_ID, &reply.to_vec().unwrap(), 512, usize::MAX);
+        let filtered = filter_response(
+            &by_hand,
+            UPSTREAM_ID,
+            &reply.to_vec().unwrap(),
+            512,
+            usize::MAX,
+        );
         assert_eq!(
             filtered.unwrap().addresses,
             [(IpAddr::from([192, 0, 2, 1]), 60)]
@@ -1271,7 +1283,8 @@ mod tests {
         let upstream = reply.to_vec().unwrap();
 
         for max_size in [512, 1232] {
-            let filtered = filter_response(&q, UPSTREAM_ID, &upstream, max_size, usize::MAX).unwrap();
+            let filtered =
+                filter_response(&q, UPSTREAM_ID, &upstream, max_size, usize::MAX).unwrap();
             assert!(filtered.truncated);
             assert!(filtered.bytes.len() <= max_size);
             assert!(filtered.addresses.is_empty());
@@ -1281,7 +1294,8 @@ mod tests {
             assert_eq!((sent.id(), sent.queries().len()), (SANDBOX_ID, 1));
         }
         // Over TCP it all fits.
-        let filtered = filter_response(&q, UPSTREAM_ID, &upstream, TCP_MAX_SIZE, usize::MAX).unwrap();
+        let filtered =
+            filter_response(&q, UPSTREAM_ID, &upstream, TCP_MAX_SIZE, usize::MAX).unwrap();
         assert!(!filtered.truncated);
         assert_eq!(filtered.addresses.len(), 256);
         // Below the floor, the bare header and question.
@@ -1297,7 +1311,10 @@ mod tests {
             .collect();
         let upstream = upstream_reply(&q, answers).to_vec().unwrap();
         let filtered = filter_response(&q, UPSTREAM_ID, &upstream, TCP_MAX_SIZE, 64).unwrap();
-        assert_eq!((filtered.addresses.len(), filtered.addresses_cut), (64, 136));
+        assert_eq!(
+            (filtered.addresses.len(), filtered.addresses_cut),
+            (64, 136)
+        );
         let sent = Message::from_vec(&filtered.bytes).unwrap();
         // The sandbox sees exactly the addresses the resolver learns.
         let sent_addresses: Vec<IpAddr> = sent

@@ -126,7 +126,14 @@ async fn answer(shared: &Shared, bytes: &[u8], transport: Transport) -> Option<V
         Transport::Udp => q.max_udp_size(),
         Transport::Tcp => TCP_MAX,
     };
-    match lookup(shared.upstream, &q, max_size, shared.learned_limits.per_answer).await {
+    match lookup(
+        shared.upstream,
+        &q,
+        max_size,
+        shared.learned_limits.per_answer,
+    )
+    .await
+    {
         Ok(filtered) => {
             let mut learned = Vec::new();
             let mut over_cap = None;
@@ -235,7 +242,13 @@ pub async fn lookup(
     if is_truncated(&reply) {
         reply = exchange_tcp(upstream, &query).await?;
     }
-    Ok(message::filter_response(q, id, &reply, max_size, max_addresses)?)
+    Ok(message::filter_response(
+        q,
+        id,
+        &reply,
+        max_size,
+        max_addresses,
+    )?)
 }
 
 /// The addresses of `name` (A and AAAA), for the proxy's own connections, and the smallest

@@ -14,7 +14,7 @@ use std::{
 
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 
-use super::{upstream::MarkedConnector, ClientBody};
+use super::{ClientBody, upstream::MarkedConnector};
 
 /// Idle pooled connections close after this.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);

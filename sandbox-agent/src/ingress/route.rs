@@ -500,7 +500,10 @@ mod tests {
                 Some("http://8080-s.sandbox.localhost/p"),
             ),
             // The token anywhere else: no Referer at all.
-            ("http://h/p#_sandbox_connect_token=sat_x", Some("http://h/p")),
+            (
+                "http://h/p#_sandbox_connect_token=sat_x",
+                Some("http://h/p"),
+            ),
             ("http://h/p?a=1", Some("http://h/p?a=1")),
         ] {
             let mut h = headers(&[("referer", sent)]);
@@ -520,7 +523,12 @@ mod tests {
         let mut h = headers(&[("trailer", "x-verified-user-data")]);
         restrict_trailer_declaration(&mut h);
         assert!(h.get("trailer").is_none());
-        for owned in ["host", "X-Verified-User-Data", "x-forwarded-proto", "X-Real-IP"] {
+        for owned in [
+            "host",
+            "X-Verified-User-Data",
+            "x-forwarded-proto",
+            "X-Real-IP",
+        ] {
             assert!(is_gateway_owned(owned), "{owned}");
             assert!(!trailer_allowed(owned), "{owned}");
         }

@@ -51,7 +51,10 @@ async fn respond(req: Request<hyper::body::Incoming>) -> Response<Body> {
     let headers = fields(req.headers());
     let (method, path, version) = (
         req.method().clone(),
-        req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned(),
+        req.uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned(),
         req.version(),
     );
     let (mut body_len, mut trailers) = (0, serde_json::Map::new());
@@ -127,7 +130,9 @@ async fn main() {
         let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
             let service =
-                hyper::service::service_fn(|req| async move { Ok::<_, Infallible>(respond(req).await) });
+                hyper::service::service_fn(
+                    |req| async move { Ok::<_, Infallible>(respond(req).await) },
+                );
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
