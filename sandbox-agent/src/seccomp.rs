@@ -41,13 +41,21 @@ const SOL_IPV6: u64 = 41;
 /// - `IP_HDRINCL`, `IPV6_HDRINCL`: a raw socket writing its own header forges its source;
 /// - `IP_FREEBIND`, `IP_TRANSPARENT`, `IPV6_FREEBIND`, `IPV6_TRANSPARENT`: binding an address
 ///   the host does not own, which makes answers (ICMP errors quoting the payload) travel to
-///   it: reflection to a denied destination.
-const REFUSED_OPTIONS: [(u64, u64); 7] = [
+///   it: reflection to a denied destination;
+/// - `IP_OPTIONS`, `IPV6_RTHDR`, `IPV6_2292RTHDR`, `IPV6_2292PKTOPTIONS`: source routes (IPv4
+///   LSRR/SSRR, an IPv6 segment routing header, which needs no capability) list hops the
+///   packet visits on its way; the kernel's hooks see only the first hop and the final
+///   destination.
+const REFUSED_OPTIONS: [(u64, u64); 11] = [
     (SOL_SOCKET, 36),
     (SOL_IP, 3),
+    (SOL_IP, 4),
     (SOL_IP, 15),
     (SOL_IP, 19),
+    (SOL_IPV6, 5),
+    (SOL_IPV6, 6),
     (SOL_IPV6, 36),
+    (SOL_IPV6, 57),
     (SOL_IPV6, 75),
     (SOL_IPV6, 78),
 ];

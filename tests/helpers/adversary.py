@@ -13,7 +13,7 @@ what the kernel answered.
   cross PID FD ADDR LEN SECRET  attack the `hold` process PID from another sandbox
   tty                         TIOCSTI/TIOCLINUX on stdin (the terminal the sandbox was given)
   families                    socket() of every family of interest
-  sockopts                    setsockopt of source-forging options, IPPROTO_RAW sockets
+  sockopts                    setsockopt of source-forging and source-routing options, IPPROTO_RAW sockets
   forge PORT TAG DST6 SRC6 DST4 SRC4  datagrams to DST:PORT with forged sources SRC
   unix ADDR                   connect a unix stream socket (`@name`: abstract)
   rawicmp ADDR...             ICMP echo request from a raw socket (needs NET_RAW)
@@ -252,6 +252,19 @@ def sockopts():
     opt("ipv6_hdrincl", v6, raw, socket.IPPROTO_ICMPV6, 41, 36)
     opt("so_reuseaddr", v4, udp, 0, socket.SOL_SOCKET, socket.SO_REUSEADDR)
     opt("ipv6_v6only", v6, udp, 0, 41, 26)
+    # Source routes, well formed (without the filter the kernel takes them): an IPv4 loose
+    # source route via 192.0.2.1, and an IPv6 segment routing header with two segments.
+    lsrr = bytes([0x83, 7, 4]) + socket.inet_aton("192.0.2.1") + bytes([1])
+    srh = bytes([0, 4, 4, 1, 1, 0, 0, 0]) + socket.inet_pton(v6, "2001:db8::1") + socket.inet_pton(v6, "2001:db8::2")
+    for label, fam, level, optname, value in [
+        ("ip_options-lsrr", v4, 0, 4, lsrr),
+        ("ipv6_rthdr-srh", v6, 41, 57, srh),
+        ("ipv6_2292rthdr", v6, 41, 5, srh),
+        ("ipv6_2292pktoptions", v6, 41, 6, b""),
+    ]:
+        s = socket.socket(fam, udp)
+        say(label, t(lambda: s.setsockopt(level, optname, value)))
+        s.close()
     say("raw4-ipproto-raw", t(lambda: socket.socket(v4, raw, 255).close()))
     say("raw6-ipproto-raw", t(lambda: socket.socket(v6, raw, 255).close()))
 

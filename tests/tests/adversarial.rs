@@ -12,6 +12,7 @@
 //! | `AF_XDP` socket with `CAP_NET_RAW` (frames below every IP hook) | seccomp: socket families are an allow-list | `af_xdp_socket_is_refused_even_with_net_raw` |
 //! | `AF_PACKET`, `SOCK_PACKET`, netlink other than `NETLINK_ROUTE`, Bluetooth, vsock, `AF_ALG`, `AF_KEY`, CAN, TIPC, RDS, SMC, ... with `CAP_NET_RAW` | the same allow-list (unix, inet, inet6, netlink route) | `socket_families_outside_the_allow_list_are_refused_with_net_raw` |
 //! | `IP(V6)_FREEBIND`, `IP(V6)_TRANSPARENT`, `IP(V6)_HDRINCL`, `IPPROTO_RAW` sockets | seccomp: the options and the protocol refused | `source_forging_socket_options_are_refused_with_net_raw` |
+//! | source routes: `IP_OPTIONS` (LSRR), `IPV6_RTHDR` (a segment routing header, no capability needed), `IPV6_2292RTHDR`, `IPV6_2292PKTOPTIONS` | seccomp: the options refused | `source_forging_socket_options_are_refused_with_net_raw` |
 //! | datagrams to an allowed address with a forged (denied) source: freebind, transparent, `IPV6_PKTINFO`, raw `IPPROTO_RAW`, raw UDP + `IP_HDRINCL` | the same seccomp rules; the kernel's own source check for `IPV6_PKTINFO` | `forged_source_datagrams_never_arrive` |
 //! | connect to a host abstract unix socket | Landlock `LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET` | `host_abstract_unix_socket_is_unreachable` |
 //! | connect to a host unix socket by path (mode 0666) | nothing yet: the isolation issue will hide host paths (ignored test) | `host_unix_socket_by_path_is_unreachable` |
@@ -583,6 +584,10 @@ fn source_forging_socket_options_are_refused_with_net_raw() {
         "ipv6_hdrincl",
         "raw4-ipproto-raw",
         "raw6-ipproto-raw",
+        "ip_options-lsrr",
+        "ipv6_rthdr-srh",
+        "ipv6_2292rthdr",
+        "ipv6_2292pktoptions",
     ] {
         assert_eq!(run.outcome(label), "EPERM", "{label}: {run:#?}");
     }
