@@ -29,8 +29,8 @@ pub struct LaunchSpec {
     pub keep_caps: Vec<u32>,
     /// Descriptors to become the child's stdin, stdout and stderr; `None` inherits the agent's.
     pub stdio: Option<[RawFd; 3]>,
-    /// Start a new session (the daemon's workloads must not share its process group or
-    /// controlling terminal).
+    /// Start a new session: no workload shares the agent's process group or controlling
+    /// terminal.
     pub new_session: bool,
 }
 
@@ -564,6 +564,20 @@ pub fn reap(child: &Child) -> io::Result<ExitStatus> {
 }
 
 /// Sends a signal through the pidfd (no pid reuse race).
+/// Sends `sig` to the workload's process group (it leads one, in its own session), as a
+/// terminal's Ctrl-C would have reached it and its children; to the workload alone if it
+/// has no group of its own. The workload is not reaped yet, so its pid still names it.
+pub fn signal_group(child: &Child, sig: i32) {
+    // SAFETY: getpgid/killpg with our own unreaped child's pid.
+    unsafe {
+        if child.pid > 0 && libc::getpgid(child.pid) == child.pid {
+            libc::killpg(child.pid, sig);
+            return;
+        }
+    }
+    signal(child, sig);
+}
+
 pub fn signal(child: &Child, sig: i32) {
     // SAFETY: pidfd_send_signal on our own pidfd.
     unsafe {

@@ -256,7 +256,7 @@ fn wait(
                     // A second signal: stop waiting.
                     stop_deadline = Some(Instant::now());
                 } else {
-                    launch::signal(child, sig);
+                    launch::signal_group(child, sig);
                     stop_deadline = Some(Instant::now() + stop_grace);
                 }
             }

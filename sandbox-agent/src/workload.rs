@@ -103,7 +103,9 @@ pub fn prepare(w: Workload<'_>) -> Result<LaunchSpec, WorkloadError> {
         groups: user.groups,
         keep_caps: w.keep_caps,
         stdio: None,
-        new_session: false,
+        // Never the agent's controlling terminal: a workload holding it could push input
+        // into the operator's shell (`TIOCSTI`) or read it after the agent exits.
+        new_session: true,
     })
 }
 

@@ -184,6 +184,16 @@ def tty():
     sub = ctypes.create_string_buffer(b"\x06", 8)
     r = libc.ioctl(0, TIOCLINUX, sub)
     say("tioclinux", "ok" if r == 0 else err())
+    # The operator's terminal as the controlling terminal: opening /dev/tty says whether the
+    # process has one; TIOCSCTTY tries to take this one (stealing needs CAP_SYS_ADMIN).
+    try:
+        os.close(os.open("/dev/tty", os.O_RDWR))
+        say("ctty", "yes")
+    except OSError as e:
+        say("ctty", name(e))
+    TIOCSCTTY = 0x540E
+    r = libc.ioctl(0, TIOCSCTTY, 0)
+    say("tiocsctty", "ok" if r == 0 else err())
 
 
 def families():

@@ -8,7 +8,7 @@
 //! | port-0 bind to 127.0.0.2 / a non-loopback IPv6 address with `IP_LOCAL_PORT_RANGE` narrowed to a host listener's port, then connect to loopback: steered as "own listener" to the host service | `post_bind4/6` records only binds a loopback connect would reach (127.0.0.1, `::1`, wildcards), with their network namespace | `bind_trick_does_not_reach_a_host_loopback_listener`, `bind_trick_over_ipv6_does_not_reach_a_host_loopback_listener` |
 //! | `unshare(CLONE_NEWUSER\|CLONE_NEWNET)`, `clone(CLONE_NEWUSER)`, `clone3`, `unshare -Urn` | seccomp: namespace flags refused, `clone3` ENOSYS | `namespaces_cannot_be_created_inside_a_sandbox` |
 //! | read `/proc/<B>/environ`, `pidfd_getfd` B's connected socket and send through it, `process_vm_readv` B, `PTRACE_SEIZE` B, `kill -9` B | a Landlock domain per workload (ptrace scoping, `LANDLOCK_SCOPE_SIGNAL`) | `another_sandbox_cannot_read_steal_trace_or_kill_a_sandbox` |
-//! | `TIOCSTI` into the operator's terminal (also as the 64-bit command `0x1_0000_5412`), `TIOCLINUX` | seccomp: both ioctls refused on the low 32 bits | `tiocsti_into_the_operators_terminal_is_refused` |
+//! | `TIOCSTI` into the operator's terminal (also as the 64-bit command `0x1_0000_5412`), `TIOCLINUX`, `TIOCSCTTY`, `/dev/tty` | the workload's own session (no controlling terminal); seccomp: both ioctls refused on the low 32 bits | `tiocsti_into_the_operators_terminal_is_refused` |
 //! | `AF_XDP` socket with `CAP_NET_RAW` (frames below every IP hook) | seccomp: socket families are an allow-list | `af_xdp_socket_is_refused_even_with_net_raw` |
 //! | `AF_PACKET`, `SOCK_PACKET`, netlink other than `NETLINK_ROUTE`, Bluetooth, vsock, `AF_ALG`, `AF_KEY`, CAN, TIPC, RDS, SMC, ... with `CAP_NET_RAW` | the same allow-list (unix, inet, inet6, netlink route) | `socket_families_outside_the_allow_list_are_refused_with_net_raw` |
 //! | `IP(V6)_FREEBIND`, `IP(V6)_TRANSPARENT`, `IP(V6)_HDRINCL`, `IPPROTO_RAW` sockets | seccomp: the options and the protocol refused | `source_forging_socket_options_are_refused_with_net_raw` |
@@ -501,6 +501,10 @@ fn tiocsti_into_the_operators_terminal_is_refused() {
     assert_eq!(outcome("tiocsti"), "EPERM", "{shown:?}");
     assert_eq!(outcome("tiocsti64"), "EPERM", "{shown:?}");
     assert_eq!(outcome("tioclinux"), "EPERM", "{shown:?}");
+    // The workload has no controlling terminal (its own session) and cannot take the
+    // operator's: nothing it does to the terminal outlives it or reaches the shell.
+    assert_eq!(outcome("ctty"), "ENXIO", "{shown:?}");
+    assert_eq!(outcome("tiocsctty"), "EPERM", "{shown:?}");
     // The terminal echoes input: an injected `~` would show on the master.
     assert!(
         !shown.contains('~'),
