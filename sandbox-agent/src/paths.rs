@@ -36,4 +36,9 @@ impl Paths {
     pub fn sandbox_locks(&self) -> PathBuf {
         self.run_dir.join("sandboxes")
     }
+    /// The lock a live sandbox (or a sandbox whose kernel state may remain) holds: its id
+    /// is its cgroup's name.
+    pub fn sandbox_lock(&self, id: &str) -> PathBuf {
+        self.sandbox_locks().join(format!("{id}.lock"))
+    }
 }

@@ -143,7 +143,7 @@ pub fn run(paths: &Paths, mut opts: RunOptions) -> Result<RunReport, RunError> {
         path: locks.clone(),
         source,
     })?;
-    let lock_path = locks.join(format!("{id}.lock"));
+    let lock_path = paths.sandbox_lock(&id);
     let lock = FileLock::acquire(&lock_path).map_err(|source| RunError::Lock {
         path: lock_path.clone(),
         source,
@@ -322,7 +322,7 @@ pub fn collect_orphans(paths: &Paths, enforcement: &mut Enforcement) {
         let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
             continue;
         };
-        let lock_path = paths.sandbox_locks().join(format!("{name}.lock"));
+        let lock_path = paths.sandbox_lock(&name);
         let Ok(Some(_lock)) = FileLock::try_acquire(&lock_path) else {
             continue;
         };

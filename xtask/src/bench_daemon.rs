@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 
-use crate::bench::{BenchEnv, check, interrupted, median, percentile, print_grid, progress};
+use crate::bench_kit::{BenchEnv, check, interrupted, median, percentile, print_grid, progress};
 
 const CREATE_RUNS: usize = 200;
 const EMBEDDED_RUNS: usize = 50;
@@ -240,7 +240,7 @@ struct Many {
 fn bench_many(daemon: &Daemon) -> Result<Many> {
     progress(&format!("daemon: {MANY} sandboxes with distinct policies"))?;
     let rss_before = daemon.rss_kib();
-    let slab_before = crate::bench::meminfo_kib("Slab:").unwrap_or(0);
+    let slab_before = crate::bench_kit::meminfo_kib("Slab:").unwrap_or(0);
     let started = Instant::now();
     let mut create_ms = Vec::new();
     let mut ids = Vec::new();
@@ -257,7 +257,7 @@ fn bench_many(daemon: &Daemon) -> Result<Many> {
     }
     let total_s = started.elapsed().as_secs_f64();
     let rss_after = daemon.rss_kib();
-    let slab_after = crate::bench::meminfo_kib("Slab:").unwrap_or(0);
+    let slab_after = crate::bench_kit::meminfo_kib("Slab:").unwrap_or(0);
     let t = Instant::now();
     let (status, list) = daemon.request("GET", "/v1/sandboxes?state=running", "")?;
     let list_ms = t.elapsed().as_secs_f64() * 1e3;

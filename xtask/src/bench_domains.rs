@@ -20,7 +20,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 
-use crate::bench::{
+use crate::bench_kit::{
     BenchEnv, PYTHON3, Row, SERVER_LIFETIME_SECS, Stepper, check, host, interrupted, median,
     percentile, print_grid, progress,
 };

@@ -16,8 +16,8 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 
 use crate::{
-    bench::{BenchEnv, cpu_times, median, percentile, print_grid, progress},
     bench_daemon::Daemon,
+    bench_kit::{BenchEnv, cpu_times, median, percentile, print_grid, progress},
 };
 
 const LATENCY_ROUNDS: usize = 5;
@@ -157,7 +157,7 @@ fn build_helper(env: &BenchEnv) -> Result<PathBuf> {
             "sa-web-helper",
         ])
         .output()?;
-    crate::bench::check(&out, "build sa-web-helper")?;
+    crate::bench_kit::check(&out, "build sa-web-helper")?;
     let copy = env.dir.join("sa-web-helper");
     fs::copy(root.join("target/release/sa-web-helper"), &copy)?;
     Command::new("chmod").arg("755").arg(&copy).status()?;

@@ -15,6 +15,7 @@ mod bench;
 mod bench_daemon;
 mod bench_domains;
 mod bench_ingress;
+mod bench_kit;
 mod demo;
 mod fuzz;
 mod setup;

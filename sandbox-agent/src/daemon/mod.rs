@@ -653,7 +653,7 @@ impl Daemon {
     ) -> ApiResult<(Arc<Sandbox>, Child)> {
         let locks = self.paths.sandbox_locks();
         fs::create_dir_all(&locks).map_err(|e| ApiError::internal(e.to_string()))?;
-        let lock_path = locks.join(format!("{id}.lock"));
+        let lock_path = self.paths.sandbox_lock(id);
         let file_lock =
             FileLock::acquire(&lock_path).map_err(|e| ApiError::internal(e.to_string()))?;
         let parent = self.enforcement().parent_cgroup.clone();
@@ -1203,7 +1203,7 @@ impl Daemon {
 
     fn adopt(self: &Arc<Self>, dir: &Path, mut view: SandboxView) -> ApiResult<()> {
         let id = view.id.clone();
-        let lock_path = self.paths.sandbox_locks().join(format!("{id}.lock"));
+        let lock_path = self.paths.sandbox_lock(&id);
         let _ = fs::create_dir_all(self.paths.sandbox_locks());
         // Only a sandbox that may still have kernel state needs its lock.
         let file_lock = if view.state == "running" {
@@ -1499,12 +1499,7 @@ async fn supervise(
     // Execs it had before a restart (no longer ours to supervise) may have left entries.
     daemon.cleanup_kernel(&sandbox.cgroup, policy_id, Some(&policy), &view.execs);
     // Nothing of it is left in the kernel or the cgroup tree for the lock to guard.
-    let _ = fs::remove_file(
-        daemon
-            .paths
-            .sandbox_locks()
-            .join(format!("{}.lock", sandbox.id)),
-    );
+    let _ = fs::remove_file(daemon.paths.sandbox_lock(&sandbox.id));
     // A re-adopted sandbox that we killed: not our child, but we know how it died.
     let code = code.or(reason.map(|_| 128 + libc::SIGKILL));
     let end_reason = match (reason, code) {
