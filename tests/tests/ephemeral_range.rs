@@ -57,7 +57,10 @@ fn hold(proto: &str, low: u16, high: u16) -> (Holder, usize) {
     BufReader::new(stdout)
         .read_line(&mut line)
         .expect("the holder reports");
-    let held = line.trim().parse().unwrap_or_else(|_| panic!("holder said {line:?}"));
+    let held = line
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("holder said {line:?}"));
     (holder, held)
 }
 
