@@ -47,16 +47,20 @@ pub fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
 
 /// Why the daemon may not keep its state in `dir`, if it may not: `dir` (when it exists)
 /// must belong to the daemon's user and be writable by nobody else, and so must each of
-/// its parents unless sticky (`/tmp`), where others cannot move it away.
+/// its parents unless sticky (`/tmp`), where others cannot move it away. Symlinks are
+/// followed first: what counts is where the state really is, and the parents there.
 pub fn check_state_dir(dir: &Path) -> Result<(), String> {
     let uid = nix::unistd::geteuid().as_raw();
-    let mut first = true;
-    for path in dir.ancestors() {
-        let Ok(meta) = fs::metadata(path) else {
-            // Not made yet: the daemon makes it, privately.
-            first = false;
-            continue;
-        };
+    // The deepest part of the path that exists, resolved; the rest is made by the daemon.
+    let Some((existing, real)) = dir
+        .ancestors()
+        .find_map(|a| fs::canonicalize(a).ok().map(|r| (a, r)))
+    else {
+        return Ok(());
+    };
+    let mut first = existing == dir;
+    for path in real.ancestors() {
+        let meta = fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let what = if first {
             "state directory"
         } else {
@@ -82,8 +86,13 @@ pub fn check_state_dir(dir: &Path) -> Result<(), String> {
 }
 
 /// Makes what an older daemon (or a looser umask) left in `dir` private: directories 0700,
-/// files 0600, without following symlinks.
+/// files 0600. `dir` itself may be a symlink (to where the state really is); nothing below
+/// it is followed.
 pub fn tighten(dir: &Path) -> io::Result<()> {
+    tighten_at(&fs::canonicalize(dir)?)
+}
+
+fn tighten_at(dir: &Path) -> io::Result<()> {
     let meta = fs::symlink_metadata(dir)?;
     if meta.is_symlink() {
         return Ok(());
@@ -94,7 +103,7 @@ pub fn tighten(dir: &Path) -> io::Result<()> {
     }
     if meta.is_dir() {
         for entry in fs::read_dir(dir)? {
-            tighten(&entry?.path())?;
+            tighten_at(&entry?.path())?;
         }
     }
     Ok(())
@@ -151,6 +160,17 @@ mod tests {
         // Its parent writable by others and not sticky: refused too.
         let e = check_state_dir(&dir.join("state")).unwrap_err();
         assert!(e.starts_with("parent of the state directory"), "{e}");
+        // A private directory reached by a symlink is judged where it really is: under a
+        // parent others can write, refused.
+        create_dir(&dir.join("real")).unwrap();
+        let link = scratch("link");
+        std::os::unix::fs::symlink(dir.join("real"), &link).unwrap();
+        let e = check_state_dir(&link).unwrap_err();
+        assert!(
+            e.starts_with("parent of the state directory") && e.contains("0777"),
+            "{e}"
+        );
+        fs::remove_file(&link).unwrap();
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -116,13 +116,18 @@ pub fn run(paths: &Paths, mut opts: RunOptions) -> Result<RunReport, RunError> {
         eprintln!("sandbox-agent: warning: {gap}");
     }
     // Signals are blocked before anything exists, so a SIGTERM at any moment reaches the
-    // signalfd and leads to an orderly clean-up instead of killing the agent half-way.
+    // signalfd and leads to an orderly clean-up instead of killing the agent half-way. The
+    // workload has a session of its own: a terminal's SIGWINCH reaches the agent only and is
+    // passed on; SIGTSTP (Ctrl-Z) is taken and dropped, since stopping the agent alone would
+    // leave the workload reading the terminal beside the operator's shell.
     let mut mask = SigSet::empty();
     for s in [
         Signal::SIGINT,
         Signal::SIGTERM,
         Signal::SIGHUP,
         Signal::SIGQUIT,
+        Signal::SIGWINCH,
+        Signal::SIGTSTP,
     ] {
         mask.add(s);
     }
@@ -252,6 +257,13 @@ fn wait(
         if fds[1].revents().is_some_and(|r| !r.is_empty()) {
             while let Ok(Some(info)) = signals.read_signal() {
                 let sig = i32::try_from(info.ssi_signo).unwrap_or(libc::SIGTERM);
+                if sig == libc::SIGWINCH {
+                    launch::signal_group(child, sig);
+                    continue;
+                }
+                if sig == libc::SIGTSTP {
+                    continue;
+                }
                 if stop_deadline.is_some() {
                     // A second signal: stop waiting.
                     stop_deadline = Some(Instant::now());

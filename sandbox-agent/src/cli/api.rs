@@ -467,7 +467,10 @@ pub fn follow_both(
     let err_path = format!("{logs}?stream=stderr&follow={follow}");
     let stderr = std::thread::spawn(move || {
         let mut relay = Relay::new(Stream::Stderr, raw);
-        Client::new(&socket).stream(Method::GET, &err_path, None, |b| relay.write(b))
+        let streamed =
+            Client::new(&socket).stream(Method::GET, &err_path, None, |b| relay.write(b));
+        let _ = relay.finish();
+        streamed
     });
     let mut relay = Relay::new(Stream::Stdout, raw);
     let out = client.stream(
@@ -476,6 +479,7 @@ pub fn follow_both(
         None,
         |b| relay.write(b),
     );
+    let _ = relay.finish();
     let err = stderr
         .join()
         .unwrap_or_else(|_| Err(ClientError::Http("stderr reader panicked".into())));
@@ -570,12 +574,14 @@ pub fn logs(client: &Client, args: &LogsArgs) -> i32 {
         None => follow_both(client, &base, args.follow, args.raw),
         Some(stream) => {
             let mut relay = Relay::new(Stream::Stdout, args.raw);
-            client.stream(
+            let streamed = client.stream(
                 Method::GET,
                 &format!("{base}?stream={}&follow={}", enc(stream), args.follow),
                 None,
                 |b| relay.write(b),
-            )
+            );
+            let _ = relay.finish();
+            streamed
         }
     };
     match result {

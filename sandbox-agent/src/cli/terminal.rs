@@ -37,6 +37,18 @@ impl Relay {
         }
     }
 
+    /// Shows what is left of a UTF-8 sequence the stream ended in the middle of.
+    pub fn finish(&mut self) -> std::io::Result<()> {
+        if self.carry.is_empty() {
+            return Ok(());
+        }
+        let mut rest = Vec::new();
+        for b in std::mem::take(&mut self.carry) {
+            let _ = write!(rest, "\\x{b:02x}");
+        }
+        self.write_bytes(&rest)
+    }
+
     /// Passes a chunk on at once.
     pub fn write(&mut self, chunk: &[u8]) -> std::io::Result<()> {
         let escaped;
@@ -46,6 +58,10 @@ impl Relay {
         } else {
             chunk
         };
+        self.write_bytes(bytes)
+    }
+
+    fn write_bytes(&self, bytes: &[u8]) -> std::io::Result<()> {
         match self.stream {
             Stream::Stdout => {
                 let mut o = std::io::stdout().lock();

@@ -230,12 +230,21 @@ pub fn restrict_trailer_declaration(headers: &mut HeaderMap) {
 /// The `Referer` a browser sends after a query-token login names the page's URL, token
 /// included: the token parameter goes, the rest stays.
 fn strip_token_from_referer(headers: &mut HeaderMap) {
-    let Some(referer) = headers
-        .get(header::REFERER)
-        .and_then(|v| v.to_str().ok())
-        .filter(|r| r.contains(TOKEN_PARAM))
-        .map(str::to_owned)
-    else {
+    if !headers
+        .get_all(header::REFERER)
+        .iter()
+        .any(|v| String::from_utf8_lossy(v.as_bytes()).contains(TOKEN_PARAM))
+    {
+        return;
+    }
+    // One Referer is all a browser sends: more than one, or one that is not text, goes.
+    let mut values = headers.get_all(header::REFERER).iter();
+    let (Some(only), None) = (values.next(), values.next()) else {
+        headers.remove(header::REFERER);
+        return;
+    };
+    let Ok(referer) = only.to_str().map(str::to_owned) else {
+        headers.remove(header::REFERER);
         return;
     };
     let (rest, fragment) = referer
@@ -514,6 +523,13 @@ mod tests {
                 "{sent}"
             );
         }
+        // Two Referers (no browser sends that), one with the token: none goes on.
+        let mut h = headers(&[
+            ("referer", "http://a/"),
+            ("referer", "http://h/?_sandbox_connect_token=sat_x"),
+        ]);
+        rewrite_headers(&mut h, TokenSource::Cookie, None, None);
+        assert!(h.get("referer").is_none());
         let mut h = headers(&[(
             "trailer",
             "X-Verified-User-Data, x-checksum, Host, x_forwarded_for, transfer-encoding",
