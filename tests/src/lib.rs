@@ -448,3 +448,30 @@ pub fn open_pty() -> (fs::File, PathBuf) {
         (fs::File::from(master), PathBuf::from(path))
     }
 }
+
+/// What a pty's master shows until every descriptor of its slave is closed (then reading
+/// ends with EIO).
+pub fn read_terminal(master: &mut fs::File) -> Vec<u8> {
+    use std::io::Read as _;
+    let mut shown = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = master.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        shown.extend_from_slice(&buf[..n]);
+    }
+    shown
+}
+
+/// A process the test holds (it waits on its stdin): its stdin closed, killed and reaped
+/// when dropped.
+pub struct Reap(pub Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        drop(self.0.stdin.take());
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -42,7 +42,7 @@
 //!   `sandboxes_accept_no_connection_but_the_gateways`.
 use std::{
     fs,
-    io::{BufRead as _, BufReader, ErrorKind, Read as _},
+    io::{BufRead as _, BufReader, ErrorKind},
     net::TcpListener,
     os::unix::{net::UnixListener, process::CommandExt as _},
     path::PathBuf,
@@ -53,8 +53,8 @@ use std::{
 };
 
 use sandbox_tests::{
-    HOLD_PORT, PORT, RemoteHost, Run, agent, agent_cmd, cgroup2_mount, helpers, open_pty,
-    run_client, sh,
+    HOLD_PORT, PORT, Reap, RemoteHost, Run, agent, agent_cmd, cgroup2_mount, helpers, open_pty,
+    read_terminal, run_client, sh,
 };
 
 /// Port of the test's own UDP listeners in the namespace (`udplog.py`).
@@ -70,17 +70,6 @@ fn adversary(policy: &[&str], args: &[&str]) -> Run {
     let run = agent_cmd(&all);
     assert_eq!(run.code, 0, "adversary.py {args:?} failed: {run:#?}");
     run
-}
-
-/// A sandboxed process the test holds (it waits on its stdin): ended when dropped.
-struct Reap(Child);
-
-impl Drop for Reap {
-    fn drop(&mut self) {
-        drop(self.0.stdin.take());
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// An errno name, not a success: the kernel refused.
@@ -463,15 +452,7 @@ fn tiocsti_into_the_operators_terminal_is_refused() {
     // Read the terminal as it goes (an echo of injected input shows here), bounded.
     let (tx, shown) = mpsc::channel();
     thread::spawn(move || {
-        let mut shown = Vec::new();
-        let mut buf = [0u8; 4096];
-        // Ends with EIO once every slave descriptor is closed.
-        while let Ok(n) = master.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            shown.extend_from_slice(&buf[..n]);
-        }
+        let shown = read_terminal(&mut master);
         let _ = tx.send(String::from_utf8_lossy(&shown).into_owned());
     });
     let start = Instant::now();
@@ -1151,36 +1132,17 @@ fn one_sandbox_cannot_learn_past_its_caps_and_others_keep_learning() {
         client.clone(),
     ];
     args.extend(steps);
-    let mut flooder = Command::new(agent())
-        .args(&args)
-        .current_dir("/")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the flooder");
-    let stdout = flooder.stdout.take().expect("stdout");
-    let flooder = Reap(flooder);
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let flooder = Holder::start(&args);
+    // The steps report in order, one line each.
     let mut out = std::collections::HashMap::new();
-    while out.len() < 6 {
-        let line = rx
-            .recv_timeout(sandbox_tests::RUN_LIMIT)
-            .unwrap_or_else(|_| panic!("the flooder stopped reporting: {out:?}"));
-        if let Some((label, outcome)) = line.split_once(' ') {
-            out.insert(label.to_owned(), outcome.to_owned());
-        }
+    for label in ["q0", "q1", "q2", "q3", "first", "past"] {
+        let line = flooder.line(&format!("{label} "));
+        out.insert(label, line[label.len() + 1..].to_owned());
     }
     // Each answer reaches the sandbox with at most 64 addresses (the per-answer cap)...
     for k in 0..4 {
-        let answer = &out[&format!("q{k}")];
+        let answer = &out[format!("q{k}").as_str()];
         let addrs = answer
             .strip_prefix("NOERROR ")
             .unwrap_or_else(|| panic!("{answer}"));

@@ -34,7 +34,7 @@ use sandbox_tests::{
     agent,
     daemon::TestDaemon,
     gateway::{create, curl, installed, path_url, token},
-    helpers, open_pty, wait_bounded,
+    helpers, open_pty, read_terminal, wait_bounded,
 };
 
 const USER_DATA: &str = r#"{"user":"ann"}"#;
@@ -522,17 +522,8 @@ fn on_a_terminal(d: &TestDaemon, args: &[&str]) -> Vec<u8> {
         .expect("start sandbox-agent");
     let run = wait_bounded(child);
     assert_eq!(run.code, 0, "sandbox-agent {args:?}");
-    // Everything written is buffered in the pty; the slave is closed, so reading ends with
-    // EIO once it is drained.
-    let mut shown = Vec::new();
-    let mut buf = [0u8; 4096];
-    while let Ok(n) = master.read(&mut buf) {
-        if n == 0 {
-            break;
-        }
-        shown.extend_from_slice(&buf[..n]);
-    }
-    shown
+    // Everything written is buffered in the pty, and the slave is closed by now.
+    read_terminal(&mut master)
 }
 
 #[test]

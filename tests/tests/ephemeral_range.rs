@@ -5,10 +5,10 @@
 use std::{
     io::{BufRead as _, BufReader},
     net::{TcpListener, UdpSocket},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
 };
 
-use sandbox_tests::agent_cmd;
+use sandbox_tests::{Reap, agent_cmd};
 
 /// Holds every port from LOW to HIGH of 127.0.0.1 for one protocol, prints how many, and
 /// keeps them until its stdin closes (a process per share: the descriptor limit is per
@@ -33,18 +33,7 @@ print(len(held), flush=True)
 sys.stdin.read()
 "#;
 
-/// A holder process, ended when dropped.
-struct Holder(Child);
-
-impl Drop for Holder {
-    fn drop(&mut self) {
-        drop(self.0.stdin.take());
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn hold(proto: &str, low: u16, high: u16) -> (Holder, usize) {
+fn hold(proto: &str, low: u16, high: u16) -> (Reap, usize) {
     let mut child = Command::new("/usr/bin/python3")
         .args(["-c", HOLDER, proto, &low.to_string(), &high.to_string()])
         .stdin(Stdio::piped())
@@ -52,7 +41,7 @@ fn hold(proto: &str, low: u16, high: u16) -> (Holder, usize) {
         .spawn()
         .expect("start a port holder");
     let stdout = child.stdout.take().expect("stdout");
-    let holder = Holder(child);
+    let holder = Reap(child);
     let mut line = String::new();
     BufReader::new(stdout)
         .read_line(&mut line)

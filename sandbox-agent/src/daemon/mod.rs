@@ -318,8 +318,8 @@ impl Daemon {
         let sandboxes_dir = config.state_dir.join("sandboxes");
         crate::private_files::create_dir(&sandboxes_dir)
             .map_err(io_err("create", &sandboxes_dir))?;
-        crate::private_files::create_dir(&config.state_dir)
-            .and_then(|()| crate::private_files::tighten(&config.state_dir))
+        // Made above with `sandboxes`; what an older daemon left there is made private.
+        crate::private_files::tighten(&config.state_dir)
             .map_err(io_err("make private", &config.state_dir))?;
         // One daemon per host: the kernel's event ring and the parent cgroup are the host's.
         fs::create_dir_all(&paths.run_dir).map_err(io_err("create", &paths.run_dir))?;

@@ -126,7 +126,7 @@ async fn list(
         .map(|s| d.view(s))
         .filter(|v| {
             name.as_ref()
-                .is_none_or(|n| v.name.as_ref().is_some_and(|m| m.eq_ignore_ascii_case(n)))
+                .is_none_or(|n| v.name.as_ref().is_some_and(|m| super::same_name(m, n)))
         })
         .filter(|v| state.as_ref().is_none_or(|s| v.state == *s))
         .filter(|v| tags.iter().all(|(k, val)| v.tags.get(k) == Some(val)))

@@ -517,14 +517,7 @@ impl hyper::body::Body for ClientBody {
             .poll_frame(cx)
             .map_ok(|frame| match frame.into_trailers() {
                 Ok(mut trailers) => {
-                    let refused: Vec<http::HeaderName> = trailers
-                        .keys()
-                        .filter(|k| !route::trailer_allowed(k.as_str()))
-                        .cloned()
-                        .collect();
-                    for name in refused {
-                        trailers.remove(name);
-                    }
+                    route::remove_fields(&mut trailers, |n| !route::trailer_allowed(n));
                     hyper::body::Frame::trailers(trailers)
                 }
                 Err(frame) => frame,
@@ -575,44 +568,24 @@ fn is_websocket_upgrade(req: &Request<Incoming>) -> bool {
             .get(header::UPGRADE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
-        && req
-            .headers()
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| {
-                v.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-            })
+        && route::listed(req.headers(), header::CONNECTION)
+            .any(|t| t.eq_ignore_ascii_case("upgrade"))
 }
 
 /// Headers that describe one connection, not the message (and those `Connection` names):
 /// the next hop gets its own. `Connection` cannot name a field the gateway owns (identity,
 /// forwarding, `Host`): those reach the workload as the gateway set them.
 fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
-    let named: Vec<http::HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| http::HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .filter(|n| !route::is_gateway_owned(n.as_str()))
+    let named: Vec<http::HeaderName> = route::listed(headers, header::CONNECTION)
+        .filter(|n| !route::is_gateway_owned(n))
+        .filter_map(|n| http::HeaderName::from_bytes(n.as_bytes()).ok())
         .collect();
     for name in named {
         headers.remove(name);
     }
-    headers.remove("http2-settings");
-    for name in [
-        header::CONNECTION,
-        header::TE,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::PROXY_AUTHORIZATION,
-    ] {
+    for name in route::HOP_BY_HOP {
         headers.remove(name);
     }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
 }
 
 /// `X-Forwarded-For`/`-Proto`/`-Host`, which the gateway sets (a client's are replaced).

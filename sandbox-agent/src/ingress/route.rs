@@ -183,40 +183,57 @@ pub fn is_gateway_owned(name: &str) -> bool {
     name.eq_ignore_ascii_case(header::HOST.as_str()) || is_gateway_header(name)
 }
 
-/// Fields that describe one connection and go no further than the gateway, or may not
-/// arrive in a trailer section at all.
-fn is_hop_by_hop(name: &str) -> bool {
-    [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "http2-settings",
-        "content-length",
-    ]
-    .iter()
-    .any(|h| name.eq_ignore_ascii_case(h))
+/// Fields that describe one connection and go no further than the gateway (the next hop
+/// gets its own).
+pub const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "te",
+    "transfer-encoding",
+    "upgrade",
+    "http2-settings",
+];
+
+/// Whether a client's trailer field may reach the workload: not one the gateway owns, not
+/// hop-by-hop, and not one that frames the message.
+pub fn trailer_allowed(name: &str) -> bool {
+    !is_gateway_owned(name)
+        && !HOP_BY_HOP
+            .iter()
+            .chain(&["trailer", "content-length"])
+            .any(|h| name.eq_ignore_ascii_case(h))
 }
 
-/// Whether a client's trailer field may reach the workload.
-pub fn trailer_allowed(name: &str) -> bool {
-    !is_gateway_owned(name) && !is_hop_by_hop(name)
+/// The names a comma-separated field (`Connection`, `Trailer`) lists, over all its lines.
+pub fn listed(headers: &HeaderMap, field: header::HeaderName) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(field)
+        .into_iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+}
+
+/// Removes every field whose name `drop` picks.
+pub fn remove_fields(headers: &mut HeaderMap, drop: impl Fn(&str) -> bool) {
+    let picked: Vec<http::HeaderName> = headers
+        .keys()
+        .filter(|k| drop(k.as_str()))
+        .cloned()
+        .collect();
+    for name in picked {
+        headers.remove(name);
+    }
 }
 
 /// The request's `Trailer` declaration without the fields that may not be trailers (HTTP/1.1
 /// upstream sends only declared trailers; the body's trailers are filtered too).
 pub fn restrict_trailer_declaration(headers: &mut HeaderMap) {
-    let declared: Vec<String> = headers
-        .get_all(header::TRAILER)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|n| !n.is_empty() && trailer_allowed(n))
+    let declared: Vec<String> = listed(headers, header::TRAILER)
+        .filter(|n| trailer_allowed(n))
         .map(str::to_owned)
         .collect();
     headers.remove(header::TRAILER);
@@ -301,14 +318,7 @@ pub fn rewrite_headers(
             headers.insert(header::COOKIE, v);
         }
     }
-    let forged: Vec<http::HeaderName> = headers
-        .keys()
-        .filter(|k| is_gateway_header(k.as_str()))
-        .cloned()
-        .collect();
-    for name in forged {
-        headers.remove(name);
-    }
+    remove_fields(headers, is_gateway_header);
     if let Some(v) = user_data {
         headers.insert(VERIFIED_USER_DATA, v.clone());
     }
