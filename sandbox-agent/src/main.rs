@@ -60,6 +60,8 @@ enum Command {
     Token(cli::api::TokenArgs),
     /// Print the enforcement state (installed programs, live sandboxes, counters) as JSON.
     State,
+    /// Print the daemon API's `OpenAPI` document (the one served at /openapi.json).
+    Openapi,
     /// Detach and unpin the eBPF programs and remove the parent cgroup (no sandbox may be live).
     Teardown,
 }
@@ -101,6 +103,10 @@ fn main() -> ExitCode {
         Command::Tunnels(args) => cli::api::tunnels(&client(), &args),
         Command::Token(args) => cli::api::token(&client(), &args),
         Command::State => cli::state::main(),
+        Command::Openapi => {
+            println!("{}", sandbox_agent::daemon::server::document());
+            0
+        }
         Command::Teardown => cli::teardown::main(),
     };
     ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(125))

@@ -16,7 +16,9 @@ use sandbox_common::{DefaultVerdict, Precedence as KernelPrecedence, SandboxEntr
 use serde::{Deserialize, Serialize};
 
 /// What a sandbox may reach when no rule matches.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum, utoipa::ToSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {
     /// Nothing leaves the sandbox.
@@ -28,7 +30,9 @@ pub enum Mode {
 }
 
 /// How conflicts between a matching allow and deny entry are settled.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum, utoipa::ToSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Precedence {
     DenyWins,
@@ -47,7 +51,7 @@ impl From<Precedence> for KernelPrecedence {
 }
 
 /// A policy as written in a TOML file or an API request (every key optional; flags add to it).
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyFile {
     pub network: Option<Mode>,

@@ -22,12 +22,10 @@ use crate::{
     domains::{Bound, DomainError, DomainOptions, DomainServices},
     enforcement::{Enforcement, EnforcementError, FileLock, random_id},
     launch::{self, LaunchError, LaunchSpec},
+    lifecycle::{EnforcementAccess as _, KILL_TIMEOUT, Starting},
     paths::Paths,
     policy::CompiledPolicy,
 };
-
-/// How long killing a sandbox's processes may take before it is reported as stuck.
-const KILL_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -83,33 +81,6 @@ pub struct RunReport {
     pub counters: Counters,
 }
 
-/// A sandbox that exists: cgroup, kernel entries and lock. Dropping it kills whatever still
-/// runs in the cgroup and removes all of it.
-struct LiveSandbox<'a> {
-    enforcement: &'a mut Enforcement,
-    cgroup: SandboxCgroup,
-    policy_id: Option<u32>,
-    policy: &'a CompiledPolicy,
-    lock_path: PathBuf,
-    _lock: FileLock,
-}
-
-impl Drop for LiveSandbox<'_> {
-    fn drop(&mut self) {
-        if let Err(e) = self.cgroup.kill_all(KILL_TIMEOUT) {
-            eprintln!("sandbox-agent: warning: {e}");
-        }
-        if let Some(policy_id) = self.policy_id {
-            self.enforcement
-                .remove(self.cgroup.id, policy_id, Some(self.policy));
-        }
-        if let Err(e) = self.cgroup.remove() {
-            eprintln!("sandbox-agent: warning: {e}");
-        }
-        let _ = fs::remove_file(&self.lock_path);
-    }
-}
-
 /// Runs one workload under `opts.policy` and cleans up.
 pub fn run(paths: &Paths, mut opts: RunOptions) -> Result<RunReport, RunError> {
     for gap in crate::scoping::host_gaps() {
@@ -143,25 +114,15 @@ pub fn run(paths: &Paths, mut opts: RunOptions) -> Result<RunReport, RunError> {
     timing.mark("collect orphans");
 
     let id = random_id();
-    let locks = paths.sandbox_locks();
-    fs::create_dir_all(&locks).map_err(|source| RunError::Lock {
-        path: locks.clone(),
-        source,
-    })?;
-    let lock_path = paths.sandbox_lock(&id);
-    let lock = FileLock::acquire(&lock_path).map_err(|source| RunError::Lock {
-        path: lock_path.clone(),
-        source,
-    })?;
-    let cgroup = SandboxCgroup::create(&enforcement.parent_cgroup, &id)?;
-    let mut sandbox = LiveSandbox {
-        enforcement: &mut enforcement,
-        cgroup,
-        policy_id: None,
-        policy: &opts.policy,
-        lock_path,
-        _lock: lock,
-    };
+    let parent = enforcement.parent_cgroup.clone();
+    // Undone on every way out of this function, errors and the normal end alike.
+    let mut sandbox = Starting::new(&mut enforcement, |w| {
+        eprintln!("sandbox-agent: warning: {w}");
+    });
+    sandbox
+        .lock(paths, &id)
+        .map_err(|(path, source)| RunError::Lock { path, source })?;
+    let cgroup_id = sandbox.cgroup(&parent, &id)?.id;
     timing.mark("lock and cgroup");
     // Domain rules: the resolver and proxy listen before the kernel may redirect to them.
     // Started after the signal mask is set, so their threads inherit it.
@@ -176,33 +137,30 @@ pub fn run(paths: &Paths, mut opts: RunOptions) -> Result<RunReport, RunError> {
     )?;
     let ports = crate::domains::service_ports(services.as_ref());
     timing.mark("domain services");
-    let policy_id = sandbox
-        .enforcement
-        .apply(sandbox.cgroup.id, &opts.policy, ports)?;
-    sandbox.policy_id = Some(policy_id);
+    let policy_id = sandbox.apply(&opts.policy, ports, None)?;
     if let Some(s) = &services {
         s.bind(Bound {
-            cgroup_id: sandbox.cgroup.id,
+            cgroup_id,
             policy_id,
         });
     }
     timing.mark("apply policy");
 
-    let cgroup_fd = sandbox.cgroup.open_fd()?;
-    let child = launch::spawn(&opts.launch, &cgroup_fd)?;
+    let fd = sandbox.made_cgroup().open_fd()?;
+    let child = launch::spawn(&opts.launch, &fd)?;
     timing.mark("spawn");
-    drop(cgroup_fd);
+    drop(fd);
 
     let (status, timed_out) = wait(
         &child,
         &signals,
-        &sandbox.cgroup,
+        sandbox.made_cgroup(),
         opts.timeout,
         opts.stop_grace,
     )?;
     let counters = sandbox
-        .enforcement
-        .counters(sandbox.cgroup.id)
+        .enforcement()
+        .with(|e| e.counters(cgroup_id))
         .unwrap_or_default();
     timing.mark("workload");
     // The resolver and proxy stop first, so that nothing is learned for a policy being removed.

@@ -26,6 +26,31 @@ pub struct TestDaemon {
     _turn: std::sync::MutexGuard<'static, ()>,
 }
 
+/// With `SANDBOX_TESTS_API_RECORD` set (by `cargo xtask test`), appends the response to a
+/// file there, one JSON line each, for the check against the `OpenAPI` document.
+fn record_response(method: &str, path: &str, status: u16, text: &str, body: &str) {
+    let Some(dir) = std::env::var_os("SANDBOX_TESTS_API_RECORD") else {
+        return;
+    };
+    let head = text.split_once("\r\n\r\n").map_or(text, |(h, _)| h);
+    let content_type = head.lines().find_map(|l| {
+        l.split_once(':')
+            .filter(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+            .map(|(_, v)| v.trim().to_owned())
+    });
+    let line = serde_json::json!({
+        "method": method,
+        "path": path,
+        "status": status,
+        "content_type": content_type,
+        "body": body,
+    });
+    let file = PathBuf::from(dir).join(format!("{}.jsonl", std::process::id()));
+    if let Ok(mut f) = fs::OpenOptions::new().create(true).append(true).open(file) {
+        let _ = f.write_all(format!("{line}\n").as_bytes());
+    }
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")
@@ -161,7 +186,9 @@ impl TestDaemon {
             .split_once("\r\n\r\n")
             .map(|(_, b)| b.to_owned())
             .unwrap_or_default();
-        (status, dechunk(&text, body))
+        let body = dechunk(&text, body);
+        record_response(method, path, status, &text, &body);
+        (status, body)
     }
 
     pub fn json(&self, method: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {

@@ -3,7 +3,7 @@
 //! Every command that needs the toolchain runs `setup` first; `setup` is idempotent and
 //! takes well under a second when everything is in place.
 use std::{
-    env,
+    env, fs,
     path::{Path, PathBuf},
     process::Command,
 };
@@ -149,9 +149,16 @@ fn test(filter: Option<&str>) -> Result<()> {
     let mut totals = TestTotals::default();
     // Pure logic first: fast, and no root needed.
     totals.run(cargo().args(["test", "-p", "sandbox-common", "-p", "sandbox-agent"]))?;
+    // Every API response the end-to-end tests receive is recorded, then checked against the
+    // agent's OpenAPI document below.
+    let api_python = setup::api_checker_python()?;
+    let responses = workspace_root().join("target/api-responses");
+    let _ = fs::remove_dir_all(&responses);
+    fs::create_dir_all(&responses).context("create target/api-responses")?;
     let mut e2e = cargo();
     e2e.args(["test", "--release", "-p", "sandbox-tests", "--"])
-        .env("SANDBOX_AGENT_BIN", &agent);
+        .env("SANDBOX_AGENT_BIN", &agent)
+        .env("SANDBOX_TESTS_API_RECORD", &responses);
     if let Some(f) = filter {
         e2e.arg(f);
     }
@@ -164,6 +171,7 @@ fn test(filter: Option<&str>) -> Result<()> {
         Ok(s) => bail!("sandbox-agent teardown after the tests failed: {s}"),
         Err(e) => bail!("cannot run sandbox-agent teardown: {e}"),
     }
+    check_api_responses(&agent, &api_python, &responses)?;
     // The whole suite only: a brief fuzz run of the proxy's parsers (a crash fails it).
     if filter.is_none() {
         fuzz::run(FUZZ_SECONDS_IN_TESTS)?;
@@ -174,6 +182,26 @@ fn test(filter: Option<&str>) -> Result<()> {
         bail!("no test ran");
     }
     Ok(())
+}
+
+/// The agent's `OpenAPI` document passes a validator, and every response the end-to-end
+/// tests recorded matches the schema of its route and status.
+fn check_api_responses(agent: &Path, python: &Path, responses: &Path) -> Result<()> {
+    let document = responses.join("openapi.json");
+    let out = Command::new(agent)
+        .arg("openapi")
+        .output()
+        .context("run sandbox-agent openapi")?;
+    if !out.status.success() {
+        bail!("sandbox-agent openapi failed: {}", out.status);
+    }
+    fs::write(&document, &out.stdout).context("write the OpenAPI document")?;
+    run_cmd(
+        Command::new(python)
+            .arg(workspace_root().join("tests/helpers/check_api.py"))
+            .arg(&document)
+            .arg(responses),
+    )
 }
 
 /// Sums cargo's `test result:` lines while passing the output through.

@@ -4,7 +4,9 @@
 //! - `bpf-linker`, built against the nightly's own LLVM, since no prebuilt one can be fetched
 //!   here: a prefix directory whose `lib/` links to the nightly's libLLVM, kept under
 //!   `$CARGO_HOME/bpf-linker-llvm/<nightly commit>` because the linker's RUNPATH points there;
-//! - Debian packages used by the tests, the demo and the benchmarks.
+//! - Debian packages used by the tests, the demo and the benchmarks;
+//! - for the API check of `cargo xtask test`, `openapi-spec-validator` (with `jsonschema`)
+//!   from the Python package index in a virtualenv of the workspace's own (`target/xtask-tools/openapi`).
 use std::{
     env, fs,
     path::PathBuf,
@@ -20,8 +22,8 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// clients), iperf3 (benchmark), dnsmasq (the fake upstream DNS in tests), openssl (makes
 /// test certificates and is the TLS client of tunnel tests), python3-requests (a real client
 /// of the explicit proxy in tests), python3-websockets (WebSocket server and client through
-/// the ingress gateway in tests).
-const PACKAGES: [&str; 10] = [
+/// the ingress gateway in tests), python3-venv (the API checker's virtualenv).
+const PACKAGES: [&str; 11] = [
     "iproute2",
     "iputils-ping",
     "netcat-openbsd",
@@ -32,13 +34,56 @@ const PACKAGES: [&str; 10] = [
     "openssl",
     "python3-requests",
     "python3-websockets",
+    "python3-venv",
 ];
+
+/// The Python package (from the package index) that validates the `OpenAPI` document (it brings `jsonschema`, which
+/// checks the recorded responses).
+const OPENAPI_VALIDATOR: &str = "openapi-spec-validator==0.7.2";
 
 pub fn run() -> Result<()> {
     debian_packages()?;
     nightly_rust_src()?;
     bpf_linker()?;
     Ok(())
+}
+
+/// The Python of the API checker's virtualenv, made and filled on first use.
+pub fn api_checker_python() -> Result<PathBuf> {
+    let venv = crate::workspace_root().join("target/xtask-tools/openapi");
+    let python = venv.join("bin/python");
+    let ready = || {
+        Command::new(&python)
+            .args(["-c", "import openapi_spec_validator, jsonschema"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if ready() {
+        return Ok(python);
+    }
+    eprintln!(
+        "xtask: installing {OPENAPI_VALIDATOR} into {}",
+        venv.display()
+    );
+    run_cmd(
+        Command::new("/usr/bin/python3")
+            .args(["-m", "venv"])
+            .arg(&venv),
+    )?;
+    run_cmd(
+        Command::new(&python)
+            .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
+            .arg(OPENAPI_VALIDATOR),
+    )?;
+    if !ready() {
+        bail!(
+            "{OPENAPI_VALIDATOR} did not install into {}",
+            venv.display()
+        );
+    }
+    Ok(python)
 }
 
 fn output(cmd: &mut Command) -> Result<String> {

@@ -1,11 +1,12 @@
 //! The daemon's HTTP/JSON API on a Unix socket: request and response bodies (`serde`), the
-//! server routes (`server`), the CLI's client (`client`) and the `OpenAPI` document.
+//! CLI's client (`client`). The routes, and the `OpenAPI` document generated from them and
+//! these types, are the daemon's (`daemon::server`).
 pub mod client;
-pub mod openapi;
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::policy::PolicyFile;
 
@@ -15,7 +16,7 @@ pub const PREFIX: &str = "/v1";
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// `POST /v1/sandboxes`.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRequest {
     /// Arguments after the entrypoint; the whole command when there is no entrypoint.
@@ -63,14 +64,14 @@ pub struct CreateRequest {
 }
 
 /// A port of the sandbox made reachable through the agent.
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExposedPort {
     pub port: u16,
     pub protocol: PortProtocol,
 }
 
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum PortProtocol {
     /// HTTP/1.1 (and WebSocket) to the workload, through the gateway, with a connect token.
@@ -101,7 +102,7 @@ impl PortProtocol {
 }
 
 /// An exposed port as the API shows it.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq, ToSchema)]
 pub struct PortView {
     pub port: u16,
     pub protocol: PortProtocol,
@@ -112,11 +113,12 @@ pub struct PortView {
     pub path_url: Option<String>,
     /// The tunnel's listening address (TLS and TCP ports).
     #[serde(skip_serializing_if = "Option::is_none", default)]
+    #[schema(value_type = Option<String>)]
     pub tunnel: Option<std::net::SocketAddr>,
 }
 
 /// `POST /v1/sandboxes/{id}/tokens`.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenRequest {
     /// Passed to the workload in `X-Verified-User-Data` (JSON, under 512 bytes serialized).
@@ -124,7 +126,7 @@ pub struct TokenRequest {
 }
 
 /// A connect token. `token` (the secret) is only in the answer that made it.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
 pub struct TokenView {
     pub id: String,
     pub sandbox: String,
@@ -139,7 +141,7 @@ pub struct TokenView {
 }
 
 /// A readiness probe: a TCP port on loopback that accepts, or a command that exits 0.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProbeSpec {
     pub tcp_port: Option<u16>,
@@ -151,7 +153,7 @@ pub struct ProbeSpec {
 }
 
 /// `POST /v1/sandboxes/{id}/execs`.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExecRequest {
     pub command: Vec<String>,
@@ -170,13 +172,12 @@ pub type PolicyRequest = PolicyFile;
 /// A sandbox as the API shows it (and as the daemon keeps it on disk).
 // Its flags are independent facts of the record, not a state machine.
 #[allow(clippy::struct_excessive_bools)]
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
 pub struct SandboxView {
     pub id: String,
     pub name: Option<String>,
     pub tags: BTreeMap<String, String>,
-    /// `running` or `exited`.
-    pub state: String,
+    pub state: SandboxState,
     pub ready: bool,
     pub command: Vec<String>,
     pub cwd: String,
@@ -195,8 +196,7 @@ pub struct SandboxView {
     /// 128 + signal when killed (137 for SIGKILL); `null` while running, or when the
     /// workload ended while no daemon was watching.
     pub exit_code: Option<i32>,
-    /// `exited`, `killed`, `timeout`, `idle-timeout`, `status-unknown`.
-    pub end_reason: Option<String>,
+    pub end_reason: Option<EndReason>,
     pub pid: i32,
     pub cgroup_id: u64,
     pub policy_id: u32,
@@ -222,17 +222,17 @@ pub struct SandboxView {
     pub counters: Option<CountersView>,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
 pub struct ExecView {
     pub id: u32,
     pub command: Vec<String>,
-    pub state: String,
+    pub state: ExecState,
     pub exit_code: Option<i32>,
     pub policy: Option<PolicyFile>,
     pub cgroup_id: u64,
 }
 
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, ToSchema)]
 pub struct CountersView {
     pub allowed_packets: u64,
     pub allowed_bytes: u64,
@@ -262,20 +262,110 @@ impl From<sandbox_common::Counters> for CountersView {
 }
 
 /// `GET .../wait`.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
 pub struct WaitView {
     pub exit_code: Option<i32>,
-    pub end_reason: Option<String>,
+    pub end_reason: Option<EndReason>,
+}
+
+/// Whether a sandbox runs.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SandboxState {
+    Running,
+    Exited,
+}
+
+impl SandboxState {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Exited => "exited",
+        }
+    }
+}
+
+impl std::str::FromStr for SandboxState {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "running" => Ok(Self::Running),
+            "exited" => Ok(Self::Exited),
+            _ => Err(format!("invalid state \"{text}\": running or exited")),
+        }
+    }
+}
+
+/// Whether an exec runs; `unknown` when a restarted daemon could no longer wait for it.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecState {
+    Running,
+    Exited,
+    Unknown,
+}
+
+/// Why a sandbox ended.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum EndReason {
+    /// Its main process exited.
+    Exited,
+    /// Killed through the API.
+    Killed,
+    /// Its `timeout` passed.
+    Timeout,
+    /// Its `idle_timeout` passed without activity.
+    IdleTimeout,
+    /// It ended while no daemon was watching.
+    StatusUnknown,
+}
+
+impl EndReason {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Exited => "exited",
+            Self::Killed => "killed",
+            Self::Timeout => "timeout",
+            Self::IdleTimeout => "idle-timeout",
+            Self::StatusUnknown => "status-unknown",
+        }
+    }
+}
+
+/// `GET /v1/health`.
+#[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
+pub struct Health {
+    /// Always `ok`.
+    pub status: String,
+}
+
+/// `GET .../wait-ready`: the sandbox's probe passed.
+#[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
+pub struct ReadyView {
+    pub ready: bool,
+}
+
+/// `GET .../execs/{exec}/wait`.
+#[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
+pub struct ExecWaitView {
+    pub exit_code: Option<i32>,
+    pub state: ExecState,
 }
 
 /// Every error: a status code and this body.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
 pub struct ErrorBody {
     pub error: String,
     /// When the workload could not start: the status `run` exits with (127: not found,
     /// 126: cannot execute).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub exit_code: Option<i32>,
+}
+
+/// Now, as the API writes times (RFC 3339, milliseconds, UTC).
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }
 
 /// Whether `name` is a valid sandbox name.

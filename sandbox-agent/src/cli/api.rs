@@ -4,6 +4,7 @@ use std::{
     collections::BTreeMap,
     io::Write as _,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use clap::{Args, Subcommand};
@@ -16,7 +17,7 @@ use sandbox_agent::{
         SandboxView, TokenRequest, WaitView,
         client::{Client, ClientError},
     },
-    policy::{Mode, PolicyFile, Precedence},
+    policy::{self, Mode, PolicyFile, PolicyFileError, PolicySpec, Precedence, RawEntry},
 };
 
 /// Where the daemon listens; `--socket` or `SANDBOX_AGENT_SOCKET` overrides it.
@@ -25,6 +26,9 @@ pub fn socket_path(flag: Option<&Path>) -> PathBuf {
         .or_else(|| std::env::var_os("SANDBOX_AGENT_SOCKET").map(PathBuf::from))
         .unwrap_or_else(|| sandbox_agent::config::DEFAULT_SOCKET.into())
 }
+
+/// `network` and `precedence` as the flags or the file gave them (`None`: not given).
+type GivenScalars = (Option<Mode>, Option<Precedence>);
 
 /// Policy flags shared by `run`, `create`, `exec` and `policy set`.
 #[derive(Args, Clone, Default)]
@@ -55,16 +59,66 @@ impl PolicyArgs {
             && self.policy.is_none()
     }
 
-    pub fn body(&self) -> Result<PolicyFile, String> {
-        let mut file = match &self.policy {
-            Some(p) => PolicyFile::load(p).map_err(|e| e.to_string())?,
-            None => PolicyFile::default(),
+    /// The one merge of the policy flags with the policy file (flags add entries and
+    /// override its scalars), for `run` (embedded or through the daemon), `create`, `exec`
+    /// and `policy set`. Every entry keeps where it came from: the flag, or the file's key
+    /// and path, so that a bad one is named the same way on every path.
+    pub fn spec(&self, default_mode: Mode) -> Result<PolicySpec, PolicyFileError> {
+        self.merge(default_mode).map(|(spec, _)| spec)
+    }
+
+    /// The merged spec, and the scalars as given (`None`: neither flag nor file set it).
+    fn merge(&self, default_mode: Mode) -> Result<(PolicySpec, GivenScalars), PolicyFileError> {
+        let (mut file, file_origin) = match &self.policy {
+            Some(path) => (
+                PolicyFile::load(path)?,
+                Some(Arc::<str>::from(path.display().to_string())),
+            ),
+            None => (PolicyFile::default(), None),
         };
-        file.network = self.network.or(file.network);
-        file.precedence = self.precedence.or(file.precedence);
-        file.allow_out.extend(self.allow_out.iter().cloned());
-        file.deny_out.extend(self.deny_out.iter().cloned());
-        Ok(file)
+        let entries = |list: Vec<String>, origin: &str, file: Option<Arc<str>>| {
+            let origin: Arc<str> = origin.into();
+            list.into_iter().map(move |text| RawEntry {
+                text,
+                origin: origin.clone(),
+                file: file.clone(),
+            })
+        };
+        let mut allow_out: Vec<RawEntry> = entries(
+            std::mem::take(&mut file.allow_out),
+            "allow_out",
+            file_origin.clone(),
+        )
+        .collect();
+        allow_out.extend(entries(self.allow_out.clone(), "--allow-out", None));
+        let mut deny_out: Vec<RawEntry> =
+            entries(std::mem::take(&mut file.deny_out), "deny_out", file_origin).collect();
+        deny_out.extend(entries(self.deny_out.clone(), "--deny-out", None));
+        let given = (
+            self.network.or(file.network),
+            self.precedence.or(file.precedence),
+        );
+        let spec = PolicySpec {
+            mode: given.0.unwrap_or(default_mode),
+            precedence: given.1.unwrap_or(Precedence::DenyWins),
+            allow_out,
+            deny_out,
+        };
+        Ok((spec, given))
+    }
+
+    /// The policy a daemon is sent. Compiled here first from [`PolicyArgs::spec`], so that a
+    /// bad entry is refused with the message an embedded run gives, naming the flag or file.
+    pub fn body(&self, default_mode: Mode) -> Result<PolicyFile, String> {
+        let (spec, (network, precedence)) = self.merge(default_mode).map_err(|e| e.to_string())?;
+        policy::compile(&spec).map_err(|e| e.to_string())?;
+        let text = |list: Vec<RawEntry>| list.into_iter().map(|e| e.text).collect();
+        Ok(PolicyFile {
+            network,
+            precedence,
+            allow_out: text(spec.allow_out),
+            deny_out: text(spec.deny_out),
+        })
     }
 }
 
@@ -315,7 +369,7 @@ pub fn create_request(args: &CreateArgs) -> Result<CreateRequest, String> {
         user: args.user.clone(),
         name: args.name.clone(),
         tags: tag_map(&args.tags)?,
-        policy: args.policy.body()?,
+        policy: args.policy.body(Mode::Blocked)?,
         timeout: args.timeout.clone(),
         idle_timeout: args.idle_timeout.clone(),
         probe,
@@ -417,7 +471,7 @@ pub fn exec(client: &Client, args: &ExecArgs) -> i32 {
     let policy = if args.policy.is_empty() {
         None
     } else {
-        match args.policy.body() {
+        match args.policy.body(Mode::Open) {
             Ok(p) => Some(p),
             Err(e) => return fail(&e),
         }
@@ -541,7 +595,7 @@ pub fn ls(client: &Client, args: &LsArgs) -> i32 {
             "{:<16} {:<20} {:<8} {:<6} {:<24} {}",
             v.id,
             v.name.unwrap_or_else(|| "-".into()),
-            v.state,
+            v.state.as_str(),
             v.exit_code.map_or("-".into(), |c| c.to_string()),
             if tags.is_empty() {
                 "-".into()
@@ -600,7 +654,7 @@ pub fn wait(client: &Client, args: &RefArgs, path: &str, method: Method) -> i32 
         Ok(v) => {
             println!(
                 "{} {}",
-                v.end_reason.unwrap_or_default(),
+                v.end_reason.map_or("", |r| r.as_str()),
                 v.exit_code.map_or("unknown".into(), |c| c.to_string())
             );
             v.exit_code.unwrap_or(125)
@@ -661,7 +715,7 @@ pub fn stdin(client: &Client, args: &StdinArgs) -> i32 {
 
 pub fn policy(client: &Client, cmd: &PolicyCommand) -> i32 {
     let PolicyCommand::Set { sandbox, policy } = cmd;
-    let body = match policy.body() {
+    let body = match policy.body(Mode::Blocked) {
         Ok(b) => b,
         Err(e) => return fail(&e),
     };

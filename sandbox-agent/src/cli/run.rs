@@ -13,7 +13,7 @@ use sandbox_agent::{
     domains::{self, DomainOptions},
     events::Events,
     paths::Paths,
-    policy::{self, Mode, PolicyFile, PolicySpec, Precedence, RawEntry},
+    policy::{self, Mode},
     sandbox::{self, RunOptions},
     workload::{self, Workload},
 };
@@ -167,7 +167,7 @@ fn prepare(args: &RunArgs) -> Result<(RunOptions, String), Failure> {
     let learned_limits = config
         .learned_limits(args.max_learned_addresses)
         .map_err(|e| format!("--max-learned-addresses: {e}"))?;
-    let spec = policy_spec(args)?;
+    let spec = args.policy.spec(Mode::Blocked)?;
     let compiled = policy::compile(&spec)?;
     let domains = domain_options(args, &compiled, learned_limits)?;
     let keep_caps = args
@@ -246,7 +246,7 @@ fn domain_options(
         let upstream_proxy = args
             .upstream_proxy
             .as_deref()
-            .map(sandbox_agent::proxy::upstream::parse)
+            .map(sandbox_agent::upstream_proxy::parse)
             .transpose()?;
         Some(DomainOptions {
             upstream_dns,
@@ -260,51 +260,9 @@ fn domain_options(
             domains::parse_upstream(text)?;
         }
         if let Some(text) = &args.upstream_proxy {
-            sandbox_agent::proxy::upstream::parse(text)?;
+            sandbox_agent::upstream_proxy::parse(text)?;
         }
         None
-    })
-}
-
-fn policy_spec(args: &RunArgs) -> Result<PolicySpec, Failure> {
-    let (mut file, file_origin) = match &args.policy.policy {
-        Some(path) => (
-            PolicyFile::load(path)?,
-            Some(Arc::<str>::from(path.display().to_string())),
-        ),
-        None => (PolicyFile::default(), None),
-    };
-    let entries = |list: Vec<String>, origin: &str, file: Option<Arc<str>>| {
-        let origin: Arc<str> = origin.into();
-        list.into_iter().map(move |text| RawEntry {
-            text,
-            origin: origin.clone(),
-            file: file.clone(),
-        })
-    };
-    let mut allow_out: Vec<RawEntry> = entries(
-        std::mem::take(&mut file.allow_out),
-        "allow_out",
-        file_origin.clone(),
-    )
-    .collect();
-    allow_out.extend(entries(args.policy.allow_out.clone(), "--allow-out", None));
-    let mut deny_out: Vec<RawEntry> =
-        entries(std::mem::take(&mut file.deny_out), "deny_out", file_origin).collect();
-    deny_out.extend(entries(args.policy.deny_out.clone(), "--deny-out", None));
-    Ok(PolicySpec {
-        mode: args
-            .policy
-            .network
-            .or(file.network)
-            .unwrap_or(Mode::Blocked),
-        precedence: args
-            .policy
-            .precedence
-            .or(file.precedence)
-            .unwrap_or(Precedence::DenyWins),
-        allow_out,
-        deny_out,
     })
 }
 
@@ -358,7 +316,7 @@ fn via_daemon(client: &Client, args: &RunArgs) -> i32 {
     }
     let _ = super::api::follow_both(client, &format!("{base}/logs"), true, args.raw);
     match client.json::<WaitView>(Method::GET, &format!("{base}/wait"), None::<&()>) {
-        Ok(w) if w.end_reason.as_deref() == Some("timeout") => {
+        Ok(w) if w.end_reason == Some(sandbox_agent::api::EndReason::Timeout) => {
             eprintln!("sandbox-agent: timed out; sandbox {} was killed", view.id);
             124
         }
@@ -414,7 +372,7 @@ fn daemon_request(args: &RunArgs) -> Result<CreateRequest, Failure> {
         env,
         cwd,
         user: args.user.clone(),
-        policy: args.policy.body()?,
+        policy: args.policy.body(Mode::Blocked)?,
         // Embedded `run` has no timeout unless asked; through the daemon the longest one
         // it allows stands in for that (not the daemon's 5-minute default for `create`).
         timeout: Some(args.timeout.map_or_else(

@@ -12,32 +12,72 @@ use axum::{
 use futures_util::StreamExt as _;
 use serde::Deserialize;
 
-use super::{ApiError, Daemon, logs};
-use crate::api::{CreateRequest, ErrorBody, ExecRequest, MAX_BODY_BYTES, PolicyRequest};
+use super::{Daemon, Error, Fault, logs};
+use crate::{
+    api::{
+        CreateRequest, EndReason, ErrorBody, ExecRequest, ExecView, ExecWaitView, Health,
+        MAX_BODY_BYTES, PolicyRequest, PortView, ReadyView, SandboxState, SandboxView,
+        TokenRequest, TokenView, WaitView,
+    },
+    policy::PolicyFile,
+};
 
 type AppState = Arc<Daemon>;
 
+/// What a handler fails with: the core's typed errors, and the edge's own.
+#[derive(Debug)]
+pub enum ApiError {
+    Core(Error),
+    /// A JSON body that does not parse (axum's status: 400, 415 or 422).
+    Body(JsonRejection),
+    NoRoute,
+    /// The blocking task that served the request died.
+    Task(tokio::task::JoinError),
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        Self::Core(e)
+    }
+}
+
+/// The one place a fault becomes an HTTP status.
+pub fn status_of(fault: Fault) -> StatusCode {
+    match fault {
+        Fault::Request => StatusCode::BAD_REQUEST,
+        Fault::Missing => StatusCode::NOT_FOUND,
+        Fault::State => StatusCode::CONFLICT,
+        Fault::Agent => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (
-            status,
-            Json(ErrorBody {
-                error: self.message,
-                exit_code: self.exit_code,
-            }),
-        )
-            .into_response()
+        let (status, error, exit_code) = match self {
+            Self::Core(e) => (status_of(e.fault()), crate::error_line(&e), e.exit_code()),
+            Self::Body(r) => (r.status(), r.body_text(), None),
+            Self::NoRoute => (StatusCode::NOT_FOUND, "no such route".into(), None),
+            Self::Task(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None),
+        };
+        if status.is_server_error() {
+            tracing::warn!(%status, "{error}");
+        }
+        (status, Json(ErrorBody { error, exit_code })).into_response()
     }
 }
 
 /// A JSON body, or a 4xx naming what is wrong with it.
 fn body<T>(parsed: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
-    parsed.map(|Json(v)| v).map_err(|r| ApiError {
-        status: r.status().as_u16(),
-        message: r.body_text(),
-        exit_code: None,
-    })
+    parsed.map(|Json(v)| v).map_err(ApiError::Body)
+}
+
+/// Runs a blocking core call off the runtime.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, ApiError> {
+    Ok(tokio::task::spawn_blocking(f)
+        .await
+        .map_err(ApiError::Task)??)
 }
 
 pub fn router(daemon: Arc<Daemon>) -> Router {
@@ -66,9 +106,24 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
             axum::routing::delete(revoke_token),
         )
         .route("/v1/events", get(events))
-        .fallback(|| async { ApiError::not_found("no such route") })
+        .fallback(|| async { ApiError::NoRoute })
+        .layer(axum::middleware::from_fn(request_span))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(daemon)
+}
+
+/// One span per API request (debug level): method, path, and the answer's status.
+async fn request_span(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let span = tracing::debug_span!(
+        "api",
+        method = %req.method(),
+        path = %req.uri().path(),
+        status = tracing::field::Empty,
+    );
+    let response = tracing::Instrument::instrument(next.run(req), span.clone()).await;
+    span.record("status", response.status().as_u16());
+    tracing::debug!(parent: &span, "answered");
+    response
 }
 
 pub fn metrics_router(daemon: Arc<Daemon>) -> Router {
@@ -77,17 +132,48 @@ pub fn metrics_router(daemon: Arc<Daemon>) -> Router {
         .with_state(daemon)
 }
 
+#[utoipa::path(get, path = "/openapi.json", operation_id = "openapi", summary = "This document", responses((status = 200, description = "OpenAPI document.", content_type = "application/json", body = Object)))]
 async fn openapi() -> impl IntoResponse {
+    static DOCUMENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     (
         [(header::CONTENT_TYPE, "application/json")],
-        crate::api::openapi::DOCUMENT,
+        DOCUMENT.get_or_init(document).as_str(),
     )
 }
 
-async fn health() -> impl IntoResponse {
-    Json(serde_json::json!({ "status": "ok" }))
+/// The `OpenAPI` document, generated from the routes above and the types of `api`.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "sandbox-agent",
+        version = "1",
+        description = "The sandbox-agent daemon's HTTP/JSON API, served on a Unix socket (default /run/sandbox-agent/api.sock, mode 0600: root only). Errors are a 4xx/5xx status with a JSON `ErrorBody` (except a query string or path parameter that does not parse, and an over-1 MiB stdin write: text/plain). Unknown JSON fields and query keys are refused. Durations are humantime strings such as \"30s\" or \"5m\".\n\nPrometheus metrics are not part of this API: when the config sets `metrics_address`, the daemon serves `GET /metrics` (OpenMetrics text) on that TCP address.\n\nIngress: sandboxes with exposed ports are reached through the daemon's gateway (config `ingress_address`, HTTP and HTTPS on one port) at `{port}-{sandbox}.{ingress_domain}` or `/_sandbox/{sandbox}/{port}/`, with a connect token (see `issueToken`), or through per-port tunnels (TLS, TCP)."
+    ),
+    servers((url = "http://localhost", description = "Over the daemon's Unix socket (the host name is ignored).")),
+    paths(
+        openapi, health, list, create, inspect, remove, kill, wait, wait_ready, sandbox_logs,
+        stdin_write, stdin_close, set_policy, exec, exec_wait, exec_logs, tunnels, issue_token,
+        list_tokens, revoke_token, events
+    )
+)]
+struct ApiDoc;
+
+/// The document as served (and printed by `sandbox-agent openapi`).
+pub fn document() -> String {
+    use utoipa::OpenApi as _;
+    ApiDoc::openapi()
+        .to_pretty_json()
+        .expect("the generated document serializes")
 }
 
+#[utoipa::path(get, path = "/v1/health", operation_id = "health", summary = "Liveness", responses((status = 200, body = Health)))]
+async fn health() -> impl IntoResponse {
+    Json(Health {
+        status: "ok".into(),
+    })
+}
+
+#[utoipa::path(get, path = "/v1/sandboxes", operation_id = "listSandboxes", summary = "List sandboxes", description = "Filters combine with AND; any other query key is a 400.", params(("name" = Option<String>, Query, description = "Case-insensitive name."), ("state" = Option<SandboxState>, Query), ("tag" = Option<String>, Query, description = "key=value (repeatable).")), responses((status = 200, body = Vec<SandboxView>), (status = "4XX", description = "Refused: the message names the culprit.", body = ErrorBody)))]
 async fn list(
     State(d): State<AppState>,
     Query(query): Query<Vec<(String, String)>>,
@@ -98,25 +184,27 @@ async fn list(
         match k.as_str() {
             "name" => name = Some(v),
             "state" => {
-                if !matches!(v.as_str(), "running" | "exited") {
-                    return Err(ApiError::bad_request(format!(
-                        "invalid state \"{v}\": running or exited"
-                    )));
-                }
-                state = Some(v);
+                state = Some(
+                    v.parse::<SandboxState>()
+                        .map_err(|m| Error::invalid("state", m))?,
+                );
             }
             "tag" => match v.split_once('=') {
                 Some((k, v)) => tags.push((k.to_owned(), v.to_owned())),
                 None => {
-                    return Err(ApiError::bad_request(format!(
-                        "invalid tag filter \"{v}\": use key=value"
-                    )));
+                    return Err(Error::invalid(
+                        "tag",
+                        format!("invalid tag filter \"{v}\": use key=value"),
+                    )
+                    .into());
                 }
             },
             other => {
-                return Err(ApiError::bad_request(format!(
-                    "unknown filter \"{other}\": name, state, tag"
-                )));
+                return Err(Error::invalid(
+                    "query",
+                    format!("unknown filter \"{other}\": name, state, tag"),
+                )
+                .into());
             }
         }
     }
@@ -128,23 +216,23 @@ async fn list(
             name.as_ref()
                 .is_none_or(|n| v.name.as_ref().is_some_and(|m| super::same_name(m, n)))
         })
-        .filter(|v| state.as_ref().is_none_or(|s| v.state == *s))
+        .filter(|v| state.is_none_or(|s| v.state == s))
         .filter(|v| tags.iter().all(|(k, val)| v.tags.get(k) == Some(val)))
         .collect();
     Ok(Json(views))
 }
 
+#[utoipa::path(post, path = "/v1/sandboxes", operation_id = "createSandbox", summary = "Create and start a sandbox", description = "400 also when the workload cannot start (`exit_code` 127 or 126); 500 with `exit_code` 125 on other launch failures. 409 when the name is taken by a live sandbox.", request_body = CreateRequest, responses((status = 201, body = SandboxView), (status = "4XX", description = "Refused: the message names the culprit.", body = ErrorBody), (status = "5XX", description = "The agent or the host failed.", body = ErrorBody)))]
 async fn create(
     State(d): State<AppState>,
     req: Result<Json<CreateRequest>, JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let req = body(req)?;
-    let view = tokio::task::spawn_blocking(move || d.create(req))
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))??;
+    let view = blocking(move || d.create(req)).await?;
     Ok((StatusCode::CREATED, Json(view)))
 }
 
+#[utoipa::path(get, path = "/v1/sandboxes/{id}", operation_id = "inspectSandbox", summary = "Inspect a sandbox", params(("id" = String, Path, description = "Sandbox id or name.")), responses((status = 200, body = SandboxView), (status = "4XX", description = "Refused: the message names the culprit.", body = ErrorBody)))]
 async fn inspect(
     State(d): State<AppState>,
     Path(id): Path<String>,
@@ -160,6 +248,7 @@ struct RemoveQuery {
     force: bool,
 }
 
+#[utoipa::path(delete, path = "/v1/sandboxes/{id}", operation_id = "removeSandbox", summary = "Remove an ended sandbox's record and output", params(("id" = String, Path, description = "Sandbox id or name."), ("force" = Option<bool>, Query, description = "Kill a running one first.")), responses((status = 204, description = "Removed."), (status = "4XX", description = "Refused: the message names the culprit.", body = ErrorBody), (status = "5XX", description = "The agent or the host failed.", body = ErrorBody)))]
 async fn remove(
     State(d): State<AppState>,
     Path(id): Path<String>,
@@ -170,18 +259,20 @@ async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/kill", operation_id = "killSandbox", summary = "Kill a running sandbox", description = "Returns once it has ended.", params(("id" = String, Path, description = "Sandbox id or name.")), responses((status = 200, body = WaitView), (status = "4XX", description = "Refused: the message names the culprit.", body = ErrorBody)))]
 async fn kill(
     State(d): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let s = d.find(&id)?;
     if !s.running() {
-        return Err(ApiError::conflict(format!("sandbox {} has ended", s.id)));
+        return Err(Error::Ended(s.id.clone()).into());
     }
-    d.kill(&s, "killed");
+    d.kill(&s, EndReason::Killed);
     Ok(Json(d.wait(&s).await))
 }
 
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/wait", operation_id = "waitSandbox", summary = "Wait for the sandbox to end", params(("id" = String, Path, description = "Sandbox id or name.")), responses((status = 200, body = WaitView), (status = "4XX", description = "Refused: the message names the culprit.", body = ErrorBody)))]
 async fn wait(
     State(d): State<AppState>,
     Path(id): Path<String>,
@@ -190,13 +281,14 @@ async fn wait(
     Ok(Json(d.wait(&s).await))
 }
 
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/wait-ready", operation_id = "waitReady", summary = "Wait until the readiness probe passes", params(("id" = String, Path, description = "Sandbox id or name.")), responses((status = 200, body = ReadyView), (status = "4XX", description = "Refused: the message names the culprit.", body = ErrorBody), (status = "5XX", description = "The agent or the host failed.", body = ErrorBody)))]
 async fn wait_ready(
     State(d): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let s = d.find(&id)?;
     d.wait_ready(&s).await?;
-    Ok(Json(serde_json::json!({ "ready": true })))
+    Ok(Json(ReadyView { ready: true }))
 }
 
 #[derive(Deserialize)]
@@ -212,6 +304,7 @@ fn stdout() -> String {
     "stdout".into()
 }
 
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/logs", operation_id = "sandboxLogs", summary = "The workload's output", params(("id" = String, Path, description = "Sandbox id or name."), ("stream" = Option<String>, Query, description = "stdout (default) or stderr."), ("follow" = Option<bool>, Query, description = "Keep streaming until the writer ends.")), responses((status = 200, description = "The output bytes.", content_type = "application/octet-stream", body = String), (status = "4XX", description = "Refused: the message names the culprit.", body = ErrorBody)))]
 async fn sandbox_logs(
     State(d): State<AppState>,
     Path(id): Path<String>,
@@ -225,6 +318,7 @@ async fn sandbox_logs(
     }))
 }
 
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/execs/{exec}/logs", operation_id = "execLogs", summary = "An exec's output", params(("id" = String, Path, description = "Sandbox id or name."), ("exec" = u32, Path, description = "Exec number."), ("stream" = Option<String>, Query, description = "stdout (default) or stderr."), ("follow" = Option<bool>, Query, description = "Keep streaming until the writer ends.")), responses((status = 200, description = "The output bytes.", content_type = "application/octet-stream", body = String), (status = "4XX", description = "Refused: the message names the culprit.", body = ErrorBody)))]
 async fn exec_logs(
     State(d): State<AppState>,
     Path((id, exec)): Path<(String, u32)>,
@@ -233,10 +327,11 @@ async fn exec_logs(
     let s = d.find(&id)?;
     check_stream(&q.stream)?;
     if !s.view().execs.iter().any(|e| e.id == exec) {
-        return Err(ApiError::not_found(format!(
-            "sandbox {} has no exec {exec}",
-            s.id
-        )));
+        return Err(Error::NoExec {
+            sandbox: s.id.clone(),
+            exec,
+        }
+        .into());
     }
     let rx = s.exec_exit_rx(exec);
     let done = move || rx.as_ref().is_none_or(|r| r.borrow().is_some());
@@ -247,9 +342,11 @@ fn check_stream(stream: &str) -> Result<(), ApiError> {
     if matches!(stream, "stdout" | "stderr") {
         Ok(())
     } else {
-        Err(ApiError::bad_request(format!(
-            "invalid stream \"{stream}\": stdout or stderr"
-        )))
+        Err(Error::invalid(
+            "stream",
+            format!("invalid stream \"{stream}\": stdout or stderr"),
+        )
+        .into())
     }
 }
 
@@ -285,18 +382,18 @@ fn stream_log(path: PathBuf, follow: bool, done: impl Fn() -> bool + Send + 'sta
         .into_response()
 }
 
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/stdin", operation_id = "writeStdin", summary = "Write to the workload's stdin", description = "The sandbox must have been created with `\"stdin\": true`. Counts as activity for `idle_timeout`.", params(("id" = String, Path, description = "Sandbox id or name.")), request_body(content = String, content_type = "application/octet-stream"), responses((status = 204, description = "Written."), (status = "4XX", description = "Refused: the message names the culprit.", body = ErrorBody)))]
 async fn stdin_write(
     State(d): State<AppState>,
     Path(id): Path<String>,
     data: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
     let s = d.find(&id)?;
-    tokio::task::spawn_blocking(move || d.write_stdin(&s, &data))
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))??;
+    blocking(move || d.write_stdin(&s, &data)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/stdin/close", operation_id = "closeStdin", summary = "Close the workload's stdin (EOF)", params(("id" = String, Path, description = "Sandbox id or name.")), responses((status = 204, description = "Closed."), (status = "4XX", description = "Refused: the message names the culprit.", body = ErrorBody)))]
 async fn stdin_close(
     State(d): State<AppState>,
     Path(id): Path<String>,
@@ -306,6 +403,7 @@ async fn stdin_close(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/tunnels", operation_id = "tunnels", summary = "Where the sandbox's exposed ports are reached", description = "HTTP and h2 ports: gateway URLs by host name and by path. TLS and TCP ports: the tunnel's address.", params(("id" = String, Path, description = "Sandbox id or name.")), responses((status = 200, body = Vec<PortView>), (status = "4XX", description = "Refused: the message names the culprit.", body = ErrorBody)))]
 async fn tunnels(
     State(d): State<AppState>,
     Path(id): Path<String>,
@@ -314,10 +412,11 @@ async fn tunnels(
     Ok(Json(s.view().ports))
 }
 
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/tokens", operation_id = "issueToken", summary = "A connect token for the sandbox's HTTP ports", description = "Random, stored hashed, scoped to this sandbox, revocable, and gone when the sandbox ends. The secret (`token`) appears in this answer only. Callers present it as `Authorization: Bearer`, the `_sandbox_connect_token` query parameter (the answer then sets it as a cookie) or that cookie. `user_metadata` reaches the workload in `X-Verified-User-Data`.", params(("id" = String, Path, description = "Sandbox id or name.")), request_body = TokenRequest, responses((status = 201, body = TokenView), (status = "4XX", description = "Refused: the message names the culprit.", body = ErrorBody), (status = "5XX", description = "The agent or the host failed.", body = ErrorBody)))]
 async fn issue_token(
     State(d): State<AppState>,
     Path(id): Path<String>,
-    req: Result<Json<crate::api::TokenRequest>, JsonRejection>,
+    req: Result<Json<TokenRequest>, JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let req = body(req)?;
     let s = d.find(&id)?;
@@ -325,6 +424,7 @@ async fn issue_token(
     Ok((StatusCode::CREATED, Json(view)))
 }
 
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/tokens", operation_id = "listTokens", summary = "The sandbox's live tokens, without their secrets", params(("id" = String, Path, description = "Sandbox id or name.")), responses((status = 200, body = Vec<TokenView>), (status = "4XX", description = "Refused: the message names the culprit.", body = ErrorBody)))]
 async fn list_tokens(
     State(d): State<AppState>,
     Path(id): Path<String>,
@@ -333,6 +433,7 @@ async fn list_tokens(
     Ok(Json(d.tokens().list(&s.id)))
 }
 
+#[utoipa::path(delete, path = "/v1/sandboxes/{id}/tokens/{token}", operation_id = "revokeToken", summary = "Revoke a connect token", params(("id" = String, Path, description = "Sandbox id or name."), ("token" = String, Path, description = "The token's id.")), responses((status = 204, description = "Revoked."), (status = "4XX", description = "Refused: the message names the culprit.", body = ErrorBody), (status = "5XX", description = "The agent or the host failed.", body = ErrorBody)))]
 async fn revoke_token(
     State(d): State<AppState>,
     Path((id, token)): Path<(String, String)>,
@@ -342,6 +443,7 @@ async fn revoke_token(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(put, path = "/v1/sandboxes/{id}/policy", operation_id = "setPolicy", summary = "Replace a running sandbox's policy", description = "New connections see the new policy whole at once; established connections it denies are cut. `network` defaults to `blocked`.", params(("id" = String, Path, description = "Sandbox id or name.")), request_body = PolicyFile, responses((status = 200, body = SandboxView), (status = "4XX", description = "Refused: the message names the culprit.", body = ErrorBody), (status = "5XX", description = "The agent or the host failed.", body = ErrorBody)))]
 async fn set_policy(
     State(d): State<AppState>,
     Path(id): Path<String>,
@@ -349,12 +451,11 @@ async fn set_policy(
 ) -> Result<impl IntoResponse, ApiError> {
     let policy = body(req)?;
     let s = d.find(&id)?;
-    let view = tokio::task::spawn_blocking(move || d.set_policy(&s, &policy))
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))??;
+    let view = blocking(move || d.set_policy(&s, &policy)).await?;
     Ok(Json(view))
 }
 
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/execs", operation_id = "exec", summary = "Run a command in a running sandbox", description = "`policy` narrows the sandbox's: its `network` defaults to `open` (the sandbox's policy alone).", params(("id" = String, Path, description = "Sandbox id or name.")), request_body = ExecRequest, responses((status = 201, body = ExecView), (status = "4XX", description = "Refused: the message names the culprit.", body = ErrorBody), (status = "5XX", description = "The agent or the host failed.", body = ErrorBody)))]
 async fn exec(
     State(d): State<AppState>,
     Path(id): Path<String>,
@@ -362,12 +463,11 @@ async fn exec(
 ) -> Result<impl IntoResponse, ApiError> {
     let req = body(req)?;
     let s = d.find(&id)?;
-    let view = tokio::task::spawn_blocking(move || d.exec(&s, &req))
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))??;
+    let view = blocking(move || d.exec(&s, &req)).await?;
     Ok((StatusCode::CREATED, Json(view)))
 }
 
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/execs/{exec}/wait", operation_id = "waitExec", summary = "Wait for an exec to end", params(("id" = String, Path, description = "Sandbox id or name."), ("exec" = u32, Path, description = "Exec number.")), responses((status = 200, body = ExecWaitView), (status = "4XX", description = "Refused: the message names the culprit.", body = ErrorBody)))]
 async fn exec_wait(
     State(d): State<AppState>,
     Path((id, exec)): Path<(String, u32)>,
@@ -381,10 +481,14 @@ async fn exec_wait(
         .execs
         .iter()
         .find(|e| e.id == exec)
-        .ok_or_else(|| ApiError::not_found(format!("sandbox {} has no exec {exec}", s.id)))?;
-    Ok(Json(
-        serde_json::json!({ "exit_code": e.exit_code, "state": e.state }),
-    ))
+        .ok_or_else(|| Error::NoExec {
+            sandbox: s.id.clone(),
+            exec,
+        })?;
+    Ok(Json(ExecWaitView {
+        exit_code: e.exit_code,
+        state: e.state,
+    }))
 }
 
 #[derive(Deserialize)]
@@ -396,6 +500,7 @@ struct EventQuery {
     verdict: Option<String>,
 }
 
+#[utoipa::path(get, path = "/v1/events", operation_id = "events", summary = "Verdict events", description = "The kept history, then with `follow` every new event until the daemon stops. Each line is one JSON object (sandbox, verdict, reason, destination...).", params(("follow" = Option<bool>, Query), ("sandbox" = Option<String>, Query, description = "Only this sandbox (id or name)."), ("verdict" = Option<String>, Query, description = "allowed or denied.")), responses((status = 200, description = "Newline-delimited JSON events.", content_type = "application/x-ndjson", body = String), (status = "4XX", description = "Refused: the message names the culprit.", body = ErrorBody)))]
 async fn events(
     State(d): State<AppState>,
     Query(q): Query<EventQuery>,
@@ -405,9 +510,11 @@ async fn events(
         Some("denied") => Some(true),
         Some("allowed") => Some(false),
         Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "invalid verdict \"{other}\": allowed or denied"
-            )));
+            return Err(Error::invalid(
+                "verdict",
+                format!("invalid verdict \"{other}\": allowed or denied"),
+            )
+            .into());
         }
     };
     // A name resolves to the sandbox's id, as everywhere else.

@@ -20,7 +20,7 @@ use tokio::{
 };
 
 use crate::{
-    domains::{MAX_LEARNED_TTL, MIN_LEARNED_TTL, Shared, boot_time_ns},
+    domain_state::{MAX_LEARNED_TTL, MIN_LEARNED_TTL, Shared, boot_time_ns},
     events::{FlowEvent, Source},
 };
 use message::Question;
@@ -58,26 +58,51 @@ pub async fn serve_udp(socket: Arc<UdpSocket>, shared: Arc<Shared>) {
         };
         let query = buf[..n].to_vec();
         let (socket, shared) = (socket.clone(), shared.clone());
-        tokio::spawn(async move {
-            if let Some(reply) = answer(&shared, &query, Transport::Udp).await {
-                let _ = socket.send_to(&reply, peer).await;
-            }
-            drop(permit);
-        });
+        let span = query_span(&shared, "udp", peer);
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                if let Some(reply) = answer(&shared, &query, Transport::Udp).await {
+                    let _ = socket.send_to(&reply, peer).await;
+                }
+                drop(permit);
+            },
+            span,
+        ));
     }
 }
 
 pub async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((stream, peer)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
         let shared = shared.clone();
-        tokio::spawn(async move {
-            let _ = serve_tcp_client(stream, &shared).await;
-        });
+        let span = query_span(&shared, "tcp", peer);
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let _ = serve_tcp_client(stream, &shared).await;
+            },
+            span,
+        ));
     }
+}
+
+/// One span per resolver query (a TCP connection's queries share one), at debug level; the
+/// name and type are recorded once parsed.
+fn query_span(
+    shared: &Shared,
+    transport: &'static str,
+    client: std::net::SocketAddr,
+) -> tracing::Span {
+    tracing::debug_span!(
+        "dns_query",
+        sandbox = %shared.sandbox_id,
+        transport,
+        client = %client,
+        name = tracing::field::Empty,
+        qtype = tracing::field::Empty,
+    )
 }
 
 async fn serve_tcp_client(mut stream: TcpStream, shared: &Shared) -> io::Result<()> {
@@ -115,6 +140,9 @@ async fn answer(shared: &Shared, bytes: &[u8], transport: Transport) -> Option<V
     let mut event = event;
     event.name = Some(q.name.clone());
     event.qtype = Some(q.qtype.to_string());
+    let span = tracing::Span::current();
+    span.record("name", q.name.as_str());
+    span.record("qtype", tracing::field::display(&q.qtype));
     let verdict = shared.decide_name(&q.name);
     if !verdict.allow {
         shared
@@ -185,7 +213,7 @@ async fn answer(shared: &Shared, bytes: &[u8], transport: Transport) -> Option<V
 #[derive(Debug, thiserror::Error)]
 enum NotLearned {
     #[error("{0}")]
-    Refused(crate::domains::AddressRefusal),
+    Refused(crate::domain_state::AddressRefusal),
     #[error("{0}")]
     OverCap(crate::learned::Refusal),
     #[error("the sandbox is not bound yet")]

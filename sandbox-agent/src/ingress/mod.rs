@@ -7,6 +7,7 @@
 //! agent's side: the HTTP gateway (HTTP/1.1, HTTP/2, WebSocket upgrades, TLS; routing by
 //! host name or path; connect tokens; the verified user data header) and the tunnels of raw
 //! TCP and TLS ports.
+pub mod directory;
 pub mod pool;
 pub mod route;
 pub mod tls;
@@ -27,7 +28,8 @@ use hyper_util::{
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
-use crate::{api::PortProtocol, daemon::Daemon, ingress::route::TokenSource};
+use crate::{api::PortProtocol, ingress::route::TokenSource};
+use directory::{Activity, Directory, Served};
 
 type Body = BoxBody<Bytes, hyper::Error>;
 
@@ -51,7 +53,7 @@ const TLS_HANDSHAKE: u8 = 0x16;
 
 /// The HTTP gateway: one listener for HTTP and HTTPS.
 pub struct Gateway {
-    daemon: Arc<Daemon>,
+    sandboxes: Arc<dyn Directory>,
     domain: String,
     tls: TlsAcceptor,
     /// Pooled connections to workloads, per listener.
@@ -59,9 +61,13 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn new(daemon: Arc<Daemon>, domain: String, tls: Arc<rustls::ServerConfig>) -> Arc<Self> {
+    pub fn new(
+        sandboxes: Arc<dyn Directory>,
+        domain: String,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> Arc<Self> {
         Arc::new(Self {
-            daemon,
+            sandboxes,
             domain,
             tls: TlsAcceptor::from(tls),
             pools: pool::Pools::default(),
@@ -70,11 +76,9 @@ impl Gateway {
 
     /// Whether a pool's listener still is the sandbox's listener on that port.
     fn pool_live(&self, key: &pool::PoolKey) -> bool {
-        self.daemon
-            .find(&key.sandbox)
-            .ok()
-            .filter(|s| s.running())
-            .and_then(|s| self.daemon.listeners().find(&s.cgroup_ids(), key.port))
+        self.sandboxes
+            .live(&key.sandbox)
+            .and_then(|s| self.sandboxes.listeners().find(&s.cgroup_ids(), key.port))
             .is_some_and(|l| l.cookie == key.listener)
     }
 
@@ -194,7 +198,7 @@ impl Gateway {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         }
-        let activity = sandbox.ingress_activity();
+        let activity = sandbox.clone().activity();
         let forwarded = Forwarded {
             route: &route,
             source,
@@ -211,14 +215,14 @@ impl Gateway {
             .and_then(|c| HeaderValue::from_str(&c).ok());
         let response = if upgrade {
             let live = Liveness {
-                daemon: self.daemon.clone(),
+                sandboxes: self.sandboxes.clone(),
                 sandbox: sandbox.clone(),
                 secret: secret.clone(),
             };
             forward_upgrade(req, target.addr, activity, live).await
         } else {
             let clients = self.pools.get(&pool::PoolKey {
-                sandbox: sandbox.id.clone(),
+                sandbox: sandbox.id().to_owned(),
                 port: route.port,
                 listener: target.cookie,
             });
@@ -323,7 +327,7 @@ impl Forwarded<'_> {
 
 /// A request the gateway lets through, and where to.
 struct Allowed {
-    sandbox: Arc<crate::daemon::Sandbox>,
+    sandbox: Arc<dyn Served>,
     secret: String,
     source: TokenSource,
     grant: tokens::Grant,
@@ -348,37 +352,34 @@ impl Gateway {
                 "a connect token is required: Authorization: Bearer, or the _sandbox_connect_token query parameter or cookie",
             )));
         };
-        let Some(grant) = self.daemon.tokens().check(&secret) else {
+        let Some(grant) = self.sandboxes.tokens().check(&secret) else {
             return Err(Box::new(error(
                 StatusCode::UNAUTHORIZED,
                 "unknown or revoked connect token",
             )));
         };
-        let sandbox = match self.daemon.find(&route.sandbox) {
-            Ok(s) if s.running() => s,
-            _ => {
-                return Err(Box::new(error(
-                    StatusCode::NOT_FOUND,
-                    &format!("no live sandbox {}", route.sandbox),
-                )));
-            }
+        let Some(sandbox) = self.sandboxes.live(&route.sandbox) else {
+            return Err(Box::new(error(
+                StatusCode::NOT_FOUND,
+                &format!("no live sandbox {}", route.sandbox),
+            )));
         };
-        if grant.sandbox != sandbox.id {
+        if grant.sandbox != sandbox.id() {
             return Err(Box::new(error(
                 StatusCode::FORBIDDEN,
                 "this connect token is for another sandbox",
             )));
         }
         // One copy of the record per request.
-        let view = sandbox.view();
+        let view = sandbox.exposure();
         let traffic = req
             .headers()
             .get(route::TRAFFIC_TOKEN)
             .and_then(|v| v.to_str().ok());
         if !self
-            .daemon
+            .sandboxes
             .tokens()
-            .traffic_allows(&sandbox.id, view.private_ports, traffic)
+            .traffic_allows(sandbox.id(), view.private_ports, traffic)
         {
             return Err(Box::new(error(
                 StatusCode::FORBIDDEN,
@@ -395,12 +396,13 @@ impl Gateway {
                 StatusCode::NOT_FOUND,
                 &format!(
                     "port {} of sandbox {} is not exposed over HTTP",
-                    route.port, sandbox.id
+                    route.port,
+                    sandbox.id()
                 ),
             )));
         };
         let Some(target) = self
-            .daemon
+            .sandboxes
             .listeners()
             .find(&sandbox.cgroup_ids(), route.port)
         else {
@@ -408,7 +410,8 @@ impl Gateway {
                 StatusCode::BAD_GATEWAY,
                 &format!(
                     "nothing listens on port {} in sandbox {}",
-                    route.port, sandbox.id
+                    route.port,
+                    sandbox.id()
                 ),
             )));
         };
@@ -426,8 +429,8 @@ impl Gateway {
 
 /// What an upgraded connection needs to tell whether it may go on.
 struct Liveness {
-    daemon: Arc<Daemon>,
-    sandbox: Arc<crate::daemon::Sandbox>,
+    sandboxes: Arc<dyn Directory>,
+    sandbox: Arc<dyn Served>,
     secret: String,
 }
 
@@ -436,10 +439,10 @@ impl Liveness {
     fn holds(&self) -> bool {
         self.sandbox.running()
             && self
-                .daemon
+                .sandboxes
                 .tokens()
                 .check(&self.secret)
-                .is_some_and(|g| g.sandbox == self.sandbox.id)
+                .is_some_and(|g| g.sandbox == self.sandbox.id())
     }
 }
 
@@ -449,7 +452,7 @@ impl Liveness {
 async fn forward_upgrade(
     mut req: Request<ClientBody>,
     target: SocketAddr,
-    activity: crate::daemon::IngressActivity,
+    activity: Activity,
     live: Liveness,
 ) -> Result<Response<Body>, String> {
     let client_side = hyper::upgrade::on(&mut req);
@@ -536,7 +539,7 @@ impl hyper::body::Body for ClientBody {
 /// A response body that keeps its sandbox busy (for the idle timeout) until it is done.
 struct ActiveBody {
     inner: Incoming,
-    _activity: crate::daemon::IngressActivity,
+    _activity: Activity,
 }
 
 impl hyper::body::Body for ActiveBody {

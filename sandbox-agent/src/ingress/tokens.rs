@@ -139,7 +139,7 @@ impl Tokens {
             sandbox: sandbox.to_owned(),
             user_metadata,
             user_data,
-            created_at: crate::daemon::now_rfc3339(),
+            created_at: crate::api::now_rfc3339(),
         };
         let mut view = view(&entry);
         view.token = Some(secret.clone());

@@ -5,8 +5,7 @@ use std::{net::SocketAddr, sync::Arc};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use super::upstream;
-use crate::daemon::Daemon;
+use super::{directory::Directory, upstream};
 
 /// A tunnel's listener; dropping it closes the listener (open connections finish).
 pub struct Tunnel {
@@ -23,7 +22,8 @@ impl Drop for Tunnel {
 /// Opens a tunnel to `port` of `sandbox` on `host`, at `preferred`'s port if it is free
 /// (a re-adopted sandbox keeps its address), else on a port the kernel picks.
 pub fn open(
-    daemon: &Arc<Daemon>,
+    sandboxes: Arc<dyn Directory>,
+    handle: &tokio::runtime::Handle,
     sandbox: &str,
     port: u16,
     tls: Option<TlsAcceptor>,
@@ -36,8 +36,7 @@ pub fn open(
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     let listener = TcpListener::from_std(listener)?;
-    let handle = daemon.handle().clone();
-    let (daemon, sandbox) = (daemon.clone(), sandbox.to_owned());
+    let sandbox = sandbox.to_owned();
     let task = handle
         .spawn(async move {
             loop {
@@ -49,9 +48,9 @@ pub fn open(
                         continue;
                     }
                 };
-                let (daemon, sandbox, tls) = (daemon.clone(), sandbox.clone(), tls.clone());
+                let (sandboxes, sandbox, tls) = (sandboxes.clone(), sandbox.clone(), tls.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = forward(&daemon, &sandbox, port, tls, stream).await {
+                    if let Err(e) = forward(&*sandboxes, &sandbox, port, tls, stream).await {
                         tracing::debug!(sandbox, port, "tunnel connection: {e}");
                     }
                 });
@@ -62,18 +61,16 @@ pub fn open(
 }
 
 async fn forward(
-    daemon: &Arc<Daemon>,
+    sandboxes: &dyn Directory,
     sandbox: &str,
     port: u16,
     tls: Option<TlsAcceptor>,
     stream: tokio::net::TcpStream,
 ) -> std::io::Result<()> {
-    let sb = daemon
-        .find(sandbox)
-        .ok()
-        .filter(|s| s.running())
+    let sb = sandboxes
+        .live(sandbox)
         .ok_or_else(|| std::io::Error::other("the sandbox ended"))?;
-    let target = daemon
+    let target = sandboxes
         .listeners()
         .find(&sb.cgroup_ids(), port)
         .map(|l| l.addr)
@@ -84,12 +81,12 @@ async fn forward(
         let mut client = tokio::time::timeout(super::HANDSHAKE_TIMEOUT, acceptor.accept(stream))
             .await
             .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
-        let _active = sb.ingress_activity();
+        let _active = sb.clone().activity();
         let mut upstream = upstream::connect(target).await?;
         tokio::io::copy_bidirectional(&mut client, &mut upstream).await?;
     } else {
         // Plain TCP both ways: spliced in the kernel, as the proxy does.
-        let _active = sb.ingress_activity();
+        let _active = sb.clone().activity();
         let upstream = upstream::connect(target).await?;
         crate::proxy::splice::bidirectional(&stream, &upstream).await?;
     }

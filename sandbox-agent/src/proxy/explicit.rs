@@ -17,7 +17,7 @@ use tokio::{
 use sandbox_common::{HTTP_PORT, HTTPS_PORT};
 
 use super::{Refusal, connect_upstream};
-use crate::{domains::Shared, enforcement::canonical, events::FlowEvent, policy};
+use crate::{domain_state::Shared, enforcement::canonical, events::FlowEvent, policy};
 
 /// Largest HTTP request head the explicit proxy reads.
 const MAX_HEAD: usize = 16 * 1024;

@@ -14,7 +14,6 @@
 pub mod detect;
 pub mod explicit;
 pub mod splice;
-pub mod upstream;
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -30,16 +29,15 @@ use tokio::{
 };
 
 use crate::{
-    domains::Shared,
+    domain_state::Shared,
     enforcement::canonical,
     events::{FlowEvent, Source},
+    upstream_proxy::{self as upstream, CONNECT_TIMEOUT, connect_with_timeout},
 };
 use detect::{HttpHost, TlsHello};
 
 /// How long a client may take to send its `ClientHello` or request head.
 const DETECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long one upstream connect may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     loop {
@@ -49,7 +47,19 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
             continue;
         };
         let shared = shared.clone();
-        tokio::spawn(async move { handle(client, peer, &shared).await });
+        // One span per proxied connection (debug level): its destination and name are
+        // recorded once known, so a debug log follows the connection through.
+        let span = tracing::debug_span!(
+            "proxied",
+            sandbox = %shared.sandbox_id,
+            client = %peer,
+            dst = tracing::field::Empty,
+            name = tracing::field::Empty,
+        );
+        tokio::spawn(tracing::Instrument::instrument(
+            async move { handle(client, peer, &shared).await },
+            span,
+        ));
     }
 }
 
@@ -103,9 +113,17 @@ async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
         event.original_dst = Some(orig_addr.to_string());
         open_transparent(&mut client, orig_addr, shared, &mut event).await
     };
+    let span = tracing::Span::current();
+    if let Some(dst) = &event.original_dst {
+        span.record("dst", dst.as_str());
+    }
+    if let Some(name) = &event.name {
+        span.record("name", name.as_str());
+    }
     let (upstream, head) = match opened {
         Ok(v) => v,
         Err(refusal) => {
+            tracing::debug!(?refusal, "refused");
             reset(&client);
             shared.events.emit(&event.denied(refusal.text()));
             return;
@@ -359,16 +377,6 @@ pub(super) async fn dial(shared: &Shared, target: SocketAddr) -> std::io::Result
     match &shared.upstream_proxy {
         Some(p) => upstream::connect(p, upstream::Via::Addr(target)).await,
         None => connect_with_timeout(target).await,
-    }
-}
-
-pub(super) async fn connect_with_timeout(target: SocketAddr) -> std::io::Result<TcpStream> {
-    match timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await {
-        Ok(r) => r,
-        Err(_) => Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!("no answer within {CONNECT_TIMEOUT:?}"),
-        )),
     }
 }
 

@@ -1,7 +1,7 @@
 //! Chaining the agent's own egress through an operator's proxy (`run --upstream-proxy`):
 //! `http://HOST:PORT` (HTTP CONNECT) and `socks5h://HOST:PORT` pass the host name on and let
 //! that proxy resolve it; `socks5://HOST:PORT` passes the address the agent resolved and
-//! checked itself.
+//! checked itself. A leaf under the proxy and the shared domain state (both name it).
 use std::{
     fmt,
     net::{SocketAddr, ToSocketAddrs as _},
@@ -100,7 +100,7 @@ pub enum Via<'a> {
 
 /// Opens a tunnel to `target` through the proxy.
 pub async fn connect(proxy: &UpstreamProxy, target: Via<'_>) -> std::io::Result<TcpStream> {
-    let mut stream = super::connect_with_timeout(proxy.addr).await?;
+    let mut stream = connect_with_timeout(proxy.addr).await?;
     let _ = stream.set_nodelay(true);
     match proxy.kind {
         Kind::Http => http_connect(&mut stream, target).await?,
@@ -205,6 +205,20 @@ async fn socks5_connect(stream: &mut TcpStream, target: Via<'_>) -> std::io::Res
     let mut rest = vec![0u8; skip];
     stream.read_exact(&mut rest).await?;
     Ok(())
+}
+
+/// How long one upstream connect may take (the proxy's own connects too).
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A TCP connect that gives up after [`CONNECT_TIMEOUT`].
+pub async fn connect_with_timeout(target: SocketAddr) -> std::io::Result<TcpStream> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer within {CONNECT_TIMEOUT:?}"),
+        )),
+    }
 }
 
 #[cfg(test)]
