@@ -58,6 +58,15 @@ pub struct Config {
     /// it); the kernel's map is shared by every sandbox.
     #[serde(default = "default_learned_per_sandbox")]
     pub learned_per_sandbox: u64,
+    /// First of the host uids (and gids) sandboxes get one each of; in no passwd file.
+    #[serde(default = "default_uid_first")]
+    pub uid_first: u32,
+    /// How many ids the range holds: at most that many sandboxes with their own user at once.
+    #[serde(default = "default_uid_count")]
+    pub uid_count: u32,
+    /// Size of a sandbox's private `/tmp`, `/var/tmp` and `/home` each (`512m`, `2g`).
+    #[serde(default = "default_tmp_size")]
+    pub tmp_size: String,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -86,6 +95,15 @@ fn default_learned_per_answer() -> u64 {
 }
 fn default_learned_per_sandbox() -> u64 {
     crate::learned::DEFAULT_PER_SANDBOX as u64
+}
+fn default_uid_first() -> u32 {
+    crate::identity::DEFAULT_FIRST
+}
+fn default_uid_count() -> u32 {
+    crate::identity::DEFAULT_COUNT
+}
+fn default_tmp_size() -> String {
+    "512m".into()
 }
 fn default_tunnel_host() -> std::net::IpAddr {
     std::net::Ipv4Addr::LOCALHOST.into()
@@ -124,6 +142,35 @@ impl Config {
             self.learned_per_answer,
             per_sandbox.unwrap_or(self.learned_per_sandbox),
         )
+    }
+
+    /// The range sandboxes' own uids come from, checked against the host's users.
+    pub fn uid_range(&self) -> Result<crate::identity::UidRange, crate::identity::IdentityError> {
+        crate::identity::UidRange {
+            first: self.uid_first,
+            count: self.uid_count,
+        }
+        .check()
+    }
+
+    /// `tmp_size` in bytes.
+    pub fn tmp_bytes(&self) -> Result<u64, String> {
+        crate::limits::parse_bytes(&self.tmp_size)
+            .map_err(|e| format!("invalid tmp_size \"{}\": {e}", self.tmp_size))
+    }
+
+    /// Host directories no sandbox may see besides the fixed ones: the daemon's state and
+    /// socket, and the agent's runtime directories.
+    pub fn hidden_dirs(&self, paths: &crate::paths::Paths) -> Vec<PathBuf> {
+        let mut dirs = vec![
+            self.state_dir.clone(),
+            paths.run_dir.clone(),
+            paths.pin_dir.clone(),
+        ];
+        if let Some(parent) = self.socket.parent() {
+            dirs.push(parent.to_owned());
+        }
+        dirs
     }
 
     /// Reads `path`; a missing file at the default location means the defaults.

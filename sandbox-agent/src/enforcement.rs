@@ -1114,7 +1114,7 @@ pub fn canonical(addr: std::net::IpAddr) -> std::net::IpAddr {
     }
 }
 
-fn getrandom(buf: &mut [u8]) {
+pub(crate) fn getrandom(buf: &mut [u8]) {
     // SAFETY: buf is valid for writes of its length.
     let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
     if usize::try_from(n).ok() != Some(buf.len()) {

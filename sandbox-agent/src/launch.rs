@@ -32,7 +32,21 @@ pub struct LaunchSpec {
     /// Start a new session: no workload shares the agent's process group or controlling
     /// terminal.
     pub new_session: bool,
+    /// The namespaces the workload starts in.
+    pub enter: Enter,
 }
+
+/// Where a workload's PID, mount and IPC namespaces come from.
+pub enum Enter {
+    /// New ones, with this file-system view built inside them.
+    New(crate::view::Plan),
+    /// A live sandbox's, through the pidfd of its init (an exec).
+    Join(OwnedFd),
+}
+
+/// The namespaces a sandbox gets of its own (the network namespace stays the host's: the
+/// wall is per cgroup, and the proxy and resolver listen on the host's loopback).
+const NEW_NAMESPACES: u64 = (libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWIPC) as u64;
 
 /// A started workload.
 pub struct Child {
@@ -60,6 +74,9 @@ pub enum Step {
     Stdio = 14,
     Session = 15,
     Landlock = 16,
+    Init = 17,
+    View = 18,
+    Join = 19,
 }
 
 impl Step {
@@ -81,6 +98,9 @@ impl Step {
             Step::Stdio,
             Step::Session,
             Step::Landlock,
+            Step::Init,
+            Step::View,
+            Step::Join,
         ]
         .into_iter()
         .find(|s| *s as u32 == v)
@@ -104,6 +124,9 @@ impl Step {
             Self::Stdio => "set up standard input and output",
             Self::Session => "start a new session",
             Self::Landlock => "enter the sandbox's Landlock domain",
+            Self::Init => "start the sandbox's init",
+            Self::View => "build the sandbox's file-system view at",
+            Self::Join => "enter the sandbox's namespaces",
         }
     }
 }
@@ -183,14 +206,12 @@ fn last_cap() -> u32 {
 }
 
 /// Starts the workload in the cgroup given by `cgroup_fd`.
+#[expect(
+    clippy::too_many_lines,
+    reason = "everything the child touches is prepared here, in one place"
+)]
 pub fn spawn(spec: &LaunchSpec, cgroup_fd: &OwnedFd) -> Result<Child, LaunchError> {
     // Everything the child touches is prepared here.
-    let argv: Vec<*const libc::c_char> = spec
-        .argv
-        .iter()
-        .map(|a| a.as_ptr())
-        .chain(std::iter::once(ptr::null()))
-        .collect();
     let envp: Vec<*const libc::c_char> = spec
         .envp
         .iter()
@@ -217,6 +238,7 @@ pub fn spawn(spec: &LaunchSpec, cgroup_fd: &OwnedFd) -> Result<Child, LaunchErro
     });
     let ruleset = crate::scoping::ruleset()?;
     let ruleset_fd = ruleset.as_ref().map_or(-1, std::os::fd::AsRawFd::as_raw_fd);
+    let init_fd = crate::init::executable()?;
 
     let mut pipe = [0 as RawFd; 2];
     // SAFETY: pipe2 writes two fds into the array.
@@ -226,6 +248,23 @@ pub fn spawn(spec: &LaunchSpec, cgroup_fd: &OwnedFd) -> Result<Child, LaunchErro
     // SAFETY: fresh fds from pipe2, owned from here on.
     let (read_end, write_end) =
         unsafe { (OwnedFd::from_raw_fd(pipe[0]), OwnedFd::from_raw_fd(pipe[1])) };
+
+    // The init (the agent's own binary) runs the program; its arguments name the report
+    // pipe, which it hands on to the workload until that execs.
+    let init_strings: Vec<CString> = [
+        CString::new(crate::init::INIT_NAME).expect("no NUL"),
+        CString::new(write_end.as_raw_fd().to_string()).expect("no NUL"),
+        spec.program.clone(),
+        CString::new("--").expect("no NUL"),
+    ]
+    .into_iter()
+    .chain(spec.argv.iter().cloned())
+    .collect();
+    let init_argv: Vec<*const libc::c_char> = init_strings
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(ptr::null()))
+        .collect();
 
     let mut pidfd: libc::c_int = -1;
     // The child runs on its own stack while sharing our memory (CLONE_VM), and we are
@@ -237,6 +276,9 @@ pub fn spawn(spec: &LaunchSpec, cgroup_fd: &OwnedFd) -> Result<Child, LaunchErro
     let mut clone_args: libc::clone_args = unsafe { mem::zeroed() };
     clone_args.flags =
         (libc::CLONE_PIDFD | libc::CLONE_VM | libc::CLONE_VFORK) as u64 | CLONE_INTO_CGROUP;
+    if matches!(spec.enter, Enter::New(_)) {
+        clone_args.flags |= NEW_NAMESPACES;
+    }
     clone_args.pidfd = ptr::addr_of_mut!(pidfd) as u64;
     clone_args.exit_signal = libc::SIGCHLD as u64;
     clone_args.cgroup = u64::try_from(cgroup_fd.as_raw_fd()).expect("fd is non-negative");
@@ -247,7 +289,8 @@ pub fn spawn(spec: &LaunchSpec, cgroup_fd: &OwnedFd) -> Result<Child, LaunchErro
     clone_args.stack_size = aligned_top - stack_base;
     let mut child_args = ChildArgs {
         spec,
-        argv: &argv,
+        init_argv: &init_argv,
+        init_fd,
         envp: &envp,
         last_cap,
         keep_mask,
@@ -273,7 +316,7 @@ pub fn spawn(spec: &LaunchSpec, cgroup_fd: &OwnedFd) -> Result<Child, LaunchErro
     let child = Child { pid, pidfd };
 
     // The pipe closes on a successful exec (EOF); otherwise the child reports step and errno.
-    let Some((step, errno)) = read_report(&read_end)? else {
+    let Some((step, errno, detail)) = read_report(&read_end)? else {
         return Ok(child);
     };
 
@@ -285,6 +328,14 @@ pub fn spawn(spec: &LaunchSpec, cgroup_fd: &OwnedFd) -> Result<Child, LaunchErro
         Step::Cwd => format!("{} as uid {}", spec.cwd.to_string_lossy(), spec.uid),
         Step::Uid => spec.uid.to_string(),
         Step::Gid => spec.gid.to_string(),
+        Step::View => match &spec.enter {
+            Enter::New(plan) => plan
+                .ops
+                .get(detail as usize)
+                .map(crate::view::Op::subject)
+                .unwrap_or_default(),
+            Enter::Join(_) => String::new(),
+        },
         _ => String::new(),
     };
     Err(LaunchError::Child {
@@ -294,10 +345,13 @@ pub fn spawn(spec: &LaunchSpec, cgroup_fd: &OwnedFd) -> Result<Child, LaunchErro
     })
 }
 
+/// Bytes of a failure report: step, errno, detail (the view step that failed).
+pub const REPORT_BYTES: usize = 12;
+
 /// Reads the child's failure report: `None` at EOF (the exec succeeded and closed the pipe),
-/// else the step that failed and its errno.
-fn read_report(read_end: &OwnedFd) -> io::Result<Option<(u32, i32)>> {
-    let mut report = [0u8; 8];
+/// else the step that failed, its errno and a detail.
+fn read_report(read_end: &OwnedFd) -> io::Result<Option<(u32, i32, u32)>> {
+    let mut report = [0u8; REPORT_BYTES];
     let mut got = 0;
     while got < report.len() {
         // SAFETY: reading into our buffer.
@@ -324,8 +378,9 @@ fn read_report(read_end: &OwnedFd) -> io::Result<Option<(u32, i32)>> {
         return Ok(None);
     }
     let step = u32::from_ne_bytes(report[..4].try_into().expect("4 bytes"));
-    let errno = i32::from_ne_bytes(report[4..].try_into().expect("4 bytes"));
-    Ok(Some((step, errno)))
+    let errno = i32::from_ne_bytes(report[4..8].try_into().expect("4 bytes"));
+    let detail = u32::from_ne_bytes(report[8..].try_into().expect("4 bytes"));
+    Ok(Some((step, errno, detail)))
 }
 
 /// Stack of the child between clone3 and execve.
@@ -334,7 +389,8 @@ const CHILD_STACK_BYTES: usize = 64 * 1024;
 /// What the child needs, passed through the trampoline as one pointer.
 struct ChildArgs<'a> {
     spec: &'a LaunchSpec,
-    argv: &'a [*const libc::c_char],
+    init_argv: &'a [*const libc::c_char],
+    init_fd: RawFd,
     envp: &'a [*const libc::c_char],
     last_cap: u32,
     keep_mask: u64,
@@ -354,7 +410,8 @@ extern "C" fn child_entry(arg: *mut libc::c_void) -> ! {
     unsafe {
         child_main(
             a.spec,
-            a.argv,
+            a.init_argv,
+            a.init_fd,
             a.envp,
             a.last_cap,
             a.keep_mask,
@@ -404,9 +461,14 @@ unsafe fn clone3_vfork(args: *mut libc::clone_args, arg: *mut libc::c_void) -> i
 /// that takes locks or keeps state (set*id go straight to the kernel: glibc's wrappers
 /// would try to synchronise threads the child does not have).
 #[allow(clippy::too_many_arguments)]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one straight sequence of raw syscalls between clone3 and execve"
+)]
 unsafe fn child_main(
     spec: &LaunchSpec,
-    argv: &[*const libc::c_char],
+    init_argv: &[*const libc::c_char],
+    init_fd: RawFd,
     envp: &[*const libc::c_char],
     last_cap: u32,
     keep_mask: u64,
@@ -417,14 +479,16 @@ unsafe fn child_main(
     report_fd: RawFd,
 ) -> ! {
     unsafe {
-        let fail = |step: Step| -> ! {
+        let fail_at = |step: Step, detail: u32| -> ! {
             let errno = *libc::__errno_location();
-            let mut msg = [0u8; 8];
+            let mut msg = [0u8; REPORT_BYTES];
             msg[..4].copy_from_slice(&(step as u32).to_ne_bytes());
-            msg[4..].copy_from_slice(&errno.to_ne_bytes());
+            msg[4..8].copy_from_slice(&errno.to_ne_bytes());
+            msg[8..].copy_from_slice(&detail.to_ne_bytes());
             libc::write(report_fd, msg.as_ptr().cast(), msg.len());
             libc::_exit(125);
         };
+        let fail = |step: Step| -> ! { fail_at(step, 0) };
         // The agent blocks signals to read them from a signalfd, and Rust ignores SIGPIPE;
         // the workload gets neither.
         let mut empty: libc::sigset_t = mem::zeroed();
@@ -453,6 +517,27 @@ unsafe fn child_main(
         ) != 0
         {
             fail(Step::CloseFds);
+        }
+        // The report pipe goes on to the init, which hands it to the workload.
+        if libc::fcntl(report_fd, libc::F_SETFD, 0) != 0 {
+            fail(Step::CloseFds);
+        }
+        // Still root: build the view in the new mount namespace, or enter the sandbox's.
+        match &spec.enter {
+            Enter::New(plan) => {
+                if let Err(i) = crate::view::apply(plan) {
+                    fail_at(Step::View, u32::try_from(i).unwrap_or(u32::MAX));
+                }
+            }
+            Enter::Join(pidfd) => {
+                if libc::setns(
+                    pidfd.as_raw_fd(),
+                    libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC,
+                ) != 0
+                {
+                    fail(Step::Join);
+                }
+            }
         }
         if libc::syscall(libc::SYS_setgroups, spec.groups.len(), spec.groups.as_ptr()) != 0 {
             fail(Step::Groups);
@@ -510,8 +595,15 @@ unsafe fn child_main(
         if libc::chdir(spec.cwd.as_ptr()) != 0 {
             fail(Step::Cwd);
         }
-        libc::execve(spec.program.as_ptr(), argv.as_ptr(), envp.as_ptr());
-        fail(Step::Exec)
+        libc::syscall(
+            libc::SYS_execveat,
+            init_fd,
+            c"".as_ptr(),
+            init_argv.as_ptr(),
+            envp.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        );
+        fail(Step::Init)
     }
 }
 

@@ -9,10 +9,13 @@ pub mod domain_state;
 pub mod domains;
 pub mod enforcement;
 pub mod events;
+pub mod identity;
 pub mod ingress;
+pub mod init;
 pub mod launch;
 pub mod learned;
 pub mod lifecycle;
+pub mod limits;
 pub mod paths;
 pub mod policy;
 pub mod private_files;
@@ -22,6 +25,7 @@ pub mod scoping;
 pub mod seccomp;
 pub mod upstream_proxy;
 pub mod user;
+pub mod view;
 pub mod workload;
 
 /// An error and its causes on one line, each cause once: the agent's error format.

@@ -44,6 +44,8 @@ pub enum RunError {
     Signals(#[source] nix::Error),
     #[error(transparent)]
     Domains(#[from] DomainError),
+    #[error(transparent)]
+    Limits(#[from] crate::limits::LimitError),
 }
 
 impl RunError {
@@ -70,6 +72,10 @@ pub struct RunOptions {
     pub proxy_env: bool,
     /// The host floor (from the config): denied whatever the policy says.
     pub floor: Option<std::sync::Arc<CompiledPolicy>>,
+    /// Memory, CPU and process limits (cgroup v2 controllers).
+    pub limits: crate::limits::Limits,
+    /// The sandbox's own uid, given back once its cgroup is empty.
+    pub lease: Option<crate::identity::Lease>,
 }
 
 /// What a run ended with.
@@ -78,6 +84,8 @@ pub struct RunReport {
     pub id: String,
     pub exit_code: i32,
     pub timed_out: bool,
+    /// The memory limit's OOM killer ended it.
+    pub oom: bool,
     pub counters: Counters,
 }
 
@@ -122,7 +130,9 @@ pub fn run(paths: &Paths, mut opts: RunOptions) -> Result<RunReport, RunError> {
     sandbox
         .lock(paths, &id)
         .map_err(|(path, source)| RunError::Lock { path, source })?;
+    opts.limits.prepare(&parent)?;
     let cgroup_id = sandbox.cgroup(&parent, &id)?.id;
+    opts.limits.apply(&sandbox.made_cgroup().path)?;
     timing.mark("lock and cgroup");
     // Domain rules: the resolver and proxy listen before the kernel may redirect to them.
     // Started after the signal mask is set, so their threads inherit it.
@@ -162,16 +172,27 @@ pub fn run(paths: &Paths, mut opts: RunOptions) -> Result<RunReport, RunError> {
         .enforcement()
         .with(|e| e.counters(cgroup_id))
         .unwrap_or_default();
+    let oom =
+        opts.limits.memory.is_some() && crate::limits::oom_killed(&sandbox.made_cgroup().path);
     timing.mark("workload");
     // The resolver and proxy stop first, so that nothing is learned for a policy being removed.
     drop(services);
     drop(sandbox);
+    // Nothing of the sandbox is left: its uid may go to another.
+    drop(opts.lease);
     timing.mark("clean-up");
-    let exit_code = if timed_out { 124 } else { status.code() };
+    let exit_code = if timed_out {
+        124
+    } else if oom {
+        128 + libc::SIGKILL
+    } else {
+        status.code()
+    };
     Ok(RunReport {
         id,
         exit_code,
         timed_out,
+        oom,
         counters,
     })
 }

@@ -2,13 +2,17 @@
 //! turned into a [`LaunchSpec`]. Shared by embedded `run` and the daemon.
 use std::{
     ffi::{CString, OsStr, OsString},
-    os::unix::ffi::{OsStrExt as _, OsStringExt as _},
+    os::{
+        fd::OwnedFd,
+        unix::ffi::{OsStrExt as _, OsStringExt as _},
+    },
     path::PathBuf,
 };
 
 use crate::{
-    launch::{self, LaunchSpec},
-    user,
+    identity,
+    launch::{self, Enter, LaunchSpec},
+    user, view,
 };
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -20,9 +24,21 @@ pub struct Workload<'a> {
     /// agent's `TERM`/`LANG`), in order; a later one replaces an earlier one.
     pub env: Vec<(OsString, OsString)>,
     pub cwd: PathBuf,
-    /// A user name or uid; `None`: the unprivileged default.
+    /// A user name or uid; `None`: the sandbox's own user (`sandbox_uid`).
     pub user: Option<&'a str>,
+    /// The uid leased for the sandbox ([`identity`]); `None` only with an explicit `user`.
+    pub sandbox_uid: Option<u32>,
     pub keep_caps: Vec<u32>,
+    pub namespaces: Namespaces,
+}
+
+/// The namespaces a workload starts in.
+pub enum Namespaces {
+    /// A new sandbox: namespaces of its own and the default view, hiding these host
+    /// directories (the agent's state) besides the fixed ones.
+    New { hide: Vec<PathBuf>, tmp_bytes: u64 },
+    /// An exec into a live sandbox: its init's pidfd.
+    Join(OwnedFd),
 }
 
 /// Why a workload cannot start, with the exit status `docker run` would give.
@@ -48,7 +64,16 @@ pub fn prepare(w: Workload<'_>) -> Result<LaunchSpec, WorkloadError> {
     let Some(command) = w.command.first() else {
         return Err(WorkloadError::new("no command given"));
     };
-    let user = user::resolve(w.user).map_err(|e| WorkloadError::new(e.to_string()))?;
+    let user = match (w.user, w.sandbox_uid) {
+        (None, Some(uid)) => user::User {
+            name: identity::SANDBOX_USER.into(),
+            uid,
+            gid: uid,
+            groups: vec![uid],
+            home: identity::SANDBOX_HOME.into(),
+        },
+        (spec, _) => user::resolve(spec).map_err(|e| WorkloadError::new(e.to_string()))?,
+    };
     let mut env: Vec<(OsString, OsString)> = vec![
         ("PATH".into(), DEFAULT_PATH.into()),
         ("HOME".into(), user.home.clone().into_os_string()),
@@ -81,6 +106,25 @@ pub fn prepare(w: Workload<'_>) -> Result<LaunchSpec, WorkloadError> {
             code: 127,
         });
     };
+    let enter = match w.namespaces {
+        Namespaces::New { hide, tmp_bytes } => {
+            // The sandbox's own user is in no host file: its view lists it, with a home.
+            let identity = (w.user.is_none() && w.sandbox_uid.is_some()).then(|| view::Identity {
+                name: user.name.clone(),
+                uid: user.uid,
+                gid: user.gid,
+                home: user.home.clone(),
+            });
+            let plan = view::default_plan(&view::ViewOptions {
+                hide,
+                identity,
+                tmp_bytes,
+            })
+            .map_err(|e| WorkloadError::new(format!("cannot prepare the sandbox's view: {e}")))?;
+            Enter::New(plan)
+        }
+        Namespaces::Join(pidfd) => Enter::Join(pidfd),
+    };
     Ok(LaunchSpec {
         program: cstr(program.as_os_str().as_bytes(), "the command")?,
         argv: w
@@ -106,6 +150,7 @@ pub fn prepare(w: Workload<'_>) -> Result<LaunchSpec, WorkloadError> {
         // Never the agent's controlling terminal: a workload holding it could push input
         // into the operator's shell (`TIOCSTI`) or read it after the agent exits.
         new_session: true,
+        enter,
     })
 }
 

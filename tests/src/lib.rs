@@ -39,11 +39,17 @@ pub fn agent() -> PathBuf {
     path
 }
 
-/// A world-readable directory with the helper scripts: sandboxes run as `nobody`.
+/// Where the helper directories of test processes live: a place sandboxes see (their `/tmp`
+/// is their own). `cargo xtask test` removes it at the end.
+pub const HELPERS_ROOT: &str = "/var/lib/sandbox-agent-tests";
+
+/// A world-readable directory with the helper scripts: sandboxes run as their own user.
 pub fn helpers() -> &'static Path {
     static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("sandbox-agent-tests-{}", std::process::id()));
+        let dir = Path::new(HELPERS_ROOT).join(std::process::id().to_string());
+        fs::create_dir_all(HELPERS_ROOT).expect("create helpers root");
+        sh(&format!("chmod 755 {HELPERS_ROOT}"));
         fs::create_dir_all(&dir).expect("create helper dir");
         fs::write(dir.join("client.py"), include_str!("../helpers/client.py"))
             .expect("write client.py");

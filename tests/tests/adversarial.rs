@@ -669,7 +669,6 @@ impl Drop for RemoveOnDrop {
 }
 
 #[test]
-#[ignore = "reachable by path until the isolation issue hides host paths"]
 fn host_unix_socket_by_path_is_unreachable() {
     use std::os::unix::fs::PermissionsExt as _;
     let path = PathBuf::from(format!("/tmp/sa-test-{}.sock", std::process::id()));

@@ -325,19 +325,20 @@ fn open_mode_refuses_only_denied_names() {
 #[test]
 fn the_proxy_is_no_open_relay() {
     let w = WebWorld::new();
-    // The workload tells its proxy's port (from --proxy-env) through a file, then waits.
-    let port_file = sandbox_tests::helpers().join(format!("proxy-port-{}", w.net));
-    std::fs::write(&port_file, "").expect("port file");
-    sandbox_tests::sh(&format!("chmod 666 {}", port_file.display()));
+    // The workload tells its proxy's port (from --proxy-env) through a file in its own /tmp,
+    // which the host reads through the shell's /proc/PID/root, then waits.
+    let marker = format!("proxy-port-{}", w.net);
     let mut policy = POLICY.to_vec();
     policy.push("--proxy-env");
-    let script = format!("echo \"$HTTP_PROXY\" > {}; sleep 4", port_file.display());
+    let script = format!("echo \"$HTTP_PROXY\" > /tmp/port; sleep 4; echo {marker}");
     let args = w.run_args(&policy, &["/bin/sh", "-c", &script]);
     let agent = std::thread::scope(|scope| {
         let handle = scope.spawn(|| w.agent(&args));
         let start = std::time::Instant::now();
         let port: u16 = loop {
-            let text = std::fs::read_to_string(&port_file).unwrap_or_default();
+            let pid = sandbox_tests::sh(&format!("pgrep -f -n 'echo {marker}$' || true"));
+            let text = std::fs::read_to_string(format!("/proc/{}/root/tmp/port", pid.trim()))
+                .unwrap_or_default();
             if let Some(p) = text.trim().strip_prefix("http://127.0.0.1:") {
                 break p.parse().expect("port");
             }
@@ -366,7 +367,6 @@ fn the_proxy_is_no_open_relay() {
         );
         handle.join().expect("agent thread")
     });
-    let _ = std::fs::remove_file(&port_file);
     assert_eq!(agent.code, 0, "{agent:#?}");
     assert!(!w.saw("tls "), "{:?}", w.seen());
     assert_flow(&w, "refusing the host's connection", |f| {

@@ -67,9 +67,17 @@ fn workload_is_unprivileged_and_confined() {
     ]);
     assert_eq!(run.code, 0, "{run:#?}");
     let out = &run.stdout;
+    // Its own uid, from the range no host user has (identity.rs).
+    let uid = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:\t"))
+        .and_then(|ids| ids.split('\t').next())
+        .and_then(|u| u.parse::<u32>().ok())
+        .unwrap_or_else(|| panic!("no uid: {out}"));
     assert!(
-        out.contains("Uid:\t65534\t65534\t65534\t65534"),
-        "not nobody: {out}"
+        (0x6000_0000..0x6001_0000).contains(&uid)
+            && out.contains(&format!("Uid:\t{uid}\t{uid}\t{uid}\t{uid}")),
+        "not the sandbox's own uid: {out}"
     );
     for cap in ["CapEff", "CapPrm", "CapBnd", "CapAmb"] {
         assert!(
@@ -134,7 +142,8 @@ fn start_observed(script: &str) -> (KillOnDrop, Observed, u32) {
     // Keep draining so the workload never blocks on a full pipe.
     std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
     let mut parts = first.split_whitespace();
-    let pid: u32 = parts
+    // The shell's pid in the sandbox's PID namespace.
+    let ns_pid: u32 = parts
         .next()
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("no pid in {first:?}"));
@@ -156,6 +165,7 @@ fn start_observed(script: &str) -> (KillOnDrop, Observed, u32) {
     assert_eq!(entry["rules"]["allow_v4"], 1, "{entry:#}");
     assert_eq!(entry["rules"]["allow_v6"], 1, "{entry:#}");
     let policy_id = entry["policy_id"].as_u64().expect("policy id");
+    let pid = host_pid(&cgroup, ns_pid);
     (
         KillOnDrop(Some(child)),
         Observed {
@@ -165,6 +175,24 @@ fn start_observed(script: &str) -> (KillOnDrop, Observed, u32) {
         },
         pid,
     )
+}
+
+/// The host pid of the process of `cgroup` whose pid in its own namespace is `ns_pid` (the
+/// last field of `NSpid`).
+fn host_pid(cgroup: &std::path::Path, ns_pid: u32) -> u32 {
+    let procs = std::fs::read_to_string(cgroup.join("cgroup.procs")).expect("cgroup.procs");
+    procs
+        .lines()
+        .filter_map(|p| p.trim().parse::<u32>().ok())
+        .find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/status")).is_ok_and(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("NSpid:"))
+                    .and_then(|ids| ids.split_whitespace().last())
+                    == Some(&ns_pid.to_string())
+            })
+        })
+        .unwrap_or_else(|| panic!("no process {ns_pid} in {}: {procs}", cgroup.display()))
 }
 
 /// The agent of an observed sandbox; killed if the test fails before waiting for it.

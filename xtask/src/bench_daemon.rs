@@ -199,16 +199,27 @@ struct Create {
 }
 
 /// create → running through the API, against a whole embedded run.
-fn bench_create(env: &BenchEnv, agent: &Path, daemon: &Daemon) -> Result<Create> {
-    progress(&format!("daemon: {CREATE_RUNS} creates through the API"))?;
+/// `runs` creates → running through the API of a daemon of the bench's own, each removed
+/// before the next; their times in ms.
+pub(crate) fn create_times(env: &BenchEnv, agent: &Path, runs: usize) -> Result<Vec<f64>> {
+    create_loop(&Daemon::start(env, agent)?, runs)
+}
+
+fn create_loop(daemon: &Daemon, runs: usize) -> Result<Vec<f64>> {
     let sleeper = r#"{"command":["/bin/sleep","600"],"cwd":"/"}"#;
-    let mut api_ms = Vec::new();
-    for _ in 0..CREATE_RUNS {
+    let mut ms = Vec::with_capacity(runs);
+    for _ in 0..runs {
         interrupted()?;
-        let (id, ms) = daemon.create(sleeper)?;
-        api_ms.push(ms);
+        let (id, t) = daemon.create(sleeper)?;
+        ms.push(t);
         daemon.remove(&id)?;
     }
+    Ok(ms)
+}
+
+fn bench_create(env: &BenchEnv, agent: &Path, daemon: &Daemon) -> Result<Create> {
+    progress(&format!("daemon: {CREATE_RUNS} creates through the API"))?;
+    let api_ms = create_loop(daemon, CREATE_RUNS)?;
     progress(&format!("daemon: {EMBEDDED_RUNS} embedded runs"))?;
     let mut embedded_ms = Vec::new();
     for _ in 0..EMBEDDED_RUNS {

@@ -15,6 +15,7 @@ mod bench;
 mod bench_daemon;
 mod bench_domains;
 mod bench_ingress;
+mod bench_isolation;
 mod bench_kit;
 mod demo;
 mod fuzz;
@@ -72,7 +73,11 @@ fn main() -> Result<()> {
         }
         Cmd::Bench => {
             setup::run()?;
-            let agent = build(true)?;
+            // An A/B run measures another build (e.g. an older commit's) with this bench.
+            let agent = match env::var_os("SANDBOX_AGENT_BENCH_AGENT") {
+                Some(path) => PathBuf::from(path),
+                None => build(true)?,
+            };
             bench::run(&agent)
         }
         Cmd::Fuzz { seconds } => {
@@ -163,6 +168,8 @@ fn test(filter: Option<&str>) -> Result<()> {
         e2e.arg(f);
     }
     let result = totals.run(&mut e2e);
+    // The tests' helper scripts live where sandboxes see them (tests/src/lib.rs, HELPERS_ROOT).
+    let _ = fs::remove_dir_all("/var/lib/sandbox-agent-tests");
     // The suite shares one install of the programs; remove it so nothing is left pinned.
     let teardown = Command::new(&agent).arg("teardown").status();
     result?;

@@ -22,8 +22,10 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// clients), iperf3 (benchmark), dnsmasq (the fake upstream DNS in tests), openssl (makes
 /// test certificates and is the TLS client of tunnel tests), python3-requests (a real client
 /// of the explicit proxy in tests), python3-websockets (WebSocket server and client through
-/// the ingress gateway in tests), python3-venv (the API checker's virtualenv).
-const PACKAGES: [&str; 11] = [
+/// the ingress gateway in tests), python3-venv (the API checker's virtualenv), bubblewrap
+/// (the benchmark's baseline for a sandbox's namespaces and mounts), procps (`ps` inside
+/// sandboxes in the isolation tests).
+const PACKAGES: [&str; 13] = [
     "iproute2",
     "iputils-ping",
     "netcat-openbsd",
@@ -35,6 +37,8 @@ const PACKAGES: [&str; 11] = [
     "python3-requests",
     "python3-websockets",
     "python3-venv",
+    "bubblewrap",
+    "procps",
 ];
 
 /// The Python package (from the package index) that validates the `OpenAPI` document (it brings `jsonschema`, which

@@ -29,7 +29,8 @@ pub struct CreateRequest {
     pub env: BTreeMap<String, String>,
     /// Working directory (default `/`).
     pub cwd: Option<String>,
-    /// User name or uid (default `nobody`).
+    /// User name or uid (default: a host uid of the sandbox's own, leased from the
+    /// daemon's `uid_first`/`uid_count` range, named `sandbox` in its view).
     pub user: Option<String>,
     /// Unique among live sandboxes: `[A-Za-z0-9._-]{1,63}`.
     pub name: Option<String>,
@@ -61,6 +62,39 @@ pub struct CreateRequest {
     /// Addresses the sandbox's resolver may hold learned at a time (default: the daemon's
     /// `learned_per_sandbox`).
     pub max_learned_addresses: Option<u64>,
+    /// Memory, CPU and process limits (cgroup v2 controllers; refused where missing).
+    #[serde(default, skip_serializing_if = "Resources::is_empty")]
+    pub resources: Resources,
+}
+
+/// A sandbox's resource limits, as `--memory`, `--cpus` and `--pids` give them.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// `memory.max`, e.g. `"512m"`, `"2g"`; the sandbox is OOM-killed whole past it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+    /// CPUs' worth of time, e.g. `"0.5"`, `"2"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<String>,
+    /// Most processes and threads at once, e.g. `"256"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<String>,
+}
+
+impl Resources {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// The limits, checked; errors name the command-line flag.
+    pub fn limits(&self) -> Result<crate::limits::Limits, crate::limits::LimitError> {
+        crate::limits::Limits::parse(
+            self.memory.as_deref(),
+            self.cpus.as_deref(),
+            self.pids.as_deref(),
+        )
+    }
 }
 
 /// A port of the sandbox made reachable through the agent.
@@ -182,6 +216,11 @@ pub struct SandboxView {
     pub command: Vec<String>,
     pub cwd: String,
     pub user: String,
+    /// The host uid the workload runs as (its own, unless `user` named another).
+    #[serde(default)]
+    pub uid: u32,
+    #[serde(default, skip_serializing_if = "Resources::is_empty")]
+    pub resources: Resources,
     pub policy: PolicyFile,
     pub timeout_ms: u64,
     pub idle_timeout_ms: Option<u64>,
@@ -317,6 +356,8 @@ pub enum EndReason {
     Timeout,
     /// Its `idle_timeout` passed without activity.
     IdleTimeout,
+    /// Its memory limit was reached: the OOM killer ended it (exit code 137).
+    Oom,
     /// It ended while no daemon was watching.
     StatusUnknown,
 }
@@ -328,6 +369,7 @@ impl EndReason {
             Self::Killed => "killed",
             Self::Timeout => "timeout",
             Self::IdleTimeout => "idle-timeout",
+            Self::Oom => "oom",
             Self::StatusUnknown => "status-unknown",
         }
     }

@@ -122,10 +122,43 @@ impl PolicyArgs {
     }
 }
 
+/// Resource limit flags shared by `run` and `create` (cgroup v2 controllers).
+#[derive(Args, Clone, Default)]
+pub struct ResourceArgs {
+    /// Memory limit, e.g. 512m or 2g; past it the sandbox is OOM-killed (exit status 137).
+    #[arg(long, value_name = "SIZE")]
+    memory: Option<String>,
+    /// CPU time limit in CPUs, e.g. 0.5 or 2.
+    #[arg(long, value_name = "N")]
+    cpus: Option<String>,
+    /// Most processes and threads at once.
+    #[arg(long, value_name = "N")]
+    pids: Option<String>,
+}
+
+impl ResourceArgs {
+    pub fn request(&self) -> sandbox_agent::api::Resources {
+        sandbox_agent::api::Resources {
+            memory: self.memory.clone(),
+            cpus: self.cpus.clone(),
+            pids: self.pids.clone(),
+        }
+    }
+
+    /// The limits, checked (the same check as the daemon's).
+    pub fn limits(
+        &self,
+    ) -> Result<sandbox_agent::limits::Limits, sandbox_agent::limits::LimitError> {
+        self.request().limits()
+    }
+}
+
 #[derive(Args)]
 pub struct CreateArgs {
     #[command(flatten)]
     policy: PolicyArgs,
+    #[command(flatten)]
+    resources: ResourceArgs,
     /// Unique among live sandboxes: 1-63 of A-Z a-z 0-9 . _ -
     #[arg(long)]
     name: Option<String>,
@@ -378,6 +411,7 @@ pub fn create_request(args: &CreateArgs) -> Result<CreateRequest, String> {
         ports: exposed_ports(args),
         private_ports: args.private_ports,
         mask_host: args.mask_host.clone(),
+        resources: args.resources.request(),
         max_learned_addresses: args.max_learned_addresses,
     })
 }

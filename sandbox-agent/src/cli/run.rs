@@ -36,9 +36,11 @@ pub struct RunArgs {
     /// Working directory of the workload [default: the current directory].
     #[arg(long, value_name = "DIR")]
     cwd: Option<PathBuf>,
-    /// User to run as: a name, UID or UID:GID [default: nobody]. Never root.
+    /// User to run as: a name, UID or UID:GID [default: the sandbox's own uid]. Never root.
     #[arg(long, value_name = "USER")]
     user: Option<String>,
+    #[command(flatten)]
+    resources: super::api::ResourceArgs,
     /// Kill the workload after this long (e.g. 30s, 5m); exit status 124.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     timeout: Option<Duration>,
@@ -113,6 +115,12 @@ pub fn main(args: &RunArgs, socket: &Path) -> i32 {
     };
     match sandbox::run(&Paths::default(), opts) {
         Ok(report) => {
+            if report.oom {
+                eprintln!(
+                    "sandbox-agent: {name} ran out of memory (--memory); sandbox {} was killed",
+                    report.id
+                );
+            }
             if report.timed_out {
                 eprintln!(
                     "sandbox-agent: {name} timed out; sandbox {} was killed",
@@ -188,10 +196,23 @@ fn prepare(args: &RunArgs) -> Result<(RunOptions, String), Failure> {
                 })
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let limits = args.resources.limits()?;
+    let paths = Paths::default();
+    let uid_range = config.uid_range()?;
+    let tmp_bytes = config.tmp_bytes()?;
+    let hide = config.hidden_dirs(&paths);
     let cwd = match &args.cwd {
         Some(d) => d.clone(),
-        None => std::env::current_dir()
-            .map_err(|e| format!("cannot read the current directory: {e}"))?,
+        None => sandbox_agent::view::start_dir(
+            &std::env::current_dir()
+                .map_err(|e| format!("cannot read the current directory: {e}"))?,
+            &hide,
+        ),
+    };
+    // The sandbox's own uid, held until it is gone (an explicit --user needs none).
+    let lease = match args.user {
+        Some(_) => None,
+        None => Some(sandbox_agent::identity::lease(&paths, uid_range)?),
     };
     let env = args
         .env
@@ -205,7 +226,9 @@ fn prepare(args: &RunArgs) -> Result<(RunOptions, String), Failure> {
         env,
         cwd,
         user: args.user.as_deref(),
+        sandbox_uid: lease.as_ref().map(|l| l.uid),
         keep_caps,
+        namespaces: workload::Namespaces::New { hide, tmp_bytes },
     })
     .map_err(|e| Failure {
         message: e.message,
@@ -220,6 +243,8 @@ fn prepare(args: &RunArgs) -> Result<(RunOptions, String), Failure> {
             domains,
             proxy_env: args.proxy_env,
             floor,
+            limits,
+            lease,
         },
         name,
     ))
@@ -320,6 +345,13 @@ fn via_daemon(client: &Client, args: &RunArgs) -> i32 {
             eprintln!("sandbox-agent: timed out; sandbox {} was killed", view.id);
             124
         }
+        Ok(w) if w.end_reason == Some(sandbox_agent::api::EndReason::Oom) => {
+            eprintln!(
+                "sandbox-agent: ran out of memory (--memory); sandbox {} was killed",
+                view.id
+            );
+            w.exit_code.unwrap_or(137)
+        }
         Ok(w) => w.exit_code.unwrap_or(125),
         Err(e) => {
             eprintln!("sandbox-agent: {e}");
@@ -362,10 +394,15 @@ fn daemon_request(args: &RunArgs) -> Result<CreateRequest, Failure> {
             env.insert(k, v);
         }
     }
+    // The current directory, unless the sandbox's view hides it (the daemon's default then).
     let cwd = args
         .cwd
         .clone()
-        .or_else(|| std::env::current_dir().ok())
+        .or_else(|| {
+            std::env::current_dir()
+                .ok()
+                .filter(|d| sandbox_agent::view::start_dir(d, &[]) == *d)
+        })
         .map(|p| p.to_string_lossy().into_owned());
     Ok(CreateRequest {
         command,
@@ -382,6 +419,7 @@ fn daemon_request(args: &RunArgs) -> Result<CreateRequest, Failure> {
         stdin: true,
         proxy_env: args.proxy_env,
         max_learned_addresses: args.max_learned_addresses,
+        resources: args.resources.request(),
         ..CreateRequest::default()
     })
 }

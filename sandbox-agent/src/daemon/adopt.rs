@@ -120,11 +120,14 @@ impl Daemon {
                     .expect("blocked compiles"),
             )
         });
+        let (lease, init) = self.readopt_identity(live, &view, &cgroup)?;
         let inner = Inner {
             closing: !live,
             services,
             next_exec,
             tunnels,
+            lease,
+            init,
             ..Inner::new(policy, view.policy_id)
         };
         let sandbox = Sandbox::new(
@@ -266,4 +269,39 @@ impl Daemon {
         }
         let _ = cgroup.remove();
     }
+}
+
+impl Daemon {
+    /// A live sandbox's own uid stays its own; its init is found again for execs.
+    fn readopt_identity(
+        &self,
+        live: bool,
+        view: &SandboxView,
+        cgroup: &SandboxCgroup,
+    ) -> Result<(Option<crate::identity::Lease>, Option<std::os::fd::OwnedFd>)> {
+        if !live {
+            return Ok((None, None));
+        }
+        let lease = (view.user == crate::identity::SANDBOX_USER && view.uid != 0)
+            .then(|| crate::identity::relet(&self.paths, view.uid))
+            .transpose()?;
+        Ok((lease, init_of(view.pid, cgroup)))
+    }
+}
+
+/// A pidfd of the sandbox's init, if `pid` still is a process of `cgroup` (a pid reused by
+/// another process is not taken for it).
+fn init_of(pid: i32, cgroup: &SandboxCgroup) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd as _;
+    // SAFETY: pidfd_open returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+    // SAFETY: a fresh descriptor we own.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    // Checked after the pidfd exists: it names this process whatever happens to the pid.
+    let procs = fs::read_to_string(cgroup.path.join("cgroup.procs")).ok()?;
+    procs
+        .lines()
+        .any(|l| l.trim() == pid.to_string())
+        .then_some(fd)
 }

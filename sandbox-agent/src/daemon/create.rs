@@ -55,14 +55,17 @@ impl Drop for NameHold<'_> {
 
 impl Daemon {
     pub fn create(self: &Arc<Self>, req: CreateRequest) -> Result<SandboxView> {
+        let (lease, checked) = self.check(&req)?;
         let Checked {
             timeout,
             idle_timeout,
             policy: compiled,
             command,
             cwd,
+            limits,
             mut spec,
-        } = check_create(&req)?;
+        } = checked;
+        let uid = spec.uid;
         let _hold = self.hold_name(req.name.as_deref())?;
         let Built {
             id,
@@ -75,7 +78,7 @@ impl Daemon {
             child,
             policy_id,
             traffic_token,
-        } = self.build(&req, &compiled, &mut spec)?;
+        } = self.build(&req, &compiled, &limits, &mut spec)?;
         let cgroup_id = started.cgroup.id;
         let (dns_port, proxy_port) = domains::service_ports(services.as_ref());
         let view = SandboxView {
@@ -86,7 +89,9 @@ impl Daemon {
             ready: req.probe.is_none(),
             command,
             cwd,
-            user: (req.user.clone()).unwrap_or_else(|| crate::user::DEFAULT_USER.into()),
+            user: (req.user.clone()).unwrap_or_else(|| crate::identity::SANDBOX_USER.into()),
+            uid,
+            resources: req.resources.clone(),
             policy: req.policy.clone(),
             timeout_ms: millis(timeout),
             idle_timeout_ms: idle_timeout.map(millis),
@@ -119,6 +124,8 @@ impl Daemon {
             services,
             stdin,
             tunnels,
+            lease,
+            init: child.pidfd.try_clone().ok(),
             ..Inner::new(compiled, policy_id)
         };
         let sandbox = Sandbox::new(
@@ -150,6 +157,24 @@ impl Daemon {
         })
     }
 
+    /// The request checked, with the sandbox's own uid leased for it (held until its cgroup
+    /// is empty; an explicit user needs none).
+    fn check(&self, req: &CreateRequest) -> Result<(Option<crate::identity::Lease>, Checked)> {
+        let lease = match req.user {
+            Some(_) => None,
+            None => Some(crate::identity::lease(&self.paths, self.uid_range)?),
+        };
+        let checked = check_create(
+            req,
+            lease.as_ref().map(|l| l.uid),
+            workload::Namespaces::New {
+                hide: self.config.hidden_dirs(&self.paths),
+                tmp_bytes: self.tmp_bytes,
+            },
+        )?;
+        Ok((lease, checked))
+    }
+
     /// Holds `name` (if any) against other creates until the hold goes.
     fn hold_name(&self, name: Option<&str>) -> Result<NameHold<'_>> {
         if let Some(name) = name {
@@ -166,6 +191,7 @@ impl Daemon {
         self: &Arc<Self>,
         req: &CreateRequest,
         compiled: &Arc<CompiledPolicy>,
+        limits: &crate::limits::Limits,
         spec: &mut launch::LaunchSpec,
     ) -> Result<Built> {
         let id = random_id();
@@ -194,7 +220,9 @@ impl Daemon {
         } else {
             None
         };
+        limits.prepare(&parent)?;
         let cgroup_id = start.cgroup(&parent, &id)?.id;
+        limits.apply(&start.made_cgroup().path)?;
         // Its kernel events are its own from the start, not only once it is published.
         self.registry().own_cgroup(cgroup_id, &id);
         let registry = &self.registry;
@@ -417,11 +445,16 @@ struct Checked {
     policy: Arc<CompiledPolicy>,
     command: Vec<String>,
     cwd: String,
+    limits: crate::limits::Limits,
     spec: launch::LaunchSpec,
 }
 
 /// Everything about a create request that can be refused before anything exists.
-fn check_create(req: &CreateRequest) -> Result<Checked> {
+fn check_create(
+    req: &CreateRequest,
+    sandbox_uid: Option<u32>,
+    namespaces: workload::Namespaces,
+) -> Result<Checked> {
     if let Some(name) = &req.name
         && !crate::api::valid_name(name)
     {
@@ -468,14 +501,22 @@ fn check_create(req: &CreateRequest) -> Result<Checked> {
             "no command: give command or entrypoint",
         ));
     }
+    let limits = req.resources.limits()?;
     let cwd = req.cwd.clone().unwrap_or_else(|| "/".into());
-    let spec = prepare_workload(&command, &req.env, &cwd, req.user.as_deref())?;
+    let spec = prepare_workload(
+        &command,
+        &req.env,
+        &cwd,
+        (req.user.as_deref(), sandbox_uid),
+        namespaces,
+    )?;
     Ok(Checked {
         timeout,
         idle_timeout,
         policy,
         command,
         cwd,
+        limits,
         spec,
     })
 }
@@ -534,7 +575,8 @@ pub(super) fn prepare_workload(
     command: &[String],
     env: &BTreeMap<String, String>,
     cwd: &str,
-    user: Option<&str>,
+    (user, sandbox_uid): (Option<&str>, Option<u32>),
+    namespaces: workload::Namespaces,
 ) -> Result<launch::LaunchSpec> {
     let command: Vec<OsString> = command.iter().map(OsString::from).collect();
     workload::prepare(Workload {
@@ -545,7 +587,9 @@ pub(super) fn prepare_workload(
             .collect(),
         cwd: PathBuf::from(cwd),
         user,
+        sandbox_uid,
         keep_caps: Vec::new(),
+        namespaces,
     })
     .map_err(|e| Error::WorkloadRefused {
         message: e.message,

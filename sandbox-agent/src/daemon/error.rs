@@ -5,7 +5,8 @@ use std::{io, path::PathBuf};
 
 use crate::{
     cgroup::CgroupError, domains::DomainError, enforcement::EnforcementError,
-    ingress::tokens::TokenError, learned::LimitError, policy::PolicyError,
+    identity::IdentityError, ingress::tokens::TokenError, learned::LimitError,
+    limits::LimitError as LimitsError, policy::PolicyError,
 };
 
 /// Who must act for the request to succeed.
@@ -84,6 +85,10 @@ pub enum Error {
     /// Something the daemon keeps was not there (a bug or a race with the kernel).
     #[error("{0}")]
     Lost(&'static str),
+    #[error(transparent)]
+    Resources(#[from] LimitsError),
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
 }
 
 impl Error {
@@ -110,6 +115,9 @@ impl Error {
             | Self::LearnedLimit(_)
             | Self::ExecStart(_)
             | Self::WorkloadRefused { .. }
+            | Self::Resources(
+                LimitsError::Invalid { .. } | LimitsError::MissingController { .. },
+            )
             | Self::Token(TokenError::MetadataTooLarge(_) | TokenError::MetadataNotAHeader) => {
                 Fault::Request
             }
@@ -130,14 +138,17 @@ impl Error {
             | Self::NoProbe(_)
             | Self::NotReady { .. }
             | Self::NoStdin { .. }
-            | Self::Stdin { .. } => Fault::State,
+            | Self::Stdin { .. }
+            | Self::Identity(IdentityError::Exhausted { .. }) => Fault::State,
             Self::Token(TokenError::Save(_))
             | Self::Kernel(_)
             | Self::Cgroup(_)
             | Self::Domains(_)
             | Self::Io { .. }
             | Self::Tunnel { .. }
-            | Self::Lost(_) => Fault::Agent,
+            | Self::Lost(_)
+            | Self::Resources(LimitsError::Io { .. })
+            | Self::Identity(_) => Fault::Agent,
         }
     }
 

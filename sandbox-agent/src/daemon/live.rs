@@ -29,8 +29,28 @@ impl Daemon {
         sandbox.check_running()?;
         let view = sandbox.view();
         let cwd = req.cwd.clone().unwrap_or_else(|| view.cwd.clone());
-        let user = req.user.clone().or(Some(view.user.clone()));
-        let mut spec = prepare_workload(&req.command, &req.env, &cwd, user.as_deref())?;
+        // An exec runs as the sandbox's own user unless it names another, in the sandbox's
+        // namespaces (through its init's pidfd).
+        let (own_uid, init) = {
+            let inner = lock(&sandbox.inner);
+            let init = inner.init.as_ref().map(std::os::fd::OwnedFd::try_clone);
+            (inner.lease.as_ref().map(|l| l.uid), init)
+        };
+        let init = init
+            .ok_or(Error::Lost("the sandbox's init is not known"))?
+            .map_err(|e| Error::ExecStart(format!("cannot reach the sandbox's init: {e}")))?;
+        let user = match (&req.user, own_uid) {
+            (Some(u), _) => (Some(u.as_str()), None),
+            (None, Some(uid)) => (None, Some(uid)),
+            (None, None) => (Some(view.user.as_str()), None),
+        };
+        let mut spec = prepare_workload(
+            &req.command,
+            &req.env,
+            &cwd,
+            user,
+            crate::workload::Namespaces::Join(init),
+        )?;
         let narrowed = req
             .policy
             .as_ref()

@@ -71,6 +71,10 @@ pub struct Daemon {
     tokens: crate::ingress::tokens::Tokens,
     listeners: crate::enforcement::Listeners,
     ingress_tls: IngressTls,
+    /// Where sandboxes' own uids come from (checked against the host's users at start).
+    uid_range: crate::identity::UidRange,
+    /// Size of each private tmpfs of a sandbox's view.
+    tmp_bytes: u64,
     _daemon_lock: FileLock,
 }
 
@@ -156,6 +160,12 @@ impl Daemon {
         let listeners = crate::enforcement::Listeners::open(&paths)?;
         let ingress_tls = ingress_tls(&config)?;
         let floor_needs_services = config.floor_needs_domain_services();
+        let uid_range = config
+            .uid_range()
+            .map_err(config_err("uid_first/uid_count"))?;
+        let tmp_bytes = config
+            .tmp_bytes()
+            .map_err(|e| config_err("tmp_size")(std::io::Error::other(e)))?;
         let daemon = Arc::new(Self {
             config,
             paths,
@@ -170,6 +180,8 @@ impl Daemon {
             tokens: crate::ingress::tokens::Tokens::default(),
             listeners,
             ingress_tls,
+            uid_range,
+            tmp_bytes,
             _daemon_lock: daemon_lock,
         });
         daemon.adopt_all(&sandboxes_dir);

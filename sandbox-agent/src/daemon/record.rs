@@ -65,6 +65,10 @@ pub(super) struct Inner {
     pub last_activity: Instant,
     /// Listeners of its exposed TLS and TCP ports.
     pub tunnels: Vec<crate::ingress::tunnel::Tunnel>,
+    /// Its own uid, given back once its cgroup is empty.
+    pub lease: Option<crate::identity::Lease>,
+    /// Its init's pidfd: execs enter its namespaces through it.
+    pub init: Option<std::os::fd::OwnedFd>,
 }
 
 impl Inner {
@@ -79,6 +83,8 @@ impl Inner {
             next_exec: 1,
             last_activity: Instant::now(),
             tunnels: Vec::new(),
+            lease: None,
+            init: None,
         }
     }
 }

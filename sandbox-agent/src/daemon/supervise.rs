@@ -96,18 +96,23 @@ pub(super) async fn supervise(
     };
     // The main process is gone: whatever it left behind goes with it.
     kill_cgroup(&sandbox).await;
-    let (policy, policy_id, services, execs) = {
+    let reason = reason.or_else(|| oom_killed(&sandbox).then_some(EndReason::Oom));
+    let (policy, policy_id, services, execs, lease) = {
         let mut inner = lock(&sandbox.inner);
         inner.closing = true;
         inner.stdin = None;
         inner.tunnels.clear();
+        inner.init = None;
         (
             inner.policy.clone(),
             inner.policy_id,
             inner.services.take(),
             std::mem::take(&mut inner.execs),
+            inner.lease.take(),
         )
     };
+    // Nothing of it runs any more: its uid may go to another sandbox.
+    drop(lease);
     drop(services);
     // Its connect and traffic tokens die with it.
     daemon.tokens.forget(&sandbox.id, &sandbox.dir);
@@ -155,6 +160,12 @@ pub(super) async fn supervise(
     sandbox.ended.send_replace(true);
     daemon.observe.sandbox_ended();
     tracing::info!(sandbox = %sandbox.id, reason = end_reason.as_str(), code, "ended");
+}
+
+/// Whether its memory limit's OOM killer ended it: recorded in the cgroup, read before the
+/// cgroup goes.
+fn oom_killed(sandbox: &Sandbox) -> bool {
+    sandbox.view().resources.memory.is_some() && crate::limits::oom_killed(&sandbox.cgroup.path)
 }
 
 pub(super) async fn supervise_exec(
