@@ -160,17 +160,14 @@ impl Config {
     }
 
     /// Host directories no sandbox may see besides the fixed ones: the daemon's state and
-    /// socket, and the agent's runtime directories.
+    /// the agent's runtime directories. (The API socket, wherever it is, is covered with the
+    /// host's other unix sockets: `view` covers every one the host listens on.)
     pub fn hidden_dirs(&self, paths: &crate::paths::Paths) -> Vec<PathBuf> {
-        let mut dirs = vec![
+        vec![
             self.state_dir.clone(),
             paths.run_dir.clone(),
             paths.pin_dir.clone(),
-        ];
-        if let Some(parent) = self.socket.parent() {
-            dirs.push(parent.to_owned());
-        }
-        dirs
+        ]
     }
 
     /// Reads `path`; a missing file at the default location means the defaults.

@@ -8,7 +8,8 @@
 //!   zero, full, random, urandom, tty, a private devpts) and `/sys` read-only;
 //! - empty read-only tmpfs over cgroupfs, bpffs and the agent's state directories;
 //! - `/dev/null` bound over every host unix socket path that is still visible;
-//! - the name resolution and CA files kept where they point into a hidden directory;
+//! - the name resolution and CA files kept where they point into a hidden directory (a
+//!   detached copy of their mount, made before the cover and moved back after it);
 //! - a passwd and group entry for the sandbox's own user, with a writable home.
 //!
 //! The plan is a list of raw operations on prepared strings, so that the child, which
@@ -16,11 +17,8 @@
 //! root directories (a later step) replace the first two operations with a new root.
 use std::{
     ffi::CString,
-    fs, io,
-    os::{
-        fd::{AsRawFd as _, OwnedFd},
-        unix::ffi::OsStrExt as _,
-    },
+    fs,
+    os::unix::ffi::OsStrExt as _,
     path::{Path, PathBuf},
 };
 
@@ -66,6 +64,17 @@ pub enum Op {
     Unlink {
         path: CString,
     },
+    /// A detached copy of the mount at `path` (`open_tree(OPEN_TREE_CLONE)`), kept in stash
+    /// slot `slot` until [`Op::Place`] attaches it: how a host file survives being covered.
+    Stash {
+        path: CString,
+        slot: usize,
+    },
+    /// Attaches stash slot `slot` at `target` (`move_mount`).
+    Place {
+        slot: usize,
+        target: CString,
+    },
 }
 
 impl Op {
@@ -78,21 +87,23 @@ impl Op {
             | Self::Mknod { path, .. }
             | Self::Write { path, .. }
             | Self::Chown { path, .. }
-            | Self::Unlink { path } => path,
+            | Self::Unlink { path }
+            | Self::Stash { path, .. } => path,
             Self::Symlink { link, .. } => link,
+            Self::Place { target, .. } => target,
         };
         p.to_string_lossy().into_owned()
     }
 }
 
-/// The steps of one sandbox's view, and the host files it binds in by descriptor (kept open
-/// until the launch is over).
+/// The steps of one sandbox's view.
 #[derive(Default)]
 pub struct Plan {
     pub ops: Vec<Op>,
-    /// Bound in through `/proc/self/fd`: open until the launch is over.
-    held: Vec<OwnedFd>,
 }
+
+/// Most mounts one plan stashes (the child keeps them in a fixed array: it may not allocate).
+pub const MAX_STASH: usize = 8;
 
 /// The sandbox's own user, as its view shows it.
 #[derive(Clone, Debug)]
@@ -155,7 +166,7 @@ fn is_under(path: &Path, dir: &Path) -> bool {
 }
 
 /// Builds the default view's plan.
-pub fn default_plan(options: &ViewOptions) -> io::Result<Plan> {
+pub fn default_plan(options: &ViewOptions) -> Plan {
     let mut plan = Plan::default();
     // Nothing we mount reaches the host, nothing the host mounts later reaches us (a host
     // mount propagated in would not be read-only).
@@ -167,16 +178,24 @@ pub fn default_plan(options: &ViewOptions) -> io::Result<Plan> {
         data: None,
     });
     plan.ops.push(read_only("/"));
-    let mut hidden: Vec<PathBuf> = Vec::new();
-    for (dir, mode, sized) in PRIVATE_DIRS {
-        if !Path::new(dir).is_dir() {
-            continue;
-        }
+    let private: Vec<(&str, u32, bool)> = PRIVATE_DIRS
+        .into_iter()
+        .filter(|(dir, ..)| Path::new(dir).is_dir())
+        .collect();
+    let mut hidden: Vec<PathBuf> = private.iter().map(|(d, ..)| PathBuf::from(d)).collect();
+    // Files the workload needs whose real place is about to be covered: copied aside first.
+    let kept = kept_files(&hidden);
+    for (slot, real) in kept.iter().enumerate() {
+        plan.ops.push(Op::Stash {
+            path: c(real),
+            slot,
+        });
+    }
+    for (dir, mode, sized) in private {
         let size = if sized { options.tmp_bytes } else { 16 << 20 };
         plan.ops.push(tmpfs(dir, mode, size, false));
-        hidden.push(PathBuf::from(dir));
     }
-    keep_files(&mut plan, &hidden)?;
+    place_kept(&mut plan.ops, &kept, &hidden);
     for dir in KERNEL_HIDDEN
         .iter()
         .map(PathBuf::from)
@@ -202,7 +221,7 @@ pub fn default_plan(options: &ViewOptions) -> io::Result<Plan> {
     if let Some(id) = &options.identity {
         identity_ops(&mut plan.ops, id);
     }
-    // Last: /proc of the new PID namespace (the binds above went through the host's).
+    // Last: /proc of the new PID namespace.
     plan.ops.push(Op::Mount {
         source: Some(c("proc")),
         target: c("/proc"),
@@ -218,7 +237,7 @@ pub fn default_plan(options: &ViewOptions) -> io::Result<Plan> {
         data: None,
     });
     plan.ops.push(read_only("/proc/sys"));
-    Ok(plan)
+    plan
 }
 
 /// `path` and every mount below it read-only, `nosuid`, `nodev`.
@@ -230,54 +249,47 @@ fn read_only(path: impl AsRef<Path>) -> Op {
     }
 }
 
-/// Files the workload needs whose real place is now hidden: bound back by descriptor (the
-/// host's copy is covered already; `/proc/self/fd` still is the host's /proc).
-fn keep_files(plan: &mut Plan, hidden: &[PathBuf]) -> io::Result<()> {
-    for keep in KEEP {
-        let Ok(real) = fs::canonicalize(keep) else {
-            continue;
-        };
-        if !hidden.iter().any(|h| is_under(&real, h)) {
-            continue;
-        }
-        let fd: OwnedFd = fs::File::options()
-            .read(true)
-            .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
-            .open(&real)?
-            .into();
+/// The files of [`KEEP`] whose real place (after symbolic links) is below a directory the
+/// view covers (`/etc/resolv.conf` is often a link into `/run`).
+fn kept_files(hidden: &[PathBuf]) -> Vec<PathBuf> {
+    KEEP.iter()
+        .filter_map(|keep| fs::canonicalize(keep).ok())
+        .filter(|real| hidden.iter().any(|h| is_under(real, h)))
+        .take(MAX_STASH)
+        .collect()
+}
+
+/// Puts the stashed files back at their real place, making the directories above them in
+/// the tmpfs first.
+fn place_kept(ops: &mut Vec<Op>, kept: &[PathBuf], hidden: &[PathBuf]) {
+    for (slot, real) in kept.iter().enumerate() {
         let mut ancestors: Vec<&Path> = real.ancestors().skip(1).collect();
         ancestors.reverse();
         for dir in ancestors {
             if hidden.iter().any(|h| is_under(dir, h) && dir != h) {
-                plan.ops.push(Op::Mkdir {
+                ops.push(Op::Mkdir {
                     path: c(dir),
                     mode: 0o755,
                 });
             }
         }
-        plan.ops.push(if real.is_dir() {
+        ops.push(if real.is_dir() {
             Op::Mkdir {
-                path: c(&real),
+                path: c(real),
                 mode: 0o755,
             }
         } else {
             Op::Write {
-                path: c(&real),
+                path: c(real),
                 content: Vec::new(),
                 mode: 0o644,
             }
         });
-        plan.ops.push(Op::Mount {
-            source: Some(c(format!("/proc/self/fd/{}", fd.as_raw_fd()))),
-            target: c(&real),
-            fstype: None,
-            flags: libc::MS_BIND | libc::MS_REC,
-            data: None,
+        ops.push(Op::Place {
+            slot,
+            target: c(real),
         });
-        plan.ops.push(read_only(&real));
-        plan.held.push(fd);
     }
-    Ok(())
 }
 
 /// A tmpfs `/dev` with the usual character devices, the `/proc/self/fd` links, a private
@@ -432,6 +444,8 @@ pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
 pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
 pub const MOUNT_ATTR_NODEV: u64 = 0x4;
 const AT_RECURSIVE: libc::c_uint = 0x8000;
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
 
 #[repr(C)]
 struct MountAttr {
@@ -450,6 +464,7 @@ pub unsafe fn apply(plan: &Plan) -> Result<(), usize> {
     // SAFETY: raw syscalls on the plan's strings, which outlive the child's use of them.
     unsafe {
         let old_umask = libc::umask(0);
+        let mut stash: [libc::c_int; MAX_STASH] = [-1; MAX_STASH];
         for (i, op) in plan.ops.iter().enumerate() {
             let ok = match op {
                 Op::Mount {
@@ -521,6 +536,28 @@ pub unsafe fn apply(plan: &Plan) -> Result<(), usize> {
                 }
                 Op::Chown { path, uid, gid } => libc::chown(path.as_ptr(), *uid, *gid) == 0,
                 Op::Unlink { path } => libc::unlink(path.as_ptr()) == 0,
+                Op::Stash { path, slot } => {
+                    let fd = libc::syscall(
+                        libc::SYS_open_tree,
+                        libc::AT_FDCWD,
+                        path.as_ptr(),
+                        OPEN_TREE_CLONE | libc::O_CLOEXEC.cast_unsigned() | AT_RECURSIVE,
+                    );
+                    stash[*slot] = libc::c_int::try_from(fd).unwrap_or(-1);
+                    fd >= 0
+                }
+                Op::Place { slot, target } => {
+                    let moved = libc::syscall(
+                        libc::SYS_move_mount,
+                        stash[*slot],
+                        c"".as_ptr(),
+                        libc::AT_FDCWD,
+                        target.as_ptr(),
+                        MOVE_MOUNT_F_EMPTY_PATH,
+                    ) == 0;
+                    libc::close(stash[*slot]);
+                    moved
+                }
             };
             if !ok {
                 return Err(i);
@@ -531,7 +568,6 @@ pub unsafe fn apply(plan: &Plan) -> Result<(), usize> {
     }
 }
 
-use std::os::unix::fs::OpenOptionsExt as _;
 
 #[cfg(test)]
 mod tests {
@@ -549,7 +585,7 @@ mod tests {
             }),
             tmp_bytes: DEFAULT_TMP_BYTES,
         })
-        .expect("plan");
+;
         let subjects: Vec<String> = plan.ops.iter().map(Op::subject).collect();
         for must in [
             "/",
@@ -566,10 +602,9 @@ mod tests {
                 "{must} missing: {subjects:?}"
             );
         }
-        // /proc comes after every bind by descriptor.
-        let proc_at = subjects.iter().position(|s| s == "/proc").expect("proc");
-        assert!(plan.ops[..proc_at].iter().all(|op| !matches!(op,
-            Op::Mount { source: Some(s), .. } if s.to_bytes().starts_with(b"/proc/sys"))));
         assert!(subjects.iter().any(|s| s == "/home/sandbox"));
+        // The new /proc comes last but for its /proc/sys cover.
+        let proc_at = subjects.iter().position(|s| s == "/proc").expect("proc");
+        assert_eq!(proc_at, subjects.len() - 3, "{subjects:?}");
     }
 }

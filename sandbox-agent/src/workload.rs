@@ -119,8 +119,7 @@ pub fn prepare(w: Workload<'_>) -> Result<LaunchSpec, WorkloadError> {
                 hide,
                 identity,
                 tmp_bytes,
-            })
-            .map_err(|e| WorkloadError::new(format!("cannot prepare the sandbox's view: {e}")))?;
+            });
             Enter::New(plan)
         }
         Namespaces::Join(pidfd) => Enter::Join(pidfd),

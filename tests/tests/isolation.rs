@@ -19,6 +19,9 @@ use sandbox_tests::{agent, agent_cmd, daemon::TestDaemon, helpers, sh};
 const UID_FIRST: u32 = 0x6000_0000;
 const UID_COUNT: u32 = 65_536;
 
+/// Held by tests that change or count what the host has in `/run`.
+static RUN_DIR: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn in_range(uid: u32) -> bool {
     (UID_FIRST..UID_FIRST + UID_COUNT).contains(&uid)
 }
@@ -155,6 +158,7 @@ fn signals_reach_the_workload_through_its_init_and_orphans_are_reaped() {
 
 #[test]
 fn host_private_directories_and_the_agents_state_are_invisible() {
+    let _run = RUN_DIR.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let tag = format!("sa-iso-{}", std::process::id());
     let planted: Vec<PathBuf> = ["/tmp", "/var/tmp", "/home", "/root", "/run", "/dev/shm"]
         .iter()
@@ -222,6 +226,48 @@ fn host_private_directories_and_the_agents_state_are_invisible() {
         "0",
         "the state directory is visible: {run:#?}"
     );
+}
+
+/// Puts `/etc/localtime` back as it was when dropped.
+struct Restore {
+    path: PathBuf,
+    saved: PathBuf,
+    dir: PathBuf,
+}
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+        let _ = fs::rename(&self.saved, &self.path);
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn a_kept_file_that_points_into_run_stays_readable() {
+    let _run = RUN_DIR.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    // Hosts with systemd-resolved link /etc/resolv.conf into /run, which the view covers;
+    // /etc/localtime is kept the same way, and changing it here disturbs nothing else.
+    let localtime = PathBuf::from("/etc/localtime");
+    let dir = PathBuf::from(format!("/run/sa-iso-zone-{}", std::process::id()));
+    fs::create_dir_all(&dir).expect("zone dir");
+    let content = format!("zone-{}", std::process::id());
+    fs::write(dir.join("localtime"), &content).expect("zone file");
+    let saved = PathBuf::from(format!("/etc/.localtime-sa-{}", std::process::id()));
+    if fs::symlink_metadata(&localtime).is_ok() {
+        fs::rename(&localtime, &saved).expect("save /etc/localtime");
+    }
+    let _restore = Restore {
+        path: localtime.clone(),
+        saved,
+        dir: dir.clone(),
+    };
+    std::os::unix::fs::symlink(dir.join("localtime"), &localtime).expect("link");
+    let out = inside("cat /etc/localtime; echo; ls -A /run | tr '\\n' ' '");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], content, "{out}");
+    // Only the kept file's directory is there, nothing else of the host's /run.
+    assert_eq!(lines[1].trim(), dir.file_name().and_then(|n| n.to_str()).expect("name"), "{out}");
 }
 
 #[test]

@@ -136,7 +136,8 @@ impl BenchEnv {
         // A /24 per bench process, so two benches (or a test using 198.18.x) do not collide.
         let net = format!("198.19.{}", pid % 250 + 1);
         let mut env = Self {
-            dir: PathBuf::from(format!("/tmp/sa-bench-{pid}")),
+            // Not below /tmp: sandboxes have a private /tmp, and they run the bench's scripts.
+            dir: PathBuf::from(format!("/var/lib/sa-bench-{pid}")),
             netns: format!("sa-bench-{pid}"),
             host_if: format!("sabh{}", pid % 1000),
             host_addr: format!("{net}.1"),
@@ -156,7 +157,7 @@ impl BenchEnv {
         );
 
         fs::create_dir(&env.dir).with_context(|| format!("create {}", env.dir.display()))?;
-        // The workload runs as nobody and must read the policy files and enter the directory.
+        // The workload runs as its own uid and must read the scripts and enter the directory.
         fs::set_permissions(&env.dir, fs::Permissions::from_mode(0o755))?;
 
         let ns = env.netns.clone();
