@@ -34,6 +34,9 @@ pub struct LaunchSpec {
     pub new_session: bool,
     /// The namespaces the workload starts in.
     pub enter: Enter,
+    /// `--root`: uid 0 of a user namespace that maps it to `uid` (new: the init creates it
+    /// and installs the seccomp programs after; join: the exec enters the sandbox's).
+    pub user_namespace: bool,
 }
 
 /// Where a workload's PID, mount and IPC namespaces come from.
@@ -77,6 +80,7 @@ pub enum Step {
     Init = 17,
     View = 18,
     Join = 19,
+    UserNamespace = 20,
 }
 
 impl Step {
@@ -101,6 +105,7 @@ impl Step {
             Step::Init,
             Step::View,
             Step::Join,
+            Step::UserNamespace,
         ]
         .into_iter()
         .find(|s| *s as u32 == v)
@@ -127,6 +132,7 @@ impl Step {
             Self::Init => "start the sandbox's init",
             Self::View => "build the sandbox's file-system view at",
             Self::Join => "enter the sandbox's namespaces",
+            Self::UserNamespace => "make the sandbox's user namespace (--root)",
         }
     }
 }
@@ -239,6 +245,14 @@ pub fn spawn(spec: &LaunchSpec, cgroup_fd: &OwnedFd) -> Result<Child, LaunchErro
     let ruleset = crate::scoping::ruleset()?;
     let ruleset_fd = ruleset.as_ref().map_or(-1, std::os::fd::AsRawFd::as_raw_fd);
     let init_fd = crate::init::executable()?;
+    // A new user namespace is made by the init (the child shares our memory, which
+    // unshare(CLONE_NEWUSER) refuses), which then installs the seccomp programs itself.
+    let init_userns = spec.user_namespace && matches!(spec.enter, Enter::New(_));
+    let seccomp_fd = if init_userns {
+        crate::seccomp::programs_fd()?
+    } else {
+        -1
+    };
 
     let mut pipe = [0 as RawFd; 2];
     // SAFETY: pipe2 writes two fds into the array.
@@ -254,6 +268,18 @@ pub fn spawn(spec: &LaunchSpec, cgroup_fd: &OwnedFd) -> Result<Child, LaunchErro
     let init_strings: Vec<CString> = [
         CString::new(crate::init::INIT_NAME).expect("no NUL"),
         CString::new(write_end.as_raw_fd().to_string()).expect("no NUL"),
+        CString::new(if init_userns {
+            format!("{}:{}", spec.uid, spec.gid)
+        } else {
+            "-".into()
+        })
+        .expect("no NUL"),
+        CString::new(if init_userns {
+            seccomp_fd.to_string()
+        } else {
+            "-".into()
+        })
+        .expect("no NUL"),
         spec.program.clone(),
         CString::new("--").expect("no NUL"),
     ]
@@ -299,6 +325,7 @@ pub fn spawn(spec: &LaunchSpec, cgroup_fd: &OwnedFd) -> Result<Child, LaunchErro
         seccomp: &seccomp,
         ruleset_fd,
         report_fd: write_end.as_raw_fd(),
+        seccomp_fd,
     };
     // SAFETY: the child only makes raw syscalls on memory prepared above (which outlives it:
     // we are suspended until it execs or exits) and never returns into our frames.
@@ -400,6 +427,8 @@ struct ChildArgs<'a> {
     /// The workload's Landlock ruleset (`scoping`), -1 where Landlock is unavailable.
     ruleset_fd: RawFd,
     report_fd: RawFd,
+    /// The seccomp programs for an init that installs them itself, else -1.
+    seccomp_fd: RawFd,
 }
 
 /// Entry of the child on its own stack.
@@ -420,6 +449,7 @@ extern "C" fn child_entry(arg: *mut libc::c_void) -> ! {
             a.seccomp,
             a.ruleset_fd,
             a.report_fd,
+            a.seccomp_fd,
         )
     }
 }
@@ -477,6 +507,7 @@ unsafe fn child_main(
     seccomp: &[libc::sock_fprog; 2],
     ruleset_fd: RawFd,
     report_fd: RawFd,
+    seccomp_fd: RawFd,
 ) -> ! {
     unsafe {
         let fail_at = |step: Step, detail: u32| -> ! {
@@ -520,6 +551,9 @@ unsafe fn child_main(
         }
         // The report pipe goes on to the init, which hands it to the workload.
         if libc::fcntl(report_fd, libc::F_SETFD, 0) != 0 {
+            fail(Step::CloseFds);
+        }
+        if seccomp_fd >= 0 && libc::fcntl(seccomp_fd, libc::F_SETFD, 0) != 0 {
             fail(Step::CloseFds);
         }
         // Still root: build the view in the new mount namespace, or enter the sandbox's.
@@ -574,22 +608,33 @@ unsafe fn child_main(
                 fail(Step::Ambient);
             }
         }
+        // An exec into a --root sandbox enters its user namespace as the sandbox's uid, its
+        // owner (which needs no capability of the host's).
+        if spec.user_namespace
+            && let Enter::Join(pidfd) = &spec.enter
+            && libc::setns(pidfd.as_raw_fd(), libc::CLONE_NEWUSER) != 0
+        {
+            fail(Step::Join);
+        }
         if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
             fail(Step::NoNewPrivs);
         }
         if ruleset_fd >= 0 && crate::scoping::restrict_self(ruleset_fd) != 0 {
             fail(Step::Landlock);
         }
-        for program in seccomp {
-            if libc::prctl(
-                libc::PR_SET_SECCOMP,
-                libc::SECCOMP_MODE_FILTER,
-                ptr::from_ref(program),
-                0,
-                0,
-            ) != 0
-            {
-                fail(Step::Seccomp);
+        // (With a seccomp_fd, the init installs them after making the user namespace.)
+        if seccomp_fd < 0 {
+            for program in seccomp {
+                if libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER,
+                    ptr::from_ref(program),
+                    0,
+                    0,
+                ) != 0
+                {
+                    fail(Step::Seccomp);
+                }
             }
         }
         if libc::chdir(spec.cwd.as_ptr()) != 0 {

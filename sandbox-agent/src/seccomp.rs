@@ -238,6 +238,51 @@ pub fn programs() -> &'static [Vec<libc::sock_filter>; 2] {
     })
 }
 
+/// The programs for an init that installs them itself (`--root`: it must create the
+/// sandbox's user namespace first, which the programs refuse): a sealed memfd made once per
+/// process, holding `[u32 len0][u32 len1]` and then the instructions of both.
+pub fn programs_fd() -> std::io::Result<std::os::fd::RawFd> {
+    use std::{
+        io::Write as _,
+        os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    };
+    static FD: std::sync::OnceLock<OwnedFd> = std::sync::OnceLock::new();
+    if let Some(fd) = FD.get() {
+        return Ok(fd.as_raw_fd());
+    }
+    let mut bytes = Vec::new();
+    for program in programs() {
+        bytes.extend_from_slice(&u32::try_from(program.len()).expect("short").to_ne_bytes());
+    }
+    for program in programs() {
+        for insn in program {
+            bytes.extend_from_slice(&insn.code.to_ne_bytes());
+            bytes.push(insn.jt);
+            bytes.push(insn.jf);
+            bytes.extend_from_slice(&insn.k.to_ne_bytes());
+        }
+    }
+    // SAFETY: memfd_create with a static name.
+    let fd = unsafe {
+        libc::memfd_create(
+            c"sandbox-seccomp".as_ptr(),
+            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor we own.
+    let mut file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    file.write_all(&bytes)?;
+    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE | libc::F_SEAL_SEAL;
+    // SAFETY: fcntl on our own descriptor.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(FD.get_or_init(|| file.into()).as_raw_fd())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

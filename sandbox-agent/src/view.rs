@@ -81,7 +81,7 @@ impl Op {
     /// The path this step works on, for the launch error.
     pub fn subject(&self) -> String {
         let p = match self {
-            Self::Mount { target, .. } => target,
+            Self::Mount { target, .. } | Self::Place { target, .. } => target,
             Self::SetAttr { path, .. }
             | Self::Mkdir { path, .. }
             | Self::Mknod { path, .. }
@@ -90,7 +90,6 @@ impl Op {
             | Self::Unlink { path }
             | Self::Stash { path, .. } => path,
             Self::Symlink { link, .. } => link,
-            Self::Place { target, .. } => target,
         };
         p.to_string_lossy().into_owned()
     }
@@ -112,6 +111,8 @@ pub struct Identity {
     pub uid: u32,
     pub gid: u32,
     pub home: PathBuf,
+    /// Whether the view must list it in passwd and group (false for `--root`: root is).
+    pub listed: bool,
 }
 
 /// What the default view is made of besides the fixed parts.
@@ -371,6 +372,14 @@ fn tmpfs(dir: impl AsRef<Path>, mode: u32, size: u64, read_only: bool) -> Op {
 /// The host's passwd and group with the sandbox's user added, bound over `/etc`, and its
 /// home directory.
 fn identity_ops(ops: &mut Vec<Op>, id: &Identity) {
+    if !id.listed {
+        ops.push(Op::Chown {
+            path: c(&id.home),
+            uid: id.uid,
+            gid: id.gid,
+        });
+        return;
+    }
     let mut passwd = fs::read("/etc/passwd").unwrap_or_default();
     if !passwd.is_empty() && !passwd.ends_with(b"\n") {
         passwd.push(b'\n');
@@ -437,6 +446,33 @@ fn visible_unix_sockets(hidden: &[PathBuf]) -> Vec<PathBuf> {
     out.sort();
     out.dedup();
     out
+}
+
+/// Creates (or truncates) `path` with `content`: raw syscalls, for the launch child.
+unsafe fn write_new(path: &CString, content: &[u8], mode: u32) -> bool {
+    // SAFETY: open/write/close on prepared data.
+    unsafe {
+        let fd = libc::open(
+            path.as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC,
+            mode,
+        );
+        if fd < 0 {
+            return false;
+        }
+        let mut done = 0usize;
+        let mut ok = true;
+        while done < content.len() {
+            let n = libc::write(fd, content[done..].as_ptr().cast(), content.len() - done);
+            if n <= 0 {
+                ok = false;
+                break;
+            }
+            done += n.cast_unsigned();
+        }
+        libc::close(fd);
+        ok
+    }
 }
 
 // linux/mount.h; not in libc.
@@ -509,31 +545,7 @@ pub unsafe fn apply(plan: &Plan) -> Result<(), usize> {
                     path,
                     content,
                     mode,
-                } => {
-                    let fd = libc::open(
-                        path.as_ptr(),
-                        libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC,
-                        *mode,
-                    );
-                    fd >= 0 && {
-                        let mut done = 0usize;
-                        let mut ok = true;
-                        while done < content.len() {
-                            let n = libc::write(
-                                fd,
-                                content[done..].as_ptr().cast(),
-                                content.len() - done,
-                            );
-                            if n <= 0 {
-                                ok = false;
-                                break;
-                            }
-                            done += n.cast_unsigned();
-                        }
-                        libc::close(fd);
-                        ok
-                    }
-                }
+                } => write_new(path, content, *mode),
                 Op::Chown { path, uid, gid } => libc::chown(path.as_ptr(), *uid, *gid) == 0,
                 Op::Unlink { path } => libc::unlink(path.as_ptr()) == 0,
                 Op::Stash { path, slot } => {
@@ -568,7 +580,6 @@ pub unsafe fn apply(plan: &Plan) -> Result<(), usize> {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -582,10 +593,10 @@ mod tests {
                 uid: 1_610_612_800,
                 gid: 1_610_612_800,
                 home: PathBuf::from("/home/sandbox"),
+                listed: true,
             }),
             tmp_bytes: DEFAULT_TMP_BYTES,
-        })
-;
+        });
         let subjects: Vec<String> = plan.ops.iter().map(Op::subject).collect();
         for must in [
             "/",

@@ -28,6 +28,8 @@ pub struct Workload<'a> {
     pub user: Option<&'a str>,
     /// The uid leased for the sandbox ([`identity`]); `None` only with an explicit `user`.
     pub sandbox_uid: Option<u32>,
+    /// `--root`: uid 0 in a user namespace of the sandbox's own, mapped to `sandbox_uid`.
+    pub root: bool,
     pub keep_caps: Vec<u32>,
     pub namespaces: Namespaces,
 }
@@ -64,16 +66,7 @@ pub fn prepare(w: Workload<'_>) -> Result<LaunchSpec, WorkloadError> {
     let Some(command) = w.command.first() else {
         return Err(WorkloadError::new("no command given"));
     };
-    let user = match (w.user, w.sandbox_uid) {
-        (None, Some(uid)) => user::User {
-            name: identity::SANDBOX_USER.into(),
-            uid,
-            gid: uid,
-            groups: vec![uid],
-            home: identity::SANDBOX_HOME.into(),
-        },
-        (spec, _) => user::resolve(spec).map_err(|e| WorkloadError::new(e.to_string()))?,
-    };
+    let user = workload_user(&w)?;
     let mut env: Vec<(OsString, OsString)> = vec![
         ("PATH".into(), DEFAULT_PATH.into()),
         ("HOME".into(), user.home.clone().into_os_string()),
@@ -114,6 +107,9 @@ pub fn prepare(w: Workload<'_>) -> Result<LaunchSpec, WorkloadError> {
                 uid: user.uid,
                 gid: user.gid,
                 home: user.home.clone(),
+                // root is in the host's passwd already (uid 0 is the sandbox's own uid in
+                // its user namespace); only its home becomes its own.
+                listed: !w.root,
             });
             let plan = view::default_plan(&view::ViewOptions {
                 hide,
@@ -150,6 +146,34 @@ pub fn prepare(w: Workload<'_>) -> Result<LaunchSpec, WorkloadError> {
         // into the operator's shell (`TIOCSTI`) or read it after the agent exits.
         new_session: true,
         enter,
+        user_namespace: w.root,
+    })
+}
+
+/// Who the workload runs as: the sandbox's own uid (named `sandbox`, or `root` of its user
+/// namespace with `--root`), or the user asked for.
+fn workload_user(w: &Workload<'_>) -> Result<user::User, WorkloadError> {
+    if w.root && (w.user.is_some() || w.sandbox_uid.is_none()) {
+        return Err(WorkloadError::new(
+            "--root runs as root of the sandbox's own user namespace, mapped to its own uid: it cannot be combined with --user",
+        ));
+    }
+    Ok(match (w.user, w.sandbox_uid) {
+        (None, Some(uid)) if w.root => user::User {
+            name: "root".into(),
+            uid,
+            gid: uid,
+            groups: vec![uid],
+            home: "/root".into(),
+        },
+        (None, Some(uid)) => user::User {
+            name: identity::SANDBOX_USER.into(),
+            uid,
+            gid: uid,
+            groups: vec![uid],
+            home: identity::SANDBOX_HOME.into(),
+        },
+        (spec, _) => user::resolve(spec).map_err(|e| WorkloadError::new(e.to_string()))?,
     })
 }
 

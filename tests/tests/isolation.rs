@@ -28,7 +28,15 @@ fn in_range(uid: u32) -> bool {
 
 /// `run -- sh -c SCRIPT`, which must exit 0; its stdout.
 fn inside(script: &str) -> String {
-    let run = agent_cmd(&["run", "--embedded", "--", "/bin/sh", "-c", script]);
+    inside_with(&[], script)
+}
+
+/// `run FLAGS -- sh -c SCRIPT`, which must exit 0; its stdout.
+fn inside_with(flags: &[&str], script: &str) -> String {
+    let mut args = vec!["run", "--embedded"];
+    args.extend_from_slice(flags);
+    args.extend_from_slice(&["--", "/bin/sh", "-c", script]);
+    let run = agent_cmd(&args);
     assert_eq!(run.code, 0, "`{script}` failed: {run:#?}");
     run.stdout
 }
@@ -41,8 +49,14 @@ struct Live {
 
 impl Live {
     fn start(script: &str) -> Self {
+        Self::start_with(&[], script)
+    }
+
+    fn start_with(flags: &[&str], script: &str) -> Self {
         let mut child = Command::new(agent())
-            .args(["run", "--embedded", "--", "/bin/sh", "-c", script])
+            .args(["run", "--embedded"])
+            .args(flags)
+            .args(["--", "/bin/sh", "-c", script])
             .current_dir("/")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -158,7 +172,9 @@ fn signals_reach_the_workload_through_its_init_and_orphans_are_reaped() {
 
 #[test]
 fn host_private_directories_and_the_agents_state_are_invisible() {
-    let _run = RUN_DIR.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _run = RUN_DIR
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let tag = format!("sa-iso-{}", std::process::id());
     let planted: Vec<PathBuf> = ["/tmp", "/var/tmp", "/home", "/root", "/run", "/dev/shm"]
         .iter()
@@ -245,7 +261,9 @@ impl Drop for Restore {
 
 #[test]
 fn a_kept_file_that_points_into_run_stays_readable() {
-    let _run = RUN_DIR.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _run = RUN_DIR
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     // Hosts with systemd-resolved link /etc/resolv.conf into /run, which the view covers;
     // /etc/localtime is kept the same way, and changing it here disturbs nothing else.
     let localtime = PathBuf::from("/etc/localtime");
@@ -267,7 +285,11 @@ fn a_kept_file_that_points_into_run_stays_readable() {
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0], content, "{out}");
     // Only the kept file's directory is there, nothing else of the host's /run.
-    assert_eq!(lines[1].trim(), dir.file_name().and_then(|n| n.to_str()).expect("name"), "{out}");
+    assert_eq!(
+        lines[1].trim(),
+        dir.file_name().and_then(|n| n.to_str()).expect("name"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -497,4 +519,107 @@ fn uid_ranges_that_meet_host_users_are_refused() {
         run.stderr.contains("overlaps user nobody (65534)"),
         "{run:#?}"
     );
+}
+
+#[test]
+fn root_is_uid_0_of_its_own_user_namespace_with_no_host_capability() {
+    let out = inside_with(
+        &["--root"],
+        "id -u; cat /proc/self/uid_map | tr -s ' ' | sed 's/^ //'; echo \"HOME=$HOME\"; \
+         touch /root/f && echo root-home-writable; \
+         mount -t tmpfs none /mnt 2>/dev/null && echo MOUNTED || echo mount-refused; \
+         unshare -U true 2>/dev/null && echo NESTED || echo nested-refused; \
+         python3 -c 'import socket; socket.socket(socket.AF_INET, socket.SOCK_RAW, 1)' \
+           2>/dev/null && echo RAW || echo raw-refused; \
+         touch /tmp/x; chown 1000 /tmp/x 2>/dev/null && echo CHOWNED || echo chown-refused",
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "0", "{out}");
+    let map: Vec<&str> = lines[1].split(' ').collect();
+    assert_eq!(map.len(), 3, "{out}");
+    let host_uid: u32 = map[1].parse().expect("uid");
+    assert!(
+        map[0] == "0" && map[2] == "1" && in_range(host_uid),
+        "{out}"
+    );
+    assert_eq!(
+        &lines[2..],
+        [
+            "HOME=/root",
+            "root-home-writable",
+            "mount-refused",
+            "nested-refused",
+            "raw-refused",
+            "chown-refused"
+        ],
+        "{out}"
+    );
+    // The host sees the sandbox's own uid, not root.
+    let live = Live::start_with(&["--root"], "echo up; sleep 30");
+    assert_eq!(live.line(), "up");
+    let uids = sh(&format!(
+        "for p in $(cat /proc/{}/task/*/children); do ps -o uid= --ppid $p; ps -o uid= -p $p; done",
+        live.child.id()
+    ));
+    assert!(
+        !uids.is_empty()
+            && uids
+                .split_whitespace()
+                .all(|u| u.parse().is_ok_and(in_range)),
+        "host uids of a --root sandbox: {uids:?}"
+    );
+    // --root with --user is refused before anything starts.
+    let run = agent_cmd(&[
+        "run",
+        "--embedded",
+        "--root",
+        "--user",
+        "nobody",
+        "--",
+        "/bin/true",
+    ]);
+    assert_eq!(run.code, 125, "{run:#?}");
+    assert_eq!(run.stderr.lines().count(), 1, "{run:#?}");
+    assert!(
+        run.stderr.contains("cannot be combined with --user"),
+        "{run:#?}"
+    );
+}
+
+#[test]
+fn execs_into_a_root_sandbox_are_its_root() {
+    let d = TestDaemon::start();
+    let id = d.ok(&[
+        "create",
+        "--root",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo from-root > /root/mark; exec sleep 60",
+    ]);
+    let view = d.inspect(&id);
+    assert_eq!(view["root"], true, "{view}");
+    assert_eq!(view["user"], "root", "{view}");
+    let seen = (0..50)
+        .map(|_| {
+            thread::sleep(Duration::from_millis(20));
+            d.ok(&[
+                "exec",
+                &id,
+                "--",
+                "/bin/sh",
+                "-c",
+                "id -u; cat /root/mark 2>/dev/null || true",
+            ])
+        })
+        .find(|o| o.ends_with("from-root"));
+    assert_eq!(
+        seen.as_deref(),
+        Some("0\nfrom-root"),
+        "the exec is not the sandbox's root"
+    );
+    let run = d.cli(&["exec", &id, "--user", "nobody", "--", "/bin/true"]);
+    assert_ne!(run.code, 0, "{run:#?}");
+    assert!(run.stderr.contains("--root sandbox"), "{run:#?}");
+    d.cli(&["kill", &id]);
 }

@@ -16,6 +16,8 @@ pub const PREFIX: &str = "/v1";
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// `POST /v1/sandboxes`.
+// Its flags are independent choices of the caller, not a state machine.
+#[allow(clippy::struct_excessive_bools)]
 #[derive(Clone, Debug, Default, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRequest {
@@ -65,6 +67,10 @@ pub struct CreateRequest {
     /// Memory, CPU and process limits (cgroup v2 controllers; refused where missing).
     #[serde(default, skip_serializing_if = "Resources::is_empty")]
     pub resources: Resources,
+    /// Run as root of a user namespace of the sandbox's own, mapped to its own host uid (for
+    /// package managers); no capability of the host's. Not with `user`.
+    #[serde(default)]
+    pub root: bool,
 }
 
 /// A sandbox's resource limits, as `--memory`, `--cpus` and `--pids` give them.
@@ -221,6 +227,9 @@ pub struct SandboxView {
     pub uid: u32,
     #[serde(default, skip_serializing_if = "Resources::is_empty")]
     pub resources: Resources,
+    /// Root of its own user namespace (`root` at create).
+    #[serde(default)]
+    pub root: bool,
     pub policy: PolicyFile,
     pub timeout_ms: u64,
     pub idle_timeout_ms: Option<u64>,

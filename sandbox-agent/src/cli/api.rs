@@ -153,12 +153,19 @@ impl ResourceArgs {
     }
 }
 
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "command-line flags, each its own switch"
+)]
 #[derive(Args)]
 pub struct CreateArgs {
     #[command(flatten)]
     policy: PolicyArgs,
     #[command(flatten)]
     resources: ResourceArgs,
+    /// Run as root of a user namespace mapped to the sandbox's own uid (package managers).
+    #[arg(long)]
+    root: bool,
     /// Unique among live sandboxes: 1-63 of A-Z a-z 0-9 . _ -
     #[arg(long)]
     name: Option<String>,
@@ -412,6 +419,7 @@ pub fn create_request(args: &CreateArgs) -> Result<CreateRequest, String> {
         private_ports: args.private_ports,
         mask_host: args.mask_host.clone(),
         resources: args.resources.request(),
+        root: args.root,
         max_learned_addresses: args.max_learned_addresses,
     })
 }

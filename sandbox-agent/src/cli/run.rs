@@ -41,6 +41,10 @@ pub struct RunArgs {
     user: Option<String>,
     #[command(flatten)]
     resources: super::api::ResourceArgs,
+    /// Run as root of a user namespace mapped to the sandbox's own uid, so that package
+    /// managers work; no capability of the host's. Not with --user.
+    #[arg(long)]
+    root: bool,
     /// Kill the workload after this long (e.g. 30s, 5m); exit status 124.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     timeout: Option<Duration>,
@@ -227,6 +231,7 @@ fn prepare(args: &RunArgs) -> Result<(RunOptions, String), Failure> {
         cwd,
         user: args.user.as_deref(),
         sandbox_uid: lease.as_ref().map(|l| l.uid),
+        root: args.root,
         keep_caps,
         namespaces: workload::Namespaces::New { hide, tmp_bytes },
     })
@@ -420,6 +425,7 @@ fn daemon_request(args: &RunArgs) -> Result<CreateRequest, Failure> {
         proxy_env: args.proxy_env,
         max_learned_addresses: args.max_learned_addresses,
         resources: args.resources.request(),
+        root: args.root,
         ..CreateRequest::default()
     })
 }

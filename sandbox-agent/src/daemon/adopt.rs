@@ -282,7 +282,8 @@ impl Daemon {
         if !live {
             return Ok((None, None));
         }
-        let lease = (view.user == crate::identity::SANDBOX_USER && view.uid != 0)
+        let own = view.user == crate::identity::SANDBOX_USER || view.root;
+        let lease = (own && view.uid != 0)
             .then(|| crate::identity::relet(&self.paths, view.uid))
             .transpose()?;
         Ok((lease, init_of(view.pid, cgroup)))

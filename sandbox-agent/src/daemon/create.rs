@@ -89,9 +89,10 @@ impl Daemon {
             ready: req.probe.is_none(),
             command,
             cwd,
-            user: (req.user.clone()).unwrap_or_else(|| crate::identity::SANDBOX_USER.into()),
+            user: user_name(&req),
             uid,
             resources: req.resources.clone(),
+            root: req.root,
             policy: req.policy.clone(),
             timeout_ms: millis(timeout),
             idle_timeout_ms: idle_timeout.map(millis),
@@ -115,11 +116,8 @@ impl Daemon {
             traffic_token: None,
             counters: None,
         };
-        let readiness = if req.probe.is_some() {
-            Readiness::Pending
-        } else {
-            Readiness::NoProbe
-        };
+        let readiness =
+            [Readiness::NoProbe, Readiness::Pending][usize::from(req.probe.is_some())].clone();
         let inner = Inner {
             services,
             stdin,
@@ -386,6 +384,15 @@ impl Daemon {
     }
 }
 
+/// The user a sandbox is shown to run as: the one asked for, or its own.
+fn user_name(req: &CreateRequest) -> String {
+    match (&req.user, req.root) {
+        (Some(u), _) => u.clone(),
+        (None, true) => "root".into(),
+        (None, false) => crate::identity::SANDBOX_USER.into(),
+    }
+}
+
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -507,7 +514,7 @@ fn check_create(
         &command,
         &req.env,
         &cwd,
-        (req.user.as_deref(), sandbox_uid),
+        (req.user.as_deref(), sandbox_uid, req.root),
         namespaces,
     )?;
     Ok(Checked {
@@ -575,7 +582,7 @@ pub(super) fn prepare_workload(
     command: &[String],
     env: &BTreeMap<String, String>,
     cwd: &str,
-    (user, sandbox_uid): (Option<&str>, Option<u32>),
+    (user, sandbox_uid, root): (Option<&str>, Option<u32>, bool),
     namespaces: workload::Namespaces,
 ) -> Result<launch::LaunchSpec> {
     let command: Vec<OsString> = command.iter().map(OsString::from).collect();
@@ -588,6 +595,7 @@ pub(super) fn prepare_workload(
         cwd: PathBuf::from(cwd),
         user,
         sandbox_uid,
+        root,
         keep_caps: Vec::new(),
         namespaces,
     })

@@ -39,10 +39,16 @@ impl Daemon {
         let init = init
             .ok_or(Error::Lost("the sandbox's init is not known"))?
             .map_err(|e| Error::ExecStart(format!("cannot reach the sandbox's init: {e}")))?;
+        if view.root && req.user.is_some() {
+            return Err(Error::invalid(
+                "user",
+                "an exec into a --root sandbox runs as its root: user cannot be given",
+            ));
+        }
         let user = match (&req.user, own_uid) {
-            (Some(u), _) => (Some(u.as_str()), None),
-            (None, Some(uid)) => (None, Some(uid)),
-            (None, None) => (Some(view.user.as_str()), None),
+            (Some(u), _) => (Some(u.as_str()), None, false),
+            (None, Some(uid)) => (None, Some(uid), view.root),
+            (None, None) => (Some(view.user.as_str()), None, false),
         };
         let mut spec = prepare_workload(
             &req.command,
