@@ -100,7 +100,14 @@ pub extern "C" fn main(argc: c_int, argv: *const *const c_char) -> c_int {
         // `ps` shows this name, not the memfd's.
         prctl(PR_SET_NAME, c"sandbox-init".as_ptr() as usize, 0, 0, 0);
         let workload_argv = argv.add(6);
-        if let Some(ids) = parse_ids(*argv.add(2)) {
+        let userns = parse_ids(*argv.add(2));
+        // The launch child leaves seccomp to the init only with a user namespace to make:
+        // then a seccomp descriptor must come too (fail closed).
+        if userns.is_some() && parse_fd(*argv.add(3)).is_none() {
+            report(report_fd, STEP_SECCOMP);
+            _exit(125);
+        }
+        if let Some(ids) = userns {
             if !enter_user_namespace(ids) {
                 report(report_fd, STEP_USERNS);
                 _exit(125);

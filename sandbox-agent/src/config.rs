@@ -67,6 +67,11 @@ pub struct Config {
     /// Size of a sandbox's private `/tmp`, `/var/tmp` and `/home` each (`512m`, `2g`).
     #[serde(default = "default_tmp_size")]
     pub tmp_size: String,
+    /// Limits of every sandbox that does not set its own (`--memory`, `--cpus`, `--pids`);
+    /// the daemon refuses to start where the cgroup v2 controller is missing.
+    pub default_memory: Option<String>,
+    pub default_cpus: Option<String>,
+    pub default_pids: Option<String>,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -151,6 +156,15 @@ impl Config {
             count: self.uid_count,
         }
         .check()
+    }
+
+    /// The default limits, as a create request gives limits.
+    pub fn default_resources(&self) -> crate::api::Resources {
+        crate::api::Resources {
+            memory: self.default_memory.clone(),
+            cpus: self.default_cpus.clone(),
+            pids: self.default_pids.clone(),
+        }
     }
 
     /// `tmp_size` in bytes.

@@ -2,11 +2,12 @@
 //!
 //! Sandboxes that shared a uid (`nobody`) could signal, trace and read each other whenever
 //! another layer failed; distinct uids make the kernel's own permission checks a second
-//! wall. A lease is an exclusive `flock` on `<run_dir>/uids/<uid>`, held by whoever keeps the
-//! sandbox (the embedded `run` process or the daemon) until its cgroup is empty, so two live
-//! sandboxes never share a uid, across agents too, and a uid is not handed out again while
-//! a process of its last owner remains. The files are never removed: a removal would let a
-//! second agent lock a fresh file of the same name while the first still holds the old one.
+//! wall. A uid is taken when two things hold: an exclusive `flock` on `<run_dir>/uids/<uid>`
+//! (held by whoever keeps the sandbox, the embedded `run` process or the daemon), and the
+//! cgroup recorded in that file by its last owner has no process left. The record outlives
+//! its keeper: a sandbox whose daemon stopped, or whose `run` was killed, keeps its uid for as
+//! long as anything of it runs. The files are never removed: a removal would let a second
+//! agent lock a fresh file of the same name while the first still holds the old one.
 use std::{fs, io, ops::RangeInclusive, path::Path};
 
 use crate::{enforcement::FileLock, paths::Paths};
@@ -59,7 +60,17 @@ impl Default for UidRange {
     }
 }
 
+impl std::fmt::Display for UidRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.first, self.last())
+    }
+}
+
 impl UidRange {
+    pub fn contains(self, id: u32) -> bool {
+        self.ids().contains(&id)
+    }
+
     fn ids(self) -> RangeInclusive<u32> {
         self.first..=self.last()
     }
@@ -136,10 +147,34 @@ fn overlapping_subid(text: &str, range: UidRange) -> Option<(String, u32, u32)> 
     })
 }
 
-/// A uid held for one sandbox; given back when dropped.
+/// A uid held for one sandbox; given back when dropped (and its cgroup is empty).
 pub struct Lease {
     pub uid: u32,
+    path: std::path::PathBuf,
     _lock: FileLock,
+}
+
+impl Lease {
+    /// Records the sandbox's cgroup: the uid stays taken while it has processes, whatever
+    /// happens to this lease's keeper.
+    pub fn bind_cgroup(&self, cgroup: &Path) -> Result<(), IdentityError> {
+        fs::write(&self.path, cgroup.as_os_str().as_encoded_bytes()).map_err(|source| {
+            IdentityError::Io {
+                path: self.path.display().to_string(),
+                source,
+            }
+        })
+    }
+}
+
+/// Whether the cgroup a lease file records still has processes.
+fn still_running(lease: &Path) -> bool {
+    let Ok(cgroup) = fs::read_to_string(lease) else {
+        return false;
+    };
+    !cgroup.is_empty()
+        && fs::read_to_string(Path::new(&cgroup).join("cgroup.events"))
+            .is_ok_and(|e| e.lines().any(|l| l == "populated 1"))
 }
 
 impl std::fmt::Debug for Lease {
@@ -168,8 +203,14 @@ pub fn lease(paths: &Paths, range: UidRange) -> Result<Lease, IdentityError> {
     for i in 0..range.count {
         let uid = range.first + (start + i) % range.count;
         let path = lease_path(paths, uid);
-        if let Some(lock) = FileLock::try_acquire(&path).map_err(io_err(&path))? {
-            return Ok(Lease { uid, _lock: lock });
+        if let Some(lock) = FileLock::try_acquire(&path).map_err(io_err(&path))?
+            && !still_running(&path)
+        {
+            return Ok(Lease {
+                uid,
+                path,
+                _lock: lock,
+            });
         }
     }
     Err(IdentityError::Exhausted {
@@ -179,9 +220,9 @@ pub fn lease(paths: &Paths, range: UidRange) -> Result<Lease, IdentityError> {
     })
 }
 
-/// Takes the lease of a uid a sandbox already has (a daemon re-adopting it); waits for an
-/// agent that is still letting it go.
-pub fn relet(paths: &Paths, uid: u32) -> Result<Lease, IdentityError> {
+/// Takes the lease of a uid a sandbox already has (a daemon re-adopting it); `None` if
+/// another agent holds it (the sandbox's recorded cgroup keeps the uid taken meanwhile).
+pub fn relet(paths: &Paths, uid: u32, cgroup: &Path) -> Result<Option<Lease>, IdentityError> {
     let dir = paths.run_dir.join("uids");
     let path = lease_path(paths, uid);
     let io_err = |source| IdentityError::Io {
@@ -189,11 +230,20 @@ pub fn relet(paths: &Paths, uid: u32) -> Result<Lease, IdentityError> {
         source,
     };
     fs::create_dir_all(&dir).map_err(io_err)?;
-    let lock = FileLock::acquire(&path).map_err(|source| IdentityError::Io {
+    let Some(lock) = FileLock::try_acquire(&path).map_err(|source| IdentityError::Io {
         path: path.display().to_string(),
         source,
-    })?;
-    Ok(Lease { uid, _lock: lock })
+    })?
+    else {
+        return Ok(None);
+    };
+    let lease = Lease {
+        uid,
+        path,
+        _lock: lock,
+    };
+    lease.bind_cgroup(cgroup)?;
+    Ok(Some(lease))
 }
 
 #[cfg(test)]
@@ -253,7 +303,19 @@ mod tests {
             Err(IdentityError::Exhausted { .. })
         ));
         let freed = a.uid;
+        // A lease whose recorded cgroup still has processes stays taken after its keeper
+        // let go (a stand-in cgroup directory whose events say so).
+        let cgroup = dir.join("cgroup");
+        fs::create_dir_all(&cgroup).expect("cgroup dir");
+        fs::write(cgroup.join("cgroup.events"), "populated 1\nfrozen 0\n").expect("events");
+        a.bind_cgroup(&cgroup).expect("bind");
         drop(a);
+        assert!(matches!(
+            lease(&paths, range),
+            Err(IdentityError::Exhausted { .. })
+        ));
+        // Its processes gone, the uid comes back.
+        fs::write(cgroup.join("cgroup.events"), "populated 0\nfrozen 0\n").expect("events");
         assert_eq!(lease(&paths, range).expect("again").uid, freed);
         let _ = fs::remove_dir_all(dir);
     }

@@ -520,6 +520,24 @@ unsafe fn child_main(
             libc::_exit(125);
         };
         let fail = |step: Step| -> ! { fail_at(step, 0) };
+        // The agent's signal handlers are its code on its memory, which we share until the
+        // exec: every signal goes back to its default before any is unblocked (as
+        // posix_spawn does).
+        for sig in 1..=64 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+        // A crash of the workload starts no core dump helper (with `core_pattern` a pipe,
+        // the host runs it as root on the workload's memory); 1 is the limit at which the
+        // kernel skips even a pipe.
+        let core = libc::rlimit {
+            rlim_cur: 1,
+            rlim_max: 1,
+        };
+        if libc::setrlimit(libc::RLIMIT_CORE, &raw const core) != 0 {
+            fail(Step::SignalMask);
+        }
         // The agent blocks signals to read them from a signalfd, and Rust ignores SIGPIPE;
         // the workload gets neither.
         let mut empty: libc::sigset_t = mem::zeroed();

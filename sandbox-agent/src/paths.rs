@@ -33,6 +33,10 @@ impl Paths {
     pub fn install_lock(&self) -> PathBuf {
         self.run_dir.join("install.lock")
     }
+    /// An empty directory on which sandboxes with a root directory assemble their view.
+    pub fn root_staging(&self) -> PathBuf {
+        self.run_dir.join("root")
+    }
     pub fn sandbox_locks(&self) -> PathBuf {
         self.run_dir.join("sandboxes")
     }

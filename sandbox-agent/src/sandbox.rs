@@ -46,6 +46,8 @@ pub enum RunError {
     Domains(#[from] DomainError),
     #[error(transparent)]
     Limits(#[from] crate::limits::LimitError),
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityError),
 }
 
 impl RunError {
@@ -133,6 +135,9 @@ pub fn run(paths: &Paths, mut opts: RunOptions) -> Result<RunReport, RunError> {
     opts.limits.prepare(&parent)?;
     let cgroup_id = sandbox.cgroup(&parent, &id)?.id;
     opts.limits.apply(&sandbox.made_cgroup().path)?;
+    if let Some(lease) = &opts.lease {
+        lease.bind_cgroup(&sandbox.made_cgroup().path)?;
+    }
     timing.mark("lock and cgroup");
     // Domain rules: the resolver and proxy listen before the kernel may redirect to them.
     // Started after the signal mask is set, so their threads inherit it.

@@ -83,9 +83,19 @@ const CLONE_NEWTIME: u64 = 0x80;
 /// - `io_uring_setup`: `io_uring` creates sockets and sets options without the syscalls this
 ///   filter sees;
 /// - `setns`: entering another namespace;
+/// - `keyctl`, `add_key`, `request_key`: the kernel's keyrings are per uid and outlive the
+///   processes of a sandbox (a later owner of the same uid would find them), and
+///   `request_key` starts host helpers as root outside the sandbox (the `dns_resolver` key
+///   type resolves names through the host's resolver, around the agent's);
 /// - the `socketcall` and x32 forms are refused by ABI in `programs` (they would skip the
 ///   argument checks).
-const REFUSED_CALLS: [i64; 2] = [libc::SYS_io_uring_setup, libc::SYS_setns];
+const REFUSED_CALLS: [i64; 5] = [
+    libc::SYS_io_uring_setup,
+    libc::SYS_setns,
+    libc::SYS_keyctl,
+    libc::SYS_add_key,
+    libc::SYS_request_key,
+];
 
 fn cond(arg: u8, op: Op, value: u64) -> Cond {
     Cond::new(arg, Len::Dword, op, value).expect("argument index below 6")

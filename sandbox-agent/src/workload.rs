@@ -30,15 +30,23 @@ pub struct Workload<'a> {
     pub sandbox_uid: Option<u32>,
     /// `--root`: uid 0 in a user namespace of the sandbox's own, mapped to `sandbox_uid`.
     pub root: bool,
+    /// The ids sandboxes lease their own uids from: an explicit `user` may not name one.
+    pub reserved: identity::UidRange,
     pub keep_caps: Vec<u32>,
     pub namespaces: Namespaces,
 }
 
 /// The namespaces a workload starts in.
 pub enum Namespaces {
-    /// A new sandbox: namespaces of its own and the default view, hiding these host
-    /// directories (the agent's state) besides the fixed ones.
-    New { hide: Vec<PathBuf>, tmp_bytes: u64 },
+    /// A new sandbox: namespaces of its own and its view (the host's root hiding these host
+    /// directories, the agent's state, besides the fixed ones; or a root directory), with
+    /// `--mount`s (checked by `view::check_mounts`).
+    New {
+        hide: Vec<PathBuf>,
+        tmp_bytes: u64,
+        root: Option<view::RootDir>,
+        mounts: Vec<view::BindMount>,
+    },
     /// An exec into a live sandbox: its init's pidfd.
     Join(OwnedFd),
 }
@@ -93,33 +101,31 @@ pub fn prepare(w: Workload<'_>) -> Result<LaunchSpec, WorkloadError> {
         .find(|(k, _)| k == "PATH")
         .map(|(_, v)| v.clone());
     let name = command.to_string_lossy().into_owned();
-    let Some(program) = launch::resolve_program(command, path_var.as_deref()) else {
+    let root = match &w.namespaces {
+        Namespaces::New { root: Some(r), .. } => Some(r.dir.clone()),
+        _ => None,
+    };
+    let program = match &root {
+        None => launch::resolve_program(command, path_var.as_deref()),
+        Some(root) => resolve_in_root(root, command, path_var.as_deref()),
+    };
+    let Some(program) = program else {
         return Err(WorkloadError {
-            message: format!("{name}: command not found"),
+            message: match &root {
+                None => format!("{name}: command not found"),
+                Some(r) => format!(
+                    "{name}: command not found in the root directory {}",
+                    r.display()
+                ),
+            },
             code: 127,
         });
     };
-    let enter = match w.namespaces {
-        Namespaces::New { hide, tmp_bytes } => {
-            // The sandbox's own user is in no host file: its view lists it, with a home.
-            let identity = (w.user.is_none() && w.sandbox_uid.is_some()).then(|| view::Identity {
-                name: user.name.clone(),
-                uid: user.uid,
-                gid: user.gid,
-                home: user.home.clone(),
-                // root is in the host's passwd already (uid 0 is the sandbox's own uid in
-                // its user namespace); only its home becomes its own.
-                listed: !w.root,
-            });
-            let plan = view::default_plan(&view::ViewOptions {
-                hide,
-                identity,
-                tmp_bytes,
-            });
-            Enter::New(plan)
-        }
-        Namespaces::Join(pidfd) => Enter::Join(pidfd),
-    };
+    let enter = enter(
+        w.namespaces,
+        &user,
+        (w.user.is_none() && w.sandbox_uid.is_some(), w.root),
+    );
     Ok(LaunchSpec {
         program: cstr(program.as_os_str().as_bytes(), "the command")?,
         argv: w
@@ -150,6 +156,39 @@ pub fn prepare(w: Workload<'_>) -> Result<LaunchSpec, WorkloadError> {
     })
 }
 
+/// The namespaces of the launch: new ones with the view, or a live sandbox's. `own`: the
+/// user is the sandbox's own (its view lists it); `as_root`: as root of its user namespace.
+fn enter(namespaces: Namespaces, user: &user::User, (own, as_root): (bool, bool)) -> Enter {
+    match namespaces {
+        Namespaces::New {
+            hide,
+            tmp_bytes,
+            root,
+            mounts,
+        } => {
+            // The sandbox's own user is in no host file: its view lists it, with a home.
+            let identity = own.then(|| view::Identity {
+                name: user.name.clone(),
+                uid: user.uid,
+                gid: user.gid,
+                home: user.home.clone(),
+                // root is in the host's passwd already (uid 0 is the sandbox's own uid in
+                // its user namespace); only its home becomes its own.
+                listed: !as_root,
+            });
+            let plan = view::default_plan(&view::ViewOptions {
+                hide,
+                identity,
+                tmp_bytes,
+                root,
+                mounts,
+            });
+            Enter::New(plan)
+        }
+        Namespaces::Join(pidfd) => Enter::Join(pidfd),
+    }
+}
+
 /// Who the workload runs as: the sandbox's own uid (named `sandbox`, or `root` of its user
 /// namespace with `--root`), or the user asked for.
 fn workload_user(w: &Workload<'_>) -> Result<user::User, WorkloadError> {
@@ -173,8 +212,42 @@ fn workload_user(w: &Workload<'_>) -> Result<user::User, WorkloadError> {
             groups: vec![uid],
             home: identity::SANDBOX_HOME.into(),
         },
-        (spec, _) => user::resolve(spec).map_err(|e| WorkloadError::new(e.to_string()))?,
+        (spec, _) => {
+            let user = user::resolve(spec).map_err(|e| WorkloadError::new(e.to_string()))?;
+            if w.reserved.contains(user.uid) || w.reserved.contains(user.gid) {
+                return Err(WorkloadError::new(format!(
+                    "invalid --user \"{}\": uid or gid in the range reserved for sandboxes' own ids ({})",
+                    spec.unwrap_or_default(),
+                    w.reserved
+                )));
+            }
+            user
+        }
     })
+}
+
+/// `command` found as `launch::resolve_program` finds it, but inside `root` (its links
+/// resolved there): the path the workload will exec after the view's `pivot_root`.
+fn resolve_in_root(
+    root: &std::path::Path,
+    command: &OsStr,
+    path: Option<&OsStr>,
+) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let executable = |candidate: &std::path::Path| {
+        let text = candidate.to_str()?;
+        let fd = view::open_in_root(root, text, libc::O_PATH).ok()?;
+        let meta = std::fs::File::from(fd).metadata().ok()?;
+        (meta.is_file() && meta.permissions().mode() & 0o111 != 0).then(|| candidate.to_owned())
+    };
+    if command.as_bytes().contains(&b'/') {
+        return executable(std::path::Path::new(command));
+    }
+    path?
+        .as_bytes()
+        .split(|&b| b == b':')
+        .filter(|dir| dir.starts_with(b"/"))
+        .find_map(|dir| executable(&std::path::Path::new(OsStr::from_bytes(dir)).join(command)))
 }
 
 fn cstr(b: &[u8], what: &str) -> Result<CString, WorkloadError> {

@@ -623,3 +623,127 @@ fn execs_into_a_root_sandbox_are_its_root() {
     assert!(run.stderr.contains("--root sandbox"), "{run:#?}");
     d.cli(&["kill", &id]);
 }
+
+#[test]
+fn keyrings_are_refused_and_reserved_uids_cannot_be_asked_for() {
+    // keyctl(KEYCTL_GET_KEYRING_ID, KEY_SPEC_USER_KEYRING, 0): per-uid state that outlives
+    // a sandbox; request_key would start host helpers.
+    let out = inside(
+        "python3 -c 'import ctypes, os; l = ctypes.CDLL(None, use_errno=True); \
+         r = l.syscall(250, 0, -4, 0); print(r, os.strerror(ctypes.get_errno()))'",
+    );
+    assert!(out.starts_with("-1 Operation not permitted"), "{out}");
+    let uid = format!("{}", UID_FIRST + 7);
+    let run = agent_cmd(&["run", "--embedded", "--user", &uid, "--", "/bin/true"]);
+    assert_eq!(run.code, 125, "{run:#?}");
+    assert!(
+        run.stderr.contains("reserved for sandboxes' own ids"),
+        "{run:#?}"
+    );
+}
+
+#[test]
+fn config_default_limits_apply_or_are_refused() {
+    // `state` says what the host's cgroup v2 hierarchy offers, and what else it lacks.
+    let st = sandbox_tests::state();
+    let offered = st["cgroup_v2_controllers"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no controllers in state: {st}"));
+    assert_eq!(
+        offered.iter().any(|c| c == "pids"),
+        has_controller("pids"),
+        "{st}"
+    );
+    assert!(st["host_gaps"].is_array(), "{st}");
+    let config = helpers().join(format!("default-limits-{}.toml", std::process::id()));
+    fs::write(&config, "default_pids = \"50\"\n").expect("config");
+    let run = agent_cmd(&[
+        "run",
+        "--embedded",
+        "--config",
+        config.to_str().expect("utf-8"),
+        "--",
+        "/bin/true",
+    ]);
+    if has_controller("pids") {
+        assert_eq!(run.code, 0, "{run:#?}");
+    } else {
+        assert_eq!(run.code, 125, "{run:#?}");
+        assert!(
+            run.stderr
+                .contains("--pids needs the cgroup v2 \"pids\" controller"),
+            "{run:#?}"
+        );
+    }
+}
+
+#[test]
+fn host_sockets_behind_links_or_in_replaced_directories_do_not_stop_a_start() {
+    // Docker's /var/run/docker.sock is /run/docker.sock through a link; any local user can
+    // bind one in /dev/shm. Neither may keep a sandbox from starting.
+    let pid = std::process::id();
+    let paths = [
+        PathBuf::from(format!("/var/run/sa-iso-{pid}.sock")),
+        PathBuf::from(format!("/dev/shm/sa-iso-{pid}.sock")),
+    ];
+    let listeners: Vec<UnixListener> = paths
+        .iter()
+        .filter(|p| p.parent().is_some_and(std::path::Path::is_dir))
+        .map(|p| {
+            let _ = fs::remove_file(p);
+            UnixListener::bind(p).expect("bind")
+        })
+        .collect();
+    let run = agent_cmd(&["run", "--embedded", "--", "/bin/true"]);
+    for p in &paths {
+        let _ = fs::remove_file(p);
+    }
+    drop(listeners);
+    assert_eq!(run.code, 0, "{run:#?}");
+}
+
+#[test]
+fn a_sandbox_whose_agent_was_killed_keeps_its_uid() {
+    // One uid only: while the first sandbox runs on, orphaned by its agent, no other may
+    // take it.
+    let first = UID_FIRST + UID_COUNT - 3;
+    let config = helpers().join(format!("one-uid-{}.toml", std::process::id()));
+    fs::write(&config, format!("uid_first = {first}\nuid_count = 1\n")).expect("config");
+    let config = config.to_str().expect("utf-8");
+    let mut orphaned = Command::new(agent())
+        .args([
+            "run",
+            "--embedded",
+            "--config",
+            config,
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo up; exec sleep 30",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start");
+    let mut up = [0u8; 3];
+    std::io::Read::read_exact(orphaned.stdout.as_mut().expect("stdout"), &mut up).expect("up");
+    let _ = orphaned.kill();
+    let _ = orphaned.wait();
+    let run = agent_cmd(&["run", "--embedded", "--config", config, "--", "/bin/true"]);
+    // The orphan goes (its processes are the uid's), then the uid is free again.
+    sh(&format!("pkill -9 -u {first} || true"));
+    let start = Instant::now();
+    let again = loop {
+        let again = agent_cmd(&["run", "--embedded", "--config", config, "--", "/bin/true"]);
+        if again.code == 0 || start.elapsed() > Duration::from_secs(10) {
+            break again;
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        run.code, 125,
+        "a second sandbox got the orphan's uid: {run:#?}"
+    );
+    assert!(run.stderr.contains("is exhausted"), "{run:#?}");
+    assert_eq!(again.code, 0, "the uid did not come back: {again:#?}");
+}

@@ -24,8 +24,8 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// of the explicit proxy in tests), python3-websockets (WebSocket server and client through
 /// the ingress gateway in tests), python3-venv (the API checker's virtualenv), bubblewrap
 /// (the benchmark's baseline for a sandbox's namespaces and mounts), procps (`ps` inside
-/// sandboxes in the isolation tests).
-const PACKAGES: [&str; 13] = [
+/// sandboxes in the isolation tests), busybox-static (the root directories the tests build).
+const PACKAGES: [&str; 14] = [
     "iproute2",
     "iputils-ping",
     "netcat-openbsd",
@@ -39,6 +39,7 @@ const PACKAGES: [&str; 13] = [
     "python3-venv",
     "bubblewrap",
     "procps",
+    "busybox-static",
 ];
 
 /// The Python package (from the package index) that validates the `OpenAPI` document (it brings `jsonschema`, which

@@ -71,6 +71,31 @@ pub struct CreateRequest {
     /// package managers); no capability of the host's. Not with `user`.
     #[serde(default)]
     pub root: bool,
+    /// A host directory to use as the sandbox's root (read-only, below a private writable
+    /// layer), instead of the host's root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rootfs: Option<String>,
+    /// Host paths bound into the sandbox.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<MountSpec>,
+}
+
+/// A host path bound into a sandbox (`--mount SRC:DST[:ro]`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MountSpec {
+    /// The host path.
+    pub source: String,
+    /// Where the sandbox sees it (absolute; not below /proc, /dev or /sys).
+    pub target: String,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+impl MountSpec {
+    pub fn parts(&self) -> (String, String, bool) {
+        (self.source.clone(), self.target.clone(), self.read_only)
+    }
 }
 
 /// A sandbox's resource limits, as `--memory`, `--cpus` and `--pids` give them.
@@ -91,6 +116,16 @@ pub struct Resources {
 impl Resources {
     pub fn is_empty(&self) -> bool {
         *self == Self::default()
+    }
+
+    /// These limits, with `defaults` for those not set.
+    #[must_use]
+    pub fn or(&self, defaults: &Self) -> Self {
+        Self {
+            memory: self.memory.clone().or_else(|| defaults.memory.clone()),
+            cpus: self.cpus.clone().or_else(|| defaults.cpus.clone()),
+            pids: self.pids.clone().or_else(|| defaults.pids.clone()),
+        }
     }
 
     /// The limits, checked; errors name the command-line flag.
@@ -230,6 +265,10 @@ pub struct SandboxView {
     /// Root of its own user namespace (`root` at create).
     #[serde(default)]
     pub root: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rootfs: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<MountSpec>,
     pub policy: PolicyFile,
     pub timeout_ms: u64,
     pub idle_timeout_ms: Option<u64>,

@@ -122,6 +122,42 @@ impl PolicyArgs {
     }
 }
 
+/// What a new sandbox sees instead of (or besides) the host's root: `run` and `create`.
+#[derive(Args, Clone, Default)]
+pub struct ViewArgs {
+    /// A directory (e.g. made by debootstrap) to use as the sandbox's root, read-only below
+    /// a private writable layer.
+    #[arg(long, value_name = "DIR")]
+    rootfs: Option<String>,
+    /// Bind a host path into the sandbox: SRC:DST or SRC:DST:ro (repeatable).
+    #[arg(long = "mount", value_name = "SRC:DST[:ro]")]
+    mounts: Vec<String>,
+}
+
+impl ViewArgs {
+    pub fn rootfs(&self) -> Option<&str> {
+        self.rootfs.as_deref()
+    }
+
+    /// The mounts as the API takes them (syntax checked).
+    pub fn mounts(
+        &self,
+    ) -> Result<Vec<sandbox_agent::api::MountSpec>, sandbox_agent::view::ViewError> {
+        self.mounts
+            .iter()
+            .map(|m| {
+                sandbox_agent::view::parse_mount(m).map(|(source, target, read_only)| {
+                    sandbox_agent::api::MountSpec {
+                        source,
+                        target,
+                        read_only,
+                    }
+                })
+            })
+            .collect()
+    }
+}
+
 /// Resource limit flags shared by `run` and `create` (cgroup v2 controllers).
 #[derive(Args, Clone, Default)]
 pub struct ResourceArgs {
@@ -144,13 +180,6 @@ impl ResourceArgs {
             pids: self.pids.clone(),
         }
     }
-
-    /// The limits, checked (the same check as the daemon's).
-    pub fn limits(
-        &self,
-    ) -> Result<sandbox_agent::limits::Limits, sandbox_agent::limits::LimitError> {
-        self.request().limits()
-    }
 }
 
 #[expect(
@@ -163,6 +192,8 @@ pub struct CreateArgs {
     policy: PolicyArgs,
     #[command(flatten)]
     resources: ResourceArgs,
+    #[command(flatten)]
+    view: ViewArgs,
     /// Run as root of a user namespace mapped to the sandbox's own uid (package managers).
     #[arg(long)]
     root: bool,
@@ -420,6 +451,8 @@ pub fn create_request(args: &CreateArgs) -> Result<CreateRequest, String> {
         mask_host: args.mask_host.clone(),
         resources: args.resources.request(),
         root: args.root,
+        rootfs: args.view.rootfs().map(str::to_owned),
+        mounts: args.view.mounts().map_err(|e| e.to_string())?,
         max_learned_addresses: args.max_learned_addresses,
     })
 }

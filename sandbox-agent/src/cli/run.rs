@@ -41,6 +41,8 @@ pub struct RunArgs {
     user: Option<String>,
     #[command(flatten)]
     resources: super::api::ResourceArgs,
+    #[command(flatten)]
+    view: super::api::ViewArgs,
     /// Run as root of a user namespace mapped to the sandbox's own uid, so that package
     /// managers work; no capability of the host's. Not with --user.
     #[arg(long)]
@@ -200,13 +202,20 @@ fn prepare(args: &RunArgs) -> Result<(RunOptions, String), Failure> {
                 })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let limits = args.resources.limits()?;
+    let limits = args
+        .resources
+        .request()
+        .or(&config.default_resources())
+        .limits()?;
     let paths = Paths::default();
     let uid_range = config.uid_range()?;
     let tmp_bytes = config.tmp_bytes()?;
     let hide = config.hidden_dirs(&paths);
+    let (root, mounts) = view_of(args, &paths, &hide)?;
     let cwd = match &args.cwd {
         Some(d) => d.clone(),
+        // A root directory has nothing of the host's current directory.
+        None if root.is_some() => PathBuf::from("/"),
         None => sandbox_agent::view::start_dir(
             &std::env::current_dir()
                 .map_err(|e| format!("cannot read the current directory: {e}"))?,
@@ -232,8 +241,14 @@ fn prepare(args: &RunArgs) -> Result<(RunOptions, String), Failure> {
         user: args.user.as_deref(),
         sandbox_uid: lease.as_ref().map(|l| l.uid),
         root: args.root,
+        reserved: uid_range,
         keep_caps,
-        namespaces: workload::Namespaces::New { hide, tmp_bytes },
+        namespaces: workload::Namespaces::New {
+            hide,
+            tmp_bytes,
+            root,
+            mounts,
+        },
     })
     .map_err(|e| Failure {
         message: e.message,
@@ -253,6 +268,34 @@ fn prepare(args: &RunArgs) -> Result<(RunOptions, String), Failure> {
         },
         name,
     ))
+}
+
+/// The root directory and mounts asked for, checked.
+fn view_of(
+    args: &RunArgs,
+    paths: &Paths,
+    hide: &[PathBuf],
+) -> Result<
+    (
+        Option<sandbox_agent::view::RootDir>,
+        Vec<sandbox_agent::view::BindMount>,
+    ),
+    Failure,
+> {
+    let root = args
+        .view
+        .rootfs()
+        .map(|dir| sandbox_agent::view::check_root(dir, hide, paths.root_staging()))
+        .transpose()?;
+    let specs: Vec<_> = args
+        .view
+        .mounts()?
+        .iter()
+        .map(sandbox_agent::api::MountSpec::parts)
+        .collect();
+    let mounts =
+        sandbox_agent::view::check_mounts(&specs, hide, root.as_ref().map(|r| r.dir.as_path()))?;
+    Ok((root, mounts))
 }
 
 /// The resolver and proxy settings, when the policy has domain rules or `--proxy-env` asks
@@ -404,9 +447,9 @@ fn daemon_request(args: &RunArgs) -> Result<CreateRequest, Failure> {
         .cwd
         .clone()
         .or_else(|| {
-            std::env::current_dir()
-                .ok()
-                .filter(|d| sandbox_agent::view::start_dir(d, &[]) == *d)
+            std::env::current_dir().ok().filter(|d| {
+                args.view.rootfs().is_none() && sandbox_agent::view::start_dir(d, &[]) == *d
+            })
         })
         .map(|p| p.to_string_lossy().into_owned());
     Ok(CreateRequest {
@@ -426,6 +469,8 @@ fn daemon_request(args: &RunArgs) -> Result<CreateRequest, Failure> {
         max_learned_addresses: args.max_learned_addresses,
         resources: args.resources.request(),
         root: args.root,
+        rootfs: args.view.rootfs().map(str::to_owned),
+        mounts: args.view.mounts()?,
         ..CreateRequest::default()
     })
 }

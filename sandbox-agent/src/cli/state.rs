@@ -50,7 +50,16 @@ pub fn main() -> i32 {
             })
         })
         .collect();
+    // What the host cannot give sandboxes: missing Landlock scopes, non-local binds, and the
+    // cgroup v2 controllers that --memory, --cpus and --pids need.
+    let controllers = sandbox_agent::cgroup::find_cgroup2_mount()
+        .ok()
+        .and_then(|root| std::fs::read_to_string(root.join("cgroup.controllers")).ok())
+        .unwrap_or_default();
+    let controllers: Vec<&str> = controllers.split_whitespace().collect();
     let state = json!({
+        "host_gaps": sandbox_agent::scoping::host_gaps(),
+        "cgroup_v2_controllers": controllers,
         "programs": programs,
         "pin_dir": paths.pin_dir,
         "parent_cgroup": enforcement.parent_cgroup,

@@ -284,8 +284,9 @@ impl Daemon {
         }
         let own = view.user == crate::identity::SANDBOX_USER || view.root;
         let lease = (own && view.uid != 0)
-            .then(|| crate::identity::relet(&self.paths, view.uid))
-            .transpose()?;
+            .then(|| crate::identity::relet(&self.paths, view.uid, &cgroup.path))
+            .transpose()?
+            .flatten();
         Ok((lease, init_of(view.pid, cgroup)))
     }
 }

@@ -54,7 +54,10 @@ impl Drop for NameHold<'_> {
 }
 
 impl Daemon {
-    pub fn create(self: &Arc<Self>, req: CreateRequest) -> Result<SandboxView> {
+    pub fn create(self: &Arc<Self>, mut req: CreateRequest) -> Result<SandboxView> {
+        // The config's default limits stand in for those the request leaves unset (and the
+        // record shows what applies).
+        req.resources = req.resources.or(&self.config.default_resources());
         let (lease, checked) = self.check(&req)?;
         let Checked {
             timeout,
@@ -78,7 +81,7 @@ impl Daemon {
             child,
             policy_id,
             traffic_token,
-        } = self.build(&req, &compiled, &limits, &mut spec)?;
+        } = self.build(&req, &compiled, (&limits, lease.as_ref()), &mut spec)?;
         let cgroup_id = started.cgroup.id;
         let (dns_port, proxy_port) = domains::service_ports(services.as_ref());
         let view = SandboxView {
@@ -93,6 +96,8 @@ impl Daemon {
             uid,
             resources: req.resources.clone(),
             root: req.root,
+            rootfs: req.rootfs.clone(),
+            mounts: req.mounts.clone(),
             policy: req.policy.clone(),
             timeout_ms: millis(timeout),
             idle_timeout_ms: idle_timeout.map(millis),
@@ -165,12 +170,32 @@ impl Daemon {
         let checked = check_create(
             req,
             lease.as_ref().map(|l| l.uid),
-            workload::Namespaces::New {
-                hide: self.config.hidden_dirs(&self.paths),
-                tmp_bytes: self.tmp_bytes,
-            },
+            (self.new_namespaces(req)?, self.uid_range),
         )?;
         Ok((lease, checked))
+    }
+
+    /// A new sandbox's view: the host's root or its root directory, and its mounts.
+    fn new_namespaces(&self, req: &CreateRequest) -> Result<workload::Namespaces> {
+        let hide = self.config.hidden_dirs(&self.paths);
+        let root = req
+            .rootfs
+            .as_deref()
+            .map(|dir| crate::view::check_root(dir, &hide, self.paths.root_staging()))
+            .transpose()?;
+        let specs: Vec<_> = req
+            .mounts
+            .iter()
+            .map(crate::api::MountSpec::parts)
+            .collect();
+        let mounts =
+            crate::view::check_mounts(&specs, &hide, root.as_ref().map(|r| r.dir.as_path()))?;
+        Ok(workload::Namespaces::New {
+            hide,
+            tmp_bytes: self.tmp_bytes,
+            root,
+            mounts,
+        })
     }
 
     /// Holds `name` (if any) against other creates until the hold goes.
@@ -189,7 +214,7 @@ impl Daemon {
         self: &Arc<Self>,
         req: &CreateRequest,
         compiled: &Arc<CompiledPolicy>,
-        limits: &crate::limits::Limits,
+        (limits, lease): (&crate::limits::Limits, Option<&crate::identity::Lease>),
         spec: &mut launch::LaunchSpec,
     ) -> Result<Built> {
         let id = random_id();
@@ -221,6 +246,9 @@ impl Daemon {
         limits.prepare(&parent)?;
         let cgroup_id = start.cgroup(&parent, &id)?.id;
         limits.apply(&start.made_cgroup().path)?;
+        if let Some(lease) = lease {
+            lease.bind_cgroup(&start.made_cgroup().path)?;
+        }
         // Its kernel events are its own from the start, not only once it is published.
         self.registry().own_cgroup(cgroup_id, &id);
         let registry = &self.registry;
@@ -460,7 +488,7 @@ struct Checked {
 fn check_create(
     req: &CreateRequest,
     sandbox_uid: Option<u32>,
-    namespaces: workload::Namespaces,
+    (namespaces, reserved): (workload::Namespaces, crate::identity::UidRange),
 ) -> Result<Checked> {
     if let Some(name) = &req.name
         && !crate::api::valid_name(name)
@@ -515,7 +543,7 @@ fn check_create(
         &req.env,
         &cwd,
         (req.user.as_deref(), sandbox_uid, req.root),
-        namespaces,
+        (namespaces, reserved),
     )?;
     Ok(Checked {
         timeout,
@@ -583,7 +611,7 @@ pub(super) fn prepare_workload(
     env: &BTreeMap<String, String>,
     cwd: &str,
     (user, sandbox_uid, root): (Option<&str>, Option<u32>, bool),
-    namespaces: workload::Namespaces,
+    (namespaces, reserved): (workload::Namespaces, crate::identity::UidRange),
 ) -> Result<launch::LaunchSpec> {
     let command: Vec<OsString> = command.iter().map(OsString::from).collect();
     workload::prepare(Workload {
@@ -596,6 +624,7 @@ pub(super) fn prepare_workload(
         user,
         sandbox_uid,
         root,
+        reserved,
         keep_caps: Vec::new(),
         namespaces,
     })

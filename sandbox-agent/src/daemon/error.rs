@@ -89,6 +89,8 @@ pub enum Error {
     Resources(#[from] LimitsError),
     #[error(transparent)]
     Identity(#[from] IdentityError),
+    #[error(transparent)]
+    View(#[from] crate::view::ViewError),
 }
 
 impl Error {
@@ -118,6 +120,7 @@ impl Error {
             | Self::Resources(
                 LimitsError::Invalid { .. } | LimitsError::MissingController { .. },
             )
+            | Self::View(_)
             | Self::Token(TokenError::MetadataTooLarge(_) | TokenError::MetadataNotAHeader) => {
                 Fault::Request
             }

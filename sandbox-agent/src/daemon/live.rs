@@ -55,7 +55,7 @@ impl Daemon {
             &req.env,
             &cwd,
             user,
-            crate::workload::Namespaces::Join(init),
+            (crate::workload::Namespaces::Join(init), self.uid_range),
         )?;
         let narrowed = req
             .policy

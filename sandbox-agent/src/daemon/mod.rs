@@ -166,6 +166,14 @@ impl Daemon {
         let tmp_bytes = config
             .tmp_bytes()
             .map_err(|e| config_err("tmp_size")(std::io::Error::other(e)))?;
+        let defaults = config
+            .default_resources()
+            .limits()
+            .map_err(config_err("default_memory/default_cpus/default_pids"))?;
+        // Default limits that no sandbox could get are refused now, not at every create.
+        defaults
+            .prepare(&enforcement.parent_cgroup)
+            .map_err(config_err("default_memory/default_cpus/default_pids"))?;
         let daemon = Arc::new(Self {
             config,
             paths,

@@ -22,87 +22,15 @@ use std::{
     path::{Path, PathBuf},
 };
 
-/// One step of building the view.
-pub enum Op {
-    Mount {
-        source: Option<CString>,
-        target: CString,
-        fstype: Option<CString>,
-        flags: libc::c_ulong,
-        data: Option<CString>,
-    },
-    /// `mount_setattr(2)` on `path` and every mount below it.
-    SetAttr {
-        path: CString,
-        set: u64,
-        clear: u64,
-    },
-    Mkdir {
-        path: CString,
-        mode: u32,
-    },
-    Mknod {
-        path: CString,
-        mode: u32,
-        dev: libc::dev_t,
-    },
-    Symlink {
-        target: CString,
-        link: CString,
-    },
-    /// Creates (or truncates) `path` with `content`.
-    Write {
-        path: CString,
-        content: Vec<u8>,
-        mode: u32,
-    },
-    Chown {
-        path: CString,
-        uid: u32,
-        gid: u32,
-    },
-    Unlink {
-        path: CString,
-    },
-    /// A detached copy of the mount at `path` (`open_tree(OPEN_TREE_CLONE)`), kept in stash
-    /// slot `slot` until [`Op::Place`] attaches it: how a host file survives being covered.
-    Stash {
-        path: CString,
-        slot: usize,
-    },
-    /// Attaches stash slot `slot` at `target` (`move_mount`).
-    Place {
-        slot: usize,
-        target: CString,
-    },
-}
+mod checks;
+mod steps;
 
-impl Op {
-    /// The path this step works on, for the launch error.
-    pub fn subject(&self) -> String {
-        let p = match self {
-            Self::Mount { target, .. } | Self::Place { target, .. } => target,
-            Self::SetAttr { path, .. }
-            | Self::Mkdir { path, .. }
-            | Self::Mknod { path, .. }
-            | Self::Write { path, .. }
-            | Self::Chown { path, .. }
-            | Self::Unlink { path }
-            | Self::Stash { path, .. } => path,
-            Self::Symlink { link, .. } => link,
-        };
-        p.to_string_lossy().into_owned()
-    }
-}
+pub use checks::{ViewError, check_mounts, check_root, open_in_root, parse_mount, read_in_root};
+pub use steps::{MAX_STASH, Op, Plan, apply};
+use steps::{MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY};
 
-/// The steps of one sandbox's view.
-#[derive(Default)]
-pub struct Plan {
-    pub ops: Vec<Op>,
-}
-
-/// Most mounts one plan stashes (the child keeps them in a fixed array: it may not allocate).
-pub const MAX_STASH: usize = 8;
+/// Most `--mount`s of one sandbox.
+pub const MAX_MOUNTS: usize = 16;
 
 /// The sandbox's own user, as its view shows it.
 #[derive(Clone, Debug)]
@@ -123,15 +51,40 @@ pub struct ViewOptions {
     pub hide: Vec<PathBuf>,
     /// A passwd/group entry and home directory for a user the host does not list.
     pub identity: Option<Identity>,
-    /// Size of `/tmp`, `/var/tmp` and `/home` each, in bytes.
+    /// Size of `/tmp`, `/var/tmp` and `/home` each, in bytes (with a root directory: of its
+    /// writable layer).
     pub tmp_bytes: u64,
+    /// A root directory in place of the host's, read-only below a private writable layer.
+    pub root: Option<RootDir>,
+    /// Host paths bound into the view (`--mount`), checked by [`check_mounts`].
+    pub mounts: Vec<BindMount>,
+}
+
+/// A root directory (`--rootfs`) and where its view is assembled.
+#[derive(Clone, Debug)]
+pub struct RootDir {
+    /// The directory, canonical.
+    pub dir: PathBuf,
+    /// An empty host directory the new root is built on (in the mount namespace's own copy
+    /// of it); the agent's runtime directory has one.
+    pub staging: PathBuf,
+}
+
+/// `--mount SRC:DST[:ro]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BindMount {
+    /// Canonical host path.
+    pub source: PathBuf,
+    /// Absolute path in the sandbox, without `.` or `..`.
+    pub target: PathBuf,
+    pub read_only: bool,
 }
 
 /// Default size of each private writable tmpfs.
 pub const DEFAULT_TMP_BYTES: u64 = 512 << 20;
 
 /// Directories replaced by private tmpfs: (path, mode, whether the size limit applies).
-const PRIVATE_DIRS: [(&str, u32, bool); 5] = [
+pub(crate) const PRIVATE_DIRS: [(&str, u32, bool); 5] = [
     ("/tmp", 0o1777, true),
     ("/var/tmp", 0o1777, true),
     ("/home", 0o755, true),
@@ -166,19 +119,97 @@ fn is_under(path: &Path, dir: &Path) -> bool {
     path.starts_with(dir)
 }
 
-/// Builds the default view's plan.
+/// Builds the plan of a sandbox's view: the host's root (the default) or a root directory.
 pub fn default_plan(options: &ViewOptions) -> Plan {
-    let mut plan = Plan::default();
-    // Nothing we mount reaches the host, nothing the host mounts later reaches us (a host
-    // mount propagated in would not be read-only).
-    plan.ops.push(Op::Mount {
+    match &options.root {
+        Some(root) => root_dir_plan(options, root),
+        None => host_root_plan(options),
+    }
+}
+
+/// The first steps of every view: nothing we mount reaches the host, nothing the host mounts
+/// later reaches us (a host mount propagated in would not be read-only); the `--mount`
+/// sources are copied aside (writable ones before the tree turns read-only).
+fn begin(ops: &mut Vec<Op>, mounts: &[BindMount], first_slot: usize) {
+    ops.push(Op::Mount {
         source: None,
         target: c("/"),
         fstype: None,
         flags: libc::MS_REC | libc::MS_PRIVATE,
         data: None,
     });
-    plan.ops.push(read_only("/"));
+    for (i, m) in mounts.iter().enumerate() {
+        ops.push(Op::Stash {
+            path: c(&m.source),
+            slot: first_slot + i,
+            optional: false,
+        });
+    }
+    ops.push(read_only("/"));
+}
+
+/// Attaches the `--mount`s at their targets below `prefix` (`/` or the new root), making the
+/// mount points, and covers host unix sockets inside their sources.
+fn place_mounts(ops: &mut Vec<Op>, mounts: &[BindMount], first_slot: usize, prefix: &Path) {
+    for (i, m) in mounts.iter().enumerate() {
+        let target = under(prefix, &m.target);
+        let mut ancestors: Vec<&Path> = target.ancestors().skip(1).collect();
+        ancestors.reverse();
+        for dir in ancestors
+            .into_iter()
+            .filter(|d| d.starts_with(prefix) && *d != prefix)
+        {
+            ops.push(Op::Mkdir {
+                path: c(dir),
+                mode: 0o755,
+            });
+        }
+        ops.push(if m.source.is_dir() {
+            Op::Mkdir {
+                path: c(&target),
+                mode: 0o755,
+            }
+        } else {
+            Op::Write {
+                path: c(&target),
+                content: Vec::new(),
+                mode: 0o644,
+            }
+        });
+        ops.push(Op::Place {
+            slot: first_slot + i,
+            target: c(&target),
+        });
+        ops.push(Op::SetAttr {
+            path: c(&target),
+            set: MOUNT_ATTR_NOSUID
+                | MOUNT_ATTR_NODEV
+                | if m.read_only { MOUNT_ATTR_RDONLY } else { 0 },
+            clear: if m.read_only { 0 } else { MOUNT_ATTR_RDONLY },
+        });
+    }
+    for socket in visible_unix_sockets(&[]) {
+        for m in mounts {
+            if let Ok(rest) = socket.strip_prefix(&m.source) {
+                ops.push(cover_socket(&under(prefix, &m.target.join(rest))));
+            }
+        }
+    }
+}
+
+/// `path` (absolute) below `prefix`.
+fn under(prefix: &Path, path: &Path) -> PathBuf {
+    prefix.join(path.strip_prefix("/").unwrap_or(path))
+}
+
+fn cover_socket(path: &Path) -> Op {
+    Op::CoverSocket { target: c(path) }
+}
+
+/// The default view: the host's root, read-only, with private directories.
+fn host_root_plan(options: &ViewOptions) -> Plan {
+    let mut plan = Plan::default();
+    begin(&mut plan.ops, &options.mounts, KEEP.len());
     let private: Vec<(&str, u32, bool)> = PRIVATE_DIRS
         .into_iter()
         .filter(|(dir, ..)| Path::new(dir).is_dir())
@@ -190,6 +221,7 @@ pub fn default_plan(options: &ViewOptions) -> Plan {
         plan.ops.push(Op::Stash {
             path: c(real),
             slot,
+            optional: true,
         });
     }
     for (dir, mode, sized) in private {
@@ -208,37 +240,172 @@ pub fn default_plan(options: &ViewOptions) -> Plan {
         plan.ops.push(tmpfs(&dir, 0o755, 4096, true));
         hidden.push(dir);
     }
-    minimal_dev(&mut plan.ops);
+    minimal_dev(&mut plan.ops, Path::new("/"));
     // Host unix sockets by path that no hidden directory covers.
     for socket in visible_unix_sockets(&hidden) {
-        plan.ops.push(Op::Mount {
-            source: Some(c("/dev/null")),
-            target: c(&socket),
-            fstype: None,
-            flags: libc::MS_BIND,
-            data: None,
-        });
+        plan.ops.push(cover_socket(&socket));
     }
     if let Some(id) = &options.identity {
-        identity_ops(&mut plan.ops, id);
+        let (passwd, group) = (
+            fs::read("/etc/passwd").unwrap_or_default(),
+            fs::read("/etc/group").unwrap_or_default(),
+        );
+        identity_ops(&mut plan.ops, id, (passwd, group), None);
     }
-    // Last: /proc of the new PID namespace.
-    plan.ops.push(Op::Mount {
+    place_mounts(&mut plan.ops, &options.mounts, KEEP.len(), Path::new("/"));
+    new_proc(&mut plan.ops, Path::new("/"));
+    plan
+}
+
+/// A view on a root directory: the directory read-only below a private writable layer
+/// (overlayfs, upper and work directories in a size-limited tmpfs that goes with the mount
+/// namespace), the host's name resolution and CA files, `/sys` read-only, its own `/proc` and
+/// `/dev`; then `pivot_root` into it, letting go of the host's root.
+fn root_dir_plan(options: &ViewOptions, root: &RootDir) -> Plan {
+    let mut plan = Plan::default();
+    let ops = &mut plan.ops;
+    // Slots: the kept files, /sys, then the mounts.
+    let sys_slot = KEEP.len();
+    begin(ops, &options.mounts, sys_slot + 1);
+    let kept: Vec<(usize, &str, PathBuf)> = KEEP
+        .iter()
+        .enumerate()
+        .filter_map(|(slot, name)| fs::canonicalize(name).ok().map(|real| (slot, *name, real)))
+        .collect();
+    for (slot, _, real) in &kept {
+        ops.push(Op::Stash {
+            path: c(real),
+            slot: *slot,
+            optional: true,
+        });
+    }
+    ops.push(Op::Stash {
+        path: c("/sys"),
+        slot: sys_slot,
+        optional: false,
+    });
+    let staging = &root.staging;
+    ops.push(tmpfs(staging, 0o755, options.tmp_bytes, false));
+    let (upper, work, new_root) = (
+        staging.join("upper"),
+        staging.join("work"),
+        staging.join("root"),
+    );
+    for dir in [&upper, &work, &new_root] {
+        ops.push(Op::Mkdir {
+            path: c(dir),
+            mode: 0o755,
+        });
+    }
+    ops.push(Op::Mount {
+        source: Some(c("overlay")),
+        target: c(&new_root),
+        fstype: Some(c("overlay")),
+        flags: libc::MS_NOSUID | libc::MS_NODEV,
+        data: Some(c(format!(
+            "lowerdir={},upperdir={},workdir={}",
+            root.dir.display(),
+            upper.display(),
+            work.display()
+        ))),
+    });
+    for dir in ["/proc", "/dev", "/sys", "/tmp", "/etc", "/run"] {
+        ops.push(Op::Mkdir {
+            path: c(under(&new_root, Path::new(dir))),
+            mode: if dir == "/tmp" { 0o1777 } else { 0o755 },
+        });
+    }
+    ops.push(tmpfs(
+        under(&new_root, Path::new("/run")),
+        0o755,
+        16 << 20,
+        false,
+    ));
+    // A private /tmp as in the default view (the directory's own may not be writable).
+    ops.push(tmpfs(
+        under(&new_root, Path::new("/tmp")),
+        0o1777,
+        options.tmp_bytes,
+        false,
+    ));
+    place_host_files(ops, &kept, &new_root);
+    let sys = under(&new_root, Path::new("/sys"));
+    ops.push(Op::Place {
+        slot: sys_slot,
+        target: c(&sys),
+    });
+    for dir in KERNEL_HIDDEN {
+        if Path::new(dir).is_dir() {
+            ops.push(tmpfs(under(&new_root, Path::new(dir)), 0o755, 4096, true));
+        }
+    }
+    minimal_dev(ops, &new_root);
+    if let Some(id) = &options.identity {
+        let files = (
+            read_in_root(&root.dir, "etc/passwd"),
+            read_in_root(&root.dir, "etc/group"),
+        );
+        identity_ops(ops, id, files, Some(&new_root));
+    }
+    place_mounts(ops, &options.mounts, sys_slot + 1, &new_root);
+    new_proc(ops, &new_root);
+    ops.push(Op::PivotRoot {
+        new_root: c(&new_root),
+    });
+    plan
+}
+
+/// The host's name resolution and CA files, stashed in `kept` as (slot, name, real path),
+/// put where the root directory has its own (which give way: often links into `/run`).
+fn place_host_files(ops: &mut Vec<Op>, kept: &[(usize, &str, PathBuf)], new_root: &Path) {
+    for (slot, name, real) in kept {
+        let target = under(new_root, Path::new(name));
+        if let Some(parent) = target.parent() {
+            ops.push(Op::Mkdir {
+                path: c(parent),
+                mode: 0o755,
+            });
+        }
+        // Whatever the image has there (often a link into /run) gives way to the host's.
+        ops.push(Op::Remove { path: c(&target) });
+        ops.push(if real.is_dir() {
+            Op::Mkdir {
+                path: c(&target),
+                mode: 0o755,
+            }
+        } else {
+            Op::Write {
+                path: c(&target),
+                content: Vec::new(),
+                mode: 0o644,
+            }
+        });
+        ops.push(Op::Place {
+            slot: *slot,
+            target: c(&target),
+        });
+    }
+}
+
+/// `/proc` of the new PID namespace, `/proc/sys` read-only.
+fn new_proc(ops: &mut Vec<Op>, prefix: &Path) {
+    let proc_dir = under(prefix, Path::new("/proc"));
+    let sys = proc_dir.join("sys");
+    ops.push(Op::Mount {
         source: Some(c("proc")),
-        target: c("/proc"),
+        target: c(&proc_dir),
         fstype: Some(c("proc")),
         flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
         data: None,
     });
-    plan.ops.push(Op::Mount {
-        source: Some(c("/proc/sys")),
-        target: c("/proc/sys"),
+    ops.push(Op::Mount {
+        source: Some(c(&sys)),
+        target: c(&sys),
         fstype: None,
         flags: libc::MS_BIND | libc::MS_REC,
         data: None,
     });
-    plan.ops.push(read_only("/proc/sys"));
-    plan
+    ops.push(read_only(&sys));
 }
 
 /// `path` and every mount below it read-only, `nosuid`, `nodev`.
@@ -295,17 +462,18 @@ fn place_kept(ops: &mut Vec<Op>, kept: &[PathBuf], hidden: &[PathBuf]) {
 
 /// A tmpfs `/dev` with the usual character devices, the `/proc/self/fd` links, a private
 /// devpts and `/dev/shm`.
-fn minimal_dev(ops: &mut Vec<Op>) {
+fn minimal_dev(ops: &mut Vec<Op>, prefix: &Path) {
+    let dev = under(prefix, Path::new("/dev"));
     ops.push(Op::Mount {
         source: Some(c("tmpfs")),
-        target: c("/dev"),
+        target: c(&dev),
         fstype: Some(c("tmpfs")),
         flags: libc::MS_NOSUID | libc::MS_NOEXEC,
         data: Some(c("mode=755,size=65536")),
     });
     for (name, major, minor) in DEVICES {
         ops.push(Op::Mknod {
-            path: c(format!("/dev/{name}")),
+            path: c(dev.join(name)),
             mode: libc::S_IFCHR | 0o666,
             dev: libc::makedev(major, minor),
         });
@@ -319,23 +487,24 @@ fn minimal_dev(ops: &mut Vec<Op>) {
     ] {
         ops.push(Op::Symlink {
             target: c(target),
-            link: c(format!("/dev/{link}")),
+            link: c(dev.join(link)),
         });
     }
-    for dir in ["/dev/pts", "/dev/shm"] {
+    for dir in ["pts", "shm"] {
         ops.push(Op::Mkdir {
-            path: c(dir),
+            path: c(dev.join(dir)),
             mode: 0o755,
         });
     }
     ops.push(Op::Mount {
         source: Some(c("devpts")),
-        target: c("/dev/pts"),
+        target: c(dev.join("pts")),
         fstype: Some(c("devpts")),
         flags: libc::MS_NOSUID | libc::MS_NOEXEC,
-        data: Some(c("newinstance,ptmxmode=0666,mode=620")),
+        // At most 256 ptys, so that one sandbox cannot take the host's share of them.
+        data: Some(c("newinstance,ptmxmode=0666,mode=620,max=256")),
     });
-    ops.push(tmpfs("/dev/shm", 0o1777, 64 << 20, false));
+    ops.push(tmpfs(dev.join("shm"), 0o1777, 64 << 20, false));
 }
 
 /// Where a workload started from `dir` by default begins: `dir` itself where the view shows
@@ -371,16 +540,27 @@ fn tmpfs(dir: impl AsRef<Path>, mode: u32, size: u64, read_only: bool) -> Op {
 
 /// The host's passwd and group with the sandbox's user added, bound over `/etc`, and its
 /// home directory.
-fn identity_ops(ops: &mut Vec<Op>, id: &Identity) {
+/// `files`: the passwd and group the view has; `new_root`: the writable root directory's
+/// assembly point (its files are written in place), `None` for the host's root (bound over).
+fn identity_ops(
+    ops: &mut Vec<Op>,
+    id: &Identity,
+    (mut passwd, mut group): (Vec<u8>, Vec<u8>),
+    new_root: Option<&Path>,
+) {
+    let home = under(new_root.unwrap_or(Path::new("/")), &id.home);
     if !id.listed {
+        ops.push(Op::Mkdir {
+            path: c(&home),
+            mode: 0o700,
+        });
         ops.push(Op::Chown {
-            path: c(&id.home),
+            path: c(&home),
             uid: id.uid,
             gid: id.gid,
         });
         return;
     }
-    let mut passwd = fs::read("/etc/passwd").unwrap_or_default();
     if !passwd.is_empty() && !passwd.ends_with(b"\n") {
         passwd.push(b'\n');
     }
@@ -394,12 +574,22 @@ fn identity_ops(ops: &mut Vec<Op>, id: &Identity) {
         )
         .as_bytes(),
     );
-    let mut group = fs::read("/etc/group").unwrap_or_default();
     if !group.is_empty() && !group.ends_with(b"\n") {
         group.push(b'\n');
     }
     group.extend_from_slice(format!("{}:x:{}:\n", id.name, id.gid).as_bytes());
     for (file, content) in [("passwd", passwd), ("group", group)] {
+        if let Some(new_root) = new_root {
+            // The writable layer takes the new files.
+            let target = new_root.join("etc").join(file);
+            ops.push(Op::Remove { path: c(&target) });
+            ops.push(Op::Write {
+                path: c(&target),
+                content,
+                mode: 0o644,
+            });
+            continue;
+        }
         let staged = c(format!("/run/.sandbox-{file}"));
         ops.push(Op::Write {
             path: staged.clone(),
@@ -416,168 +606,45 @@ fn identity_ops(ops: &mut Vec<Op>, id: &Identity) {
         // The bind holds the file; its name in /run goes.
         ops.push(Op::Unlink { path: staged });
     }
+    if let Some(parent) = home.parent() {
+        ops.push(Op::Mkdir {
+            path: c(parent),
+            mode: 0o755,
+        });
+    }
     ops.push(Op::Mkdir {
-        path: c(&id.home),
+        path: c(&home),
         mode: 0o700,
     });
     ops.push(Op::Chown {
-        path: c(&id.home),
+        path: c(&home),
         uid: id.uid,
         gid: id.gid,
     });
 }
 
-/// Paths of the host's unix sockets (this network namespace's, from `/proc/net/unix`) that
-/// are not below a hidden directory and still exist as sockets.
+/// Paths of the host's unix sockets (this network namespace's, from `/proc/net/unix`), with
+/// their links resolved (`/var/run` is often `/run`), that are not below a hidden directory
+/// or a kernel file system the view replaces, and still exist as sockets.
 fn visible_unix_sockets(hidden: &[PathBuf]) -> Vec<PathBuf> {
     use std::os::unix::fs::FileTypeExt as _;
     let Ok(text) = fs::read_to_string("/proc/net/unix") else {
         return Vec::new();
     };
+    let replaced = [Path::new("/dev"), Path::new("/proc"), Path::new("/sys")];
     let mut out: Vec<PathBuf> = text
         .lines()
         .skip(1)
         .filter_map(|l| l.split_whitespace().nth(7))
         .filter(|p| p.starts_with('/'))
-        .map(PathBuf::from)
+        .filter_map(|p| fs::canonicalize(p).ok())
         .filter(|p| !hidden.iter().any(|h| is_under(p, h)))
+        .filter(|p| !replaced.iter().any(|r| is_under(p, r)))
         .filter(|p| fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_socket()))
         .collect();
     out.sort();
     out.dedup();
     out
-}
-
-/// Creates (or truncates) `path` with `content`: raw syscalls, for the launch child.
-unsafe fn write_new(path: &CString, content: &[u8], mode: u32) -> bool {
-    // SAFETY: open/write/close on prepared data.
-    unsafe {
-        let fd = libc::open(
-            path.as_ptr(),
-            libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC,
-            mode,
-        );
-        if fd < 0 {
-            return false;
-        }
-        let mut done = 0usize;
-        let mut ok = true;
-        while done < content.len() {
-            let n = libc::write(fd, content[done..].as_ptr().cast(), content.len() - done);
-            if n <= 0 {
-                ok = false;
-                break;
-            }
-            done += n.cast_unsigned();
-        }
-        libc::close(fd);
-        ok
-    }
-}
-
-// linux/mount.h; not in libc.
-pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
-pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
-pub const MOUNT_ATTR_NODEV: u64 = 0x4;
-const AT_RECURSIVE: libc::c_uint = 0x8000;
-const OPEN_TREE_CLONE: libc::c_uint = 1;
-const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
-
-#[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
-}
-
-/// Runs the plan in the launch child: raw syscalls on prepared data only. Returns the index
-/// of the step that failed (errno is left set).
-///
-/// # Safety
-/// Called between `clone3` and `execve` in a child that owns a mount namespace of its own.
-pub unsafe fn apply(plan: &Plan) -> Result<(), usize> {
-    // SAFETY: raw syscalls on the plan's strings, which outlive the child's use of them.
-    unsafe {
-        let old_umask = libc::umask(0);
-        let mut stash: [libc::c_int; MAX_STASH] = [-1; MAX_STASH];
-        for (i, op) in plan.ops.iter().enumerate() {
-            let ok = match op {
-                Op::Mount {
-                    source,
-                    target,
-                    fstype,
-                    flags,
-                    data,
-                } => {
-                    libc::mount(
-                        source.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()),
-                        target.as_ptr(),
-                        fstype.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()),
-                        *flags,
-                        data.as_ref()
-                            .map_or(std::ptr::null(), |s| s.as_ptr().cast()),
-                    ) == 0
-                }
-                Op::SetAttr { path, set, clear } => {
-                    let attr = MountAttr {
-                        attr_set: *set,
-                        attr_clr: *clear,
-                        propagation: 0,
-                        userns_fd: 0,
-                    };
-                    libc::syscall(
-                        libc::SYS_mount_setattr,
-                        libc::AT_FDCWD,
-                        path.as_ptr(),
-                        AT_RECURSIVE,
-                        &raw const attr,
-                        std::mem::size_of::<MountAttr>(),
-                    ) == 0
-                }
-                Op::Mkdir { path, mode } => {
-                    libc::mkdir(path.as_ptr(), *mode) == 0
-                        || *libc::__errno_location() == libc::EEXIST
-                }
-                Op::Mknod { path, mode, dev } => libc::mknod(path.as_ptr(), *mode, *dev) == 0,
-                Op::Symlink { target, link } => libc::symlink(target.as_ptr(), link.as_ptr()) == 0,
-                Op::Write {
-                    path,
-                    content,
-                    mode,
-                } => write_new(path, content, *mode),
-                Op::Chown { path, uid, gid } => libc::chown(path.as_ptr(), *uid, *gid) == 0,
-                Op::Unlink { path } => libc::unlink(path.as_ptr()) == 0,
-                Op::Stash { path, slot } => {
-                    let fd = libc::syscall(
-                        libc::SYS_open_tree,
-                        libc::AT_FDCWD,
-                        path.as_ptr(),
-                        OPEN_TREE_CLONE | libc::O_CLOEXEC.cast_unsigned() | AT_RECURSIVE,
-                    );
-                    stash[*slot] = libc::c_int::try_from(fd).unwrap_or(-1);
-                    fd >= 0
-                }
-                Op::Place { slot, target } => {
-                    let moved = libc::syscall(
-                        libc::SYS_move_mount,
-                        stash[*slot],
-                        c"".as_ptr(),
-                        libc::AT_FDCWD,
-                        target.as_ptr(),
-                        MOVE_MOUNT_F_EMPTY_PATH,
-                    ) == 0;
-                    libc::close(stash[*slot]);
-                    moved
-                }
-            };
-            if !ok {
-                return Err(i);
-            }
-        }
-        libc::umask(old_umask);
-        Ok(())
-    }
 }
 
 #[cfg(test)]
@@ -596,6 +663,8 @@ mod tests {
                 listed: true,
             }),
             tmp_bytes: DEFAULT_TMP_BYTES,
+            root: None,
+            mounts: Vec::new(),
         });
         let subjects: Vec<String> = plan.ops.iter().map(Op::subject).collect();
         for must in [

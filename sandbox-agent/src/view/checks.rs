@@ -1,0 +1,223 @@
+//! What a root directory or a `--mount` must be, checked before anything exists; and reading
+//! a root directory's files without leaving it.
+use std::{
+    ffi::CString,
+    fs,
+    path::{Path, PathBuf},
+};
+
+use super::{BindMount, MAX_MOUNTS, PRIVATE_DIRS, RootDir, is_under};
+
+/// Why a root directory or a `--mount` is refused; each names its flag and value.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ViewError {
+    #[error("invalid --mount \"{0}\": use SRC:DST or SRC:DST:ro")]
+    MountSyntax(String),
+    #[error("--mount \"{spec}\": {why}")]
+    Mount { spec: String, why: String },
+    #[error("--rootfs {dir}: {why}")]
+    Root { dir: String, why: String },
+}
+
+/// Destinations no `--mount` may cover: the sandbox's own kernel file systems.
+const PROTECTED: [&str; 3] = ["/proc", "/dev", "/sys"];
+
+/// `SRC:DST` or `SRC:DST:ro` (paths without `:`), unchecked.
+pub fn parse_mount(spec: &str) -> Result<(String, String, bool), ViewError> {
+    let parts: Vec<&str> = spec.split(':').collect();
+    match parts[..] {
+        [src, dst] if !src.is_empty() && !dst.is_empty() => Ok((src.into(), dst.into(), false)),
+        [src, dst, "ro"] if !src.is_empty() && !dst.is_empty() => {
+            Ok((src.into(), dst.into(), true))
+        }
+        [src, dst, "rw"] if !src.is_empty() && !dst.is_empty() => {
+            Ok((src.into(), dst.into(), false))
+        }
+        _ => Err(ViewError::MountSyntax(spec.into())),
+    }
+}
+
+/// Checks the `--mount`s of a view: sources that exist and are not the agent's own,
+/// destinations that are absolute, not protected, not twice, and can be made in the view.
+pub fn check_mounts(
+    specs: &[(String, String, bool)],
+    hidden: &[PathBuf],
+    root: Option<&Path>,
+) -> Result<Vec<BindMount>, ViewError> {
+    let mut out: Vec<BindMount> = Vec::new();
+    for (src, dst, read_only) in specs {
+        let spec = format!("{src}:{dst}{}", if *read_only { ":ro" } else { "" });
+        let refuse = |why: String| ViewError::Mount {
+            spec: spec.clone(),
+            why,
+        };
+        if out.len() == MAX_MOUNTS {
+            return Err(refuse(format!("at most {MAX_MOUNTS} mounts")));
+        }
+        let source = fs::canonicalize(src)
+            .map_err(|e| refuse(format!("source {src}: {}", io_reason(&e))))?;
+        if let Some(h) = hidden
+            .iter()
+            .find(|h| is_under(&source, h) || is_under(h, &source))
+        {
+            return Err(refuse(format!(
+                "source {} holds or is inside the agent's state ({})",
+                source.display(),
+                h.display()
+            )));
+        }
+        if is_under(&source, Path::new("/proc")) {
+            return Err(refuse("a source below /proc is refused".into()));
+        }
+        let target = PathBuf::from(dst);
+        let normal = target.is_absolute()
+            && target
+                .components()
+                .skip(1)
+                .all(|c| matches!(c, std::path::Component::Normal(_)))
+            && target != Path::new("/");
+        if !normal {
+            return Err(refuse(format!(
+                "destination {dst}: use an absolute path below / without . or .."
+            )));
+        }
+        if let Some(p) = PROTECTED.iter().find(|p| is_under(&target, Path::new(p))) {
+            return Err(refuse(format!(
+                "destination {dst} is below {p}, which the sandbox's view provides itself"
+            )));
+        }
+        if out.iter().any(|m| m.target == target) {
+            return Err(refuse(format!("destination {dst} is mounted twice")));
+        }
+        // On the host's read-only root, a mount point must exist already or be made in a
+        // private directory.
+        if root.is_none()
+            && !PRIVATE_DIRS
+                .iter()
+                .any(|(d, ..)| is_under(&target, Path::new(d)))
+        {
+            match fs::metadata(&target) {
+                Ok(m) if m.is_dir() != source.is_dir() => {
+                    return Err(refuse(format!(
+                        "destination {dst} is a {} and the source a {}",
+                        kind(m.is_dir()),
+                        kind(source.is_dir())
+                    )));
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    return Err(refuse(format!(
+                        "destination {dst} does not exist, and the sandbox's root (the host's) is read-only: mount below /tmp, /home, /root or /run, or onto an existing path"
+                    )));
+                }
+            }
+        }
+        out.push(BindMount {
+            source,
+            target,
+            read_only: *read_only,
+        });
+    }
+    Ok(out)
+}
+
+fn kind(dir: bool) -> &'static str {
+    if dir { "directory" } else { "file" }
+}
+
+fn io_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "does not exist".into(),
+        _ => e.to_string(),
+    }
+}
+
+/// Checks a root directory: a directory, not the agent's, a path overlayfs can take.
+pub fn check_root(dir: &str, hidden: &[PathBuf], staging: PathBuf) -> Result<RootDir, ViewError> {
+    let refuse = |why: String| ViewError::Root {
+        dir: dir.into(),
+        why,
+    };
+    let canonical = fs::canonicalize(dir).map_err(|e| refuse(io_reason(&e)))?;
+    if !canonical.is_dir() {
+        return Err(refuse("not a directory".into()));
+    }
+    if canonical == Path::new("/") {
+        return Err(refuse("the host's root is the default view already".into()));
+    }
+    if let Some(h) = hidden
+        .iter()
+        .find(|h| is_under(&canonical, h) || is_under(h, &canonical))
+    {
+        return Err(refuse(format!(
+            "holds or is inside the agent's state ({})",
+            h.display()
+        )));
+    }
+    // overlayfs options are separated by ',' and its lower layers by ':'.
+    if canonical.to_string_lossy().contains([',', ':', '\\']) {
+        return Err(refuse(
+            "a path with ',', ':' or '\\' cannot be an overlay layer".into(),
+        ));
+    }
+    // The assembly point: one empty directory, private to each mount namespace that uses it.
+    fs::create_dir_all(&staging).map_err(|e| refuse(format!("{}: {e}", staging.display())))?;
+    Ok(RootDir {
+        dir: canonical,
+        staging,
+    })
+}
+
+/// A file of a root directory, its links resolved inside it (never on the host's side);
+/// empty if it is not there.
+pub fn read_in_root(root: &Path, path: &str) -> Vec<u8> {
+    open_in_root(root, path, libc::O_RDONLY)
+        .map(|fd| {
+            let mut buf = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut fs::File::from(fd), &mut buf);
+            buf
+        })
+        .unwrap_or_default()
+}
+
+/// `openat2(root, path, RESOLVE_IN_ROOT)`: `..` and absolute links stay inside `root`.
+pub fn open_in_root(
+    root: &Path,
+    path: &str,
+    flags: libc::c_int,
+) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _};
+    let dir = fs::File::open(root)?;
+    let path =
+        CString::new(path).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let how = OpenHow {
+        flags: u64::try_from(flags | libc::O_CLOEXEC).unwrap_or(0),
+        mode: 0,
+        resolve: RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+    };
+    // SAFETY: openat2 with a valid dirfd, path and open_how.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            path.as_ptr(),
+            &raw const how,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor we own.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(i32::try_from(fd).expect("fd")) })
+}
+
+/// linux/openat2.h.
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+const RESOLVE_IN_ROOT: u64 = 0x10;

@@ -1,0 +1,273 @@
+//! Root directories and mounts: a sandbox runs from a directory the test builds (busybox,
+//! its own `/etc/os-release`), read-only below a private writable layer, and sees host paths
+//! bound in with `--mount`, read-only or writable. Judged from inside and on the host.
+use std::{
+    fs,
+    os::unix::fs::{MetadataExt as _, PermissionsExt as _, symlink},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    thread,
+    time::Duration,
+};
+
+use sandbox_tests::{agent, agent_cmd, daemon::TestDaemon, helpers, sh};
+
+/// The default range of sandboxes' own uids (identity.rs).
+const UID_FIRST: u32 = 0x6000_0000;
+
+/// A root directory of busybox applets with an os-release of its own, readable by all.
+fn busybox_root(tag: &str) -> PathBuf {
+    let dir = helpers().join(format!("rootfs-{tag}"));
+    let _ = fs::remove_dir_all(&dir);
+    for sub in ["bin", "etc", "proc", "dev", "sys", "tmp", "root", "home"] {
+        fs::create_dir_all(dir.join(sub)).expect("rootfs dir");
+    }
+    fs::copy("/bin/busybox", dir.join("bin/busybox")).expect("copy busybox (busybox-static)");
+    for applet in [
+        "sh", "cat", "ls", "id", "echo", "touch", "test", "grep", "head", "wc", "sleep", "whoami",
+        "stat",
+    ] {
+        symlink("busybox", dir.join("bin").join(applet)).expect("applet link");
+    }
+    fs::write(
+        dir.join("etc/os-release"),
+        format!("ID=sa-test-os\nNAME=\"sandbox test os {tag}\"\n"),
+    )
+    .expect("os-release");
+    fs::write(dir.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").expect("passwd");
+    fs::write(dir.join("etc/group"), "root:x:0:\n").expect("group");
+    // A link that points out of the root: it must resolve inside it.
+    symlink("/etc/os-release", dir.join("etc/os-link")).expect("link");
+    sh(&format!("chmod -R a+rX {}", dir.display()));
+    dir
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("utf-8")
+}
+
+#[test]
+fn a_root_directory_runs_with_its_own_files_and_writes_stay_private() {
+    let root = busybox_root("own");
+    let run = agent_cmd(&[
+        "run",
+        "--embedded",
+        "--rootfs",
+        path(&root),
+        "--",
+        "/bin/sh",
+        "-c",
+        "cat /etc/os-release; whoami; echo hi > /tmp/new && cat /tmp/new; \
+         echo home > $HOME/f && cat $HOME/f; (echo x > /etc/new) 2>/dev/null || echo etc-is-root-s; ls /; \
+         test -s /etc/resolv.conf && echo resolv; cat /etc/os-link | head -1",
+    ]);
+    assert_eq!(run.code, 0, "{run:#?}");
+    let out = &run.stdout;
+    assert!(out.contains("ID=sa-test-os"), "{out}");
+    assert!(out.contains("\nsandbox\n"), "not the sandbox's user: {out}");
+    assert!(out.contains("\nhi\nhome\netc-is-root-s\n"), "{out}");
+    assert!(
+        !out.contains("usr") && !out.contains("var"),
+        "host directories: {out}"
+    );
+    assert!(out.contains("resolv"), "no name resolution file: {out}");
+    assert!(
+        out.ends_with("ID=sa-test-os\n"),
+        "a link resolved outside: {out}"
+    );
+    // The directory itself did not change.
+    assert!(!root.join("tmp/new").exists() && !root.join("home/sandbox").exists());
+
+    // Two sandboxes of one root do not see each other's writes.
+    let mut a = Command::new(agent())
+        .args([
+            "run",
+            "--embedded",
+            "--rootfs",
+            path(&root),
+            "--",
+            "/bin/sh",
+            "-c",
+        ])
+        .arg("echo a > /tmp/from-a; echo a > $HOME/from-a; echo written; sleep 20")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start a");
+    let mut first = [0u8; 8];
+    std::io::Read::read_exact(a.stdout.as_mut().expect("stdout"), &mut first).expect("a wrote");
+    let b = agent_cmd(&[
+        "run",
+        "--embedded",
+        "--rootfs",
+        path(&root),
+        "--",
+        "/bin/sh",
+        "-c",
+        "test -e /tmp/from-a -o -e $HOME/from-a && echo SEEN || echo absent",
+    ]);
+    let _ = Command::new("kill").arg(a.id().to_string()).status();
+    let _ = a.wait();
+    assert_eq!(b.stdout.trim(), "absent", "{b:#?}");
+    let _ = fs::remove_dir_all(&root);
+}
+
+#[test]
+fn bad_root_directories_are_refused_in_one_line() {
+    let root = busybox_root("bad");
+    let file = root.join("etc/os-release");
+    for (args, code, message) in [
+        (vec!["--rootfs", path(&file)], 125, "not a directory"),
+        (
+            vec!["--rootfs", "/nonexistent-sa-root"],
+            125,
+            "does not exist",
+        ),
+        (
+            vec!["--rootfs", path(&root), "--", "/bin/python3"],
+            127,
+            "command not found in the root directory",
+        ),
+    ] {
+        let mut all = vec!["run", "--embedded"];
+        all.extend_from_slice(&args);
+        if !args.contains(&"--") {
+            all.extend_from_slice(&["--", "/bin/true"]);
+        }
+        let run = agent_cmd(&all);
+        assert_eq!(run.code, code, "{args:?}: {run:#?}");
+        assert_eq!(run.stderr.lines().count(), 1, "{run:#?}");
+        assert!(run.stderr.contains(message), "{args:?}: {run:#?}");
+    }
+    let _ = fs::remove_dir_all(&root);
+}
+
+#[test]
+fn mounts_bind_host_paths_read_only_or_writable() {
+    let base = helpers().join(format!("mounts-{}", std::process::id()));
+    let (data, out) = (base.join("data"), base.join("out"));
+    fs::create_dir_all(&data).expect("data");
+    fs::create_dir_all(&out).expect("out");
+    fs::write(data.join("in.txt"), "input").expect("input");
+    fs::set_permissions(&out, fs::Permissions::from_mode(0o777)).expect("chmod");
+    sh(&format!("chmod -R a+rX {}", data.display()));
+    let ro = format!("{}:/tmp/data:ro", data.display());
+    let rw = format!("{}:/home/out", out.display());
+    for root in [None, Some(busybox_root("mounts"))] {
+        let mut args = vec!["run", "--embedded", "--mount", &ro, "--mount", &rw];
+        if let Some(r) = &root {
+            args.extend_from_slice(&["--rootfs", path(r)]);
+        }
+        args.extend_from_slice(&[
+            "--",
+            "/bin/sh",
+            "-c",
+            "cat /tmp/data/in.txt; echo; (echo x > /tmp/data/new) 2>/dev/null && echo WROTE || echo ro; \
+             echo result > /home/out/r.txt && echo rw",
+        ]);
+        let run = agent_cmd(&args);
+        assert_eq!(run.code, 0, "{run:#?}");
+        assert_eq!(run.stdout, "input\nro\nrw\n", "{run:#?}");
+        assert!(!data.join("new").exists());
+        let written = out.join("r.txt");
+        assert_eq!(fs::read_to_string(&written).expect("written"), "result\n");
+        let owner = fs::metadata(&written).expect("meta").uid();
+        assert!(
+            owner >= UID_FIRST,
+            "written as uid {owner}, not the sandbox's own"
+        );
+        fs::remove_file(&written).expect("clean");
+        if let Some(r) = root {
+            let _ = fs::remove_dir_all(r);
+        }
+    }
+    let _ = fs::remove_dir_all(&base);
+}
+
+#[test]
+fn bad_mounts_are_refused_in_one_line_on_every_path() {
+    let base = helpers().join(format!("badmounts-{}", std::process::id()));
+    let state = base.join("state");
+    fs::create_dir_all(base.join("src")).expect("src");
+    fs::create_dir_all(&state).expect("state");
+    let config = base.join("config.toml");
+    fs::write(&config, format!("state_dir = \"{}\"\n", state.display())).expect("config");
+    let src = base.join("src").display().to_string();
+    let cases = [
+        (
+            "/nonexistent-sa-src:/tmp/x".to_owned(),
+            "source /nonexistent-sa-src: does not exist",
+        ),
+        (format!("{src}:/proc/x"), "is below /proc"),
+        (
+            format!("{src}:/opt/sa-not-there"),
+            "does not exist, and the sandbox's root",
+        ),
+        (format!("{src}:relative"), "use an absolute path"),
+        (format!("{}:/tmp/s", state.display()), "the agent's state"),
+        ("nocolon".to_owned(), "use SRC:DST or SRC:DST:ro"),
+    ];
+    for (spec, message) in &cases {
+        let run = agent_cmd(&[
+            "run",
+            "--embedded",
+            "--config",
+            path(&config),
+            "--mount",
+            spec,
+            "--",
+            "/bin/true",
+        ]);
+        assert_eq!(run.code, 125, "{spec}: {run:#?}");
+        assert_eq!(run.stderr.lines().count(), 1, "{run:#?}");
+        assert!(run.stderr.contains(message), "{spec}: {run:#?}");
+    }
+    // The daemon says the same, as a 400.
+    let d = TestDaemon::start();
+    let (status, body) = d.json(
+        "POST",
+        "/v1/sandboxes",
+        Some(r#"{"command":["/bin/true"],"mounts":[{"source":"/nonexistent-sa-src","target":"/tmp/x"}]}"#),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("source /nonexistent-sa-src: does not exist")),
+        "{body}"
+    );
+    let _ = fs::remove_dir_all(&base);
+}
+
+#[test]
+fn daemon_sandboxes_run_from_a_root_directory_and_execs_enter_it() {
+    let root = busybox_root("daemon");
+    let d = TestDaemon::start();
+    let id = d.ok(&[
+        "create",
+        "--rootfs",
+        path(&root),
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo main > /tmp/mark; exec sleep 60",
+    ]);
+    let seen = (0..50)
+        .map(|_| {
+            thread::sleep(Duration::from_millis(20));
+            d.ok(&[
+                "exec",
+                &id,
+                "--",
+                "/bin/sh",
+                "-c",
+                "cat /etc/os-release /tmp/mark 2>/dev/null || true",
+            ])
+        })
+        .find(|o| o.ends_with("main"));
+    let seen = seen.expect("the exec does not see the sandbox's root");
+    assert!(seen.contains("ID=sa-test-os"), "{seen}");
+    assert_eq!(d.inspect(&id)["rootfs"], path(&root));
+    d.cli(&["kill", &id]);
+    let _ = fs::remove_dir_all(&root);
+}
