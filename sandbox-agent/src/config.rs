@@ -72,6 +72,9 @@ pub struct Config {
     pub default_memory: Option<String>,
     pub default_cpus: Option<String>,
     pub default_pids: Option<String>,
+    /// Largest file `cp` (the files API) moves into or out of a sandbox.
+    #[serde(default = "default_max_file_bytes")]
+    pub max_file_bytes: u64,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -106,6 +109,9 @@ fn default_uid_first() -> u32 {
 }
 fn default_uid_count() -> u32 {
     crate::identity::DEFAULT_COUNT
+}
+fn default_max_file_bytes() -> u64 {
+    256 << 20
 }
 fn default_tmp_size() -> String {
     "512m".into()

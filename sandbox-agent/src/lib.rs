@@ -9,6 +9,7 @@ pub mod domain_state;
 pub mod domains;
 pub mod enforcement;
 pub mod events;
+pub mod files;
 pub mod identity;
 pub mod ingress;
 pub mod init;

@@ -56,6 +56,8 @@ enum Command {
     Events(cli::api::EventsArgs),
     /// List where a sandbox's exposed ports are reached (gateway URLs and tunnels).
     Tunnels(cli::api::RefArgs),
+    /// Copy a file into or out of a running sandbox (cp FILE SANDBOX:PATH, cp SANDBOX:PATH FILE).
+    Cp(cli::api::CpArgs),
     /// Make a connect token for a sandbox's HTTP ports (or list or revoke them).
     Token(cli::api::TokenArgs),
     /// Print the enforcement state (installed programs, live sandboxes, counters) as JSON.
@@ -101,6 +103,7 @@ fn main() -> ExitCode {
         Command::Policy(cmd) => cli::api::policy(&client(), &cmd),
         Command::Events(args) => cli::api::events(&client(), &args),
         Command::Tunnels(args) => cli::api::tunnels(&client(), &args),
+        Command::Cp(args) => cli::api::cp(&client(), &args),
         Command::Token(args) => cli::api::token(&client(), &args),
         Command::State => cli::state::main(),
         Command::Openapi => {

@@ -271,3 +271,121 @@ fn daemon_sandboxes_run_from_a_root_directory_and_execs_enter_it() {
     d.cli(&["kill", &id]);
     let _ = fs::remove_dir_all(&root);
 }
+
+#[test]
+fn cp_moves_files_into_and_out_of_a_blocked_sandbox_as_its_user() {
+    let d = TestDaemon::start();
+    let id = d.ok(&[
+        "create",
+        "--network",
+        "blocked",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo from-inside > /tmp/out.txt; ln -s / /tmp/root-link; ln -s /tmp /tmp/tmp-link; exec sleep 60",
+    ]);
+    let uid = d.inspect(&id)["uid"].as_u64().expect("uid");
+    let base = helpers().join(format!("cp-{}", std::process::id()));
+    fs::create_dir_all(&base).expect("base");
+    let input = base.join("in.bin");
+    let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    fs::write(&input, &payload).expect("input");
+    // In: the file arrives whole, owned by the sandbox's user.
+    d.ok(&["cp", path(&input), &format!("{id}:/tmp/in.bin")]);
+    let seen = d.ok(&[
+        "exec",
+        &id,
+        "--",
+        "/bin/sh",
+        "-c",
+        "stat -c '%u %s' /tmp/in.bin; md5sum < /tmp/in.bin | cut -c1-32",
+    ]);
+    let md5 = sh(&format!("md5sum < {} | cut -c1-32", input.display()));
+    assert_eq!(
+        seen,
+        format!("{uid} {}\n{}", payload.len(), md5.trim()),
+        "{seen}"
+    );
+    // Out, also through a link inside the sandbox.
+    let (out, via_link) = (base.join("out.txt"), base.join("via-link.txt"));
+    for (remote, local) in [("/tmp/out.txt", &out), ("/tmp/tmp-link/out.txt", &via_link)] {
+        let _ = wait_for_file(&d, &id, remote);
+        d.ok(&["cp", &format!("{id}:{remote}"), path(local)]);
+        assert_eq!(fs::read_to_string(local).expect("copied"), "from-inside\n");
+    }
+    // Nothing leaves the sandbox's view, nor is read with more than its user's rights: `..`
+    // stays at its root, a link to / is its own /, the agent's state is not there, and the
+    // host's shadow file (visible read-only in the default view) is not the user's to read.
+    let state = d.dir.join("state");
+    fs::write(state.join("sa-marker"), "agent state").expect("marker");
+    // A host file anyone may read, in a host directory the sandbox's view covers (its /tmp
+    // is its own): only the resolving inside the sandbox keeps it out of reach.
+    let hidden = PathBuf::from(format!("/tmp/sa-cp-{}", std::process::id()));
+    fs::create_dir_all(&hidden).expect("hidden dir");
+    fs::write(hidden.join("secret"), "host only").expect("secret");
+    sh(&format!(
+        "chmod 755 {0} && chmod 644 {0}/secret",
+        hidden.display()
+    ));
+    for remote in [
+        format!("/../../../{}/sa-marker", state.display()),
+        format!("/tmp/root-link{}/sa-marker", state.display()),
+        format!("/tmp/root-link{}/secret", hidden.display()),
+        format!("/../..{}/secret", hidden.display()),
+        "/etc/shadow".to_owned(),
+    ] {
+        let run = d.cli(&["cp", &format!("{id}:{remote}"), path(&base.join("stolen"))]);
+        assert_ne!(run.code, 0, "{remote}: {run:#?}");
+        assert_eq!(run.stderr.lines().count(), 1, "{run:#?}");
+        assert!(!base.join("stolen").exists(), "{remote} was read");
+    }
+    // Writing through a link to / stays in the sandbox's view (where this host directory is
+    // read-only), never on the host, though the sandbox's user could write there.
+    let open_dir = PathBuf::from(format!("/tmp/sa-cp-open-{}", std::process::id()));
+    fs::create_dir_all(&open_dir).expect("open dir");
+    sh(&format!("chmod 777 {}", open_dir.display()));
+    let host_target = open_dir.join("planted");
+    let run = d.cli(&[
+        "cp",
+        path(&input),
+        &format!("{id}:/tmp/root-link{}", host_target.display()),
+    ]);
+    assert_ne!(run.code, 0, "{run:#?}");
+    assert!(!host_target.exists(), "a write left the sandbox");
+    // Bad input: a relative path, a directory, an ended sandbox.
+    let run = d.cli(&["cp", path(&input), &format!("{id}:relative")]);
+    assert!(run.stderr.contains("invalid path \"relative\""), "{run:#?}");
+    let run = d.cli(&["cp", path(&base), &format!("{id}:/tmp/dir")]);
+    assert!(
+        run.stderr.contains("directories are not copied yet"),
+        "{run:#?}"
+    );
+    d.cli(&["kill", &id]);
+    let run = d.cli(&["cp", path(&input), &format!("{id}:/tmp/late")]);
+    assert_ne!(run.code, 0, "{run:#?}");
+    assert!(run.stderr.contains("has ended"), "{run:#?}");
+    let _ = fs::remove_dir_all(&base);
+    let _ = fs::remove_dir_all(&hidden);
+    let _ = fs::remove_dir_all(&open_dir);
+}
+
+/// Waits until the sandbox shows `path` (its workload writes it at start).
+fn wait_for_file(d: &TestDaemon, id: &str, path: &str) -> bool {
+    (0..100).any(|_| {
+        let seen = d
+            .cli(&[
+                "exec",
+                id,
+                "--",
+                "/bin/sh",
+                "-c",
+                &format!("test -e {path}"),
+            ])
+            .code
+            == 0;
+        if !seen {
+            thread::sleep(Duration::from_millis(20));
+        }
+        seen
+    })
+}

@@ -826,3 +826,69 @@ pub fn events(client: &Client, args: &EventsArgs) -> i32 {
         Err(e) => fail(&e),
     }
 }
+
+#[derive(Args)]
+pub struct CpArgs {
+    /// A local file, or SANDBOX:PATH (id or name, then an absolute path in the sandbox).
+    source: String,
+    /// A local file or directory, or SANDBOX:PATH.
+    destination: String,
+}
+
+/// `SANDBOX:PATH` when the part before the first `:` names no local path.
+fn remote(arg: &str) -> Option<(&str, &str)> {
+    let (sandbox, path) = arg.split_once(':')?;
+    (!sandbox.is_empty() && !sandbox.contains('/')).then_some((sandbox, path))
+}
+
+/// `cp LOCAL SANDBOX:PATH` or `cp SANDBOX:PATH LOCAL`: one regular file, through the API.
+pub fn cp(client: &Client, args: &CpArgs) -> i32 {
+    let failed = |message: String| {
+        eprintln!("sandbox-agent: {message}");
+        125
+    };
+    match (remote(&args.source), remote(&args.destination)) {
+        (None, Some((sandbox, path))) => {
+            let local = std::path::Path::new(&args.source);
+            match std::fs::metadata(local) {
+                Ok(m) if m.is_dir() => {
+                    return failed(format!(
+                        "{}: a directory (directories are not copied yet)",
+                        local.display()
+                    ));
+                }
+                Err(e) => return failed(format!("{}: {e}", local.display())),
+                Ok(_) => {}
+            }
+            let data = match std::fs::read(local) {
+                Ok(d) => d,
+                Err(e) => return failed(format!("{}: {e}", local.display())),
+            };
+            let url = format!("{}/files?path={}", path_of(sandbox), enc(path));
+            match client.request(Method::PUT, &url, Some(data)) {
+                Ok(_) => 0,
+                Err(e) => fail(&e),
+            }
+        }
+        (Some((sandbox, path)), None) => {
+            let url = format!("{}/files?path={}", path_of(sandbox), enc(path));
+            let data = match client.request(Method::GET, &url, None) {
+                Ok(d) => d,
+                Err(e) => return fail(&e),
+            };
+            let mut local = std::path::PathBuf::from(&args.destination);
+            if local.is_dir() {
+                let name = std::path::Path::new(path).file_name().unwrap_or_default();
+                local.push(name);
+            }
+            match std::fs::write(&local, data) {
+                Ok(()) => 0,
+                Err(e) => failed(format!("{}: {e}", local.display())),
+            }
+        }
+        _ => failed(
+            "cp takes one local path and one SANDBOX:PATH (cp FILE SANDBOX:PATH, cp SANDBOX:PATH FILE)"
+                .into(),
+        ),
+    }
+}

@@ -91,6 +91,8 @@ pub enum Error {
     Identity(#[from] IdentityError),
     #[error(transparent)]
     View(#[from] crate::view::ViewError),
+    #[error(transparent)]
+    Files(#[from] crate::files::FilesError),
 }
 
 impl Error {
@@ -121,6 +123,7 @@ impl Error {
                 LimitsError::Invalid { .. } | LimitsError::MissingController { .. },
             )
             | Self::View(_)
+            | Self::Files(crate::files::FilesError::BadPath(_))
             | Self::Token(TokenError::MetadataTooLarge(_) | TokenError::MetadataNotAHeader) => {
                 Fault::Request
             }
@@ -142,7 +145,12 @@ impl Error {
             | Self::NotReady { .. }
             | Self::NoStdin { .. }
             | Self::Stdin { .. }
-            | Self::Identity(IdentityError::Exhausted { .. }) => Fault::State,
+            | Self::Identity(IdentityError::Exhausted { .. })
+            | Self::Files(
+                crate::files::FilesError::Access { .. }
+                | crate::files::FilesError::TooLarge { .. }
+                | crate::files::FilesError::Full { .. },
+            ) => Fault::State,
             Self::Token(TokenError::Save(_))
             | Self::Kernel(_)
             | Self::Cgroup(_)
@@ -151,7 +159,8 @@ impl Error {
             | Self::Tunnel { .. }
             | Self::Lost(_)
             | Self::Resources(LimitsError::Io { .. })
-            | Self::Identity(_) => Fault::Agent,
+            | Self::Identity(_)
+            | Self::Files(crate::files::FilesError::Root(_)) => Fault::Agent,
         }
     }
 

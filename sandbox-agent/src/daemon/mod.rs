@@ -18,6 +18,7 @@ mod adopt;
 mod create;
 pub mod error;
 mod event_share;
+mod files;
 mod live;
 pub mod logs;
 pub mod observe;

@@ -98,6 +98,12 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/v1/sandboxes/{id}/execs/{exec}/logs", get(exec_logs))
         .route("/v1/sandboxes/{id}/tunnels", get(tunnels))
         .route(
+            "/v1/sandboxes/{id}/files",
+            get(file_get).put(file_put).layer(DefaultBodyLimit::max(
+                usize::try_from(daemon.config.max_file_bytes).unwrap_or(usize::MAX),
+            )),
+        )
+        .route(
             "/v1/sandboxes/{id}/tokens",
             get(list_tokens).post(issue_token),
         )
@@ -152,7 +158,7 @@ async fn openapi() -> impl IntoResponse {
     servers((url = "http://localhost", description = "Over the daemon's Unix socket (the host name is ignored).")),
     paths(
         openapi, health, list, create, inspect, remove, kill, wait, wait_ready, sandbox_logs,
-        stdin_write, stdin_close, set_policy, exec, exec_wait, exec_logs, tunnels, issue_token,
+        stdin_write, stdin_close, file_put, file_get, set_policy, exec, exec_wait, exec_logs, tunnels, issue_token,
         list_tokens, revoke_token, events
     )
 )]
@@ -391,6 +397,40 @@ async fn stdin_write(
     let s = d.find(&id)?;
     blocking(move || d.write_stdin(&s, &data)).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `?path=` of the files routes (a missing one is refused as an empty path, in the API's
+/// own error format).
+#[derive(serde::Deserialize)]
+struct FileQuery {
+    #[serde(default)]
+    path: String,
+}
+
+#[utoipa::path(put, path = "/v1/sandboxes/{id}/files", operation_id = "putFile", summary = "Write a file into a running sandbox", description = "Resolved inside the sandbox's own view (`..` and links never leave it), written as its user (mode 0644, created or truncated), whatever its network policy. At most the daemon's `max_file_bytes`.", params(("id" = String, Path, description = "Sandbox id or name."), ("path" = String, Query, description = "Absolute path in the sandbox.")), request_body(content = String, content_type = "application/octet-stream"), responses((status = 204, description = "Written."), (status = "4XX", description = "Refused: the message names the culprit.", body = ErrorBody), (status = "5XX", description = "The agent or the host failed.", body = ErrorBody)))]
+async fn file_put(
+    State(d): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<FileQuery>,
+    data: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let s = d.find(&id)?;
+    blocking(move || d.write_file(&s, &q.path, &data)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/files", operation_id = "getFile", summary = "Read a file of a running sandbox", description = "Resolved inside the sandbox's own view, read as its user. A regular file of at most `max_file_bytes`.", params(("id" = String, Path, description = "Sandbox id or name."), ("path" = String, Query, description = "Absolute path in the sandbox.")), responses((status = 200, description = "The file's bytes.", content_type = "application/octet-stream", body = String), (status = "4XX", description = "Refused: the message names the culprit.", body = ErrorBody), (status = "5XX", description = "The agent or the host failed.", body = ErrorBody)))]
+async fn file_get(
+    State(d): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<FileQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let s = d.find(&id)?;
+    let data = blocking(move || d.read_file(&s, &q.path)).await?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        Body::from(data),
+    ))
 }
 
 #[utoipa::path(post, path = "/v1/sandboxes/{id}/stdin/close", operation_id = "closeStdin", summary = "Close the workload's stdin (EOF)", params(("id" = String, Path, description = "Sandbox id or name.")), responses((status = 204, description = "Closed."), (status = "4XX", description = "Refused: the message names the culprit.", body = ErrorBody)))]
