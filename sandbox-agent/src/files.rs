@@ -9,7 +9,7 @@
 use std::{
     fs,
     io::{self, Read as _, Write as _},
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::OwnedFd,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -98,27 +98,8 @@ impl SandboxFs {
     }
 
     fn open_at(&self, rel: &str, flags: libc::c_int, mode: u64) -> io::Result<OwnedFd> {
-        let path = std::ffi::CString::new(rel).map_err(|_| io::ErrorKind::InvalidInput)?;
-        let how = OpenHow {
-            flags: u64::try_from(flags | libc::O_CLOEXEC).unwrap_or(0),
-            mode,
-            resolve: RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
-        };
-        // SAFETY: openat2 with our directory descriptor, a C string and an open_how.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_openat2,
-                self.root.as_raw_fd(),
-                path.as_ptr(),
-                &raw const how,
-                std::mem::size_of::<OpenHow>(),
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a fresh descriptor we own.
-        Ok(unsafe { OwnedFd::from_raw_fd(i32::try_from(fd).map_err(|_| io::ErrorKind::Other)?) })
+        use std::os::fd::AsFd as _;
+        crate::view::open_beneath(self.root.as_fd(), rel, flags, mode)
     }
 }
 
@@ -177,16 +158,6 @@ impl Drop for FsIds {
         }
     }
 }
-
-/// linux/openat2.h.
-#[repr(C)]
-struct OpenHow {
-    flags: u64,
-    mode: u64,
-    resolve: u64,
-}
-const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
-const RESOLVE_IN_ROOT: u64 = 0x10;
 
 #[cfg(test)]
 mod tests {

@@ -11,10 +11,13 @@
 use std::{
     fmt::Write as _,
     fs,
-    io::Write as _,
+    io::{BufRead as _, BufReader, Write as _},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        mpsc,
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -479,5 +482,78 @@ impl Drop for Reap {
         drop(self.0.stdin.take());
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// A sandbox started by a `run` of its own, kept alive until its stdin closes.
+pub struct Holder {
+    child: Option<Child>,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Holder {
+    pub fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(agent())
+            .args(args)
+            .current_dir("/")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start sandbox-agent");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child: Some(child),
+            lines,
+        }
+    }
+
+    /// The first stdout line starting with `prefix` (bounded).
+    pub fn line(&self, prefix: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.starts_with(prefix) => return l,
+                Ok(_) => {}
+                Err(e) => panic!("no {prefix:?} line from the sandbox: {e}"),
+            }
+        }
+    }
+
+    /// The agent's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Closes its stdin and waits for the agent (bounded); its exit status.
+    pub fn finish(&mut self) -> Run {
+        let mut child = self.child.take().expect("running");
+        drop(child.stdin.take());
+        wait_bounded(child)
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            drop(c.stdin.take());
+            sh_quiet(&format!("kill -TERM {}", c.id()));
+            let start = Instant::now();
+            while c.try_wait().ok().flatten().is_none() && start.elapsed() < Duration::from_secs(15)
+            {
+                thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }

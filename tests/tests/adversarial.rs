@@ -42,7 +42,7 @@
 //!   `sandboxes_accept_no_connection_but_the_gateways`.
 use std::{
     fs,
-    io::{BufRead as _, BufReader, ErrorKind},
+    io::ErrorKind,
     net::TcpListener,
     os::unix::{net::UnixListener, process::CommandExt as _},
     path::PathBuf,
@@ -53,8 +53,8 @@ use std::{
 };
 
 use sandbox_tests::{
-    HOLD_PORT, PORT, Reap, RemoteHost, Run, agent, agent_cmd, cgroup2_mount, helpers, open_pty,
-    read_terminal, run_client, sh,
+    HOLD_PORT, Holder, PORT, Reap, RemoteHost, Run, agent, agent_cmd, cgroup2_mount, helpers,
+    open_pty, read_terminal, run_client, sh,
 };
 
 /// Port of the test's own UDP listeners in the namespace (`udplog.py`).
@@ -212,74 +212,6 @@ fn namespaces_cannot_be_created_inside_a_sandbox() {
     let run = agent_cmd(&["run", "--", "unshare", "-Urn", "true"]);
     assert_ne!(run.code, 0, "unshare -Urn succeeded in a sandbox: {run:#?}");
     assert!(run.stderr.contains("not permitted"), "{run:#?}");
-}
-
-/// A sandbox started by a `run` of its own, kept alive until its stdin closes.
-struct Holder {
-    child: Option<Child>,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Holder {
-    fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(agent())
-            .args(args)
-            .current_dir("/")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start sandbox-agent");
-        let out = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self {
-            child: Some(child),
-            lines,
-        }
-    }
-
-    /// The first stdout line starting with `prefix` (bounded).
-    fn line(&self, prefix: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) if l.starts_with(prefix) => return l,
-                Ok(_) => {}
-                Err(e) => panic!("no {prefix:?} line from the sandbox: {e}"),
-            }
-        }
-    }
-
-    /// Closes its stdin and waits for the agent (bounded); its exit status.
-    fn finish(&mut self) -> Run {
-        let mut child = self.child.take().expect("running");
-        drop(child.stdin.take());
-        sandbox_tests::wait_bounded(child)
-    }
-}
-
-impl Drop for Holder {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            drop(c.stdin.take());
-            sandbox_tests::sh_quiet(&format!("kill -TERM {}", c.id()));
-            let start = Instant::now();
-            while c.try_wait().ok().flatten().is_none() && start.elapsed() < Duration::from_secs(15)
-            {
-                thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 /// The host pid of the python process whose command line holds all of `needles`.

@@ -5,12 +5,11 @@ use std::{
     fs,
     os::unix::fs::{MetadataExt as _, PermissionsExt as _, symlink},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
     thread,
     time::Duration,
 };
 
-use sandbox_tests::{agent, agent_cmd, daemon::TestDaemon, helpers, sh};
+use sandbox_tests::{Holder, agent_cmd, daemon::TestDaemon, helpers, sh};
 
 /// The default range of sandboxes' own uids (identity.rs).
 const UID_FIRST: u32 = 0x6000_0000;
@@ -79,23 +78,17 @@ fn a_root_directory_runs_with_its_own_files_and_writes_stay_private() {
     assert!(!root.join("tmp/new").exists() && !root.join("home/sandbox").exists());
 
     // Two sandboxes of one root do not see each other's writes.
-    let mut a = Command::new(agent())
-        .args([
-            "run",
-            "--embedded",
-            "--rootfs",
-            path(&root),
-            "--",
-            "/bin/sh",
-            "-c",
-        ])
-        .arg("echo a > /tmp/from-a; echo a > $HOME/from-a; echo written; sleep 20")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start a");
-    let mut first = [0u8; 8];
-    std::io::Read::read_exact(a.stdout.as_mut().expect("stdout"), &mut first).expect("a wrote");
+    let a = Holder::start(&[
+        "run",
+        "--embedded",
+        "--rootfs",
+        path(&root),
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo a > /tmp/from-a; echo a > $HOME/from-a; echo written; sleep 20",
+    ]);
+    a.line("written");
     let b = agent_cmd(&[
         "run",
         "--embedded",
@@ -106,8 +99,7 @@ fn a_root_directory_runs_with_its_own_files_and_writes_stay_private() {
         "-c",
         "test -e /tmp/from-a -o -e $HOME/from-a && echo SEEN || echo absent",
     ]);
-    let _ = Command::new("kill").arg(a.id().to_string()).status();
-    let _ = a.wait();
+    drop(a);
     assert_eq!(b.stdout.trim(), "absent", "{b:#?}");
     let _ = fs::remove_dir_all(&root);
 }

@@ -4,16 +4,14 @@
 //! processes: what the workload sees and can do from inside, what the host sees outside.
 use std::{
     fs,
-    io::{BufRead as _, BufReader, ErrorKind},
+    io::ErrorKind,
     os::unix::net::UnixListener,
     path::PathBuf,
-    process::{Child, Command, Stdio},
-    sync::mpsc,
     thread,
     time::{Duration, Instant},
 };
 
-use sandbox_tests::{agent, agent_cmd, daemon::TestDaemon, helpers, sh};
+use sandbox_tests::{Holder, agent_cmd, daemon::TestDaemon, helpers, sh};
 
 /// The default range of sandboxes' own uids (identity.rs).
 const UID_FIRST: u32 = 0x6000_0000;
@@ -41,64 +39,21 @@ fn inside_with(flags: &[&str], script: &str) -> String {
     run.stdout
 }
 
-/// A `run` kept alive until dropped, with its stdout lines.
-struct Live {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Live {
-    fn start(script: &str) -> Self {
-        Self::start_with(&[], script)
-    }
-
-    fn start_with(flags: &[&str], script: &str) -> Self {
-        let mut child = Command::new(agent())
-            .args(["run", "--embedded"])
-            .args(flags)
-            .args(["--", "/bin/sh", "-c", script])
-            .current_dir("/")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start sandbox-agent");
-        let out = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self { child, lines }
-    }
-
-    fn line(&self) -> String {
-        self.lines
-            .recv_timeout(Duration::from_secs(30))
-            .expect("a line from the sandbox")
-    }
-}
-
-impl Drop for Live {
-    fn drop(&mut self) {
-        // SIGTERM to the agent: it forwards it and cleans up.
-        let _ = Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status();
-        let _ = self.child.wait();
-    }
+/// `run --embedded FLAGS -- sh -c SCRIPT`, kept alive until finished or dropped.
+fn live(flags: &[&str], script: &str) -> Holder {
+    let mut args = vec!["run", "--embedded"];
+    args.extend_from_slice(flags);
+    args.extend_from_slice(&["--", "/bin/sh", "-c", script]);
+    Holder::start(&args)
 }
 
 #[test]
 fn each_sandbox_runs_as_its_own_uid_with_a_passwd_entry_and_home() {
-    let a = Live::start("id -u; sleep 30");
-    let b = Live::start("id -u; sleep 30");
+    let a = live(&[], "id -u; sleep 30");
+    let b = live(&[], "id -u; sleep 30");
     let (ua, ub): (u32, u32) = (
-        a.line().trim().parse().expect("uid"),
-        b.line().trim().parse().expect("uid"),
+        a.line("").trim().parse().expect("uid"),
+        b.line("").trim().parse().expect("uid"),
     );
     assert!(
         in_range(ua) && in_range(ub),
@@ -156,18 +111,17 @@ fn a_sandbox_sees_only_its_own_processes() {
 #[test]
 fn signals_reach_the_workload_through_its_init_and_orphans_are_reaped() {
     // A shell that leaves orphans behind, then waits for a TERM the agent forwards.
-    let live = Live::start(
+    let mut sandbox = live(
+        &[],
         "for i in 1 2 3; do (sleep 0.1 &) ; done; trap 'echo got-term; exit 7' TERM; \
          echo ready; sleep 0.5; ps -e -o stat= | grep -c Z; while :; do sleep 0.1; done",
     );
-    assert_eq!(live.line(), "ready");
-    assert_eq!(live.line().trim(), "0", "zombies were left unreaped");
-    let pid = live.child.id();
-    let mut live = live;
-    sh(&format!("kill -TERM {pid}"));
-    assert_eq!(live.line(), "got-term");
-    let status = live.child.wait().expect("wait");
-    assert_eq!(status.code(), Some(7), "the workload's own status");
+    assert_eq!(sandbox.line(""), "ready");
+    assert_eq!(sandbox.line("").trim(), "0", "zombies were left unreaped");
+    sh(&format!("kill -TERM {}", sandbox.pid()));
+    assert_eq!(sandbox.line(""), "got-term");
+    let end = sandbox.finish();
+    assert_eq!(end.code, 7, "the workload's own status: {end:#?}");
 }
 
 #[test]
@@ -555,11 +509,11 @@ fn root_is_uid_0_of_its_own_user_namespace_with_no_host_capability() {
         "{out}"
     );
     // The host sees the sandbox's own uid, not root.
-    let live = Live::start_with(&["--root"], "echo up; sleep 30");
-    assert_eq!(live.line(), "up");
+    let sandbox = live(&["--root"], "echo up; sleep 30");
+    assert_eq!(sandbox.line(""), "up");
     let uids = sh(&format!(
         "for p in $(cat /proc/{}/task/*/children); do ps -o uid= --ppid $p; ps -o uid= -p $p; done",
-        live.child.id()
+        sandbox.pid()
     ));
     assert!(
         !uids.is_empty()
@@ -710,25 +664,11 @@ fn a_sandbox_whose_agent_was_killed_keeps_its_uid() {
     let config = helpers().join(format!("one-uid-{}.toml", std::process::id()));
     fs::write(&config, format!("uid_first = {first}\nuid_count = 1\n")).expect("config");
     let config = config.to_str().expect("utf-8");
-    let mut orphaned = Command::new(agent())
-        .args([
-            "run",
-            "--embedded",
-            "--config",
-            config,
-            "--",
-            "/bin/sh",
-            "-c",
-            "echo up; exec sleep 30",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start");
-    let mut up = [0u8; 3];
-    std::io::Read::read_exact(orphaned.stdout.as_mut().expect("stdout"), &mut up).expect("up");
-    let _ = orphaned.kill();
-    let _ = orphaned.wait();
+    let orphaned = live(&["--config", config], "echo up; exec sleep 30");
+    orphaned.line("up");
+    // Its agent dies at once; the sandbox runs on.
+    sh(&format!("kill -9 {}", orphaned.pid()));
+    drop(orphaned);
     let run = agent_cmd(&["run", "--embedded", "--config", config, "--", "/bin/true"]);
     // The orphan goes (its processes are the uid's), then the uid is free again.
     sh(&format!("pkill -9 -u {first} || true"));

@@ -186,20 +186,33 @@ pub fn open_in_root(
     path: &str,
     flags: libc::c_int,
 ) -> std::io::Result<std::os::fd::OwnedFd> {
-    use std::os::fd::{AsRawFd as _, FromRawFd as _};
+    use std::os::fd::AsFd as _;
     let dir = fs::File::open(root)?;
+    open_beneath(dir.as_fd(), path, flags, 0)
+}
+
+/// `path` opened below the directory `root` as if `root` were `/`: `..`, absolute links and
+/// links swapped in meanwhile never leave it, and `/proc` magic links are not followed.
+/// (The files API runs it on a sandbox's root; the view on a root directory.)
+pub fn open_beneath(
+    root: std::os::fd::BorrowedFd<'_>,
+    path: &str,
+    flags: libc::c_int,
+    mode: u64,
+) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _};
     let path =
         CString::new(path).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
     let how = OpenHow {
         flags: u64::try_from(flags | libc::O_CLOEXEC).unwrap_or(0),
-        mode: 0,
+        mode,
         resolve: RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
     };
     // SAFETY: openat2 with a valid dirfd, path and open_how.
     let fd = unsafe {
         libc::syscall(
             libc::SYS_openat2,
-            dir.as_raw_fd(),
+            root.as_raw_fd(),
             path.as_ptr(),
             &raw const how,
             std::mem::size_of::<OpenHow>(),
@@ -208,8 +221,9 @@ pub fn open_in_root(
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }
+    let fd = i32::try_from(fd).map_err(|_| std::io::Error::from(std::io::ErrorKind::Other))?;
     // SAFETY: a fresh descriptor we own.
-    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(i32::try_from(fd).expect("fd")) })
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
 }
 
 /// linux/openat2.h.

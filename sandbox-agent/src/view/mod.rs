@@ -25,7 +25,9 @@ use std::{
 mod checks;
 mod steps;
 
-pub use checks::{ViewError, check_mounts, check_root, open_in_root, parse_mount, read_in_root};
+pub use checks::{
+    ViewError, check_mounts, check_root, open_beneath, open_in_root, parse_mount, read_in_root,
+};
 pub use steps::{MAX_STASH, Op, Plan, apply};
 use steps::{MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY};
 
@@ -79,9 +81,6 @@ pub struct BindMount {
     pub target: PathBuf,
     pub read_only: bool,
 }
-
-/// Default size of each private writable tmpfs.
-pub const DEFAULT_TMP_BYTES: u64 = 512 << 20;
 
 /// Directories replaced by private tmpfs: (path, mode, whether the size limit applies).
 pub(crate) const PRIVATE_DIRS: [(&str, u32, bool); 5] = [
@@ -148,34 +147,47 @@ fn begin(ops: &mut Vec<Op>, mounts: &[BindMount], first_slot: usize) {
     ops.push(read_only("/"));
 }
 
+/// A mount point at `target` for a directory or a file (`dir`), with the directories above
+/// it that are below `base` (made where missing; existing ones are left as they are).
+fn mount_point(ops: &mut Vec<Op>, target: &Path, dir: bool, base: &Path) {
+    let mut ancestors: Vec<&Path> = target
+        .ancestors()
+        .skip(1)
+        .filter(|d| d.starts_with(base) && *d != base)
+        .collect();
+    ancestors.reverse();
+    for parent in ancestors {
+        ops.push(Op::Mkdir {
+            path: c(parent),
+            mode: 0o755,
+        });
+    }
+    ops.push(if dir {
+        Op::Mkdir {
+            path: c(target),
+            mode: 0o755,
+        }
+    } else {
+        Op::Write {
+            path: c(target),
+            content: Vec::new(),
+            mode: 0o644,
+        }
+    });
+}
+
 /// Attaches the `--mount`s at their targets below `prefix` (`/` or the new root), making the
-/// mount points, and covers host unix sockets inside their sources.
-fn place_mounts(ops: &mut Vec<Op>, mounts: &[BindMount], first_slot: usize, prefix: &Path) {
+/// mount points, and covers the host unix sockets (`sockets`) inside their sources.
+fn place_mounts(
+    ops: &mut Vec<Op>,
+    mounts: &[BindMount],
+    first_slot: usize,
+    prefix: &Path,
+    sockets: &[PathBuf],
+) {
     for (i, m) in mounts.iter().enumerate() {
         let target = under(prefix, &m.target);
-        let mut ancestors: Vec<&Path> = target.ancestors().skip(1).collect();
-        ancestors.reverse();
-        for dir in ancestors
-            .into_iter()
-            .filter(|d| d.starts_with(prefix) && *d != prefix)
-        {
-            ops.push(Op::Mkdir {
-                path: c(dir),
-                mode: 0o755,
-            });
-        }
-        ops.push(if m.source.is_dir() {
-            Op::Mkdir {
-                path: c(&target),
-                mode: 0o755,
-            }
-        } else {
-            Op::Write {
-                path: c(&target),
-                content: Vec::new(),
-                mode: 0o644,
-            }
-        });
+        mount_point(ops, &target, m.source.is_dir(), prefix);
         ops.push(Op::Place {
             slot: first_slot + i,
             target: c(&target),
@@ -188,7 +200,7 @@ fn place_mounts(ops: &mut Vec<Op>, mounts: &[BindMount], first_slot: usize, pref
             clear: if m.read_only { 0 } else { MOUNT_ATTR_RDONLY },
         });
     }
-    for socket in visible_unix_sockets(&[]) {
+    for socket in sockets {
         for m in mounts {
             if let Ok(rest) = socket.strip_prefix(&m.source) {
                 ops.push(cover_socket(&under(prefix, &m.target.join(rest))));
@@ -241,9 +253,14 @@ fn host_root_plan(options: &ViewOptions) -> Plan {
         hidden.push(dir);
     }
     minimal_dev(&mut plan.ops, Path::new("/"));
-    // Host unix sockets by path that no hidden directory covers.
-    for socket in visible_unix_sockets(&hidden) {
-        plan.ops.push(cover_socket(&socket));
+    // Host unix sockets by path that no hidden directory covers (read once: the mounts'
+    // sources are looked at in the same list).
+    let sockets = host_unix_sockets();
+    for socket in sockets
+        .iter()
+        .filter(|s| !hidden.iter().any(|h| is_under(s, h)))
+    {
+        plan.ops.push(cover_socket(socket));
     }
     if let Some(id) = &options.identity {
         let (passwd, group) = (
@@ -252,7 +269,13 @@ fn host_root_plan(options: &ViewOptions) -> Plan {
         );
         identity_ops(&mut plan.ops, id, (passwd, group), None);
     }
-    place_mounts(&mut plan.ops, &options.mounts, KEEP.len(), Path::new("/"));
+    place_mounts(
+        &mut plan.ops,
+        &options.mounts,
+        KEEP.len(),
+        Path::new("/"),
+        &sockets,
+    );
     new_proc(&mut plan.ops, Path::new("/"));
     plan
 }
@@ -347,7 +370,13 @@ fn root_dir_plan(options: &ViewOptions, root: &RootDir) -> Plan {
         );
         identity_ops(ops, id, files, Some(&new_root));
     }
-    place_mounts(ops, &options.mounts, sys_slot + 1, &new_root);
+    place_mounts(
+        ops,
+        &options.mounts,
+        sys_slot + 1,
+        &new_root,
+        &host_unix_sockets(),
+    );
     new_proc(ops, &new_root);
     ops.push(Op::PivotRoot {
         new_root: c(&new_root),
@@ -360,26 +389,9 @@ fn root_dir_plan(options: &ViewOptions, root: &RootDir) -> Plan {
 fn place_host_files(ops: &mut Vec<Op>, kept: &[(usize, &str, PathBuf)], new_root: &Path) {
     for (slot, name, real) in kept {
         let target = under(new_root, Path::new(name));
-        if let Some(parent) = target.parent() {
-            ops.push(Op::Mkdir {
-                path: c(parent),
-                mode: 0o755,
-            });
-        }
         // Whatever the image has there (often a link into /run) gives way to the host's.
         ops.push(Op::Remove { path: c(&target) });
-        ops.push(if real.is_dir() {
-            Op::Mkdir {
-                path: c(&target),
-                mode: 0o755,
-            }
-        } else {
-            Op::Write {
-                path: c(&target),
-                content: Vec::new(),
-                mode: 0o644,
-            }
-        });
+        mount_point(ops, &target, real.is_dir(), new_root);
         ops.push(Op::Place {
             slot: *slot,
             target: c(&target),
@@ -431,28 +443,12 @@ fn kept_files(hidden: &[PathBuf]) -> Vec<PathBuf> {
 /// the tmpfs first.
 fn place_kept(ops: &mut Vec<Op>, kept: &[PathBuf], hidden: &[PathBuf]) {
     for (slot, real) in kept.iter().enumerate() {
-        let mut ancestors: Vec<&Path> = real.ancestors().skip(1).collect();
-        ancestors.reverse();
-        for dir in ancestors {
-            if hidden.iter().any(|h| is_under(dir, h) && dir != h) {
-                ops.push(Op::Mkdir {
-                    path: c(dir),
-                    mode: 0o755,
-                });
-            }
-        }
-        ops.push(if real.is_dir() {
-            Op::Mkdir {
-                path: c(real),
-                mode: 0o755,
-            }
-        } else {
-            Op::Write {
-                path: c(real),
-                content: Vec::new(),
-                mode: 0o644,
-            }
-        });
+        // The covering tmpfs is empty: the directories between it and the file are made.
+        let covering = hidden
+            .iter()
+            .find(|h| is_under(real, h))
+            .map_or(Path::new("/"), PathBuf::as_path);
+        mount_point(ops, real, real.is_dir(), covering);
         ops.push(Op::Place {
             slot,
             target: c(real),
@@ -624,9 +620,9 @@ fn identity_ops(
 }
 
 /// Paths of the host's unix sockets (this network namespace's, from `/proc/net/unix`), with
-/// their links resolved (`/var/run` is often `/run`), that are not below a hidden directory
-/// or a kernel file system the view replaces, and still exist as sockets.
-fn visible_unix_sockets(hidden: &[PathBuf]) -> Vec<PathBuf> {
+/// their links resolved (`/var/run` is often `/run`), that are not below a kernel file
+/// system the view replaces, and still exist as sockets.
+fn host_unix_sockets() -> Vec<PathBuf> {
     use std::os::unix::fs::FileTypeExt as _;
     let Ok(text) = fs::read_to_string("/proc/net/unix") else {
         return Vec::new();
@@ -638,7 +634,6 @@ fn visible_unix_sockets(hidden: &[PathBuf]) -> Vec<PathBuf> {
         .filter_map(|l| l.split_whitespace().nth(7))
         .filter(|p| p.starts_with('/'))
         .filter_map(|p| fs::canonicalize(p).ok())
-        .filter(|p| !hidden.iter().any(|h| is_under(p, h)))
         .filter(|p| !replaced.iter().any(|r| is_under(p, r)))
         .filter(|p| fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_socket()))
         .collect();
@@ -662,7 +657,7 @@ mod tests {
                 home: PathBuf::from("/home/sandbox"),
                 listed: true,
             }),
-            tmp_bytes: DEFAULT_TMP_BYTES,
+            tmp_bytes: 64 << 20,
             root: None,
             mounts: Vec::new(),
         });
