@@ -60,6 +60,8 @@ enum Command {
     Cp(cli::api::CpArgs),
     /// Make a connect token for a sandbox's HTTP ports (or list or revoke them).
     Token(cli::api::TokenArgs),
+    /// List the image layer cache (images prune: remove layers no live sandbox uses).
+    Images(cli::images::ImagesArgs),
     /// Print the enforcement state (installed programs, live sandboxes, counters) as JSON.
     State,
     /// Print the daemon API's `OpenAPI` document (the one served at /openapi.json).
@@ -105,6 +107,7 @@ fn main() -> ExitCode {
         Command::Tunnels(args) => cli::api::tunnels(&client(), &args),
         Command::Cp(args) => cli::api::cp(&client(), &args),
         Command::Token(args) => cli::api::token(&client(), &args),
+        Command::Images(args) => cli::images::main(&args),
         Command::State => cli::state::main(),
         Command::Openapi => {
             println!("{}", sandbox_agent::daemon::server::document());

@@ -48,6 +48,12 @@ pub enum RunError {
     Limits(#[from] crate::limits::LimitError),
     #[error(transparent)]
     Identity(#[from] crate::identity::IdentityError),
+    #[error("{action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl RunError {
@@ -78,6 +84,8 @@ pub struct RunOptions {
     pub limits: crate::limits::Limits,
     /// The sandbox's own uid, given back once its cgroup is empty.
     pub lease: Option<crate::identity::Lease>,
+    /// The image's layers, held in the cache until the sandbox's cgroup is bound to them.
+    pub image: Option<crate::image::Hold>,
 }
 
 /// What a run ended with.
@@ -138,6 +146,14 @@ pub fn run(paths: &Paths, mut opts: RunOptions) -> Result<RunReport, RunError> {
     if let Some(lease) = &opts.lease {
         lease.bind_cgroup(&sandbox.made_cgroup().path)?;
     }
+    if let Some(hold) = &opts.image {
+        let path = &sandbox.made_cgroup().path;
+        hold.bind_cgroup(path).map_err(|source| RunError::Io {
+            action: "record the image layers of",
+            path: path.clone(),
+            source,
+        })?;
+    }
     timing.mark("lock and cgroup");
     // Domain rules: the resolver and proxy listen before the kernel may redirect to them.
     // Started after the signal mask is set, so their threads inherit it.
@@ -165,6 +181,8 @@ pub fn run(paths: &Paths, mut opts: RunOptions) -> Result<RunReport, RunError> {
     let child = launch::spawn(&opts.launch, &fd)?;
     timing.mark("spawn");
     drop(fd);
+    // Its cgroup has a process now: the in-use record keeps the layers from here on.
+    drop(opts.image.take());
 
     let (status, timed_out) = wait(
         &child,

@@ -102,7 +102,7 @@ pub fn prepare(w: Workload<'_>) -> Result<LaunchSpec, WorkloadError> {
         .map(|(_, v)| v.clone());
     let name = command.to_string_lossy().into_owned();
     let root = match &w.namespaces {
-        Namespaces::New { root: Some(r), .. } => Some(r.dir.clone()),
+        Namespaces::New { root: Some(r), .. } => Some(r.clone()),
         _ => None,
     };
     let program = match &root {
@@ -113,10 +113,7 @@ pub fn prepare(w: Workload<'_>) -> Result<LaunchSpec, WorkloadError> {
         return Err(WorkloadError {
             message: match &root {
                 None => format!("{name}: command not found"),
-                Some(r) => format!(
-                    "{name}: command not found in the root directory {}",
-                    r.display()
-                ),
+                Some(r) => format!("{name}: command not found in the {}", r.label),
             },
             code: 127,
         });
@@ -228,15 +225,11 @@ fn workload_user(w: &Workload<'_>) -> Result<user::User, WorkloadError> {
 
 /// `command` found as `launch::resolve_program` finds it, but inside `root` (its links
 /// resolved there): the path the workload will exec after the view's `pivot_root`.
-fn resolve_in_root(
-    root: &std::path::Path,
-    command: &OsStr,
-    path: Option<&OsStr>,
-) -> Option<PathBuf> {
+fn resolve_in_root(root: &view::RootDir, command: &OsStr, path: Option<&OsStr>) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt as _;
     let executable = |candidate: &std::path::Path| {
         let text = candidate.to_str()?;
-        let fd = view::open_in_root(root, text, libc::O_PATH).ok()?;
+        let fd = root.open(text, libc::O_PATH).ok()?;
         let meta = std::fs::File::from(fd).metadata().ok()?;
         (meta.is_file() && meta.permissions().mode() & 0o111 != 0).then(|| candidate.to_owned())
     };

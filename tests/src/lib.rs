@@ -128,6 +128,7 @@ pub fn sh_quiet(cmd: &str) {
 
 pub mod daemon;
 pub mod gateway;
+pub mod oci;
 pub mod web;
 
 static NEXT: AtomicU32 = AtomicU32::new(0);

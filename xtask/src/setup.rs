@@ -24,8 +24,9 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// of the explicit proxy in tests), python3-websockets (WebSocket server and client through
 /// the ingress gateway in tests), python3-venv (the API checker's virtualenv), bubblewrap
 /// (the benchmark's baseline for a sandbox's namespaces and mounts), procps (`ps` inside
-/// sandboxes in the isolation tests), busybox-static (the root directories the tests build).
-const PACKAGES: [&str; 14] = [
+/// sandboxes in the isolation tests), busybox-static (the root directories and images the
+/// tests build), buildah and umoci (images built by real tools in the image tests).
+const PACKAGES: [&str; 16] = [
     "iproute2",
     "iputils-ping",
     "netcat-openbsd",
@@ -40,6 +41,8 @@ const PACKAGES: [&str; 14] = [
     "bubblewrap",
     "procps",
     "busybox-static",
+    "buildah",
+    "umoci",
 ];
 
 /// The Python package (from the package index) that validates the `OpenAPI` document (it brings `jsonschema`, which

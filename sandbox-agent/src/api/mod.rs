@@ -75,6 +75,11 @@ pub struct CreateRequest {
     /// layer), instead of the host's root.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rootfs: Option<String>,
+    /// An OCI image layout directory or archive (or a `docker save` archive) on the daemon's
+    /// host to use as the sandbox's root; its `Env`, `WorkingDir`, `Entrypoint`, `Cmd` and
+    /// `User` are defaults for the fields here. Not with `rootfs`; never a registry pull.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
     /// Host paths bound into the sandbox.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mounts: Vec<MountSpec>,
@@ -267,6 +272,12 @@ pub struct SandboxView {
     pub root: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rootfs: Option<String>,
+    /// The image asked for, as given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// The digest of its manifest (`sha256:...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_digest: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mounts: Vec<MountSpec>,
     pub policy: PolicyFile,

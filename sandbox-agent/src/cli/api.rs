@@ -127,8 +127,12 @@ impl PolicyArgs {
 pub struct ViewArgs {
     /// A directory (e.g. made by debootstrap) to use as the sandbox's root, read-only below
     /// a private writable layer.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "image")]
     rootfs: Option<String>,
+    /// An OCI image layout directory or archive (skopeo, buildah, umoci; docker save) to use
+    /// as the sandbox's root; its Env, WorkingDir, Entrypoint, Cmd and User are defaults.
+    #[arg(long, value_name = "PATH")]
+    image: Option<String>,
     /// Bind a host path into the sandbox: SRC:DST or SRC:DST:ro (repeatable).
     #[arg(long = "mount", value_name = "SRC:DST[:ro]")]
     mounts: Vec<String>,
@@ -137,6 +141,10 @@ pub struct ViewArgs {
 impl ViewArgs {
     pub fn rootfs(&self) -> Option<&str> {
         self.rootfs.as_deref()
+    }
+
+    pub fn image(&self) -> Option<&str> {
+        self.image.as_deref()
     }
 
     /// The mounts as the API takes them (syntax checked).
@@ -452,6 +460,7 @@ pub fn create_request(args: &CreateArgs) -> Result<CreateRequest, String> {
         resources: args.resources.request(),
         root: args.root,
         rootfs: args.view.rootfs().map(str::to_owned),
+        image: args.view.image().map(str::to_owned),
         mounts: args.view.mounts().map_err(|e| e.to_string())?,
         max_learned_addresses: args.max_learned_addresses,
     })

@@ -2,6 +2,7 @@
 //! stderr and exit 125.
 pub mod api;
 pub mod daemon;
+pub mod images;
 pub mod run;
 pub mod state;
 pub mod teardown;

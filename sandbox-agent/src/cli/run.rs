@@ -99,8 +99,12 @@ pub struct RunArgs {
     /// if it exists; the daemon uses its own).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// The command and its arguments.
-    #[arg(last = true, required = true, value_name = "CMD")]
+    /// Program run before CMD (CMD becomes its arguments); with --image, in place of the
+    /// image's Entrypoint (and its Cmd).
+    #[arg(long, value_name = "PROGRAM")]
+    entrypoint: Option<String>,
+    /// The command and its arguments (with --image: in place of the image's Cmd).
+    #[arg(last = true, required_unless_present = "image", value_name = "CMD")]
     command: Vec<OsString>,
 }
 
@@ -211,9 +215,12 @@ fn prepare(args: &RunArgs) -> Result<(RunOptions, String), Failure> {
     let uid_range = config.uid_range()?;
     let tmp_bytes = config.tmp_bytes()?;
     let hide = config.hidden_dirs(&paths);
-    let (root, mounts) = view_of(args, &paths, &hide)?;
+    let (root, mounts, image) = view_of(args, &config, &paths, &hide)?;
+    let defaults = image.as_ref().map(|i| &i.defaults);
+    let command = command_of(args, defaults)?;
     let cwd = match &args.cwd {
         Some(d) => d.clone(),
+        None if let Some(dir) = defaults.and_then(|d| d.working_dir.as_ref()) => PathBuf::from(dir),
         // A root directory has nothing of the host's current directory.
         None if root.is_some() => PathBuf::from("/"),
         None => sandbox_agent::view::start_dir(
@@ -227,20 +234,29 @@ fn prepare(args: &RunArgs) -> Result<(RunOptions, String), Failure> {
         Some(_) => None,
         None => Some(sandbox_agent::identity::lease(&paths, uid_range)?),
     };
-    let env = args
-        .env
-        .iter()
-        .map(|item| workload::parse_env_item(item))
-        .filter_map(Result::transpose)
-        .collect::<Result<Vec<_>, _>>()?;
-    let name = args.command[0].to_string_lossy().into_owned();
+    // The image's Env first: the flags' variables replace its own.
+    let mut env: Vec<(OsString, OsString)> = defaults
+        .map(|d| {
+            d.env_pairs()
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect()
+        })
+        .unwrap_or_default();
+    for item in &args.env {
+        if let Some(pair) = workload::parse_env_item(item)? {
+            env.push(pair);
+        }
+    }
+    let name = command[0].to_string_lossy().into_owned();
+    let as_root = args.root || (args.user.is_none() && defaults.is_some_and(|d| d.runs_as_root()));
     let launch = workload::prepare(Workload {
-        command: &args.command,
+        command: &command,
         env,
         cwd,
         user: args.user.as_deref(),
         sandbox_uid: lease.as_ref().map(|l| l.uid),
-        root: args.root,
+        root: as_root,
         reserved: uid_range,
         keep_caps,
         namespaces: workload::Namespaces::New {
@@ -265,37 +281,89 @@ fn prepare(args: &RunArgs) -> Result<(RunOptions, String), Failure> {
             floor,
             limits,
             lease,
+            image: image.map(|i| i.hold),
         },
         name,
     ))
 }
 
-/// The root directory and mounts asked for, checked.
+/// The command to run: the flags' entrypoint and arguments, or with an image, its
+/// Entrypoint and Cmd as far as the flags leave them.
+fn command_of(
+    args: &RunArgs,
+    defaults: Option<&sandbox_agent::image::Defaults>,
+) -> Result<Vec<OsString>, Failure> {
+    let command: Vec<OsString> = match defaults {
+        None => args
+            .entrypoint
+            .iter()
+            .map(OsString::from)
+            .chain(args.command.iter().cloned())
+            .collect(),
+        Some(d) => {
+            let given: Vec<String> = args
+                .command
+                .iter()
+                .map(|a| a.to_str().map(str::to_owned))
+                .collect::<Option<_>>()
+                .ok_or("with --image, the command must be valid UTF-8")?;
+            let entrypoint = args.entrypoint.as_ref().map(|e| vec![e.clone()]);
+            d.command(entrypoint.as_deref(), &given)
+                .into_iter()
+                .map(OsString::from)
+                .collect()
+        }
+    };
+    if command.is_empty() {
+        return Err("no command: the image has no Entrypoint or Cmd; give one after --".into());
+    }
+    Ok(command)
+}
+
+/// The root directory or image, and the mounts asked for, checked (the image's layers
+/// unpacked into the cache if need be).
 fn view_of(
     args: &RunArgs,
+    config: &sandbox_agent::config::Config,
     paths: &Paths,
     hide: &[PathBuf],
 ) -> Result<
     (
         Option<sandbox_agent::view::RootDir>,
         Vec<sandbox_agent::view::BindMount>,
+        Option<sandbox_agent::image::Rooted>,
     ),
     Failure,
 > {
-    let root = args
-        .view
-        .rootfs()
-        .map(|dir| sandbox_agent::view::check_root(dir, hide, paths.root_staging()))
-        .transpose()?;
+    let (root, image) = match (args.view.rootfs(), args.view.image()) {
+        (Some(dir), _) => (
+            Some(sandbox_agent::view::check_root(
+                dir,
+                hide,
+                paths.root_staging(),
+            )?),
+            None,
+        ),
+        (None, Some(path)) => {
+            let store = sandbox_agent::image::Store::new(&config.state_dir);
+            let rooted = sandbox_agent::image::open_root(
+                &store,
+                path,
+                paths.root_staging(),
+                &sandbox_agent::image::terminal_progress,
+            )?;
+            (Some(rooted.root.clone()), Some(rooted))
+        }
+        (None, None) => (None, None),
+    };
     let specs: Vec<_> = args
         .view
         .mounts()?
         .iter()
         .map(sandbox_agent::api::MountSpec::parts)
         .collect();
-    let mounts =
-        sandbox_agent::view::check_mounts(&specs, hide, root.as_ref().map(|r| r.dir.as_path()))?;
-    Ok((root, mounts))
+    let mounts = sandbox_agent::view::check_mounts(&specs, hide, root.is_some())?;
+    Ok((root, mounts, image))
 }
 
 /// The resolver and proxy settings, when the policy has domain rules or `--proxy-env` asks
@@ -448,7 +516,9 @@ fn daemon_request(args: &RunArgs) -> Result<CreateRequest, Failure> {
         .clone()
         .or_else(|| {
             std::env::current_dir().ok().filter(|d| {
-                args.view.rootfs().is_none() && sandbox_agent::view::start_dir(d, &[]) == *d
+                args.view.rootfs().is_none()
+                    && args.view.image().is_none()
+                    && sandbox_agent::view::start_dir(d, &[]) == *d
             })
         })
         .map(|p| p.to_string_lossy().into_owned());
@@ -470,6 +540,8 @@ fn daemon_request(args: &RunArgs) -> Result<CreateRequest, Failure> {
         resources: args.resources.request(),
         root: args.root,
         rootfs: args.view.rootfs().map(str::to_owned),
+        image: args.view.image().map(str::to_owned),
+        entrypoint: args.entrypoint.iter().cloned().collect(),
         mounts: args.view.mounts()?,
         ..CreateRequest::default()
     })

@@ -67,6 +67,8 @@ impl Daemon {
             cwd,
             limits,
             mut spec,
+            image,
+            root,
         } = checked;
         let uid = spec.uid;
         let _hold = self.hold_name(req.name.as_deref())?;
@@ -81,7 +83,12 @@ impl Daemon {
             child,
             policy_id,
             traffic_token,
-        } = self.build(&req, &compiled, (&limits, lease.as_ref()), &mut spec)?;
+        } = self.build(
+            &req,
+            &compiled,
+            (&limits, lease.as_ref(), image.as_ref().map(|i| &i.hold)),
+            &mut spec,
+        )?;
         let cgroup_id = started.cgroup.id;
         let (dns_port, proxy_port) = domains::service_ports(services.as_ref());
         let view = SandboxView {
@@ -95,8 +102,10 @@ impl Daemon {
             user: user_name(&req),
             uid,
             resources: req.resources.clone(),
-            root: req.root,
+            root,
             rootfs: req.rootfs.clone(),
+            image: req.image.clone(),
+            image_digest: image.as_ref().map(|i| i.digest.to_string()),
             mounts: req.mounts.clone(),
             policy: req.policy.clone(),
             timeout_ms: millis(timeout),
@@ -167,35 +176,71 @@ impl Daemon {
             Some(_) => None,
             None => Some(crate::identity::lease(&self.paths, self.uid_range)?),
         };
+        let (namespaces, image) = self.new_namespaces(req)?;
         let checked = check_create(
             req,
             lease.as_ref().map(|l| l.uid),
-            (self.new_namespaces(req)?, self.uid_range),
+            (namespaces, self.uid_range),
+            image,
         )?;
         Ok((lease, checked))
     }
 
-    /// A new sandbox's view: the host's root or its root directory, and its mounts.
-    fn new_namespaces(&self, req: &CreateRequest) -> Result<workload::Namespaces> {
+    /// A new sandbox's view: the host's root, its root directory or its image (unpacked into
+    /// the cache if need be), and its mounts.
+    fn new_namespaces(
+        &self,
+        req: &CreateRequest,
+    ) -> Result<(workload::Namespaces, Option<ImageUse>)> {
         let hide = self.config.hidden_dirs(&self.paths);
-        let root = req
-            .rootfs
-            .as_deref()
-            .map(|dir| crate::view::check_root(dir, &hide, self.paths.root_staging()))
-            .transpose()?;
+        let (root, image) = match (&req.rootfs, &req.image) {
+            (Some(_), Some(_)) => {
+                return Err(Error::invalid(
+                    "image",
+                    "rootfs and image cannot be combined: give one root",
+                ));
+            }
+            (Some(dir), None) => (
+                Some(crate::view::check_root(
+                    dir,
+                    &hide,
+                    self.paths.root_staging(),
+                )?),
+                None,
+            ),
+            (None, Some(path)) => {
+                let rooted = crate::image::open_root(
+                    &crate::image::Store::new(&self.config.state_dir),
+                    path,
+                    self.paths.root_staging(),
+                    &|line| tracing::info!(image = %path, "{line}"),
+                )?;
+                (
+                    Some(rooted.root),
+                    Some(ImageUse {
+                        digest: rooted.digest,
+                        defaults: rooted.defaults,
+                        hold: rooted.hold,
+                    }),
+                )
+            }
+            (None, None) => (None, None),
+        };
         let specs: Vec<_> = req
             .mounts
             .iter()
             .map(crate::api::MountSpec::parts)
             .collect();
-        let mounts =
-            crate::view::check_mounts(&specs, &hide, root.as_ref().map(|r| r.dir.as_path()))?;
-        Ok(workload::Namespaces::New {
-            hide,
-            tmp_bytes: self.tmp_bytes,
-            root,
-            mounts,
-        })
+        let mounts = crate::view::check_mounts(&specs, &hide, root.is_some())?;
+        Ok((
+            workload::Namespaces::New {
+                hide,
+                tmp_bytes: self.tmp_bytes,
+                root,
+                mounts,
+            },
+            image,
+        ))
     }
 
     /// Holds `name` (if any) against other creates until the hold goes.
@@ -214,7 +259,11 @@ impl Daemon {
         self: &Arc<Self>,
         req: &CreateRequest,
         compiled: &Arc<CompiledPolicy>,
-        (limits, lease): (&crate::limits::Limits, Option<&crate::identity::Lease>),
+        (limits, lease, image): (
+            &crate::limits::Limits,
+            Option<&crate::identity::Lease>,
+            Option<&crate::image::Hold>,
+        ),
         spec: &mut launch::LaunchSpec,
     ) -> Result<Built> {
         let id = random_id();
@@ -248,6 +297,11 @@ impl Daemon {
         limits.apply(&start.made_cgroup().path)?;
         if let Some(lease) = lease {
             lease.bind_cgroup(&start.made_cgroup().path)?;
+        }
+        if let Some(hold) = image {
+            let path = &start.made_cgroup().path;
+            hold.bind_cgroup(path)
+                .map_err(Error::io("record the image layers of", path))?;
         }
         // Its kernel events are its own from the start, not only once it is published.
         self.registry().own_cgroup(cgroup_id, &id);
@@ -482,6 +536,17 @@ struct Checked {
     cwd: String,
     limits: crate::limits::Limits,
     spec: launch::LaunchSpec,
+    image: Option<ImageUse>,
+    /// Root of its own user namespace: asked for, or the image's `User`.
+    root: bool,
+}
+
+/// The image a sandbox starts from: its defaults, and its layers held in the cache until the
+/// sandbox's cgroup is bound to them.
+struct ImageUse {
+    digest: crate::image::Sha256,
+    defaults: crate::image::Defaults,
+    hold: crate::image::Hold,
 }
 
 /// Everything about a create request that can be refused before anything exists.
@@ -489,6 +554,7 @@ fn check_create(
     req: &CreateRequest,
     sandbox_uid: Option<u32>,
     (namespaces, reserved): (workload::Namespaces, crate::identity::UidRange),
+    image: Option<ImageUse>,
 ) -> Result<Checked> {
     if let Some(name) = &req.name
         && !crate::api::valid_name(name)
@@ -524,25 +590,46 @@ fn check_create(
         crate::learned::Limits::checked(1, n).map_err(Error::LearnedLimit)?;
     }
     let policy = Arc::new(policy::compile(&req.policy.spec("policy.", Mode::Blocked))?);
-    let command: Vec<String> = req
-        .entrypoint
-        .iter()
-        .chain(req.command.iter())
-        .cloned()
-        .collect();
+    let defaults = image.as_ref().map(|i| &i.defaults);
+    let command: Vec<String> = match defaults {
+        Some(d) => d.command(
+            (!req.entrypoint.is_empty()).then_some(&req.entrypoint[..]),
+            &req.command,
+        ),
+        None => req
+            .entrypoint
+            .iter()
+            .chain(req.command.iter())
+            .cloned()
+            .collect(),
+    };
     if command.is_empty() {
         return Err(Error::invalid(
             "command",
-            "no command: give command or entrypoint",
+            if image.is_some() {
+                "no command: the image has no Entrypoint or Cmd; give command or entrypoint"
+            } else {
+                "no command: give command or entrypoint"
+            },
         ));
     }
     let limits = req.resources.limits()?;
-    let cwd = req.cwd.clone().unwrap_or_else(|| "/".into());
+    // The image's Env, WorkingDir and User are defaults the request overrides.
+    let mut env: BTreeMap<String, String> = defaults
+        .map(|d| d.env_pairs().into_iter().collect())
+        .unwrap_or_default();
+    env.extend(req.env.clone());
+    let cwd = req
+        .cwd
+        .clone()
+        .or_else(|| defaults.and_then(|d| d.working_dir.clone()))
+        .unwrap_or_else(|| "/".into());
+    let root = req.root || (req.user.is_none() && defaults.is_some_and(|d| d.runs_as_root()));
     let spec = prepare_workload(
         &command,
-        &req.env,
+        &env,
         &cwd,
-        (req.user.as_deref(), sandbox_uid, req.root),
+        (req.user.as_deref(), sandbox_uid, root),
         (namespaces, reserved),
     )?;
     Ok(Checked {
@@ -553,6 +640,8 @@ fn check_create(
         cwd,
         limits,
         spec,
+        image,
+        root,
     })
 }
 

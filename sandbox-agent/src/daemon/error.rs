@@ -93,6 +93,8 @@ pub enum Error {
     View(#[from] crate::view::ViewError),
     #[error(transparent)]
     Files(#[from] crate::files::FilesError),
+    #[error(transparent)]
+    Image(#[from] crate::image::ImageError),
 }
 
 impl Error {
@@ -114,6 +116,13 @@ impl Error {
 
     pub fn fault(&self) -> Fault {
         match self {
+            Self::Image(e) => {
+                if e.is_request() {
+                    Fault::Request
+                } else {
+                    Fault::Agent
+                }
+            }
             Self::Invalid { .. }
             | Self::Policy(_)
             | Self::LearnedLimit(_)

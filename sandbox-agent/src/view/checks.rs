@@ -17,6 +17,8 @@ pub enum ViewError {
     Mount { spec: String, why: String },
     #[error("--rootfs {dir}: {why}")]
     Root { dir: String, why: String },
+    #[error("--image {image}: {why}")]
+    Image { image: String, why: String },
 }
 
 /// Destinations no `--mount` may cover: the sandbox's own kernel file systems.
@@ -42,7 +44,7 @@ pub fn parse_mount(spec: &str) -> Result<(String, String, bool), ViewError> {
 pub fn check_mounts(
     specs: &[(String, String, bool)],
     hidden: &[PathBuf],
-    root: Option<&Path>,
+    own_root: bool,
 ) -> Result<Vec<BindMount>, ViewError> {
     let mut out: Vec<BindMount> = Vec::new();
     for (src, dst, read_only) in specs {
@@ -91,7 +93,7 @@ pub fn check_mounts(
         }
         // On the host's read-only root, a mount point must exist already or be made in a
         // private directory.
-        if root.is_none()
+        if !own_root
             && !PRIVATE_DIRS
                 .iter()
                 .any(|(d, ..)| is_under(&target, Path::new(d)))
@@ -162,22 +164,121 @@ pub fn check_root(dir: &str, hidden: &[PathBuf], staging: PathBuf) -> Result<Roo
     }
     // The assembly point: one empty directory, private to each mount namespace that uses it.
     fs::create_dir_all(&staging).map_err(|e| refuse(format!("{}: {e}", staging.display())))?;
+    let lookup = fs::File::open(&canonical).map_err(|e| refuse(io_reason(&e)))?;
     Ok(RootDir {
-        dir: canonical,
+        label: format!("root directory {}", canonical.display()),
+        layers: vec![canonical],
         staging,
+        lookup: std::sync::Arc::new(lookup.into()),
     })
 }
 
-/// A file of a root directory, its links resolved inside it (never on the host's side);
-/// empty if it is not there.
-pub fn read_in_root(root: &Path, path: &str) -> Vec<u8> {
-    open_in_root(root, path, libc::O_RDONLY)
-        .map(|fd| {
-            let mut buf = Vec::new();
-            let _ = std::io::Read::read_to_end(&mut fs::File::from(fd), &mut buf);
-            buf
-        })
-        .unwrap_or_default()
+/// Room for `lowerdir=` in one page of mount options (upperdir and workdir need some too).
+const MAX_LOWERDIR_BYTES: usize = 3500;
+
+/// An image's unpacked layers (bottom first) as a root: they must fit one overlayfs mount's
+/// options, and are stacked once here (a read-only mount attached nowhere) so that the
+/// command and users can be looked up as the sandbox will see them.
+pub fn check_layers(
+    image: &str,
+    layers: Vec<PathBuf>,
+    staging: PathBuf,
+) -> Result<RootDir, ViewError> {
+    let refuse = |why: String| ViewError::Image {
+        image: image.into(),
+        why,
+    };
+    if layers.is_empty() {
+        return Err(refuse("an image without layers has no files to run".into()));
+    }
+    let options: usize = layers.iter().map(|l| l.as_os_str().len() + 1).sum();
+    if options > MAX_LOWERDIR_BYTES {
+        return Err(refuse(format!(
+            "{} layers are more than one overlayfs mount takes here (about {} with this state directory)",
+            layers.len(),
+            MAX_LOWERDIR_BYTES / (options / layers.len())
+        )));
+    }
+    fs::create_dir_all(&staging).map_err(|e| refuse(format!("{}: {e}", staging.display())))?;
+    let lookup = if let [only] = &layers[..] {
+        fs::File::open(only)
+            .map_err(|e| refuse(format!("{}: {e}", only.display())))?
+            .into()
+    } else {
+        stacked(&layers).map_err(|e| refuse(format!("cannot stack its layers: {e}")))?
+    };
+    Ok(RootDir {
+        layers,
+        label: format!("image {image}"),
+        staging,
+        lookup: std::sync::Arc::new(lookup),
+    })
+}
+
+/// `layers` (bottom first) stacked read-only by overlayfs, attached nowhere: the root of
+/// the new mount.
+fn stacked(layers: &[PathBuf]) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    const FSOPEN_CLOEXEC: libc::c_uint = 1;
+    const FSCONFIG_SET_STRING: libc::c_uint = 1;
+    const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
+    const FSMOUNT_CLOEXEC: libc::c_uint = 1;
+    const MOUNT_ATTR_RDONLY: libc::c_uint = 0x1;
+    const MOUNT_ATTR_NOSUID: libc::c_uint = 0x2;
+    const MOUNT_ATTR_NODEV: libc::c_uint = 0x4;
+    const MOUNT_ATTR_NOEXEC: libc::c_uint = 0x8;
+    let check = |rc: libc::c_long| -> std::io::Result<libc::c_int> {
+        if rc < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            libc::c_int::try_from(rc).map_err(|_| std::io::Error::other("descriptor"))
+        }
+    };
+    // SAFETY: fsopen with a valid C string; the descriptor is ours.
+    let fs = unsafe {
+        OwnedFd::from_raw_fd(check(libc::syscall(
+            libc::SYS_fsopen,
+            c"overlay".as_ptr(),
+            FSOPEN_CLOEXEC,
+        ))?)
+    };
+    // `lowerdir+` takes one layer at a time, top first.
+    for layer in layers.iter().rev() {
+        let value = CString::new(layer.as_os_str().as_encoded_bytes())
+            .map_err(|_| std::io::Error::other("a NUL in a path"))?;
+        // SAFETY: fsconfig on our fs context with valid C strings.
+        check(unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                fs.as_raw_fd(),
+                FSCONFIG_SET_STRING,
+                c"lowerdir+".as_ptr(),
+                value.as_ptr(),
+                0,
+            )
+        })?;
+    }
+    // SAFETY: fsconfig on our fs context.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            FSCONFIG_CMD_CREATE,
+            std::ptr::null::<libc::c_char>(),
+            std::ptr::null::<libc::c_void>(),
+            0,
+        )
+    })?;
+    // SAFETY: fsmount of the created context; the descriptor is ours.
+    let mount = unsafe {
+        OwnedFd::from_raw_fd(check(libc::syscall(
+            libc::SYS_fsmount,
+            fs.as_raw_fd(),
+            FSMOUNT_CLOEXEC,
+            MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC,
+        ))?)
+    };
+    Ok(mount)
 }
 
 /// `openat2(root, path, RESOLVE_IN_ROOT)`: `..` and absolute links stay inside `root`.
@@ -200,9 +301,19 @@ pub fn open_beneath(
     flags: libc::c_int,
     mode: u64,
 ) -> std::io::Result<std::os::fd::OwnedFd> {
-    use std::os::fd::{AsRawFd as _, FromRawFd as _};
     let path =
         CString::new(path).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    open_beneath_c(root, &path, flags, mode)
+}
+
+/// [`open_beneath`] for a path of any bytes (tar entries need not be UTF-8).
+pub fn open_beneath_c(
+    root: std::os::fd::BorrowedFd<'_>,
+    path: &std::ffi::CStr,
+    flags: libc::c_int,
+    mode: u64,
+) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _};
     let how = OpenHow {
         flags: u64::try_from(flags | libc::O_CLOEXEC).unwrap_or(0),
         mode,

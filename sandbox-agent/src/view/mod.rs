@@ -26,7 +26,8 @@ mod checks;
 mod steps;
 
 pub use checks::{
-    ViewError, check_mounts, check_root, open_beneath, open_in_root, parse_mount, read_in_root,
+    ViewError, check_layers, check_mounts, check_root, open_beneath, open_beneath_c, open_in_root,
+    parse_mount,
 };
 pub use steps::{MAX_STASH, Op, Plan, apply};
 use steps::{MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY};
@@ -62,14 +63,51 @@ pub struct ViewOptions {
     pub mounts: Vec<BindMount>,
 }
 
-/// A root directory (`--rootfs`) and where its view is assembled.
+/// A root directory (`--rootfs`) or an image's layers (`--image`), and where its view is
+/// assembled.
 #[derive(Clone, Debug)]
 pub struct RootDir {
-    /// The directory, canonical.
-    pub dir: PathBuf,
+    /// The read-only layers, bottom first: the directory (canonical), or the image's
+    /// unpacked layers.
+    pub layers: Vec<PathBuf>,
+    /// How messages name it: `root directory /srv/x`, `image /srv/app.tar`.
+    pub label: String,
     /// An empty host directory the new root is built on (in the mount namespace's own copy
     /// of it); the agent's runtime directory has one.
     pub staging: PathBuf,
+    /// The layers as the sandbox will see them, for finding its command and users before
+    /// it starts: the directory itself, or the layers stacked in a read-only overlayfs
+    /// mount attached nowhere (gone with the last descriptor).
+    pub lookup: std::sync::Arc<std::os::fd::OwnedFd>,
+}
+
+impl RootDir {
+    /// `path` opened inside the root as the sandbox will see it (links resolved there).
+    pub fn open(&self, path: &str, flags: libc::c_int) -> std::io::Result<std::os::fd::OwnedFd> {
+        use std::os::fd::AsFd as _;
+        open_beneath(self.lookup.as_fd(), path, flags, 0)
+    }
+
+    /// A file of the root, empty if it is not there.
+    pub fn read(&self, path: &str) -> Vec<u8> {
+        self.open(path, libc::O_RDONLY)
+            .map(|fd| {
+                let mut buf = Vec::new();
+                let _ = std::io::Read::read_to_end(&mut fs::File::from(fd), &mut buf);
+                buf
+            })
+            .unwrap_or_default()
+    }
+
+    /// The overlayfs `lowerdir=` value: top layer first.
+    fn lowerdir(&self) -> String {
+        self.layers
+            .iter()
+            .rev()
+            .map(|l| l.display().to_string())
+            .collect::<Vec<_>>()
+            .join(":")
+    }
 }
 
 /// `--mount SRC:DST[:ro]`.
@@ -327,7 +365,7 @@ fn root_dir_plan(options: &ViewOptions, root: &RootDir) -> Plan {
         flags: libc::MS_NOSUID | libc::MS_NODEV,
         data: Some(c(format!(
             "lowerdir={},upperdir={},workdir={}",
-            root.dir.display(),
+            root.lowerdir(),
             upper.display(),
             work.display()
         ))),
@@ -364,10 +402,7 @@ fn root_dir_plan(options: &ViewOptions, root: &RootDir) -> Plan {
     }
     minimal_dev(ops, &new_root);
     if let Some(id) = &options.identity {
-        let files = (
-            read_in_root(&root.dir, "etc/passwd"),
-            read_in_root(&root.dir, "etc/group"),
-        );
+        let files = (root.read("etc/passwd"), root.read("etc/group"));
         identity_ops(ops, id, files, Some(&new_root));
     }
     place_mounts(
