@@ -9,7 +9,7 @@
 use std::{
     fs,
     io::{self, Read as _, Write as _},
-    os::fd::OwnedFd,
+    os::fd::{AsFd as _, OwnedFd},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +22,8 @@ pub enum FilesError {
     TooLarge { path: String, limit: u64 },
     #[error("{path}: the sandbox's file system is full")]
     Full { path: String },
+    #[error("{0}: a directory (GET .../archive copies directories)")]
+    IsDirectory(String),
     #[error("cannot reach the sandbox's file system: {0}")]
     Root(io::Error),
 }
@@ -78,10 +80,13 @@ impl SandboxFs {
             .map_err(|e| access(path, &e))?;
         let file = fs::File::from(fd);
         let meta = file.metadata().map_err(|e| access(path, &e))?;
+        if meta.is_dir() {
+            return Err(FilesError::IsDirectory(path.into()));
+        }
         if !meta.is_file() {
             return Err(FilesError::Access {
                 path: path.into(),
-                why: "not a regular file (directories are not copied yet)".into(),
+                why: "not a regular file or directory".into(),
             });
         }
         let mut data = Vec::new();
@@ -97,6 +102,47 @@ impl SandboxFs {
         Ok(data)
     }
 
+    /// Unpacks the tar `data` as the new directory `path` (absent, or an empty directory),
+    /// owned by the user; at most `limit` bytes of file content. Whole or not at all.
+    pub fn write_tree(&self, path: &str, data: &[u8], limit: u64) -> Result<(), FilesError> {
+        let rel = relative(path)?;
+        let (parent, name) = match rel.rsplit_once('/') {
+            Some((parent, name)) => (parent, name),
+            None if rel == "." => return Err(FilesError::BadPath(path.into())),
+            None => (".", rel),
+        };
+        let name = std::ffi::CString::new(name).map_err(|_| FilesError::BadPath(path.into()))?;
+        let _as_user = FsIds::assume(self.uid, self.gid);
+        let dir = self
+            .open_at(parent, libc::O_RDONLY | libc::O_DIRECTORY, 0)
+            .map_err(|e| access(path, &e))?;
+        let rules = crate::tarball::Rules {
+            layer: false,
+            max_bytes: limit,
+        };
+        crate::tarball::unpack_new(dir.as_fd(), &name, data, &rules)
+            .map(drop)
+            .map_err(|e| tar_error(path, limit, e))
+    }
+
+    /// The directory `path` as a tar, read as the user; at most `limit` bytes of content.
+    pub fn read_tree(&self, path: &str, limit: u64) -> Result<Vec<u8>, FilesError> {
+        let rel = relative(path)?;
+        let _as_user = FsIds::assume(self.uid, self.gid);
+        let dir = self
+            .open_at(rel, libc::O_RDONLY | libc::O_DIRECTORY, 0)
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ENOTDIR) => FilesError::Access {
+                    path: path.into(),
+                    why: "not a directory (GET .../files copies files)".into(),
+                },
+                _ => access(path, &e),
+            })?;
+        crate::tarball::pack(dir.as_fd(), limit)
+            .map(|(tar, _)| tar)
+            .map_err(|e| tar_error(path, limit, e))
+    }
+
     fn open_at(&self, rel: &str, flags: libc::c_int, mode: u64) -> io::Result<OwnedFd> {
         use std::os::fd::AsFd as _;
         crate::view::open_beneath(self.root.as_fd(), rel, flags, mode)
@@ -108,6 +154,21 @@ fn relative(path: &str) -> Result<&str, FilesError> {
     match path.strip_prefix('/') {
         Some(rest) if !path.contains('\0') => Ok(if rest.is_empty() { "." } else { rest }),
         _ => Err(FilesError::BadPath(path.into())),
+    }
+}
+
+fn tar_error(path: &str, limit: u64, e: crate::tarball::TarError) -> FilesError {
+    use crate::tarball::TarError;
+    match e {
+        TarError::TooLarge(_) => FilesError::TooLarge {
+            path: path.into(),
+            limit,
+        },
+        TarError::Full => FilesError::Full { path: path.into() },
+        other => FilesError::Access {
+            path: path.into(),
+            why: other.to_string(),
+        },
     }
 }
 

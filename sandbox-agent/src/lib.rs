@@ -25,7 +25,7 @@ pub mod proxy;
 pub mod sandbox;
 pub mod scoping;
 pub mod seccomp;
-pub mod untar;
+pub mod tarball;
 pub mod upstream_proxy;
 pub mod user;
 pub mod view;

@@ -56,7 +56,7 @@ enum Command {
     Events(cli::api::EventsArgs),
     /// List where a sandbox's exposed ports are reached (gateway URLs and tunnels).
     Tunnels(cli::api::RefArgs),
-    /// Copy a file into or out of a running sandbox (cp FILE SANDBOX:PATH, cp SANDBOX:PATH FILE).
+    /// Copy a file or directory into or out of a running sandbox (cp PATH SANDBOX:PATH, cp SANDBOX:PATH PATH).
     Cp(cli::api::CpArgs),
     /// Make a connect token for a sandbox's HTTP ports (or list or revoke them).
     Token(cli::api::TokenArgs),

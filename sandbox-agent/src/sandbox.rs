@@ -65,6 +65,21 @@ impl RunError {
     }
 }
 
+/// The sandbox's uid and image layers stay taken while its cgroup has processes.
+fn bind_cgroup(opts: &RunOptions, cgroup: &std::path::Path) -> Result<(), RunError> {
+    if let Some(lease) = &opts.lease {
+        lease.bind_cgroup(cgroup)?;
+    }
+    if let Some(hold) = &opts.image {
+        hold.bind_cgroup(cgroup).map_err(|source| RunError::Io {
+            action: "record the image layers of",
+            path: cgroup.to_path_buf(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
 pub struct RunOptions {
     pub policy: CompiledPolicy,
     pub launch: LaunchSpec,
@@ -143,17 +158,7 @@ pub fn run(paths: &Paths, mut opts: RunOptions) -> Result<RunReport, RunError> {
     opts.limits.prepare(&parent)?;
     let cgroup_id = sandbox.cgroup(&parent, &id)?.id;
     opts.limits.apply(&sandbox.made_cgroup().path)?;
-    if let Some(lease) = &opts.lease {
-        lease.bind_cgroup(&sandbox.made_cgroup().path)?;
-    }
-    if let Some(hold) = &opts.image {
-        let path = &sandbox.made_cgroup().path;
-        hold.bind_cgroup(path).map_err(|source| RunError::Io {
-            action: "record the image layers of",
-            path: path.clone(),
-            source,
-        })?;
-    }
+    bind_cgroup(&opts, &sandbox.made_cgroup().path)?;
     timing.mark("lock and cgroup");
     // Domain rules: the resolver and proxy listen before the kernel may redirect to them.
     // Started after the signal mask is set, so their threads inherit it.

@@ -344,14 +344,9 @@ fn cp_moves_files_into_and_out_of_a_blocked_sandbox_as_its_user() {
     ]);
     assert_ne!(run.code, 0, "{run:#?}");
     assert!(!host_target.exists(), "a write left the sandbox");
-    // Bad input: a relative path, a directory, an ended sandbox.
+    // Bad input: a relative path, an ended sandbox.
     let run = d.cli(&["cp", path(&input), &format!("{id}:relative")]);
     assert!(run.stderr.contains("invalid path \"relative\""), "{run:#?}");
-    let run = d.cli(&["cp", path(&base), &format!("{id}:/tmp/dir")]);
-    assert!(
-        run.stderr.contains("directories are not copied yet"),
-        "{run:#?}"
-    );
     d.cli(&["kill", &id]);
     let run = d.cli(&["cp", path(&input), &format!("{id}:/tmp/late")]);
     assert_ne!(run.code, 0, "{run:#?}");
@@ -359,6 +354,162 @@ fn cp_moves_files_into_and_out_of_a_blocked_sandbox_as_its_user() {
     let _ = fs::remove_dir_all(&base);
     let _ = fs::remove_dir_all(&hidden);
     let _ = fs::remove_dir_all(&open_dir);
+}
+
+#[test]
+fn cp_copies_directories_as_tar_streams_both_ways_without_leaving_either_root() {
+    let d = TestDaemon::start_with("max_file_bytes = 1000000");
+    let id = d.ok(&[
+        "create",
+        "--network",
+        "blocked",
+        "--",
+        "/bin/sh",
+        "-c",
+        "mkdir -p /tmp/outdir/sub && echo result > /tmp/outdir/result.txt && \
+         head -c 300000 /dev/urandom > /tmp/outdir/sub/blob && ln -s /etc/passwd /tmp/outdir/abs && \
+         ln -s ../../../../.. /tmp/outdir/up && exec sleep 60",
+    ]);
+    let uid = d.inspect(&id)["uid"].as_u64().expect("uid");
+    let base = helpers().join(format!("cp-dir-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&base);
+    fs::create_dir_all(base.join("in/sub/deeper")).expect("input tree");
+    fs::write(base.join("in/a.txt"), "alpha\n").expect("a");
+    let blob: Vec<u8> = (0..250_000u32).map(|i| (i % 253) as u8).collect();
+    fs::write(base.join("in/sub/deeper/b.bin"), &blob).expect("b");
+    symlink("/etc/hostname", base.join("in/host-link")).expect("link");
+
+    // In: the tree arrives whole, owned by the sandbox's user, the link still a link.
+    d.ok(&["cp", path(&base.join("in")), &format!("{id}:/tmp/in")]);
+    let seen = d.ok(&[
+        "exec",
+        &id,
+        "--",
+        "/bin/sh",
+        "-c",
+        "cd /tmp/in && cat a.txt && stat -c '%u' sub/deeper/b.bin && \
+         md5sum < sub/deeper/b.bin | cut -c1-32 && readlink host-link",
+    ]);
+    let md5 = sh(&format!(
+        "md5sum < {} | cut -c1-32",
+        base.join("in/sub/deeper/b.bin").display()
+    ));
+    assert_eq!(
+        seen,
+        format!("alpha\n{uid}\n{}\n/etc/hostname", md5.trim()),
+        "{seen}"
+    );
+    // A second copy to the same path is refused, and leaves no partial directory.
+    let run = d.cli(&["cp", path(&base.join("in")), &format!("{id}:/tmp/in")]);
+    assert_eq!(run.code, 125, "{run:#?}");
+    assert!(run.stderr.contains("/tmp/in: it exists"), "{run:#?}");
+    let listing = d.ok(&["exec", &id, "--", "/bin/ls", "-a", "/tmp"]);
+    assert!(!listing.contains("sa-partial"), "{listing}");
+
+    // Out: into an existing local directory under its own name, links kept as links.
+    let _ = wait_for_file(&d, &id, "/tmp/outdir/up");
+    d.ok(&["cp", &format!("{id}:/tmp/outdir"), path(&base)]);
+    let out = base.join("outdir");
+    assert_eq!(
+        fs::read_to_string(out.join("result.txt")).expect("result"),
+        "result\n"
+    );
+    assert_eq!(
+        fs::metadata(out.join("sub/blob")).expect("blob").len(),
+        300_000
+    );
+    assert_eq!(
+        fs::read_link(out.join("abs")).expect("link"),
+        PathBuf::from("/etc/passwd")
+    );
+    assert!(
+        fs::symlink_metadata(out.join("up"))
+            .expect("up")
+            .is_symlink()
+    );
+    d.cli(&["kill", &id]);
+    let _ = fs::remove_dir_all(&base);
+}
+
+#[test]
+fn hostile_tars_and_trees_over_the_limit_are_refused_and_leave_nothing() {
+    let d = TestDaemon::start_with("max_file_bytes = 1000000");
+    let id = d.ok(&["create", "--network", "blocked", "--", "/bin/sleep", "60"]);
+    let base = helpers().join(format!("cp-hostile-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&base);
+    fs::create_dir_all(&base).expect("base");
+    // A hostile tar through the API: `..` entries are refused and nothing is left; a link to
+    // / planted by an entry keeps later entries inside the new directory.
+    let hostile = sandbox_tests::oci::layer_tar(&[
+        sandbox_tests::oci::Entry::File("ok.txt", b"fine\n", 0o644),
+        sandbox_tests::oci::Entry::File("../../../../escaped-by-tar", b"out\n", 0o644),
+    ]);
+    let (status, body) = d.http(
+        "PUT",
+        &format!("/v1/sandboxes/{id}/archive?path=/tmp/hostile"),
+        Some(&hostile),
+    );
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("leaves the directory"), "{body}");
+    let run = d.cli(&[
+        "exec",
+        &id,
+        "--",
+        "/bin/sh",
+        "-c",
+        "ls -a /tmp; ls / /tmp/hostile",
+    ]);
+    assert!(
+        !run.stdout.contains("escaped-by-tar") && !run.stdout.contains("sa-partial"),
+        "{run:#?}"
+    );
+    let planted = format!("etc/planted-by-tar-{}", std::process::id());
+    let through_link = sandbox_tests::oci::layer_tar(&[
+        sandbox_tests::oci::Entry::Symlink("root", "/"),
+        sandbox_tests::oci::Entry::File(&format!("root/{planted}"), b"x\n", 0o644),
+    ]);
+    let (status, body) = d.http(
+        "PUT",
+        &format!("/v1/sandboxes/{id}/archive?path=/tmp/linked"),
+        Some(&through_link),
+    );
+    assert_eq!(status, 204, "{body}");
+    let inside = d.ok(&[
+        "exec",
+        &id,
+        "--",
+        "/bin/sh",
+        "-c",
+        &format!("cat /tmp/linked/{planted}; test -e /{planted} || echo not-at-root"),
+    ]);
+    assert_eq!(inside, "x\nnot-at-root", "{inside}");
+    assert!(
+        !Path::new("/").join(&planted).exists(),
+        "a tar entry reached the host"
+    );
+
+    // The size limit (max_file_bytes) holds for a tree's files together, both ways.
+    fs::create_dir_all(base.join("big")).expect("big");
+    for i in 0..3 {
+        fs::write(base.join(format!("big/{i}")), vec![7u8; 400_000]).expect("big file");
+    }
+    let run = d.cli(&["cp", path(&base.join("big")), &format!("{id}:/tmp/big")]);
+    assert_eq!(run.code, 125, "{run:#?}");
+    assert!(run.stderr.contains("larger than the limit"), "{run:#?}");
+    d.ok(&[
+        "exec",
+        &id,
+        "--",
+        "/bin/sh",
+        "-c",
+        "mkdir /tmp/huge && for i in 1 2 3; do head -c 400000 /dev/zero > /tmp/huge/$i; done",
+    ]);
+    let run = d.cli(&["cp", &format!("{id}:/tmp/huge"), path(&base.join("huge"))]);
+    assert_eq!(run.code, 125, "{run:#?}");
+    assert!(run.stderr.contains("larger than the limit"), "{run:#?}");
+    assert!(!base.join("huge").exists());
+    d.cli(&["kill", &id]);
+    let _ = fs::remove_dir_all(&base);
 }
 
 /// Waits until the sandbox shows `path` (its workload writes it at start).

@@ -130,7 +130,8 @@ pub struct ViewArgs {
     #[arg(long, value_name = "DIR", conflicts_with = "image")]
     rootfs: Option<String>,
     /// An OCI image layout directory or archive (skopeo, buildah, umoci; docker save) to use
-    /// as the sandbox's root; its Env, WorkingDir, Entrypoint, Cmd and User are defaults.
+    /// as the sandbox's root; its environment, working directory, entrypoint, command and
+    /// user are defaults.
     #[arg(long, value_name = "PATH")]
     image: Option<String>,
     /// Bind a host path into the sandbox: SRC:DST or SRC:DST:ro (repeatable).
@@ -838,10 +839,53 @@ pub fn events(client: &Client, args: &EventsArgs) -> i32 {
 
 #[derive(Args)]
 pub struct CpArgs {
-    /// A local file, or SANDBOX:PATH (id or name, then an absolute path in the sandbox).
+    /// A local file or directory, or SANDBOX:PATH (id or name, then an absolute path in the
+    /// sandbox).
     source: String,
-    /// A local file or directory, or SANDBOX:PATH.
+    /// A local path, or SANDBOX:PATH. A directory is copied to a new path (into a local
+    /// directory that exists, under its own name).
     destination: String,
+}
+
+/// How the files route says the path is a directory (`FilesError::IsDirectory`).
+const DIRECTORY_HINT: &str = ": a directory (GET .../archive copies directories)";
+
+/// A local directory as a tar (links as links); what it leaves out is said.
+fn pack_local(dir: &std::path::Path) -> Result<Vec<u8>, String> {
+    let open = std::fs::File::open(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let (tar, summary) = sandbox_agent::tarball::pack(std::os::fd::AsFd::as_fd(&open), u64::MAX)
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    if summary.skipped_devices > 0 {
+        eprintln!(
+            "sandbox-agent: {}: left out {} sockets, FIFOs or device nodes",
+            dir.display(),
+            summary.skipped_devices
+        );
+    }
+    Ok(tar)
+}
+
+/// A sandbox's tar unpacked as the new local directory `local`, whole or not at all, never
+/// leaving it (the sandbox wrote it: `..`, links and devices are handled as for images).
+fn unpack_local(local: &std::path::Path, tar: &[u8]) -> Result<(), String> {
+    let shown = || local.display().to_string();
+    let name = local
+        .file_name()
+        .ok_or_else(|| format!("{}: not a name for a new directory", shown()))?;
+    let parent = match local.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => std::path::Path::new("."),
+    };
+    let parent = std::fs::File::open(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+    let name = std::ffi::CString::new(name.as_encoded_bytes())
+        .map_err(|_| format!("{}: a NUL byte in the name", shown()))?;
+    let rules = sandbox_agent::tarball::Rules {
+        layer: false,
+        max_bytes: u64::MAX,
+    };
+    sandbox_agent::tarball::unpack_new(std::os::fd::AsFd::as_fd(&parent), &name, tar, &rules)
+        .map(drop)
+        .map_err(|e| format!("{}: {e}", shown()))
 }
 
 /// `SANDBOX:PATH` when the part before the first `:` names no local path.
@@ -850,7 +894,8 @@ fn remote(arg: &str) -> Option<(&str, &str)> {
     (!sandbox.is_empty() && !sandbox.contains('/')).then_some((sandbox, path))
 }
 
-/// `cp LOCAL SANDBOX:PATH` or `cp SANDBOX:PATH LOCAL`: one regular file, through the API.
+/// `cp LOCAL SANDBOX:PATH` or `cp SANDBOX:PATH LOCAL`: a file, or a directory as a tar
+/// stream, through the API.
 pub fn cp(client: &Client, args: &CpArgs) -> i32 {
     let failed = |message: String| {
         eprintln!("sandbox-agent: {message}");
@@ -859,21 +904,18 @@ pub fn cp(client: &Client, args: &CpArgs) -> i32 {
     match (remote(&args.source), remote(&args.destination)) {
         (None, Some((sandbox, path))) => {
             let local = std::path::Path::new(&args.source);
-            match std::fs::metadata(local) {
-                Ok(m) if m.is_dir() => {
-                    return failed(format!(
-                        "{}: a directory (directories are not copied yet)",
-                        local.display()
-                    ));
-                }
-                Err(e) => return failed(format!("{}: {e}", local.display())),
-                Ok(_) => {}
-            }
-            let data = match std::fs::read(local) {
-                Ok(d) => d,
+            let (route, data) = match std::fs::metadata(local) {
+                Ok(m) if m.is_dir() => match pack_local(local) {
+                    Ok(tar) => ("archive", tar),
+                    Err(message) => return failed(message),
+                },
+                Ok(_) => match std::fs::read(local) {
+                    Ok(d) => ("files", d),
+                    Err(e) => return failed(format!("{}: {e}", local.display())),
+                },
                 Err(e) => return failed(format!("{}: {e}", local.display())),
             };
-            let url = format!("{}/files?path={}", path_of(sandbox), enc(path));
+            let url = format!("{}/{route}?path={}", path_of(sandbox), enc(path));
             match client.request(Method::PUT, &url, Some(data)) {
                 Ok(_) => 0,
                 Err(e) => fail(&e),
@@ -881,18 +923,30 @@ pub fn cp(client: &Client, args: &CpArgs) -> i32 {
         }
         (Some((sandbox, path)), None) => {
             let url = format!("{}/files?path={}", path_of(sandbox), enc(path));
-            let data = match client.request(Method::GET, &url, None) {
-                Ok(d) => d,
-                Err(e) => return fail(&e),
-            };
             let mut local = std::path::PathBuf::from(&args.destination);
             if local.is_dir() {
                 let name = std::path::Path::new(path).file_name().unwrap_or_default();
                 local.push(name);
             }
-            match std::fs::write(&local, data) {
-                Ok(()) => 0,
-                Err(e) => failed(format!("{}: {e}", local.display())),
+            match client.request(Method::GET, &url, None) {
+                Ok(data) => match std::fs::write(&local, data) {
+                    Ok(()) => 0,
+                    Err(e) => failed(format!("{}: {e}", local.display())),
+                },
+                // A directory: its tar instead.
+                Err(sandbox_agent::api::client::ClientError::Status { message, .. })
+                    if message.ends_with(DIRECTORY_HINT) =>
+                {
+                    let url = format!("{}/archive?path={}", path_of(sandbox), enc(path));
+                    match client.request(Method::GET, &url, None) {
+                        Ok(tar) => match unpack_local(&local, &tar) {
+                            Ok(()) => 0,
+                            Err(message) => failed(message),
+                        },
+                        Err(e) => fail(&e),
+                    }
+                }
+                Err(e) => fail(&e),
             }
         }
         _ => failed(

@@ -234,22 +234,11 @@ fn prepare(args: &RunArgs) -> Result<(RunOptions, String), Failure> {
         Some(_) => None,
         None => Some(sandbox_agent::identity::lease(&paths, uid_range)?),
     };
-    // The image's Env first: the flags' variables replace its own.
-    let mut env: Vec<(OsString, OsString)> = defaults
-        .map(|d| {
-            d.env_pairs()
-                .into_iter()
-                .map(|(k, v)| (k.into(), v.into()))
-                .collect()
-        })
-        .unwrap_or_default();
-    for item in &args.env {
-        if let Some(pair) = workload::parse_env_item(item)? {
-            env.push(pair);
-        }
-    }
+    let env = env_of(args, defaults)?;
     let name = command[0].to_string_lossy().into_owned();
-    let as_root = args.root || (args.user.is_none() && defaults.is_some_and(|d| d.runs_as_root()));
+    let as_root = args.root
+        || (args.user.is_none()
+            && defaults.is_some_and(sandbox_agent::image::Defaults::runs_as_root));
     let launch = workload::prepare(Workload {
         command: &command,
         env,
@@ -287,6 +276,27 @@ fn prepare(args: &RunArgs) -> Result<(RunOptions, String), Failure> {
     ))
 }
 
+/// The workload's variables: the image's `Env` first, then the flags' (which replace its).
+fn env_of(
+    args: &RunArgs,
+    defaults: Option<&sandbox_agent::image::Defaults>,
+) -> Result<Vec<(OsString, OsString)>, Failure> {
+    let mut env: Vec<(OsString, OsString)> = defaults
+        .map(|d| {
+            d.env_pairs()
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect()
+        })
+        .unwrap_or_default();
+    for item in &args.env {
+        if let Some(pair) = workload::parse_env_item(item)? {
+            env.push(pair);
+        }
+    }
+    Ok(env)
+}
+
 /// The command to run: the flags' entrypoint and arguments, or with an image, its
 /// Entrypoint and Cmd as far as the flags leave them.
 fn command_of(
@@ -320,6 +330,13 @@ fn command_of(
     Ok(command)
 }
 
+/// A new sandbox's root (a directory or an image's layers), mounts, and image.
+type ViewParts = (
+    Option<sandbox_agent::view::RootDir>,
+    Vec<sandbox_agent::view::BindMount>,
+    Option<sandbox_agent::image::Rooted>,
+);
+
 /// The root directory or image, and the mounts asked for, checked (the image's layers
 /// unpacked into the cache if need be).
 fn view_of(
@@ -327,14 +344,7 @@ fn view_of(
     config: &sandbox_agent::config::Config,
     paths: &Paths,
     hide: &[PathBuf],
-) -> Result<
-    (
-        Option<sandbox_agent::view::RootDir>,
-        Vec<sandbox_agent::view::BindMount>,
-        Option<sandbox_agent::image::Rooted>,
-    ),
-    Failure,
-> {
+) -> Result<ViewParts, Failure> {
     let (root, image) = match (args.view.rootfs(), args.view.image()) {
         (Some(dir), _) => (
             Some(sandbox_agent::view::check_root(

@@ -148,6 +148,23 @@ impl Daemon {
             (true, readiness),
             started.lock,
         );
+        self.publish(sandbox, child, (timeout, idle_timeout), req.probe);
+        tracing::info!(sandbox = %id, "created");
+        // The traffic token is in this answer only (the record keeps its hash).
+        Ok(SandboxView {
+            traffic_token,
+            ..view
+        })
+    }
+
+    /// A whole sandbox saved, listed and watched (its lifetime, its probe).
+    fn publish(
+        self: &Arc<Self>,
+        sandbox: Arc<Sandbox>,
+        child: Child,
+        (timeout, idle_timeout): (Duration, Option<Duration>),
+        probe: Option<ProbeSpec>,
+    ) {
         sandbox.save();
         self.registry().publish(sandbox.clone());
         self.observe.sandbox_started();
@@ -158,15 +175,9 @@ impl Daemon {
             timeout,
             idle_timeout,
         ));
-        if let Some(probe) = req.probe {
+        if let Some(probe) = probe {
             self.handle.spawn(probe_task(self.clone(), sandbox, probe));
         }
-        tracing::info!(sandbox = %id, "created");
-        // The traffic token is in this answer only (the record keeps its hash).
-        Ok(SandboxView {
-            traffic_token,
-            ..view
-        })
     }
 
     /// The request checked, with the sandbox's own uid leased for it (held until its cgroup
@@ -624,7 +635,8 @@ fn check_create(
         .clone()
         .or_else(|| defaults.and_then(|d| d.working_dir.clone()))
         .unwrap_or_else(|| "/".into());
-    let root = req.root || (req.user.is_none() && defaults.is_some_and(|d| d.runs_as_root()));
+    let root = req.root
+        || (req.user.is_none() && defaults.is_some_and(crate::image::Defaults::runs_as_root));
     let spec = prepare_workload(
         &command,
         &env,

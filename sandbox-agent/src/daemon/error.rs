@@ -158,7 +158,8 @@ impl Error {
             | Self::Files(
                 crate::files::FilesError::Access { .. }
                 | crate::files::FilesError::TooLarge { .. }
-                | crate::files::FilesError::Full { .. },
+                | crate::files::FilesError::Full { .. }
+                | crate::files::FilesError::IsDirectory(_),
             ) => Fault::State,
             Self::Token(TokenError::Save(_))
             | Self::Kernel(_)

@@ -24,6 +24,20 @@ impl Daemon {
         Ok(())
     }
 
+    /// Unpacks the tar `data` as the new directory `path` in the sandbox.
+    pub fn write_tree(&self, sandbox: &Sandbox, path: &str, data: &[u8]) -> Result<()> {
+        sandbox_fs(sandbox)?.write_tree(path, data, self.config.max_file_bytes)?;
+        sandbox.touch();
+        Ok(())
+    }
+
+    /// The directory at `path` in the sandbox as a tar (at most `max_file_bytes` of files).
+    pub fn read_tree(&self, sandbox: &Sandbox, path: &str) -> Result<Vec<u8>> {
+        let data = sandbox_fs(sandbox)?.read_tree(path, self.config.max_file_bytes)?;
+        sandbox.touch();
+        Ok(data)
+    }
+
     /// The file at `path` in the sandbox (at most `max_file_bytes`).
     pub fn read_file(&self, sandbox: &Sandbox, path: &str) -> Result<Vec<u8>> {
         let data = sandbox_fs(sandbox)?.read(path, self.config.max_file_bytes)?;

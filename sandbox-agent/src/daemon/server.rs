@@ -104,6 +104,16 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
             )),
         )
         .route(
+            "/v1/sandboxes/{id}/archive",
+            get(archive_get)
+                .put(archive_put)
+                .layer(DefaultBodyLimit::max(
+                    // The tar's headers and padding on top of the files' bytes.
+                    usize::try_from(daemon.config.max_file_bytes.saturating_mul(2))
+                        .unwrap_or(usize::MAX),
+                )),
+        )
+        .route(
             "/v1/sandboxes/{id}/tokens",
             get(list_tokens).post(issue_token),
         )
@@ -158,7 +168,7 @@ async fn openapi() -> impl IntoResponse {
     servers((url = "http://localhost", description = "Over the daemon's Unix socket (the host name is ignored).")),
     paths(
         openapi, health, list, create, inspect, remove, kill, wait, wait_ready, sandbox_logs,
-        stdin_write, stdin_close, file_put, file_get, set_policy, exec, exec_wait, exec_logs, tunnels, issue_token,
+        stdin_write, stdin_close, file_put, file_get, archive_put, archive_get, set_policy, exec, exec_wait, exec_logs, tunnels, issue_token,
         list_tokens, revoke_token, events
     )
 )]
@@ -429,6 +439,32 @@ async fn file_get(
     let data = blocking(move || d.read_file(&s, &q.path)).await?;
     Ok((
         [(header::CONTENT_TYPE, "application/octet-stream")],
+        Body::from(data),
+    ))
+}
+
+#[utoipa::path(put, path = "/v1/sandboxes/{id}/archive", operation_id = "putArchive", summary = "Copy a directory into a running sandbox", description = "The body is a tar; its entries become the new directory `path` (absent, or an empty directory; its parent must exist), resolved inside the sandbox's own view (`..` entries refused, links never followed out), written as its user (permission bits only; device nodes not made), whole or not at all. At most the daemon's `max_file_bytes` of file content.", params(("id" = String, Path, description = "Sandbox id or name."), ("path" = String, Query, description = "Absolute path in the sandbox.")), request_body(content = String, content_type = "application/x-tar"), responses((status = 204, description = "Written."), (status = "4XX", description = "Refused: the message names the culprit.", body = ErrorBody), (status = "5XX", description = "The agent or the host failed.", body = ErrorBody)))]
+async fn archive_put(
+    State(d): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<FileQuery>,
+    data: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let s = d.find(&id)?;
+    blocking(move || d.write_tree(&s, &q.path, &data)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/archive", operation_id = "getArchive", summary = "Copy a directory out of a running sandbox", description = "A tar of the directory `path` (names relative to it; links as links, never followed; sockets, FIFOs and devices left out), read as the sandbox's user in its own view. At most `max_file_bytes` of file content.", params(("id" = String, Path, description = "Sandbox id or name."), ("path" = String, Query, description = "Absolute path in the sandbox.")), responses((status = 200, description = "The tar.", content_type = "application/x-tar", body = String), (status = "4XX", description = "Refused: the message names the culprit.", body = ErrorBody), (status = "5XX", description = "The agent or the host failed.", body = ErrorBody)))]
+async fn archive_get(
+    State(d): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<FileQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let s = d.find(&id)?;
+    let data = blocking(move || d.read_tree(&s, &q.path)).await?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-tar")],
         Body::from(data),
     ))
 }

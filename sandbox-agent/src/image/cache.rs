@@ -41,7 +41,7 @@ pub struct Store {
 struct LayerInfo {
     diff_id: String,
     blob: Option<String>,
-    summary: crate::untar::Summary,
+    summary: crate::tarball::Summary,
 }
 
 /// An image once opened.
@@ -126,14 +126,6 @@ impl Store {
         self.dir.join(name)
     }
 
-    fn io(&self, path: &Path) -> impl Fn(io::Error) -> ImageError {
-        let path = path.to_path_buf();
-        move |source| ImageError::Cache {
-            path: path.clone(),
-            source,
-        }
-    }
-
     fn prepare(&self) -> Result<(), ImageError> {
         // overlayfs options are separated by ',' and its lower layers by ':'.
         if self.dir.to_string_lossy().contains([',', ':', '\\']) {
@@ -148,7 +140,7 @@ impl Store {
                 .recursive(true)
                 .mode(0o700)
                 .create(&dir)
-                .map_err(self.io(&dir))?;
+                .map_err(cache_io(&dir))?;
         }
         Ok(())
     }
@@ -160,7 +152,7 @@ impl Store {
             .truncate(false)
             .write(true)
             .open(&path)
-            .map_err(self.io(&path))?;
+            .map_err(cache_io(&path))?;
         let op = if exclusive {
             libc::LOCK_EX
         } else {
@@ -168,7 +160,7 @@ impl Store {
         };
         // SAFETY: flock on a descriptor we own.
         if unsafe { libc::flock(file.as_raw_fd(), op) } != 0 {
-            return Err(self.io(&path)(io::Error::last_os_error()));
+            return Err(cache_io(&path)(io::Error::last_os_error()));
         }
         Ok(file)
     }
@@ -210,7 +202,7 @@ impl Store {
         let path = self
             .sub("records")
             .join(format!("{}.json", resolved.digest.hex()));
-        write_json(&path, &record).map_err(self.io(&path))?;
+        write_json(&path, &record).map_err(cache_io(&path))?;
         Ok(Image {
             digest: resolved.digest,
             layers: trees,
@@ -262,7 +254,7 @@ impl Store {
             .mode(0o700)
             .create(&tmp)
             .and_then(|()| fs::DirBuilder::new().mode(0o755).create(&tree));
-        made.map_err(self.io(&tmp))?;
+        made.map_err(cache_io(&tmp))?;
         let result = unpack_checked(source, layer, reader, &tree);
         let summary = match result {
             Ok(s) => s,
@@ -279,7 +271,7 @@ impl Store {
         let info_path = tmp.join("info.json");
         if let Err(e) = write_json(&info_path, &info) {
             let _ = fs::remove_dir_all(&tmp);
-            return Err(self.io(&info_path)(e));
+            return Err(cache_io(&info_path)(e));
         }
         let dest = self.layer_dir(layer.diff_id.hex());
         if fs::rename(&tmp, &dest).is_err() {
@@ -289,7 +281,7 @@ impl Store {
                 let _ = fs::remove_dir_all(&tmp);
             } else {
                 let _ = fs::remove_dir_all(&dest);
-                fs::rename(&tmp, &dest).map_err(self.io(&dest))?;
+                fs::rename(&tmp, &dest).map_err(cache_io(&dest))?;
             }
         }
         let skipped = if summary.skipped_devices > 0 {
@@ -365,19 +357,19 @@ impl Store {
             // Renamed first: a half-removed layer is never in `layers/`.
             let doomed = tmp.join(format!("{hex}.pruned"));
             let dir = self.layer_dir(&hex);
-            fs::rename(&dir, &doomed).map_err(self.io(&dir))?;
+            fs::rename(&dir, &doomed).map_err(cache_io(&dir))?;
             pruned.layers += 1;
             pruned.bytes += info.map_or(0, |i| i.summary.bytes);
         }
         // With the lock held exclusive no unpack is under way: all of tmp/ is leftovers.
-        for entry in fs::read_dir(&tmp).map_err(self.io(&tmp))?.flatten() {
+        for entry in fs::read_dir(&tmp).map_err(cache_io(&tmp))?.flatten() {
             let path = entry.path();
             let gone = if path.is_dir() {
                 fs::remove_dir_all(&path)
             } else {
                 fs::remove_file(&path)
             };
-            gone.map_err(self.io(&path))?;
+            gone.map_err(cache_io(&path))?;
         }
         for record in self.records() {
             if record
@@ -461,7 +453,7 @@ fn unpack_checked(
     layer: &LayerRef,
     reader: Box<dyn io::Read + '_>,
     tree: &Path,
-) -> Result<crate::untar::Summary, ImageError> {
+) -> Result<crate::tarball::Summary, ImageError> {
     use io::BufRead as _;
     let label = layer
         .blob
@@ -470,7 +462,7 @@ fn unpack_checked(
     let bad = |why: String| ImageError::bad(source, format!("layer {label}: {why}"));
     let root = fs::File::open(tree).map_err(|e| bad(e.to_string()))?;
     let mut outer = Hashing::new(io::BufReader::with_capacity(256 << 10, reader));
-    let unpacked: Result<(crate::untar::Summary, Sha256), ImageError> = (|| {
+    let unpacked: Result<(crate::tarball::Summary, Sha256), ImageError> = (|| {
         let mut buffered = io::BufReader::new(&mut outer);
         let gzip = match layer.compression {
             Compression::None => false,
@@ -486,11 +478,11 @@ fn unpack_checked(
             Box::new(buffered)
         };
         let mut inner = Hashing::new(plain);
-        let rules = crate::untar::Rules {
+        let rules = crate::tarball::Rules {
             layer: true,
             max_bytes: u64::MAX,
         };
-        let summary = crate::untar::unpack(&mut inner, std::os::fd::AsFd::as_fd(&root), &rules)
+        let summary = crate::tarball::unpack(&mut inner, std::os::fd::AsFd::as_fd(&root), &rules)
             .map_err(|e| bad(e.to_string()))?;
         let (diff_id, _) = inner.finish().map_err(|e| bad(e.to_string()))?;
         Ok((summary, diff_id))
@@ -513,6 +505,14 @@ fn unpack_checked(
         )));
     }
     Ok(summary)
+}
+
+fn cache_io(path: &Path) -> impl Fn(io::Error) -> ImageError {
+    let path = path.to_path_buf();
+    move |source| ImageError::Cache {
+        path: path.clone(),
+        source,
+    }
 }
 
 fn write_json(path: &Path, value: &impl Serialize) -> io::Result<()> {

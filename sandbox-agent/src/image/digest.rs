@@ -30,7 +30,7 @@ impl Sha256 {
                 format!("digest {}: only sha256 digests are supported", d.digest()),
             ));
         }
-        Self::parse(path, &d.digest().to_string())
+        Self::parse(path, d.digest().as_ref())
     }
 
     /// A cache name (`<hex>`) back to a digest.

@@ -162,7 +162,7 @@ fn archive(path: &str) -> Result<Files, ImageError> {
             continue;
         }
         let raw = entry.path_bytes();
-        let Some(parts) = crate::untar::components(&raw) else {
+        let Some(parts) = crate::tarball::components(&raw) else {
             continue;
         };
         let Ok(name) = String::from_utf8(parts.join(&b'/')) else {
@@ -440,7 +440,7 @@ fn docker_save(path: &str, files: Files) -> Result<Resolved, ImageError> {
         .iter()
         .zip(diff_ids)
         .map(|(file, diff_id)| {
-            if crate::untar::components(file.as_bytes()).is_none() {
+            if crate::tarball::components(file.as_bytes()).is_none() {
                 return Err(bad(format!("layer {file}: a path with \"..\"")));
             }
             Ok(LayerRef {
