@@ -425,6 +425,15 @@ fn daemon_sandboxes_from_one_image_keep_their_writes_apart_and_prune_keeps_live_
     let marks = sh(&format!("find {} -name mark | wc -l", layers.display()));
     assert_eq!(marks.trim(), "0", "a write reached the cache");
 
+    // A relative path is the client's, not the daemon's (whose working directory is /).
+    let relative = std::process::Command::new(sandbox_tests::agent())
+        .args(["create", "--image", "layout", "--", "/bin/echo"])
+        .env("SANDBOX_AGENT_SOCKET", &d.socket)
+        .current_dir(&scratch)
+        .output()
+        .expect("create");
+    assert!(relative.status.success(), "{relative:?}");
+
     // Prune while both live: their layers stay.
     let config = d_config(&d);
     let pruned = agent_cmd(&["images", "prune", "--json", "--config", &config]);

@@ -68,7 +68,7 @@ while sys.stdin.readline():
 const CONNECT_ONCE: &str =
     "import socket, sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)";
 
-/// `SANDBOX_AGENT_BENCH_ONLY=core` (or `domains`, `daemon`, `ingress`, `isolation`) runs only that section,
+/// `SANDBOX_AGENT_BENCH_ONLY=core` (or `domains`, `daemon`, `ingress`, `isolation`, `images`) runs only that section,
 /// for repeating one without the others.
 const ONLY_VAR: &str = "SANDBOX_AGENT_BENCH_ONLY";
 
@@ -108,14 +108,17 @@ pub fn run(agent: &Path) -> Result<()> {
             crate::bench_ingress::run(&mut env, agent)?;
             println!();
             crate::bench_isolation::run(&mut env, agent)?;
+            println!();
+            crate::bench_images::run(&mut env, agent)?;
         }
         "core" => run_core(&mut env, agent)?,
         "domains" => crate::bench_domains::run(&mut env, agent)?,
         "daemon" => crate::bench_daemon::run(&mut env, agent)?,
         "ingress" => crate::bench_ingress::run(&mut env, agent)?,
         "isolation" => crate::bench_isolation::run(&mut env, agent)?,
+        "images" => crate::bench_images::run(&mut env, agent)?,
         other => bail!(
-            "{ONLY_VAR}={other:?}: \"core\", \"domains\", \"daemon\", \"ingress\" or \"isolation\""
+            "{ONLY_VAR}={other:?}: \"core\", \"domains\", \"daemon\", \"ingress\", \"isolation\" or \"images\""
         ),
     }
     println!("\nbench took {:.0} s", started.elapsed().as_secs_f64());

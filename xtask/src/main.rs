@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod bench_daemon;
 mod bench_domains;
+mod bench_images;
 mod bench_ingress;
 mod bench_isolation;
 mod bench_kit;

@@ -122,6 +122,20 @@ impl PolicyArgs {
     }
 }
 
+/// A host path as a daemon must get it: absolute when it names something here (the daemon's
+/// working directory is not this command's), as given otherwise (the daemon's refusal then
+/// names it as the user wrote it, a registry reference too).
+fn for_daemon(path: &str) -> String {
+    let p = std::path::Path::new(path);
+    if p.is_relative()
+        && std::fs::symlink_metadata(p).is_ok()
+        && let Ok(abs) = std::path::absolute(p)
+    {
+        return abs.to_string_lossy().into_owned();
+    }
+    path.to_owned()
+}
+
 /// What a new sandbox sees instead of (or besides) the host's root: `run` and `create`.
 #[derive(Args, Clone, Default)]
 pub struct ViewArgs {
@@ -148,6 +162,16 @@ impl ViewArgs {
         self.image.as_deref()
     }
 
+    /// `--rootfs` as the daemon must get it (see [`for_daemon`]).
+    pub fn rootfs_request(&self) -> Option<String> {
+        self.rootfs.as_deref().map(for_daemon)
+    }
+
+    /// `--image` as the daemon must get it (see [`for_daemon`]).
+    pub fn image_request(&self) -> Option<String> {
+        self.image.as_deref().map(for_daemon)
+    }
+
     /// The mounts as the API takes them (syntax checked).
     pub fn mounts(
         &self,
@@ -157,7 +181,7 @@ impl ViewArgs {
             .map(|m| {
                 sandbox_agent::view::parse_mount(m).map(|(source, target, read_only)| {
                     sandbox_agent::api::MountSpec {
-                        source,
+                        source: for_daemon(&source),
                         target,
                         read_only,
                     }
@@ -460,8 +484,8 @@ pub fn create_request(args: &CreateArgs) -> Result<CreateRequest, String> {
         mask_host: args.mask_host.clone(),
         resources: args.resources.request(),
         root: args.root,
-        rootfs: args.view.rootfs().map(str::to_owned),
-        image: args.view.image().map(str::to_owned),
+        rootfs: args.view.rootfs_request(),
+        image: args.view.image_request(),
         mounts: args.view.mounts().map_err(|e| e.to_string())?,
         max_learned_addresses: args.max_learned_addresses,
     })

@@ -549,8 +549,8 @@ fn daemon_request(args: &RunArgs) -> Result<CreateRequest, Failure> {
         max_learned_addresses: args.max_learned_addresses,
         resources: args.resources.request(),
         root: args.root,
-        rootfs: args.view.rootfs().map(str::to_owned),
-        image: args.view.image().map(str::to_owned),
+        rootfs: args.view.rootfs_request(),
+        image: args.view.image_request(),
         entrypoint: args.entrypoint.iter().cloned().collect(),
         mounts: args.view.mounts()?,
         ..CreateRequest::default()
