@@ -119,6 +119,7 @@ impl SandboxFs {
         let rules = crate::tarball::Rules {
             layer: false,
             max_bytes: limit,
+            mode_mask: 0o777,
         };
         crate::tarball::unpack_new(dir.as_fd(), &name, data, &rules)
             .map(drop)
@@ -193,18 +194,28 @@ fn access(path: &str, e: &io::Error) -> FilesError {
 struct FsIds {
     uid: u32,
     gid: u32,
+    groups: Vec<libc::gid_t>,
 }
 
 impl FsIds {
     fn assume(uid: u32, gid: u32) -> Self {
-        // SAFETY: setfsgid/setfsuid change this thread's file-system ids only; they return
-        // the previous ones.
+        // The agent's supplementary groups (root's group 0 under sudo) would still grant
+        // group access: this thread has none while it acts as the user. The raw syscall
+        // changes this thread alone (libc's wrapper changes every thread of the process).
+        let mut groups = vec![0 as libc::gid_t; 256];
+        // SAFETY: a buffer of the length given.
+        let n = unsafe { libc::getgroups(256, groups.as_mut_ptr()) };
+        groups.truncate(usize::try_from(n).unwrap_or(0));
+        // SAFETY: setgroups of no groups, this thread only; setfsgid/setfsuid change this
+        // thread's file-system ids only and return the previous ones.
         unsafe {
+            libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>());
             let group_before = libc::setfsgid(gid);
             let user_before = libc::setfsuid(uid);
             Self {
                 uid: u32::try_from(user_before).unwrap_or(0),
                 gid: u32::try_from(group_before).unwrap_or(0),
+                groups,
             }
         }
     }
@@ -212,10 +223,11 @@ impl FsIds {
 
 impl Drop for FsIds {
     fn drop(&mut self) {
-        // SAFETY: back to the ids the thread had.
+        // SAFETY: back to the ids and groups the thread had.
         unsafe {
             libc::setfsuid(self.uid);
             libc::setfsgid(self.gid);
+            libc::syscall(libc::SYS_setgroups, self.groups.len(), self.groups.as_ptr());
         }
     }
 }

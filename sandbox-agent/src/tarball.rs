@@ -25,6 +25,9 @@ pub struct Rules {
     pub layer: bool,
     /// At most this many bytes of file content.
     pub max_bytes: u64,
+    /// Permission bits kept of what the tar says (layers: all twelve; a copy into a sandbox
+    /// `0o777`; a copy from one onto the host `0o755`, nothing others may write).
+    pub mode_mask: u32,
 }
 
 /// What an unpack wrote.
@@ -74,19 +77,20 @@ pub fn unpack(stream: impl Read, root: BorrowedFd<'_>, rules: &Rules) -> Result<
     // entries that follow it.
     let mut dirs: Vec<(Vec<u8>, u32, i64)> = Vec::new();
     let mut cached: Option<(Vec<u8>, OwnedFd)> = None;
-    for entry in archive.entries().map_err(TarError::Format)? {
+    // Long names and PAX records for the entry that follows, read here with a cap (the tar
+    // crate would read one of any size into memory).
+    let mut extended = Extended::default();
+    let entries = archive.entries().map_err(TarError::Format)?.raw(true);
+    for entry in entries {
         let mut entry = entry.map_err(TarError::Format)?;
-        let raw = entry.path_bytes().into_owned();
-        let shown = || String::from_utf8_lossy(&raw).into_owned();
-        let parts = components(&raw).ok_or_else(|| TarError::Escapes(shown()))?;
-        let header = entry.header();
-        let kind = header.entry_type();
-        if matches!(
-            kind,
-            tar::EntryType::XGlobalHeader | tar::EntryType::XHeader
-        ) {
+        if extended.take_in(&mut entry)? {
             continue;
         }
+        let (raw, link) = extended.apply(&entry)?;
+        let header = entry.header();
+        let kind = header.entry_type();
+        let shown = || String::from_utf8_lossy(&raw).into_owned();
+        let parts = components(&raw).ok_or_else(|| TarError::Escapes(shown()))?;
         let Some((name, parent)) = parts.split_last() else {
             // The directory itself ("./"): it is there already.
             continue;
@@ -108,7 +112,7 @@ pub fn unpack(stream: impl Read, root: BorrowedFd<'_>, rules: &Rules) -> Result<
             continue;
         }
         if let Some(later) = write_entry(
-            &mut entry,
+            (&mut entry, link.as_deref()),
             (root, dir.as_fd()),
             (&parts, name, &cname),
             &meta,
@@ -190,10 +194,16 @@ pub fn unpack_new(
         })?;
         Ok(summary)
     });
-    if written.is_err() {
-        let _ = remove_tree_at(parent, &partial);
+    match written {
+        Err(e) => match remove_tree_at(parent, &partial) {
+            Ok(()) => Err(e),
+            Err(left) => Err(TarError::Entry {
+                path: partial.to_string_lossy().into_owned(),
+                why: format!("{e}; this partial copy is left: {left}"),
+            }),
+        },
+        ok => ok,
     }
-    written
 }
 
 fn is_empty(dir: OwnedFd) -> io::Result<bool> {
@@ -279,20 +289,17 @@ fn pack_dir(
         summary.entries += 1;
         match st.st_mode & libc::S_IFMT {
             libc::S_IFREG => {
-                let size = u64::try_from(st.st_size).unwrap_or(0);
-                summary.bytes = summary.bytes.saturating_add(size);
-                if summary.bytes > max_bytes {
-                    return Err(TarError::TooLarge(max_bytes));
-                }
-                let file = std::fs::File::from(
-                    openat(dir.as_fd(), &name, libc::O_RDONLY | libc::O_NOFOLLOW, 0)
-                        .map_err(fail)?,
-                );
-                header.set_entry_type(tar::EntryType::Regular);
-                header.set_size(size);
-                // Exactly `size` bytes whatever the file does meanwhile (zeros if it shrank).
-                let data = file.take(size).chain(io::repeat(0)).take(size);
-                builder.append_data(&mut header, at, data).map_err(fail)?;
+                pack_file(
+                    builder,
+                    (dir, &name, &st),
+                    (&mut header, at),
+                    summary,
+                    max_bytes,
+                )
+                .map_err(|e| match e {
+                    PackFile::Io(e) => fail(e),
+                    PackFile::Tar(e) => e,
+                })?;
             }
             libc::S_IFDIR => {
                 header.set_entry_type(tar::EntryType::Directory);
@@ -325,8 +332,156 @@ fn pack_dir(
             }
             _ => summary.skipped_devices += 1,
         }
+        within_tar_limit(builder, max_bytes)?;
     }
     Ok(())
+}
+
+enum PackFile {
+    Io(io::Error),
+    Tar(TarError),
+}
+
+/// The regular file `name` of `dir` (as `st` saw it) into the archive.
+fn pack_file(
+    builder: &mut tar::Builder<Vec<u8>>,
+    (dir, name, st): (&OwnedFd, &CStr, &libc::stat),
+    (header, at): (&mut tar::Header, &std::path::Path),
+    summary: &mut Summary,
+    max_bytes: u64,
+) -> Result<(), PackFile> {
+    use std::os::unix::fs::MetadataExt as _;
+    let fail = PackFile::Io;
+    let size = u64::try_from(st.st_size).unwrap_or(0);
+    summary.bytes = summary.bytes.saturating_add(size);
+    if summary.bytes > max_bytes {
+        return Err(PackFile::Tar(TarError::TooLarge(max_bytes)));
+    }
+    // Non-blocking, and checked to be the file just looked at: a FIFO swapped in
+    // meanwhile would block the open (and the agent) forever.
+    let file = std::fs::File::from(
+        openat(
+            dir.as_fd(),
+            name,
+            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK,
+            0,
+        )
+        .map_err(fail)?,
+    );
+    let opened = file.metadata().map_err(fail)?;
+    if !opened.is_file() || opened.dev() != st.st_dev || opened.ino() != st.st_ino {
+        return Err(fail(io::Error::other("replaced while being copied")));
+    }
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_size(size);
+    // Exactly `size` bytes whatever the file does meanwhile (zeros if it shrank).
+    let data = file.take(size).chain(io::repeat(0)).take(size);
+    builder.append_data(header, at, data).map_err(fail)?;
+    within_tar_limit(builder, max_bytes).map_err(PackFile::Tar)?;
+    Ok(())
+}
+
+/// Headers and long names count too: a tree of many long, empty names must not grow the
+/// archive without bound. Twice the content limit (the API's body limit for a tar).
+fn within_tar_limit(builder: &tar::Builder<Vec<u8>>, max_bytes: u64) -> Result<(), TarError> {
+    if builder.get_ref().len() as u64 > max_bytes.saturating_mul(2) {
+        return Err(TarError::TooLarge(max_bytes));
+    }
+    Ok(())
+}
+
+/// Longest GNU long name or PAX record block taken (`PATH_MAX` is 4096).
+const MAX_EXTENDED_BYTES: u64 = 64 << 10;
+
+/// GNU long names and PAX records waiting for the entry they describe.
+#[derive(Default)]
+struct Extended {
+    path: Option<Vec<u8>>,
+    link: Option<Vec<u8>>,
+    size: Option<u64>,
+}
+
+impl Extended {
+    /// Takes in `entry` if it describes the next one (or is a PAX global header, which
+    /// nothing here needs); `false` for an entry of its own.
+    fn take_in<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<bool, TarError> {
+        let kind = entry.header().entry_type();
+        if !matches!(
+            kind,
+            tar::EntryType::GNULongName
+                | tar::EntryType::GNULongLink
+                | tar::EntryType::XHeader
+                | tar::EntryType::XGlobalHeader
+        ) {
+            return Ok(false);
+        }
+        if kind == tar::EntryType::XGlobalHeader {
+            return Ok(true);
+        }
+        let size = entry.header().size().unwrap_or(u64::MAX);
+        if size > MAX_EXTENDED_BYTES {
+            return Err(TarError::Format(io::Error::other(format!(
+                "a long name or PAX block of {size} bytes (at most {MAX_EXTENDED_BYTES})"
+            ))));
+        }
+        let mut data = Vec::new();
+        entry
+            .take(MAX_EXTENDED_BYTES)
+            .read_to_end(&mut data)
+            .map_err(TarError::Format)?;
+        match kind {
+            tar::EntryType::GNULongName => self.path = Some(trim_nul(data)),
+            tar::EntryType::GNULongLink => self.link = Some(trim_nul(data)),
+            _ => {
+                for record in tar::PaxExtensions::new(&data) {
+                    let record = record.map_err(TarError::Format)?;
+                    match record.key_bytes() {
+                        b"path" => self.path = Some(record.value_bytes().to_vec()),
+                        b"linkpath" => self.link = Some(record.value_bytes().to_vec()),
+                        b"size" => {
+                            self.size = std::str::from_utf8(record.value_bytes())
+                                .ok()
+                                .and_then(|v| v.parse().ok());
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// The path and link target of `entry`, with what came before it applied.
+    fn apply<R: Read>(
+        &mut self,
+        entry: &tar::Entry<'_, R>,
+    ) -> Result<(Vec<u8>, Option<Vec<u8>>), TarError> {
+        let path = self
+            .path
+            .take()
+            .unwrap_or_else(|| entry.path_bytes().into_owned());
+        let link = self
+            .link
+            .take()
+            .or_else(|| entry.link_name_bytes().map(std::borrow::Cow::into_owned));
+        // Its data is read by the header's size: a PAX size that differs cannot be followed.
+        if let Some(size) = self.size.take()
+            && Some(size) != entry.header().size().ok()
+        {
+            return Err(TarError::Format(io::Error::other(format!(
+                "entry \"{}\": a PAX size the header does not carry",
+                String::from_utf8_lossy(&path)
+            ))));
+        }
+        Ok((path, link))
+    }
+}
+
+fn trim_nul(mut data: Vec<u8>) -> Vec<u8> {
+    while data.last() == Some(&0) {
+        data.pop();
+    }
+    data
 }
 
 /// An entry's mode, owner and time as the rules keep them.
@@ -342,11 +497,7 @@ impl Meta {
     fn of(header: &tar::Header, rules: &Rules) -> Self {
         let mode = header.mode().unwrap_or(0o644);
         Self {
-            mode: if rules.layer {
-                mode & 0o7777
-            } else {
-                mode & 0o777
-            },
+            mode: mode & rules.mode_mask & 0o7777,
             owner: rules.layer.then(|| {
                 (
                     u32::try_from(header.uid().unwrap_or(0)).unwrap_or(0),
@@ -367,7 +518,7 @@ impl Meta {
 /// Writes one entry `name` in `dir` (its parent, resolved below `root`); a directory's mode
 /// and time are returned to be set last.
 fn write_entry<R: Read>(
-    entry: &mut tar::Entry<'_, R>,
+    (entry, link): (&mut tar::Entry<'_, R>, Option<&[u8]>),
     (root, dir): (BorrowedFd<'_>, BorrowedFd<'_>),
     (parts, name, cname): (&[&[u8]], &[u8], &CStr),
     meta: &Meta,
@@ -406,10 +557,9 @@ fn write_entry<R: Read>(
             return Ok(Some((parts.join(&b'/'), mode, mtime)));
         }
         tar::EntryType::Symlink => {
-            let target = entry
-                .link_name_bytes()
-                .ok_or_else(|| entry_error(&shown(), &io::Error::other("no link target")))?;
-            let target = cstring(&target).map_err(fail)?;
+            let target =
+                link.ok_or_else(|| entry_error(&shown(), &io::Error::other("no link target")))?;
+            let target = cstring(target).map_err(fail)?;
             replace(dir.as_fd(), cname, false).map_err(fail)?;
             // SAFETY: valid C strings and directory descriptor.
             check(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), cname.as_ptr()) })
@@ -420,12 +570,12 @@ fn write_entry<R: Read>(
             set_times_at(dir.as_fd(), cname, mtime).map_err(fail)?;
         }
         tar::EntryType::Link => {
-            let target = entry
-                .link_name_bytes()
-                .ok_or_else(|| entry_error(&shown(), &io::Error::other("no link target")))?
-                .into_owned();
-            hard_link(root, dir, (parts, cname), &target)?;
+            let target =
+                link.ok_or_else(|| entry_error(&shown(), &io::Error::other("no link target")))?;
+            hard_link(root, dir, (parts, cname), target)?;
         }
+        // A copied tree gets no FIFO (one would block whoever opens it, the agent too).
+        tar::EntryType::Fifo if !rules.layer => summary.skipped_devices += 1,
         tar::EntryType::Fifo => {
             replace(dir.as_fd(), cname, false).map_err(fail)?;
             // SAFETY: valid C string and directory descriptor.
@@ -644,19 +794,30 @@ fn replace(dir: BorrowedFd<'_>, name: &CStr, keep_dir: bool) -> io::Result<()> {
     match e.raw_os_error() {
         Some(libc::ENOENT) => Ok(()),
         Some(libc::EISDIR) if keep_dir => Ok(()),
-        Some(libc::EISDIR) => remove_tree_at(dir, name),
+        Some(libc::EISDIR) => remove_tree(dir, name, MAX_DEPTH),
         _ => Err(e),
     }
 }
 
 /// Removes the directory `name` below `dir` and everything in it, never following a link.
 pub fn remove_tree_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    remove_tree(dir, name, MAX_DEPTH)
+}
+
+/// [`remove_tree_at`], at most `depth` levels down (one descriptor each).
+fn remove_tree(dir: BorrowedFd<'_>, name: &CStr, depth: usize) -> io::Result<()> {
+    if depth == 0 {
+        return Err(io::Error::other("directories nested too deep to remove"));
+    }
     let fd = openat(
         dir,
         name,
         libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
         0,
     )?;
+    // A directory made read-only (by a tar's modes) still gives up its entries.
+    // SAFETY: a valid descriptor.
+    let _ = unsafe { libc::fchmod(fd.as_raw_fd(), 0o700) };
     let children: Vec<CString> = {
         let mut listing = nix::dir::Dir::from_fd(fd.try_clone()?).map_err(io::Error::from)?;
         listing
@@ -667,7 +828,16 @@ pub fn remove_tree_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
             .collect()
     };
     for child in children {
-        replace(fd.as_fd(), &child, false)?;
+        // SAFETY: valid C string and directory descriptor.
+        if unsafe { libc::unlinkat(fd.as_raw_fd(), child.as_ptr(), 0) } == 0 {
+            continue;
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::ENOENT) => {}
+            Some(libc::EISDIR) => remove_tree(fd.as_fd(), &child, depth - 1)?,
+            _ => return Err(e),
+        }
     }
     // SAFETY: valid C string and directory descriptor.
     check(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), libc::AT_REMOVEDIR) })
@@ -776,7 +946,109 @@ fn time(secs: i64) -> libc::timespec {
 
 #[cfg(test)]
 mod tests {
-    use super::components;
+    use std::{fs, os::unix::fs::PermissionsExt as _, path::PathBuf};
+
+    use super::{Rules, TarError, components, remove_tree_at, unpack};
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("sa-tarball-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("scratch dir");
+        dir
+    }
+
+    /// A tar of raw entries: (type, name, data).
+    fn tar_of(entries: &[(tar::EntryType, &str, &[u8], u32)]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for (kind, name, data, mode) in entries {
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(*kind);
+            header.set_mode(*mode);
+            let raw = header.as_old_mut();
+            raw.name[..name.len()].copy_from_slice(name.as_bytes());
+            header.set_size(data.len() as u64);
+            header.set_cksum();
+            builder.append(&header, *data).expect("append");
+        }
+        builder.into_inner().expect("tar")
+    }
+
+    fn copy_rules(mask: u32) -> Rules {
+        Rules {
+            layer: false,
+            max_bytes: 1 << 20,
+            mode_mask: mask,
+        }
+    }
+
+    #[test]
+    fn long_names_past_the_cap_are_refused_before_they_are_read_whole() {
+        let dir = scratch("longname");
+        let huge = vec![b'a'; 100 << 10];
+        let tar = tar_of(&[
+            (tar::EntryType::GNULongName, "././@LongLink", &huge, 0o644),
+            (tar::EntryType::Regular, "short", b"x", 0o644),
+        ]);
+        let root = fs::File::open(&dir).expect("dir");
+        let err = unpack(
+            &tar[..],
+            std::os::fd::AsFd::as_fd(&root),
+            &copy_rules(0o777),
+        )
+        .expect_err("a 100 KiB long name");
+        assert!(matches!(err, TarError::Format(_)), "{err}");
+        assert!(err.to_string().contains("long name or PAX block"), "{err}");
+        // A long name within the cap names the next entry.
+        let long = format!("{}/file", "d".repeat(200));
+        let tar = tar_of(&[
+            (
+                tar::EntryType::GNULongName,
+                "././@LongLink",
+                long.as_bytes(),
+                0o644,
+            ),
+            (tar::EntryType::Regular, "short", b"x", 0o644),
+        ]);
+        unpack(
+            &tar[..],
+            std::os::fd::AsFd::as_fd(&root),
+            &copy_rules(0o777),
+        )
+        .expect("unpack");
+        assert_eq!(fs::read(dir.join(&long)).expect("long-named file"), b"x");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn copies_get_no_fifos_and_no_mode_bits_past_the_mask() {
+        let dir = scratch("copy");
+        let tar = tar_of(&[
+            (tar::EntryType::Fifo, "pipe", b"", 0o666),
+            (tar::EntryType::Regular, "open", b"x", 0o4777),
+            (tar::EntryType::Directory, "ro", b"", 0o500),
+            (tar::EntryType::Regular, "ro/inside", b"y", 0o644),
+        ]);
+        let root = fs::File::open(&dir).expect("dir");
+        let summary = unpack(
+            &tar[..],
+            std::os::fd::AsFd::as_fd(&root),
+            &copy_rules(0o755),
+        )
+        .expect("unpack");
+        assert_eq!(summary.skipped_devices, 1);
+        assert!(!dir.join("pipe").exists());
+        let mode = fs::metadata(dir.join("open"))
+            .expect("open")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, 0o755);
+        // A read-only directory still took its entry, and a tree with one still goes.
+        assert_eq!(fs::read(dir.join("ro/inside")).expect("inside"), b"y");
+        let parent = fs::File::open(std::env::temp_dir()).expect("tmp");
+        let name = std::ffi::CString::new(dir.file_name().unwrap().as_encoded_bytes()).unwrap();
+        remove_tree_at(std::os::fd::AsFd::as_fd(&parent), &name).expect("removed");
+        assert!(!dir.exists());
+    }
 
     #[test]
     fn components_drop_roots_and_dots_and_refuse_parents() {

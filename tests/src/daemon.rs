@@ -105,7 +105,21 @@ impl TestDaemon {
             .append(true)
             .open(self.dir.join("daemon.log"))
             .expect("daemon log");
-        let child = Command::new(agent())
+        let mut cmd = Command::new(agent());
+        // Root's group as a supplementary group, as a daemon started under sudo has it: what
+        // the daemon does as a sandbox's user must not keep it.
+        // SAFETY: setgroups is async-signal-safe; it runs in the child before exec.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                let root_group: libc::gid_t = 0;
+                if libc::setgroups(1, &raw const root_group) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        let child = cmd
             .args(["daemon", "--config"])
             .arg(self.dir.join("config.toml"))
             .stdin(Stdio::null())

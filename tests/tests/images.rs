@@ -319,7 +319,16 @@ fn cp_moves_files_into_and_out_of_a_blocked_sandbox_as_its_user() {
         "chmod 755 {0} && chmod 644 {0}/secret",
         hidden.display()
     ));
+    // A host file only root's group may read: the daemon has that group (as under sudo),
+    // the sandbox's user has not.
+    let group_only = helpers().join(format!("group-only-{}", std::process::id()));
+    fs::write(&group_only, "root group only").expect("group-only file");
+    sh(&format!(
+        "chown 0:0 {0} && chmod 0440 {0}",
+        group_only.display()
+    ));
     for remote in [
+        group_only.display().to_string(),
         format!("/../../../{}/sa-marker", state.display()),
         format!("/tmp/root-link{}/sa-marker", state.display()),
         format!("/tmp/root-link{}/secret", hidden.display()),

@@ -906,6 +906,8 @@ fn unpack_local(local: &std::path::Path, tar: &[u8]) -> Result<(), String> {
     let rules = sandbox_agent::tarball::Rules {
         layer: false,
         max_bytes: u64::MAX,
+        // Nothing the sandbox sent becomes writable by others on the host.
+        mode_mask: 0o755,
     };
     sandbox_agent::tarball::unpack_new(std::os::fd::AsFd::as_fd(&parent), &name, tar, &rules)
         .map(drop)

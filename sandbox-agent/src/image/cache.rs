@@ -16,8 +16,7 @@
 //! `in-use` file then keeps the layers while that cgroup is populated): prune, which takes
 //! it exclusive, never removes a layer a sandbox is about to stack or stacks.
 use std::{
-    fs,
-    io::{self, BufRead as _},
+    fs, io,
     os::{fd::AsRawFd as _, unix::fs::DirBuilderExt as _},
     path::{Path, PathBuf},
 };
@@ -304,7 +303,7 @@ impl Store {
     /// The cache's images and layers, with the live sandboxes stacking each layer.
     pub fn list(&self) -> Result<Listing, ImageError> {
         let _lock = self.exists().then(|| self.lock(false)).transpose()?;
-        let users = self.live_users(false);
+        let users = self.live_users(false)?;
         let mut layers = Vec::new();
         for (hex, info) in self.layers() {
             layers.push(LayerEntry {
@@ -347,20 +346,8 @@ impl Store {
         }
         self.prepare()?;
         let _lock = self.lock(true)?;
-        let users = self.live_users(true);
+        let users = self.live_users(true)?;
         let tmp = self.sub("tmp");
-        for (hex, info) in self.layers() {
-            if users.iter().any(|u| u.contains(&hex)) {
-                pruned.kept += 1;
-                continue;
-            }
-            // Renamed first: a half-removed layer is never in `layers/`.
-            let doomed = tmp.join(format!("{hex}.pruned"));
-            let dir = self.layer_dir(&hex);
-            fs::rename(&dir, &doomed).map_err(cache_io(&dir))?;
-            pruned.layers += 1;
-            pruned.bytes += info.map_or(0, |i| i.summary.bytes);
-        }
         // With the lock held exclusive no unpack is under way: all of tmp/ is leftovers.
         for entry in fs::read_dir(&tmp).map_err(cache_io(&tmp))?.flatten() {
             let path = entry.path();
@@ -370,6 +357,19 @@ impl Store {
                 fs::remove_file(&path)
             };
             gone.map_err(cache_io(&path))?;
+        }
+        for (hex, info) in self.layers() {
+            if users.iter().any(|u| u.contains(&hex)) {
+                pruned.kept += 1;
+                continue;
+            }
+            // Renamed first: a half-removed layer is never in `layers/`.
+            let doomed = tmp.join(format!("{hex}.pruned.{}.{}", std::process::id(), unique()));
+            let dir = self.layer_dir(&hex);
+            fs::rename(&dir, &doomed).map_err(cache_io(&dir))?;
+            fs::remove_dir_all(&doomed).map_err(cache_io(&doomed))?;
+            pruned.layers += 1;
+            pruned.bytes += info.map_or(0, |i| i.summary.bytes);
         }
         for record in self.records() {
             if record
@@ -390,29 +390,40 @@ impl Store {
     }
 
     /// The layers of the live sandboxes, one list each; with `forget`, in-use files of
-    /// sandboxes whose cgroup has no process left are removed.
-    fn live_users(&self, forget: bool) -> Vec<Vec<String>> {
-        let Ok(entries) = fs::read_dir(self.sub("in-use")) else {
-            return Vec::new();
+    /// sandboxes whose cgroup has no process left are removed. What cannot be read fails
+    /// the call: a layer is never taken for unused because of an error.
+    fn live_users(&self, forget: bool) -> Result<Vec<Vec<String>>, ImageError> {
+        let dir = self.sub("in-use");
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(cache_io(&dir)(e)),
         };
         let mut users = Vec::new();
-        for entry in entries.flatten() {
-            let Ok(file) = fs::File::open(entry.path()) else {
-                continue;
+        for entry in entries {
+            let path = entry.map_err(cache_io(&dir))?.path();
+            let text = match fs::read_to_string(&path) {
+                Ok(t) => t,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(cache_io(&path)(e)),
             };
-            let mut lines = io::BufReader::new(file).lines().map_while(Result::ok);
+            let mut lines = text.lines();
             let cgroup = lines.next().unwrap_or_default();
-            let live = !cgroup.is_empty()
-                && crate::cgroup::SandboxCgroup::open(PathBuf::from(&cgroup))
-                    .and_then(|c| c.is_populated())
-                    .unwrap_or(false);
+            // Gone only when its cgroup says so (or is gone); any other error keeps it.
+            let events = Path::new(cgroup).join("cgroup.events");
+            let live = match fs::read_to_string(&events) {
+                Ok(e) => e.lines().any(|l| l == "populated 1"),
+                Err(e) if e.kind() == io::ErrorKind::NotFound && !cgroup.is_empty() => false,
+                Err(_) if cgroup.is_empty() => false,
+                Err(_) => true,
+            };
             if live {
-                users.push(lines.collect());
+                users.push(lines.map(str::to_owned).collect());
             } else if forget {
-                let _ = fs::remove_file(entry.path());
+                let _ = fs::remove_file(&path);
             }
         }
-        users
+        Ok(users)
     }
 
     /// `(hex, info)` of every layer in the cache.
@@ -481,6 +492,7 @@ fn unpack_checked(
         let rules = crate::tarball::Rules {
             layer: true,
             max_bytes: u64::MAX,
+            mode_mask: 0o7777,
         };
         let summary = crate::tarball::unpack(&mut inner, std::os::fd::AsFd::as_fd(&root), &rules)
             .map_err(|e| bad(e.to_string()))?;

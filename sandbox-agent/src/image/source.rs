@@ -63,10 +63,18 @@ impl Files {
     pub fn open(&self, name: &str) -> io::Result<(Box<dyn Read + '_>, u64)> {
         match self {
             Self::Dir(dir) => {
-                // Resolved inside the layout: a link in it cannot point the agent elsewhere.
-                let file = fs::File::from(crate::view::open_in_root(dir, name, libc::O_RDONLY)?);
-                let size = file.metadata()?.len();
-                Ok((Box::new(file), size))
+                // Resolved inside the layout: a link in it cannot point the agent elsewhere;
+                // non-blocking and checked: a FIFO there must not hang the agent.
+                let file = fs::File::from(crate::view::open_in_root(
+                    dir,
+                    name,
+                    libc::O_RDONLY | libc::O_NONBLOCK,
+                )?);
+                let meta = file.metadata()?;
+                if !meta.is_file() {
+                    return Err(io::Error::other("not a regular file"));
+                }
+                Ok((Box::new(file), meta.len()))
             }
             Self::Archive { file, members } => {
                 let &(offset, size) = members

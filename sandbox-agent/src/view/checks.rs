@@ -242,21 +242,34 @@ fn stacked(layers: &[PathBuf]) -> std::io::Result<std::os::fd::OwnedFd> {
             FSOPEN_CLOEXEC,
         ))?)
     };
-    // `lowerdir+` takes one layer at a time, top first.
-    for layer in layers.iter().rev() {
-        let value = CString::new(layer.as_os_str().as_encoded_bytes())
-            .map_err(|_| std::io::Error::other("a NUL in a path"))?;
+    let set = |key: &std::ffi::CStr, value: &[u8]| {
+        let value = CString::new(value).map_err(|_| std::io::Error::other("a NUL in a path"))?;
         // SAFETY: fsconfig on our fs context with valid C strings.
         check(unsafe {
             libc::syscall(
                 libc::SYS_fsconfig,
                 fs.as_raw_fd(),
                 FSCONFIG_SET_STRING,
-                c"lowerdir+".as_ptr(),
+                key.as_ptr(),
                 value.as_ptr(),
                 0,
             )
-        })?;
+        })
+    };
+    // `lowerdir+` (Linux 6.8) takes one layer at a time, top first; before it, one
+    // `lowerdir` string (which the layer paths' characters were checked for).
+    let top_first: Vec<&PathBuf> = layers.iter().rev().collect();
+    match set(c"lowerdir+", top_first[0].as_os_str().as_encoded_bytes()) {
+        Ok(_) => {
+            for layer in &top_first[1..] {
+                set(c"lowerdir+", layer.as_os_str().as_encoded_bytes())?;
+            }
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            let joined: Vec<String> = top_first.iter().map(|l| l.display().to_string()).collect();
+            set(c"lowerdir", joined.join(":").as_bytes())?;
+        }
+        Err(e) => return Err(e),
     }
     // SAFETY: fsconfig on our fs context.
     check(unsafe {

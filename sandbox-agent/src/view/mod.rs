@@ -88,15 +88,21 @@ impl RootDir {
         open_beneath(self.lookup.as_fd(), path, flags, 0)
     }
 
-    /// A file of the root, empty if it is not there.
+    /// A small regular file of the root (passwd, group), empty if it is not there or is
+    /// something else: a FIFO an image planted must not block the agent, nor a huge file
+    /// fill its memory.
     pub fn read(&self, path: &str) -> Vec<u8> {
-        self.open(path, libc::O_RDONLY)
-            .map(|fd| {
-                let mut buf = Vec::new();
-                let _ = std::io::Read::read_to_end(&mut fs::File::from(fd), &mut buf);
-                buf
-            })
-            .unwrap_or_default()
+        const MAX_BYTES: u64 = 1 << 20;
+        let Ok(fd) = self.open(path, libc::O_RDONLY | libc::O_NONBLOCK) else {
+            return Vec::new();
+        };
+        let file = fs::File::from(fd);
+        if !file.metadata().is_ok_and(|m| m.is_file()) {
+            return Vec::new();
+        }
+        let mut buf = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut std::io::Read::take(file, MAX_BYTES), &mut buf);
+        buf
     }
 
     /// The overlayfs `lowerdir=` value: top layer first.
