@@ -122,7 +122,7 @@ pub fn prepare(w: Workload<'_>) -> Result<LaunchSpec, WorkloadError> {
         w.namespaces,
         &user,
         (w.user.is_none() && w.sandbox_uid.is_some(), w.root),
-    );
+    )?;
     Ok(LaunchSpec {
         program: cstr(program.as_os_str().as_bytes(), "the command")?,
         argv: w
@@ -155,8 +155,12 @@ pub fn prepare(w: Workload<'_>) -> Result<LaunchSpec, WorkloadError> {
 
 /// The namespaces of the launch: new ones with the view, or a live sandbox's. `own`: the
 /// user is the sandbox's own (its view lists it); `as_root`: as root of its user namespace.
-fn enter(namespaces: Namespaces, user: &user::User, (own, as_root): (bool, bool)) -> Enter {
-    match namespaces {
+fn enter(
+    namespaces: Namespaces,
+    user: &user::User,
+    (own, as_root): (bool, bool),
+) -> Result<Enter, WorkloadError> {
+    Ok(match namespaces {
         Namespaces::New {
             hide,
             tmp_bytes,
@@ -173,17 +177,31 @@ fn enter(namespaces: Namespaces, user: &user::User, (own, as_root): (bool, bool)
                 // its user namespace); only its home becomes its own.
                 listed: !as_root,
             });
+            // A root directory's or image's files of uid 0 are the sandbox's own (an explicit
+            // --user keeps them as they are).
+            let idmap = match (&root, own) {
+                (Some(r), true) => Some(std::sync::Arc::new(
+                    view::mapping_userns(user.uid, user.gid).map_err(|e| {
+                        WorkloadError::new(format!(
+                            "cannot map the owners of the {} to the sandbox's user: {e}",
+                            r.label
+                        ))
+                    })?,
+                )),
+                _ => None,
+            };
             let plan = view::default_plan(&view::ViewOptions {
                 hide,
                 identity,
                 tmp_bytes,
                 root,
                 mounts,
+                idmap,
             });
             Enter::New(plan)
         }
         Namespaces::Join(pidfd) => Enter::Join(pidfd),
-    }
+    })
 }
 
 /// Who the workload runs as: the sandbox's own uid (named `sandbox`, or `root` of its user

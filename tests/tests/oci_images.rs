@@ -110,7 +110,8 @@ fn test_image(dir: &Path, host_dir: &Path) -> String {
             "WorkingDir": "/app",
             "Cmd": ["/bin/sh", "-c",
                     "echo $GREETING; pwd; cat /etc/os-release hello-link; \
-                     cat /etc/gone 2>&1; cat /etc/host-shadow 2>&1; ls /out; id -u"],
+                     cat /etc/gone 2>&1; cat /etc/host-shadow 2>&1; ls /out; id -u; \
+                     echo root-writes > /etc/os-release && cat /etc/os-release"],
         }),
     )
 }
@@ -144,8 +145,9 @@ fn an_image_runs_with_its_env_cmd_workdir_and_layers_and_is_unpacked_once() {
     // The entry written through the link landed in the layer, not in the host's directory.
     assert_eq!(lines[6], "planted", "{run:#?}");
     assert_eq!(fs::read_dir(&host_dir).expect("host dir").count(), 0);
-    // User unset: root of the sandbox's own user namespace.
-    assert_eq!(lines[7], "0", "{run:#?}");
+    // User unset: root of the sandbox's own user namespace, which owns what the image's root
+    // owns (idmapped layers): it changes it in its private layer, never in the cache.
+    assert_eq!(lines[7..], ["0", "root-writes"], "{run:#?}");
 
     // The cache: three layers by diff id, nothing left in tmp/, the image recorded.
     let layers = state.cache("layers");

@@ -23,12 +23,14 @@ use std::{
 };
 
 mod checks;
+mod idmap;
 mod steps;
 
 pub use checks::{
     ViewError, check_layers, check_mounts, check_root, open_beneath, open_beneath_c, open_in_root,
     parse_mount,
 };
+pub use idmap::mapping_userns;
 pub use steps::{MAX_STASH, Op, Plan, apply};
 use steps::{MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY};
 
@@ -61,6 +63,9 @@ pub struct ViewOptions {
     pub root: Option<RootDir>,
     /// Host paths bound into the view (`--mount`), checked by [`check_mounts`].
     pub mounts: Vec<BindMount>,
+    /// With a root directory or image: a user namespace ([`mapping_userns`]) through which
+    /// its layers are mounted (idmapped), so that what uid 0 owns there is the sandbox's.
+    pub idmap: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
 }
 
 /// A root directory (`--rootfs`) or an image's layers (`--image`), and where its view is
@@ -330,6 +335,7 @@ fn host_root_plan(options: &ViewOptions) -> Plan {
 /// `/dev`; then `pivot_root` into it, letting go of the host's root.
 fn root_dir_plan(options: &ViewOptions, root: &RootDir) -> Plan {
     let mut plan = Plan::default();
+    plan.keep.extend(options.idmap.iter().cloned());
     let ops = &mut plan.ops;
     // Slots: the kept files, /sys, then the mounts.
     let sys_slot = KEEP.len();
@@ -364,6 +370,7 @@ fn root_dir_plan(options: &ViewOptions, root: &RootDir) -> Plan {
             mode: 0o755,
         });
     }
+    let lowerdir = lower_layers(ops, options, root);
     ops.push(Op::Mount {
         source: Some(c("overlay")),
         target: c(&new_root),
@@ -371,7 +378,7 @@ fn root_dir_plan(options: &ViewOptions, root: &RootDir) -> Plan {
         flags: libc::MS_NOSUID | libc::MS_NODEV,
         data: Some(c(format!(
             "lowerdir={},upperdir={},workdir={}",
-            root.lowerdir(),
+            lowerdir,
             upper.display(),
             work.display()
         ))),
@@ -423,6 +430,34 @@ fn root_dir_plan(options: &ViewOptions, root: &RootDir) -> Plan {
         new_root: c(&new_root),
     });
     plan
+}
+
+/// The overlayfs `lowerdir=` of a root: its layers, or with an idmap each layer bound
+/// idmapped below the staging tmpfs (steps added to `ops`).
+fn lower_layers(ops: &mut Vec<Op>, options: &ViewOptions, root: &RootDir) -> String {
+    let staging = &root.staging;
+    match &options.idmap {
+        // Each layer bound idmapped below the staging tmpfs, and those stacked.
+        Some(userns) => {
+            let mut bound = Vec::new();
+            for (i, layer) in root.layers.iter().enumerate() {
+                let at = staging.join(format!("l{i}"));
+                ops.push(Op::Mkdir {
+                    path: c(&at),
+                    mode: 0o755,
+                });
+                ops.push(Op::IdmappedBind {
+                    source: c(layer),
+                    target: c(&at),
+                    userns: std::os::fd::AsRawFd::as_raw_fd(userns.as_ref()),
+                });
+                bound.push(at.display().to_string());
+            }
+            bound.reverse();
+            bound.join(":")
+        }
+        None => root.lowerdir(),
+    }
 }
 
 /// The host's name resolution and CA files, stashed in `kept` as (slot, name, real path),
@@ -701,6 +736,7 @@ mod tests {
             tmp_bytes: 64 << 20,
             root: None,
             mounts: Vec::new(),
+            idmap: None,
         });
         let subjects: Vec<String> = plan.ops.iter().map(Op::subject).collect();
         for must in [

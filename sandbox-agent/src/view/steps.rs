@@ -72,6 +72,14 @@ pub enum Op {
     CoverSocket {
         target: CString,
     },
+    /// Binds the directory `source` at `target`, read-only, with its owners seen through the
+    /// user namespace `userns` (an idmapped mount: `open_tree`, `mount_setattr`,
+    /// `move_mount`).
+    IdmappedBind {
+        source: CString,
+        target: CString,
+        userns: libc::c_int,
+    },
 }
 
 impl Op {
@@ -80,7 +88,8 @@ impl Op {
         let p = match self {
             Self::Mount { target, .. }
             | Self::Place { target, .. }
-            | Self::CoverSocket { target } => target,
+            | Self::CoverSocket { target }
+            | Self::IdmappedBind { target, .. } => target,
             Self::SetAttr { path, .. }
             | Self::Mkdir { path, .. }
             | Self::Mknod { path, .. }
@@ -100,6 +109,9 @@ impl Op {
 #[derive(Default)]
 pub struct Plan {
     pub ops: Vec<Op>,
+    /// Descriptors the steps name (a user namespace for idmapped layers), open until the
+    /// plan goes.
+    pub keep: Vec<std::sync::Arc<std::os::fd::OwnedFd>>,
 }
 
 /// Most mounts one plan stashes (the child keeps them in a fixed array: it may not allocate).
@@ -139,6 +151,7 @@ pub const MOUNT_ATTR_NODEV: u64 = 0x4;
 const AT_RECURSIVE: libc::c_uint = 0x8000;
 const OPEN_TREE_CLONE: libc::c_uint = 1;
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
 
 #[repr(C)]
 struct MountAttr {
@@ -166,6 +179,56 @@ pub unsafe fn apply(plan: &Plan) -> Result<(), usize> {
         }
         libc::umask(old_umask);
         Ok(())
+    }
+}
+
+/// [`Op::IdmappedBind`]; `false` with errno set if it failed.
+///
+/// # Safety
+/// As [`apply`].
+unsafe fn idmapped_bind(source: &CString, target: &CString, userns: libc::c_int) -> bool {
+    // SAFETY: raw syscalls on the step's prepared strings and descriptor.
+    unsafe {
+        let fd = libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            source.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC.cast_unsigned(),
+        );
+        let Ok(fd) = libc::c_int::try_from(fd) else {
+            return false;
+        };
+        if fd < 0 {
+            return false;
+        }
+        // Read-only too: only overlayfs reads these (and they are gone from view
+        // with the old root).
+        let attr = MountAttr {
+            attr_set: MOUNT_ATTR_IDMAP | MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: u64::try_from(userns).unwrap_or(u64::MAX),
+        };
+        let done = libc::syscall(
+            libc::SYS_mount_setattr,
+            fd,
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &raw const attr,
+            std::mem::size_of::<MountAttr>(),
+        ) == 0
+            && libc::syscall(
+                libc::SYS_move_mount,
+                fd,
+                c"".as_ptr(),
+                libc::AT_FDCWD,
+                target.as_ptr(),
+                MOVE_MOUNT_F_EMPTY_PATH,
+            ) == 0;
+        let errno = *libc::__errno_location();
+        libc::close(fd);
+        *libc::__errno_location() = errno;
+        done
     }
 }
 
@@ -252,6 +315,11 @@ unsafe fn step(op: &Op, stash: &mut [libc::c_int; MAX_STASH]) -> bool {
                 stash[*slot] = libc::c_int::try_from(fd).unwrap_or(-1);
                 fd >= 0 || (*optional && *libc::__errno_location() == libc::ENOENT)
             }
+            Op::IdmappedBind {
+                source,
+                target,
+                userns,
+            } => idmapped_bind(source, target, *userns),
             // An optional stash that found nothing: nothing to place.
             Op::Place { slot, .. } if stash[*slot] < 0 => true,
             Op::Place { slot, target } => {
