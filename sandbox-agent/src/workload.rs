@@ -181,7 +181,7 @@ fn enter(
             // --user keeps them as they are).
             let idmap = match (&root, own) {
                 (Some(r), true) => Some(std::sync::Arc::new(
-                    view::mapping_userns(user.uid, user.gid).map_err(|e| {
+                    view::mapping_userns(r.owner, user.uid, user.gid).map_err(|e| {
                         WorkloadError::new(format!(
                             "cannot map the owners of the {} to the sandbox's user: {e}",
                             r.label

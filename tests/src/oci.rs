@@ -11,6 +11,8 @@ use sha2::Digest as _;
 /// One entry of a layer.
 pub enum Entry<'a> {
     Dir(&'a str, u32),
+    /// A directory owned by this uid and gid (the others are root's).
+    OwnedDir(&'a str, u32, u32),
     File(&'a str, &'a [u8], u32),
     Symlink(&'a str, &'a str),
     Hardlink(&'a str, &'a str),
@@ -37,6 +39,13 @@ pub fn layer_tar(entries: &[Entry<'_>]) -> Vec<u8> {
         header.set_gid(0);
         header.set_mtime(1_700_000_000);
         let (name, data, link): (&str, &[u8], Option<&str>) = match entry {
+            Entry::OwnedDir(name, mode, owner) => {
+                header.set_entry_type(tar::EntryType::Directory);
+                header.set_mode(*mode);
+                header.set_uid(u64::from(*owner));
+                header.set_gid(u64::from(*owner));
+                (name, &[], None)
+            }
             Entry::Dir(name, mode) => {
                 header.set_entry_type(tar::EntryType::Directory);
                 header.set_mode(*mode);

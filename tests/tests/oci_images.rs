@@ -223,6 +223,63 @@ fn an_image_runs_with_its_env_cmd_workdir_and_layers_and_is_unpacked_once() {
 }
 
 #[test]
+fn a_non_root_image_user_runs_as_the_sandbox_user_and_owns_its_files() {
+    let state = State::new("user");
+    let image = state.dir.join("layout");
+    let files = layer_tar(&[
+        Entry::Dir("etc", 0o755),
+        Entry::File(
+            "etc/passwd",
+            b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
+            0o644,
+        ),
+        Entry::File("etc/group", b"root:x:0:\napp:x:1000:\n", 0o644),
+        Entry::Dir("home", 0o755),
+        Entry::OwnedDir("home/app", 0o755, 1000),
+    ]);
+    write_layout(
+        &image,
+        &[gzipped(busybox_layer()), plain(files)],
+        &serde_json::json!({
+            "User": "app",
+            "Cmd": ["/bin/sh", "-c",
+                    "id -u; echo mine > /home/app/out && cat /home/app/out; \
+                     (echo x > /etc/new) 2>/dev/null || echo etc-is-roots"],
+        }),
+    );
+    let run = state.run(&["--image", path(&image)]);
+    assert_eq!(run.code, 0, "{run:#?}");
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    // The sandbox's own uid (not root, not the image's 1000), owning app's home.
+    let uid: u32 = lines[0].parse().expect("uid");
+    assert!(uid >= 0x6000_0000, "{run:#?}");
+    assert_eq!(lines[1..], ["mine", "etc-is-roots"], "{run:#?}");
+    // --root: root's files are its own again.
+    let run = state.run(&[
+        "--image",
+        path(&image),
+        "--root",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo x > /etc/new && echo etc-is-mine",
+    ]);
+    assert_eq!(run.stdout, "etc-is-mine\n", "{run:#?}");
+    // A User the image does not list is refused.
+    write_layout(
+        &image,
+        &[gzipped(busybox_layer())],
+        &serde_json::json!({"User": "ghost", "Cmd": ["/bin/true"]}),
+    );
+    let run = state.run(&["--image", path(&image)]);
+    assert_eq!(run.code, 125, "{run:#?}");
+    assert!(
+        run.stderr.contains("no user \"ghost\" in its /etc/passwd"),
+        "{run:#?}"
+    );
+}
+
+#[test]
 fn a_docker_save_archive_runs_with_its_layers_checked() {
     let state = State::new("docker-save");
     let layer = busybox_layer();

@@ -356,12 +356,16 @@ fn view_of(
         ),
         (None, Some(path)) => {
             let store = sandbox_agent::image::Store::new(&config.state_dir);
-            let rooted = sandbox_agent::image::open_root(
+            let mut rooted = sandbox_agent::image::open_root(
                 &store,
                 path,
                 paths.root_staging(),
                 &sandbox_agent::image::terminal_progress,
             )?;
+            // --root is root's: the files root owns in the image are its own.
+            if args.root {
+                rooted.root.owner = (0, 0);
+            }
             (Some(rooted.root.clone()), Some(rooted))
         }
         (None, None) => (None, None),

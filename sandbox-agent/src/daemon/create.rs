@@ -220,12 +220,16 @@ impl Daemon {
                 None,
             ),
             (None, Some(path)) => {
-                let rooted = crate::image::open_root(
+                let mut rooted = crate::image::open_root(
                     &crate::image::Store::new(&self.config.state_dir),
                     path,
                     self.paths.root_staging(),
                     &|line| tracing::info!(image = %path, "{line}"),
                 )?;
+                // `root` is root's: the files root owns in the image are its own.
+                if req.root {
+                    rooted.root.owner = (0, 0);
+                }
                 (
                     Some(rooted.root),
                     Some(ImageUse {

@@ -82,7 +82,12 @@ pub fn open_root(
     progress: &dyn Fn(&str),
 ) -> Result<Rooted, ImageError> {
     let image = open(store, path, progress)?;
-    let root = crate::view::check_layers(path, image.layers, staging)?;
+    let mut root = crate::view::check_layers(path, image.layers, staging)?;
+    // A non-root User's files are the sandbox's own (root's otherwise).
+    root.owner = image
+        .defaults
+        .owner(&root)
+        .map_err(|why| ImageError::bad(path, why))?;
     Ok(Rooted {
         root,
         digest: image.digest,
@@ -148,6 +153,42 @@ impl Defaults {
                 None => (kv.clone(), String::new()),
             })
             .collect()
+    }
+
+    /// The uid and gid `User` names in the image (numbers, or names in its `/etc/passwd` and
+    /// `/etc/group`); `(0, 0)` for root.
+    pub fn owner(&self, root: &crate::view::RootDir) -> Result<(u32, u32), String> {
+        let Some(spec) = self.user.as_deref().filter(|_| !self.runs_as_root()) else {
+            return Ok((0, 0));
+        };
+        let (user, group) = match spec.split_once(':') {
+            Some((u, g)) => (u, Some(g)),
+            None => (spec, None),
+        };
+        let field = |file: &[u8], name: &str, at: usize| -> Option<u32> {
+            String::from_utf8_lossy(file).lines().find_map(|line| {
+                let f: Vec<&str> = line.split(':').collect();
+                (f.len() > at && f[0] == name)
+                    .then(|| f[at].parse().ok())
+                    .flatten()
+            })
+        };
+        let passwd = root.read("etc/passwd");
+        let uid = match user.parse() {
+            Ok(n) => n,
+            Err(_) => field(&passwd, user, 2)
+                .ok_or_else(|| format!("User \"{spec}\": no user \"{user}\" in its /etc/passwd"))?,
+        };
+        let gid = match group {
+            Some(g) => match g.parse() {
+                Ok(n) => n,
+                Err(_) => field(&root.read("etc/group"), g, 2).ok_or_else(|| {
+                    format!("User \"{spec}\": no group \"{g}\" in its /etc/group")
+                })?,
+            },
+            None => field(&passwd, user, 3).unwrap_or(uid),
+        };
+        Ok((uid, gid))
     }
 
     /// Whether the image runs as root (`User` unset, `root` or `0`): the sandbox then runs as

@@ -170,6 +170,7 @@ pub fn check_root(dir: &str, hidden: &[PathBuf], staging: PathBuf) -> Result<Roo
         layers: vec![canonical],
         staging,
         lookup: std::sync::Arc::new(lookup.into()),
+        owner: (0, 0),
     })
 }
 
@@ -212,6 +213,7 @@ pub fn check_layers(
         label: format!("image {image}"),
         staging,
         lookup: std::sync::Arc::new(lookup),
+        owner: (0, 0),
     })
 }
 

@@ -1,7 +1,8 @@
 //! A user namespace that maps one id to the sandbox's own, for idmapped layers: a root
-//! directory's or an image's files owned by uid/gid 0 show, in the sandbox's view, as owned by
-//! the sandbox's own uid/gid (root of its user namespace with `--root`), so that its user may
-//! change them in its private writable layer. Other owners show as `nobody`.
+//! directory's or an image's files owned by uid/gid 0 (or by a non-root image `User`) show, in
+//! the sandbox's view, as owned by the sandbox's own uid/gid (root of its user namespace with
+//! `--root`), so that its user may change them in its private writable layer. Other owners
+//! show as `nobody`.
 use std::{
     fs,
     io::{self, Write as _},
@@ -22,9 +23,20 @@ struct CloneArgs {
     tls: u64,
 }
 
-/// A user namespace where `0` is `uid` (and group `0` is `gid`), held by its descriptor: made
-/// by a child born in it, which waits until the maps are written and the namespace opened.
-pub fn mapping_userns(uid: u32, gid: u32) -> io::Result<OwnedFd> {
+/// `inside` as `outside`; a non-root `inside` keeps root as root (the agent still makes the
+/// view's files in root's directories, and the sandbox's user may not change them).
+fn map(inside: u32, outside: u32) -> String {
+    if inside == 0 {
+        format!("0 {outside} 1\n")
+    } else {
+        format!("0 0 1\n{inside} {outside} 1\n")
+    }
+}
+
+/// A user namespace where `inside` (uid, gid) is `uid` and `gid`, held by its descriptor:
+/// made by a child born in it, which waits until the maps are written and the namespace
+/// opened.
+pub fn mapping_userns(inside: (u32, u32), uid: u32, gid: u32) -> io::Result<OwnedFd> {
     let mut ends = [0; 2];
     // SAFETY: pipe2 into a two-element array.
     if unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -65,11 +77,11 @@ pub fn mapping_userns(uid: u32, gid: u32) -> io::Result<OwnedFd> {
         fs::OpenOptions::new()
             .write(true)
             .open(format!("{proc}/uid_map"))?
-            .write_all(format!("0 {uid} 1\n").as_bytes())?;
+            .write_all(map(inside.0, uid).as_bytes())?;
         fs::OpenOptions::new()
             .write(true)
             .open(format!("{proc}/gid_map"))?
-            .write_all(format!("0 {gid} 1\n").as_bytes())?;
+            .write_all(map(inside.1, gid).as_bytes())?;
         Ok::<_, io::Error>(OwnedFd::from(fs::File::open(format!("{proc}/ns/user"))?))
     })();
     drop(write_end);

@@ -84,6 +84,9 @@ pub struct RootDir {
     /// it starts: the directory itself, or the layers stacked in a read-only overlayfs
     /// mount attached nowhere (gone with the last descriptor).
     pub lookup: std::sync::Arc<std::os::fd::OwnedFd>,
+    /// The uid and gid inside the layers that are the sandbox's own in its view (idmapped):
+    /// `0` (root's files), or a non-root image `User`'s.
+    pub owner: (u32, u32),
 }
 
 impl RootDir {
