@@ -126,6 +126,12 @@ pub struct SandboxCgroup {
     pub id: u64,
 }
 
+/// Whether the cgroup at `path` has processes (its `cgroup.events`).
+pub fn populated(path: &Path) -> io::Result<bool> {
+    let text = fs::read_to_string(path.join("cgroup.events"))?;
+    Ok(text.lines().any(|l| l == "populated 1"))
+}
+
 impl SandboxCgroup {
     pub fn create(parent: &Path, name: &str) -> Result<Self, CgroupError> {
         let path = parent.join(name);
@@ -147,9 +153,7 @@ impl SandboxCgroup {
     }
 
     pub fn is_populated(&self) -> Result<bool, CgroupError> {
-        let events = self.path.join("cgroup.events");
-        let text = fs::read_to_string(&events).map_err(io_err("read", &events))?;
-        Ok(text.lines().any(|l| l == "populated 1"))
+        populated(&self.path).map_err(io_err("read", &self.path.join("cgroup.events")))
     }
 
     /// Kills every process in the cgroup (descendants that forked away included) and waits

@@ -172,9 +172,7 @@ fn still_running(lease: &Path) -> bool {
     let Ok(cgroup) = fs::read_to_string(lease) else {
         return false;
     };
-    !cgroup.is_empty()
-        && fs::read_to_string(Path::new(&cgroup).join("cgroup.events"))
-            .is_ok_and(|e| e.lines().any(|l| l == "populated 1"))
+    !cgroup.is_empty() && crate::cgroup::populated(Path::new(&cgroup)).unwrap_or(false)
 }
 
 impl std::fmt::Debug for Lease {

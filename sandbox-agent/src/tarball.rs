@@ -153,7 +153,7 @@ pub fn unpack_new(
         0,
     ) {
         Ok(dir) => {
-            if !is_empty(dir).map_err(fail)? {
+            if !is_empty(&dir).map_err(fail)? {
                 return Err(TarError::Exists);
             }
         }
@@ -206,12 +206,19 @@ pub fn unpack_new(
     }
 }
 
-fn is_empty(dir: OwnedFd) -> io::Result<bool> {
-    let mut listing = nix::dir::Dir::from_fd(dir).map_err(io::Error::from)?;
+fn is_empty(dir: &OwnedFd) -> io::Result<bool> {
+    Ok(names(dir)?.is_empty())
+}
+
+/// The names in the directory `dir` but `.` and `..`.
+fn names(dir: &OwnedFd) -> io::Result<Vec<CString>> {
+    let mut listing = nix::dir::Dir::from_fd(dir.try_clone()?).map_err(io::Error::from)?;
     Ok(listing
         .iter()
         .filter_map(Result::ok)
-        .all(|e| matches!(e.file_name().to_bytes(), b"." | b"..")))
+        .map(|e| e.file_name().to_owned())
+        .filter(|n| !matches!(n.as_bytes(), b"." | b".."))
+        .collect())
 }
 
 fn unique() -> u64 {
@@ -251,21 +258,9 @@ fn pack_dir(
             &io::Error::other("directories nested too deep"),
         ));
     }
-    let mut names: Vec<CString> = {
-        let listing = nix::dir::Dir::from_fd(
-            dir.try_clone()
-                .map_err(|e| entry_error(&shown(prefix), &e))?,
-        )
-        .map_err(|e| entry_error(&shown(prefix), &io::Error::from(e)));
-        listing?
-            .iter()
-            .filter_map(Result::ok)
-            .map(|e| e.file_name().to_owned())
-            .filter(|n| !matches!(n.as_bytes(), b"." | b".."))
-            .collect()
-    };
-    names.sort();
-    for name in names {
+    let mut listed = names(dir).map_err(|e| entry_error(&shown(prefix), &e))?;
+    listed.sort();
+    for name in listed {
         let mut path = prefix.to_vec();
         path.extend_from_slice(name.as_bytes());
         let fail = |e: io::Error| entry_error(&shown(&path), &e);
@@ -295,11 +290,7 @@ fn pack_dir(
                     (&mut header, at),
                     summary,
                     max_bytes,
-                )
-                .map_err(|e| match e {
-                    PackFile::Io(e) => fail(e),
-                    PackFile::Tar(e) => e,
-                })?;
+                )?;
             }
             libc::S_IFDIR => {
                 header.set_entry_type(tar::EntryType::Directory);
@@ -337,11 +328,6 @@ fn pack_dir(
     Ok(())
 }
 
-enum PackFile {
-    Io(io::Error),
-    Tar(TarError),
-}
-
 /// The regular file `name` of `dir` (as `st` saw it) into the archive.
 fn pack_file(
     builder: &mut tar::Builder<Vec<u8>>,
@@ -349,13 +335,13 @@ fn pack_file(
     (header, at): (&mut tar::Header, &std::path::Path),
     summary: &mut Summary,
     max_bytes: u64,
-) -> Result<(), PackFile> {
+) -> Result<(), TarError> {
     use std::os::unix::fs::MetadataExt as _;
-    let fail = PackFile::Io;
+    let fail = |e: io::Error| entry_error(&at.to_string_lossy(), &e);
     let size = u64::try_from(st.st_size).unwrap_or(0);
     summary.bytes = summary.bytes.saturating_add(size);
     if summary.bytes > max_bytes {
-        return Err(PackFile::Tar(TarError::TooLarge(max_bytes)));
+        return Err(TarError::TooLarge(max_bytes));
     }
     // Non-blocking, and checked to be the file just looked at: a FIFO swapped in
     // meanwhile would block the open (and the agent) forever.
@@ -376,9 +362,7 @@ fn pack_file(
     header.set_size(size);
     // Exactly `size` bytes whatever the file does meanwhile (zeros if it shrank).
     let data = file.take(size).chain(io::repeat(0)).take(size);
-    builder.append_data(header, at, data).map_err(fail)?;
-    within_tar_limit(builder, max_bytes).map_err(PackFile::Tar)?;
-    Ok(())
+    builder.append_data(header, at, data).map_err(fail)
 }
 
 /// Headers and long names count too: a tree of many long, empty names must not grow the
@@ -786,6 +770,11 @@ fn read_link(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Vec<u8>> {
 /// Clears the way for a new entry `name`: whatever is there goes (a directory with all it
 /// holds), unless `keep_dir` and it is a directory.
 fn replace(dir: BorrowedFd<'_>, name: &CStr, keep_dir: bool) -> io::Result<()> {
+    clear(dir, name, keep_dir, MAX_DEPTH)
+}
+
+/// [`replace`], a directory removed at most `depth` levels down.
+fn clear(dir: BorrowedFd<'_>, name: &CStr, keep_dir: bool, depth: usize) -> io::Result<()> {
     // SAFETY: valid C string and directory descriptor.
     if unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) } == 0 {
         return Ok(());
@@ -794,7 +783,7 @@ fn replace(dir: BorrowedFd<'_>, name: &CStr, keep_dir: bool) -> io::Result<()> {
     match e.raw_os_error() {
         Some(libc::ENOENT) => Ok(()),
         Some(libc::EISDIR) if keep_dir => Ok(()),
-        Some(libc::EISDIR) => remove_tree(dir, name, MAX_DEPTH),
+        Some(libc::EISDIR) => remove_tree(dir, name, depth),
         _ => Err(e),
     }
 }
@@ -818,26 +807,8 @@ fn remove_tree(dir: BorrowedFd<'_>, name: &CStr, depth: usize) -> io::Result<()>
     // A directory made read-only (by a tar's modes) still gives up its entries.
     // SAFETY: a valid descriptor.
     let _ = unsafe { libc::fchmod(fd.as_raw_fd(), 0o700) };
-    let children: Vec<CString> = {
-        let mut listing = nix::dir::Dir::from_fd(fd.try_clone()?).map_err(io::Error::from)?;
-        listing
-            .iter()
-            .filter_map(Result::ok)
-            .map(|e| e.file_name().to_owned())
-            .filter(|n| n.as_bytes() != b"." && n.as_bytes() != b"..")
-            .collect()
-    };
-    for child in children {
-        // SAFETY: valid C string and directory descriptor.
-        if unsafe { libc::unlinkat(fd.as_raw_fd(), child.as_ptr(), 0) } == 0 {
-            continue;
-        }
-        let e = io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::ENOENT) => {}
-            Some(libc::EISDIR) => remove_tree(fd.as_fd(), &child, depth - 1)?,
-            _ => return Err(e),
-        }
+    for child in names(&fd)? {
+        clear(fd.as_fd(), &child, false, depth - 1)?;
     }
     // SAFETY: valid C string and directory descriptor.
     check(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), libc::AT_REMOVEDIR) })

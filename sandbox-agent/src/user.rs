@@ -30,15 +30,19 @@ pub enum UserError {
 /// The default user of a workload.
 pub const DEFAULT_USER: &str = "nobody";
 
-struct PasswdEntry {
-    name: String,
-    uid: u32,
-    gid: u32,
-    home: PathBuf,
+pub(crate) struct PasswdEntry {
+    pub(crate) name: String,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+    pub(crate) home: PathBuf,
 }
 
 /// Parses `name:x:uid:gid:gecos:home:shell` lines; finds a user by name or uid.
-fn find_in_passwd(text: &str, by_name: Option<&str>, by_uid: Option<u32>) -> Option<PasswdEntry> {
+pub(crate) fn find_in_passwd(
+    text: &str,
+    by_name: Option<&str>,
+    by_uid: Option<u32>,
+) -> Option<PasswdEntry> {
     text.lines().find_map(|line| {
         let f: Vec<&str> = line.split(':').collect();
         if f.len() < 7 {
@@ -52,6 +56,16 @@ fn find_in_passwd(text: &str, by_name: Option<&str>, by_uid: Option<u32>) -> Opt
             gid: f[3].parse().unwrap_or(uid),
             home: PathBuf::from(f[5]),
         })
+    })
+}
+
+/// The gid of the group `name` in `group:x:gid:member,member` lines.
+pub(crate) fn gid_in_group_file(text: &str, name: &str) -> Option<u32> {
+    text.lines().find_map(|line| {
+        let f: Vec<&str> = line.split(':').collect();
+        (f.len() >= 3 && f[0] == name)
+            .then(|| f[2].parse().ok())
+            .flatten()
     })
 }
 

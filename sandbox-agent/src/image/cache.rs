@@ -44,7 +44,7 @@ struct LayerInfo {
 }
 
 /// An image once opened.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Record {
     digest: String,
     source: String,
@@ -201,7 +201,13 @@ impl Store {
         let path = self
             .sub("records")
             .join(format!("{}.json", resolved.digest.hex()));
-        write_json(&path, &record).map_err(cache_io(&path))?;
+        // Written when new or changed: a cached start reads it, no more.
+        let known = fs::read(&path)
+            .ok()
+            .and_then(|d| serde_json::from_slice::<Record>(&d).ok());
+        if known.as_ref() != Some(&record) {
+            write_json(&path, &record).map_err(cache_io(&path))?;
+        }
         Ok(Image {
             digest: resolved.digest,
             layers: trees,
@@ -410,13 +416,9 @@ impl Store {
             let mut lines = text.lines();
             let cgroup = lines.next().unwrap_or_default();
             // Gone only when its cgroup says so (or is gone); any other error keeps it.
-            let events = Path::new(cgroup).join("cgroup.events");
-            let live = match fs::read_to_string(&events) {
-                Ok(e) => e.lines().any(|l| l == "populated 1"),
-                Err(e) if e.kind() == io::ErrorKind::NotFound && !cgroup.is_empty() => false,
-                Err(_) if cgroup.is_empty() => false,
-                Err(_) => true,
-            };
+            let live = !cgroup.is_empty()
+                && crate::cgroup::populated(Path::new(cgroup))
+                    .unwrap_or_else(|e| e.kind() != io::ErrorKind::NotFound);
             if live {
                 users.push(lines.map(str::to_owned).collect());
             } else if forget {

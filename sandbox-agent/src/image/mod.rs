@@ -165,28 +165,25 @@ impl Defaults {
             Some((u, g)) => (u, Some(g)),
             None => (spec, None),
         };
-        let field = |file: &[u8], name: &str, at: usize| -> Option<u32> {
-            String::from_utf8_lossy(file).lines().find_map(|line| {
-                let f: Vec<&str> = line.split(':').collect();
-                (f.len() > at && f[0] == name)
-                    .then(|| f[at].parse().ok())
-                    .flatten()
-            })
-        };
-        let passwd = root.read("etc/passwd");
+        let passwd = String::from_utf8_lossy(&root.read("etc/passwd")).into_owned();
+        let entry = crate::user::find_in_passwd(&passwd, Some(user), None);
         let uid = match user.parse() {
             Ok(n) => n,
-            Err(_) => field(&passwd, user, 2)
+            Err(_) => entry
+                .as_ref()
+                .map(|e| e.uid)
                 .ok_or_else(|| format!("User \"{spec}\": no user \"{user}\" in its /etc/passwd"))?,
         };
         let gid = match group {
             Some(g) => match g.parse() {
                 Ok(n) => n,
-                Err(_) => field(&root.read("etc/group"), g, 2).ok_or_else(|| {
-                    format!("User \"{spec}\": no group \"{g}\" in its /etc/group")
-                })?,
+                Err(_) => crate::user::gid_in_group_file(
+                    &String::from_utf8_lossy(&root.read("etc/group")),
+                    g,
+                )
+                .ok_or_else(|| format!("User \"{spec}\": no group \"{g}\" in its /etc/group"))?,
             },
-            None => field(&passwd, user, 3).unwrap_or(uid),
+            None => entry.map_or(uid, |e| e.gid),
         };
         Ok((uid, gid))
     }

@@ -224,11 +224,8 @@ fn stacked(layers: &[PathBuf]) -> std::io::Result<std::os::fd::OwnedFd> {
     const FSOPEN_CLOEXEC: libc::c_uint = 1;
     const FSCONFIG_SET_STRING: libc::c_uint = 1;
     const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
+    use super::steps::{MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY};
     const FSMOUNT_CLOEXEC: libc::c_uint = 1;
-    const MOUNT_ATTR_RDONLY: libc::c_uint = 0x1;
-    const MOUNT_ATTR_NOSUID: libc::c_uint = 0x2;
-    const MOUNT_ATTR_NODEV: libc::c_uint = 0x4;
-    const MOUNT_ATTR_NOEXEC: libc::c_uint = 0x8;
     let check = |rc: libc::c_long| -> std::io::Result<libc::c_int> {
         if rc < 0 {
             Err(std::io::Error::last_os_error())

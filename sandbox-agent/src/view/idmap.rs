@@ -9,20 +9,6 @@ use std::{
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
 };
 
-/// linux/sched.h `struct clone_args` (the fields up to `tls`).
-#[repr(C)]
-#[derive(Default)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-}
-
 /// `inside` as `outside`; a non-root `inside` keeps root as root (the agent still makes the
 /// view's files in root's directories, and the sandbox's user may not change them).
 fn map(inside: u32, outside: u32) -> String {
@@ -45,18 +31,17 @@ pub fn mapping_userns(inside: (u32, u32), uid: u32, gid: u32) -> io::Result<Owne
     // SAFETY: fresh descriptors we own.
     let (read_end, write_end) =
         unsafe { (OwnedFd::from_raw_fd(ends[0]), OwnedFd::from_raw_fd(ends[1])) };
-    let args = CloneArgs {
-        flags: libc::CLONE_NEWUSER as u64,
-        exit_signal: libc::SIGCHLD as u64,
-        ..CloneArgs::default()
-    };
+    // SAFETY: zeroed clone_args is a valid "no options" value; fields set below.
+    let mut args: libc::clone_args = unsafe { std::mem::zeroed() };
+    args.flags = libc::CLONE_NEWUSER as u64;
+    args.exit_signal = libc::SIGCHLD as u64;
     // SAFETY: clone3 without CLONE_VM is a fork; the child only reads a pipe and exits
     // (async-signal-safe calls), whatever threads the agent has.
     let pid = unsafe {
         libc::syscall(
             libc::SYS_clone3,
             &raw const args,
-            std::mem::size_of::<CloneArgs>(),
+            std::mem::size_of::<libc::clone_args>(),
         )
     };
     if pid < 0 {
